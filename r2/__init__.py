@@ -1,0 +1,47 @@
+"""r2: video temporal grounding with R²-Tuning (Liu et al., ECCV 2024).
+
+Two stages joined by a feature cache: ``r2.extract`` runs frozen CLIP once over videos and
+queries and writes ``r2.cache``; ``r2.train`` fits the small R² Block (``r2.model``) from the
+cache alone; ``r2.evaluate`` scores prediction files exactly as each benchmark's reference
+evaluator does. ``r2.cli`` is the ``r2`` command.
+
+Shape letters, used in comments and docstrings throughout (``# (B, T, K, N, D)``):
+
+    B   batch
+    T   clips of a video (one sampled frame per clip)
+    K   CLIP layers kept
+    N   tokens per frame (CLS + patch tokens)
+    D   width of the video features (768 for ViT-B/32)
+    S   query tokens (SOT ... EOT)
+    Dt  width of the query features (512 for ViT-B/32)
+    C   hidden width of the R² Block (256)
+    P   points of the temporal pyramid, all levels together
+
+Importing ``r2`` is cheap: torch is imported only when a model class is first used, so
+``r2 score`` and ``r2.evaluate`` run in environments without a GPU stack.
+"""
+
+__version__ = "0.1.0"
+
+# Public names resolved on first use (PEP 562), so `import r2.evaluate` never pulls in torch.
+_LAZY = {
+    "R2Config": "r2.model",
+    "R2Model": "r2.model",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'r2' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

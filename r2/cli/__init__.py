@@ -1,0 +1,78 @@
+"""The ``r2`` command: a click group whose subcommands live in one module each.
+
+Subcommands are imported only when they run (or when ``--help`` lists them), so
+``r2 score`` starts without importing torch. Each command parses its arguments and calls
+one function of the plain Python API (``r2.cache``, ``r2.extract``, ``r2.train``,
+``r2.evaluate``); tests call the same functions.
+
+Errors: an exception whose class sets ``user_error = True`` (every room's own error type
+does) is shown as a one-line ``Error: ...`` message with exit code 1, never as a
+traceback. Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from r2 import __version__
+
+# command name -> "module:attribute"
+COMMANDS = {
+    "extract": "r2.cli.extract:extract",
+    "make-tiny-clip": "r2.cli.extract:make_tiny_clip",
+    "cache": "r2.cli.cache:cache",
+    "fit": "r2.cli.fit:fit",
+    "predict": "r2.cli.predict:predict",
+    "score": "r2.cli.score:score",
+    "demo": "r2.cli.demo:demo",
+    "convert-official": "r2.cli.official:convert_official",
+}
+
+
+def _load(spec: str):
+    module_name, attr = spec.split(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name == module_name:  # the command is not built yet
+            return None
+        raise
+    return getattr(module, attr)
+
+
+class R2Group(click.Group):
+    """A group that loads subcommands lazily and turns user errors into clean messages."""
+
+    def list_commands(self, ctx):
+        names = set(super().list_commands(ctx)) | set(COMMANDS)
+        return sorted(n for n in names if self.get_command(ctx, n) is not None)
+
+    def get_command(self, ctx, name):
+        command = super().get_command(ctx, name)
+        if command is None and name in COMMANDS:
+            command = _load(COMMANDS[name])
+        return command
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except Exception as exc:
+            if getattr(exc, "user_error", False):
+                raise click.ClickException(str(exc)) from exc
+            raise
+
+
+@click.group(cls=R2Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="r2")
+def main():
+    """r2: video temporal grounding with R²-Tuning.
+
+    \b
+    Typical flow:
+      r2 extract videos/ --out cache/            # frozen CLIP, once per video
+      r2 fit --dataset charades --cache cache/   # trains the R² Block from the cache
+      r2 predict --checkpoint runs/x --cache cache/ --annotations val.jsonl --out preds.jsonl
+      r2 score preds.jsonl --gt val.jsonl        # the benchmark's exact metrics
+    """
