@@ -1,6 +1,6 @@
 """r2.train.annotations: every layout on its example files, rows, detection, errors.
 
-Fixtures (tests/train/fixtures/, see its README for provenance and licences): the real
+Fixtures (tests/fixtures/, see its README for provenance and licences): the real
 QVHighlights files and synthetic original-layout examples of the other five data sets.
 """
 
@@ -24,7 +24,7 @@ from r2.train.annotations import (
 )
 from r2.train.splits import TVSUM_SPLITS, YOUTUBE_SPLITS
 
-FIX = Path(__file__).resolve().parent / "fixtures"
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 QVH = FIX / "qvhighlights"
 QVH_FILES = {
     "highlight_train_release.jsonl": (7218, "train"),

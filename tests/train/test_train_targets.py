@@ -29,7 +29,7 @@ from r2.train.targets import (
     youtube_fps,
 )
 
-FIX = Path(__file__).resolve().parent / "fixtures"
+FIX = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 def mr(windows, duration=20.0, dataset="charades", qid=1):
