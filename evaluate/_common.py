@@ -27,6 +27,20 @@ def round5(x) -> float:
     return round(float(x), 5)
 
 
+def exact_mean(values, axis: int | None = None):
+    """Mean with a correctly rounded sum (``math.fsum``), so it does not depend on the order
+    of the queries. The reference averages with numpy in whatever order its worker pool
+    returns the per-query results, so only its rounded output is defined; a plain float sum
+    can move a value that sits on a rounding boundary (x.xx5) across it when the lines of a
+    file are reordered. ``axis=0`` averages the columns of a 2-D array."""
+    a = np.asarray(values, dtype=np.float64)
+    if axis is None:
+        return math.fsum(a.ravel().tolist()) / a.size
+    if axis != 0 or a.ndim != 2:
+        raise ValueError("exact_mean supports axis=None or axis=0 of a 2-D array")
+    return np.array([math.fsum(col) for col in a.T.tolist()]) / a.shape[0]
+
+
 def _thresholds(start: float, stop: float, num: int) -> list[float]:
     # The Python floats obtained by printing linspace with two decimals and parsing them back.
     return [float(f"{e:.2f}") for e in np.linspace(start, stop, num)]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, fmt2, get_list, join,
+from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, exact_mean, fmt2, get_list, join,
                       number_matrix, ordered_row_sums, warn)
 from .errors import EvaluationError
 
@@ -249,7 +249,7 @@ def top5_ious(d: MRData, b: "Bucket") -> np.ndarray:
 
 
 def recall_at(ious: np.ndarray, thresholds) -> OrderedDict:
-    return OrderedDict((str(t), fmt2(np.mean(ious >= t) * 100)) for t in thresholds)
+    return OrderedDict((str(t), fmt2(exact_mean(ious >= t) * 100)) for t in thresholds)
 
 
 class Bucket:
@@ -282,14 +282,14 @@ def bucket_metrics(d: MRData, b: Bucket, r1_thresholds, extras: bool) -> Ordered
     sel = b.sel
     ap = average_precisions(d.c_s[sel], d.c_e[sel], d.c_valid[sel], b.g_s, b.g_e, b.g_valid,
                             QVH_THRESHOLDS)
-    ap_thds = ap.mean(0)
+    ap_thds = exact_mean(ap, axis=0)
     mr_map = OrderedDict((str(t), v) for t, v in zip(QVH_THRESHOLDS, ap_thds))
-    mr_map["average"] = np.mean(ap_thds)
+    mr_map["average"] = exact_mean(ap_thds)
     mr_map = OrderedDict((k, fmt2(100 * v)) for k, v in mr_map.items())
     r1 = top1_ious(d, b)
     out = OrderedDict()
     if extras:
-        out["MR-mIoU"] = fmt2(np.mean(r1) * 100)
+        out["MR-mIoU"] = fmt2(exact_mean(r1) * 100)
     out["MR-mAP"] = mr_map
     out["MR-R1"] = recall_at(r1, r1_thresholds)
     if extras:

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from . import moment_retrieval as mr
-from ._common import (Joined, Source, fmt2, get_list, join, number_matrix, number_vectors,
+from ._common import (Joined, Source, exact_mean, fmt2, get_list, join, number_matrix, number_vectors,
                       ordered_row_sums, padded, warn)
 from .errors import EvaluationError
 
@@ -164,8 +164,8 @@ def highlight_sections(j: Joined, details: dict | None = None) -> dict:
     for (name, minimum), ap in zip(HL_LEVELS, aps):
         hits = (top_rows >= minimum).astype(float)
         sections[f"HL-min-{name}"] = OrderedDict([
-            ("HL-mAP", fmt2(100 * np.mean(ap))),
-            ("HL-Hit1", fmt2(100 * np.mean(np.max(hits, 1)))),
+            ("HL-mAP", fmt2(100 * exact_mean(ap))),
+            ("HL-Hit1", fmt2(100 * exact_mean(np.max(hits, 1)))),
         ])
     if details is not None:
         details["annotators"] = A

@@ -98,6 +98,14 @@ def slow_get_ap(y, s):
     return np.mean(precision[np.where(np.diff(recall))])
 
 
+def fsum_mean(values):
+    """Correctly rounded mean. The reference averages per-query results in the order its
+    worker pool returns them, so only the rounded output is defined; both this model and
+    r2 use an order-free exact sum (a plain sum can cross an x.xx5 boundary on reordering)."""
+    values = [float(v) for v in np.asarray(values, dtype=float).ravel()]
+    return math.fsum(values) / len(values)
+
+
 def slow_qvh(preds, gt, r2_style=False):
     """Flat {path: value} of the reference metrics, one loop at a time."""
     out = {}
@@ -137,10 +145,10 @@ def slow_qvh(preds, gt, r2_style=False):
                 cands += line["pred_relevant_windows"][:10]
             cands = sorted(cands, key=lambda w: -w[2])
             aps.append([slow_ap(cands, in_bucket[q], t) for t in THR])
-        ap_thds = np.array(aps).mean(0)
+        ap_thds = np.array([fsum_mean(col) for col in np.array(aps).T])
         for t, v in zip(THR, ap_thds):
             out[f"{name}/MR-mAP/{t}"] = fmt(100 * v)
-        out[f"{name}/MR-mAP/average"] = fmt(100 * np.mean(ap_thds))
+        out[f"{name}/MR-mAP/average"] = fmt(100 * fsum_mean(ap_thds))
         r1, r5 = [], []
         for q in qids:
             p = last[q]["pred_relevant_windows"][0][:2]
@@ -157,11 +165,11 @@ def slow_qvh(preds, gt, r2_style=False):
                                in_bucket[q][best[2]]))
         r1, r5 = np.array(r1), np.array(r5)
         for t in r1_thr:
-            out[f"{name}/MR-R1/{t}"] = fmt(np.mean(r1 >= t) * 100)
+            out[f"{name}/MR-R1/{t}"] = fmt(fsum_mean(r1 >= t) * 100)
             if r2_style:
-                out[f"{name}/MR-R5/{t}"] = fmt(np.mean(r5 >= t) * 100)
+                out[f"{name}/MR-R5/{t}"] = fmt(fsum_mean(r5 >= t) * 100)
         if r2_style:
-            out[f"{name}/MR-mIoU"] = fmt(np.mean(r1) * 100)
+            out[f"{name}/MR-mIoU"] = fmt(fsum_mean(r1) * 100)
     if "pred_saliency_scores" in preds[0]:
         for level, m in (("Fair", 2), ("Good", 3), ("VeryGood", 4)):
             hits, aps = [], []
@@ -176,8 +184,8 @@ def slow_qvh(preds, gt, r2_style=False):
                 hits.append(lab[k].max() if k < n else 0.0)
                 padded = np.array((list(s[:n]) + [0.0] * n)[:n], float)
                 aps.append([slow_get_ap(lab[:, a], padded) for a in range(3)])
-            out[f"HL-min-{level}/HL-mAP"] = fmt(100 * np.mean(np.array(aps)))
-            out[f"HL-min-{level}/HL-Hit1"] = fmt(100 * np.mean(hits))
+            out[f"HL-min-{level}/HL-mAP"] = fmt(100 * fsum_mean(np.array(aps)))
+            out[f"HL-min-{level}/HL-Hit1"] = fmt(100 * fsum_mean(hits))
     return out
 
 
