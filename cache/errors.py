@@ -1,0 +1,26 @@
+"""Error and warning types of ``r2.cache``."""
+
+from __future__ import annotations
+
+
+class CacheError(Exception):
+    """A problem with a feature cache that the user can fix (wrong directory, incompatible
+    manifest, missing layer or item, damaged shard...).
+
+    ``user_error = True``: the ``r2`` command shows it as a one-line ``Error: ...`` message
+    with exit code 1, never as a traceback.
+    """
+
+    user_error = True
+
+
+class MissingItemError(CacheError, KeyError):
+    """A video or query id that the cache does not hold (also a ``KeyError``)."""
+
+    def __str__(self):  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class CacheWarning(UserWarning):
+    """Something the cache repaired or ignored (a stale partial shard removed, an unreadable
+    shard skipped by a reader, an id present in two shards)."""

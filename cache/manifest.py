@@ -1,0 +1,210 @@
+"""``manifest.json``: what a cache holds and how it was made.
+
+Keys supplied by the caller of :meth:`FeatureCache.create`:
+
+==================== ======================================================================
+``model_id``          str: hub id or local directory of the CLIP model
+``model_config_hash`` str: hash of the model configuration
+``layers``            list of int, ascending, unique: the hidden-state indices kept
+                      (e.g. ``[9, 10, 11, 12]``); ``load_*(layers=...)`` takes these ids
+``fps``               float, or ``None`` when the sampling is per video (YouTube Highlights)
+``preprocessing``     dict (size, crop, interpolation, mean, std, ...)
+``dtype``             ``"float16"`` (default), ``"float32"`` or ``"int8"`` (per-token scale)
+``token_form``        optional str, e.g. "residual stream before post-LN, CLS + patch tokens"
+``video_width``       optional int: D of the video features (checked on write and by verify)
+``query_width``       optional int: Dt of the query features (checked on write and by verify)
+``command``           optional str: the extract command line; ``verify`` quotes it in its
+                      rebuild advice
+==================== ======================================================================
+
+The cache adds ``format_version``, ``r2_version`` and ``created`` (UTC, ISO 8601). Unknown
+extra keys are kept as given (they must be JSON-serialisable).
+
+Two manifests are *compatible* (same features, safe to mix in one cache or merge) when
+``format_version``, ``model_id``, ``model_config_hash``, ``layers``, ``fps``, ``dtype`` and
+``preprocessing`` are equal (:data:`COMPAT_FIELDS`). The other keys are informative.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import secrets
+from pathlib import Path
+
+from .errors import CacheError
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+DTYPES = ("float16", "float32", "int8")
+COMPAT_FIELDS = ("format_version", "model_id", "model_config_hash", "layers", "fps", "dtype",
+                 "preprocessing")
+REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
+ADDED_BY_CACHE = ("format_version", "r2_version", "created")
+
+
+def r2_version() -> str:
+    try:
+        from r2 import __version__
+    except Exception:  # pragma: no cover - r2 is always importable when installed
+        return "unknown"
+    return __version__
+
+
+def normalize_manifest(manifest: dict) -> dict:
+    """Check the caller's manifest and return a normalised JSON-ready copy (``dtype``
+    defaulted to ``"float16"``, ``layers`` as ints, ``fps`` as float or None).
+
+    Raises :class:`CacheError` naming every missing or malformed key.
+    """
+    if not isinstance(manifest, dict):
+        raise CacheError(f"the cache manifest must be a dict, got {type(manifest).__name__}")
+    m = dict(manifest)
+    m.setdefault("dtype", "float16")
+    missing = [k for k in REQUIRED if k not in m]
+    if missing:
+        raise CacheError("the cache manifest lacks " + ", ".join(missing)
+                         + " (see r2.cache.manifest for the keys and their meaning)")
+    problems = []
+    if not isinstance(m["model_id"], str) or not m["model_id"]:
+        problems.append(f"model_id must be a non-empty str, got {m['model_id']!r}")
+    if not isinstance(m["model_config_hash"], str) or not m["model_config_hash"]:
+        problems.append(f"model_config_hash must be a non-empty str, got {m['model_config_hash']!r}")
+    layers = m["layers"]
+    try:
+        ok = (len(layers) > 0 and all(int(x) == x and not isinstance(x, bool) for x in layers))
+    except TypeError:
+        ok = False
+    if not ok:
+        problems.append(f"layers must be a non-empty list of int, got {layers!r}")
+    else:
+        layers = [int(x) for x in layers]
+        if any(x < 0 for x in layers) or layers != sorted(set(layers)):
+            problems.append(f"layers must be ascending, unique and >= 0, got {layers!r}")
+        m["layers"] = layers
+    fps = m["fps"]
+    if fps is not None:
+        if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
+            problems.append(f"fps must be a positive number or None (per-video sampling), got {fps!r}")
+        else:
+            m["fps"] = float(fps)
+    if m["dtype"] not in DTYPES:
+        problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {m['dtype']!r}")
+    if not isinstance(m["preprocessing"], dict):
+        problems.append(f"preprocessing must be a dict, got {type(m['preprocessing']).__name__}")
+    for key in ("video_width", "query_width"):
+        v = m.get(key)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
+            problems.append(f"{key} must be a positive int, got {v!r}")
+    for key in ("token_form", "command"):
+        v = m.get(key)
+        if v is not None and not isinstance(v, str):
+            problems.append(f"{key} must be a str, got {type(v).__name__}")
+    if problems:
+        raise CacheError("invalid cache manifest: " + "; ".join(problems))
+    for key in ADDED_BY_CACHE:
+        m.pop(key, None)
+    try:
+        return json.loads(json.dumps(m, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise CacheError(f"the cache manifest must be JSON-serialisable: {exc}") from None
+
+
+def new_manifest(manifest: dict) -> dict:
+    """The full manifest of a new cache: the caller's keys plus the ones the cache adds."""
+    m = normalize_manifest(manifest)
+    return {"format_version": FORMAT_VERSION, "r2_version": r2_version(), "created": utc_now(), **m}
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def differences(existing: dict, requested: dict) -> list[tuple[str, object, object]]:
+    """``(field, existing value, requested value)`` for each compatibility field that differs."""
+    out = []
+    for key in COMPAT_FIELDS:
+        a, b = existing.get(key), requested.get(key)
+        if key == "fps" and a is not None and b is not None:
+            same = float(a) == float(b)
+        else:
+            same = json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+        if not same:
+            out.append((key, a, b))
+    return out
+
+
+def describe_differences(diffs, first="the cache has", second="requested") -> str:
+    return "\n".join(f"  {k}: {first} {json.dumps(a)}, {second} {json.dumps(b)}" for k, a, b in diffs)
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """Read and check ``root/manifest.json``; a clear :class:`CacheError` when ``root`` is
+    missing, is not a cache, or holds a damaged or too new manifest."""
+    root = Path(root)
+    if not root.exists():
+        raise CacheError(f"no feature cache at {root}: the directory does not exist")
+    if not root.is_dir():
+        raise CacheError(f"{root} is not a feature cache: it is a file, not a directory")
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise CacheError(f"{root} is not an r2 feature cache (it has no {MANIFEST_NAME}); "
+                         "create one with `r2 extract ... --out DIR`")
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise CacheError(f"cannot read {path}: {exc}") from None
+    if not isinstance(m, dict) or "format_version" not in m:
+        raise CacheError(f"{path} is not an r2 cache manifest (no format_version)")
+    if not isinstance(m["format_version"], int) or m["format_version"] > FORMAT_VERSION:
+        raise CacheError(f"{root} has cache format {m['format_version']!r}; this r2 "
+                         f"({r2_version()}) reads format {FORMAT_VERSION} and older: upgrade r2")
+    return m
+
+
+def write_manifest_exclusive(root: Path, manifest: dict) -> bool:
+    """Write ``root/manifest.json`` only if it does not exist yet, atomically (temporary file,
+    fsync, then a hard link that fails when another process got there first).
+    Returns True when this call wrote it."""
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / MANIFEST_NAME
+    tmp = root / f".{MANIFEST_NAME}.{secrets.token_hex(6)}.tmp"
+    data = (json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    with open(tmp, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    try:
+        try:
+            os.link(tmp, final)
+        except FileExistsError:
+            return False
+        except OSError:  # file system without hard links: exclusive create instead
+            try:
+                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        fsync_dir(root)
+        return True
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a directory so that a rename inside it survives a crash (best effort)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,329 @@
+"""The shard files: names, id encoding, HDF5 layout, and the per-writer lock files.
+
+Directory layout of a cache::
+
+    DIR/manifest.json
+    DIR/shards/videos-<prefix>-<seq>-c<crc>.h5   committed video shards (immutable)
+    DIR/shards/queries-<prefix>-<seq>-c<crc>.h5  committed query shards
+    DIR/shards/*.h5.partial                 being written (readers never look at them)
+    DIR/locks/<prefix>.lock                 held (flock) by the live writer of <prefix>
+    DIR/index.json                          optional sidecar index, validated on every open
+
+``<prefix>`` is ``<host>-<pid>-<8 random hex>``, unique per writer, so two writers (threads,
+processes, machines sharing a file system) never write the same file. ``<seq>`` counts the
+writer's shards per family from 00000. A committed name ends in ``-c<crc32>`` (8 hex), the
+crc32 of the whole file computed at commit: ``verify`` recomputes it, so a flipped byte
+anywhere in the file, even in unused space, is found.
+
+Inside a shard (HDF5, no compression, contiguous datasets so that a read is one sequential
+read at disk speed)::
+
+    /videos/<encoded id>          group, attribute "attrs" = JSON of the caller's attributes
+        L<layer>                  (T, N, D) float16 | float32 | int8, attribute crc32
+        L<layer>_scale            (T, N) float32, int8 caches only, attribute crc32
+    /queries/<encoded id>
+        L<layer>                  (S, Dt), as above (+ L<layer>_scale for int8)
+        mask                      (S,) uint8, attribute crc32
+
+A shard holds one family (videos or queries). Besides the whole-file crc32 in the name, the
+crc32 of every dataset's bytes is stored when it is written: ``verify`` uses them to say which
+item of a damaged file is hit (reads do not pay for checksums). HDF5's own metadata
+checksums (file format >= 1.8, which we ask for) make a damaged structure fail to open, and
+a truncated file fails to open.
+
+Ids are arbitrary strings (``/``, spaces, dots, non-ASCII). HDF5 link names cannot hold ``/``
+and ``.``/``..`` are special, so a name keeps ``[A-Za-z0-9_-]`` and writes every other UTF-8
+byte as ``%XX`` (:func:`encode_id`); :func:`decode_id` inverts it exactly. Ids that came from
+file names with undecodable bytes (``surrogateescape``) round-trip too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import secrets
+import socket
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+from urllib.parse import unquote
+
+import h5py
+import numpy as np
+
+from .errors import CacheError
+
+SHARDS_DIR = "shards"
+LOCKS_DIR = "locks"
+INDEX_NAME = "index.json"
+FAMILIES = ("videos", "queries")
+SHARD_SUFFIX = ".h5"
+PARTIAL_SUFFIX = ".h5.partial"
+SHARD_FORMAT = 1
+LIBVER = ("v108", "v110")  # metadata checksums; readable by HDF5 >= 1.10
+
+_SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SHARD_RE = re.compile(r"^(videos|queries)-(.+)-(\d{5,})(?:-c([0-9a-f]{8}))?\.h5(\.partial)?$")
+
+
+# --------------------------------------------------------------------------- ids
+def encode_id(item_id: str) -> str:
+    """An id as an HDF5 link name: ``[A-Za-z0-9_-]`` kept, every other UTF-8 byte ``%XX``."""
+    if not isinstance(item_id, str):
+        raise TypeError(f"ids are str, got {type(item_id).__name__}: {item_id!r}")
+    if not item_id:
+        raise ValueError("an id cannot be empty")
+    raw = item_id.encode("utf-8", "surrogateescape")
+    return "".join(chr(b) if b in _SAFE else f"%{b:02X}" for b in raw)
+
+
+def decode_id(name: str) -> str:
+    return unquote(name, encoding="utf-8", errors="surrogateescape")
+
+
+# --------------------------------------------------------------------------- names
+def new_prefix() -> str:
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname() or "host")[:40] or "host"
+    return f"{host}-{os.getpid()}-{secrets.token_hex(4)}"
+
+
+class ShardName(NamedTuple):
+    family: str
+    prefix: str
+    seq: int
+    crc: int | None  # crc32 of the whole file, recorded in the name when it was committed
+    partial: bool
+
+
+def shard_name(family: str, prefix: str, seq: int, crc: int | None = None) -> str:
+    """``<family>-<prefix>-<seq>[-c<crc32 of the file>].h5``"""
+    tail = "" if crc is None else f"-c{crc:08x}"
+    return f"{family}-{prefix}-{seq:05d}{tail}{SHARD_SUFFIX}"
+
+
+def parse_shard_name(name: str) -> ShardName | None:
+    """The parts of a shard file name, or None when ``name`` is not a shard file."""
+    m = _SHARD_RE.match(name)
+    if not m:
+        return None
+    return ShardName(m.group(1), m.group(2), int(m.group(3)),
+                     None if m.group(4) is None else int(m.group(4), 16), m.group(5) is not None)
+
+
+def file_crc32(path, chunk: int = 8 * 2**20) -> int:
+    """crc32 of a whole file, read sequentially."""
+    crc = 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while True:
+            n = fh.readinto(buf)
+            if not n:
+                return crc
+            crc = zlib.crc32(view[:n], crc)
+
+
+def list_shards(root: Path) -> dict[str, os.stat_result]:
+    """Committed shard files of a cache (``*.h5``; partials ignored) -> their stat."""
+    out = {}
+    try:
+        entries = list(os.scandir(Path(root) / SHARDS_DIR))
+    except FileNotFoundError:
+        return out
+    for e in entries:
+        parsed = parse_shard_name(e.name)
+        if parsed and not parsed.partial:
+            try:
+                out[e.name] = e.stat()
+            except FileNotFoundError:  # deleted meanwhile
+                continue
+    return out
+
+
+def list_partials(root: Path) -> list[Path]:
+    d = Path(root) / SHARDS_DIR
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.name.endswith(PARTIAL_SUFFIX))
+
+
+# --------------------------------------------------------------------------- HDF5 files
+def open_h5(path, mode="r"):
+    """Open an HDF5 file without HDF5's own file locking (shards are immutable once
+    committed; partials are private to their writer; HDF5 locks fail on some network file
+    systems)."""
+    kw = {"libver": LIBVER} if mode != "r" else {}
+    try:
+        return h5py.File(path, mode, locking=False, **kw)
+    except (TypeError, ValueError) as exc:  # very old HDF5 without the locking property
+        if "locking" not in str(exc):
+            raise
+    except OSError as exc:  # already open in this process with HDF5's default locking
+        if "locking flag" not in str(exc):
+            raise
+    return h5py.File(path, mode, **kw)
+
+
+def crc32(a: np.ndarray) -> int:
+    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+
+
+def layer_name(layer: int) -> str:
+    return f"L{int(layer)}"
+
+
+def scale_name(layer: int) -> str:
+    return f"L{int(layer)}_scale"
+
+
+def _put(group, name, data) -> int:
+    ds = group.create_dataset(name, data=data)  # contiguous, uncompressed
+    ds.attrs["crc32"] = np.uint32(crc32(data))
+    return data.nbytes
+
+
+def attrs_to_json(attrs: dict) -> str:
+    def default(o):
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, os.PathLike):
+            return os.fspath(o)
+        raise TypeError(f"attribute value {o!r} of type {type(o).__name__} cannot be stored "
+                        "(use str, numbers, bools, None, lists, dicts or numpy arrays)")
+    return json.dumps(attrs, default=default)  # ASCII: lone surrogates of odd file names survive
+
+
+def set_text_attr(obj, name: str, text: str) -> None:
+    """A string attribute stored as fixed-length bytes. (h5py's default, a variable-length
+    string, lives in HDF5's global heap, which has no checksum: a flipped byte there can make
+    HDF5 loop forever. Fixed-length attributes live in the checksummed object header, or in
+    the checksummed dense attribute storage when large.)"""
+    obj.attrs.create(name, np.bytes_(text.encode("utf-8")))
+
+
+def get_text_attr(obj, name: str):
+    raw = obj.attrs.get(name)
+    if isinstance(raw, (bytes, np.bytes_)):
+        return bytes(raw).decode("utf-8")
+    return raw
+
+
+def attrs_from_group(group) -> dict:
+    raw = get_text_attr(group, "attrs")
+    return {} if raw is None else json.loads(raw)
+
+
+def write_item(h5file, family: str, item_id: str, layers, arrays, scales, mask, attrs_json: str) -> int:
+    """Write one item group; on any failure the half-written group is removed. Returns bytes."""
+    path = f"{family}/{encode_id(item_id)}"
+    if path in h5file:
+        raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
+    group = h5file.require_group(family).create_group(encode_id(item_id))
+    try:
+        set_text_attr(group, "attrs", attrs_json)
+        nbytes = 0
+        for k, layer in enumerate(layers):
+            nbytes += _put(group, layer_name(layer), arrays[k])
+            if scales is not None:
+                nbytes += _put(group, scale_name(layer), scales[k])
+        if mask is not None:
+            nbytes += _put(group, "mask", mask)
+        return nbytes
+    except BaseException:
+        with contextlib.suppress(Exception):
+            del h5file[path]
+        raise
+
+
+def read_ids(h5file, family: str) -> list[str]:
+    if family not in h5file:
+        return []
+    return [decode_id(n) for n in h5file[family].keys()]
+
+
+# --------------------------------------------------------------------------- writer locks
+def lock_path(root: Path, prefix: str) -> Path:
+    return Path(root) / LOCKS_DIR / f"{prefix}.lock"
+
+
+class WriterLock:
+    """An exclusive ``flock`` on ``DIR/locks/<prefix>.lock``, held for the life of a writer.
+    The kernel drops it when the process dies (even by SIGKILL), which is how another
+    writer tells a dead writer's partial shards from a live one's."""
+
+    def __init__(self, root: Path, prefix: str):
+        import fcntl
+
+        self.path = lock_path(root, prefix)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Locked under a temporary name, then renamed: a lock file visible under its final
+        # name is always held by a live writer, so a cleaner can never take it for a dead one.
+        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.write(self._fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+        os.rename(tmp, self.path)
+
+    def release(self):
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            self.path.unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:
+    """``(dead, fd)``: try the owner's lock; when we get it the owner is gone and we keep
+    the lock (``fd``) until its leftovers are removed."""
+    import fcntl
+
+    try:
+        fd = os.open(lock_path(root, prefix), os.O_RDWR)
+    except FileNotFoundError:
+        return True, None  # no lock file: its writer finished or never got that far
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return False, None
+    return True, fd
+
+
+def remove_stale_partials(root: Path, own_prefix: str | None = None) -> list[Path]:
+    """Delete the partial shards (and lock files) of writers that are no longer alive.
+    A live writer's partials are left alone. Returns the removed partials."""
+    root = Path(root)
+    by_prefix: dict[str, list[Path]] = {}
+    for p in list_partials(root):
+        parsed = parse_shard_name(p.name)
+        if parsed and parsed.prefix != own_prefix:
+            by_prefix.setdefault(parsed.prefix, []).append(p)
+    locks = root / LOCKS_DIR
+    if locks.is_dir():
+        for lk in locks.glob("*.lock"):
+            prefix = lk.name[: -len(".lock")]
+            if prefix != own_prefix:
+                by_prefix.setdefault(prefix, [])
+    removed = []
+    for prefix, partials in sorted(by_prefix.items()):
+        dead, fd = _owner_is_dead(root, prefix)
+        if not dead:
+            continue
+        try:
+            for p in partials:
+                try:
+                    p.unlink()
+                    removed.append(p)
+                except FileNotFoundError:
+                    pass
+            with contextlib.suppress(OSError):
+                lock_path(root, prefix).unlink()
+        finally:
+            if fd is not None:
+                os.close(fd)
+    return removed

@@ -1,0 +1,309 @@
+"""``verify``: check every shard of a cache, name the damaged ones, say how to rebuild.
+
+Checks: the manifest (keys, types, format version); every committed shard opens (a
+truncated file, or one whose HDF5 structure is damaged, does not); each item has every layer
+of the manifest with the stored dtype, consistent shapes and the manifest's widths; and,
+unless ``quick``, the crc32 of the whole file equals the one recorded in its name at commit
+(a flipped byte anywhere is found). When it differs, every dataset is read and checked
+against its own crc32 and for finite values (int8 scales >= 0, masks 0/1), to name the
+items hit. (A shard without a recorded crc gets those dataset checks.) So a full check reads
+each file once, sequentially. Partial shards (a running writer's, or one left by a killed
+writer) and ids present in two shards are warnings, not errors.
+
+A damaged shard is rebuilt by deleting it and rerunning the extract command that built the
+cache (``manifest["command"]``, quoted in the advice), which re-extracts what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .index import ShardIndex
+from .manifest import ADDED_BY_CACHE, read_manifest, normalize_manifest
+from .errors import CacheError
+from .shards import (SHARDS_DIR, attrs_from_group, crc32, decode_id, encode_id,
+                     file_crc32, get_text_attr, layer_name, list_partials, list_shards, open_h5, parse_shard_name,
+                     scale_name)
+
+_STORED = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "int8": np.dtype("i1")}
+_MAX_MESSAGES = 5
+
+
+@dataclass
+class ShardProblem:
+    shard: str  # path of the shard file
+    messages: list
+    videos: list = field(default_factory=list)  # ids known to be in it (when readable)
+    queries: list = field(default_factory=list)
+
+
+@dataclass
+class VerifyReport:
+    path: str
+    shards_checked: int = 0
+    videos_checked: int = 0
+    queries_checked: int = 0
+    quick: bool = False
+    cache_problems: list = field(default_factory=list)  # not tied to one shard
+    problems: list = field(default_factory=list)  # ShardProblem
+    warnings: list = field(default_factory=list)
+    commands: list = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.cache_problems
+
+    def rebuild_advice(self) -> str:
+        if not self.problems:
+            return ""
+        paths = " ".join(shlex.quote(p.shard) for p in self.problems)
+        lines = ["To rebuild: delete the damaged shard(s),", f"  rm {paths}"]
+        if len(self.commands) == 1:
+            lines += ["then rerun the extract command that built this cache; it keeps what is "
+                      "there and re-extracts what is missing:", f"  {self.commands[0]}"]
+        elif self.commands:
+            lines += ["then rerun the extract commands that built this cache (each keeps what is "
+                      "there and re-extracts what is missing):"] + [f"  {c}" for c in self.commands]
+        else:
+            lines += ["then rerun the `r2 extract` command that built this cache (same inputs, "
+                      f"--out {shlex.quote(self.path)}); it re-extracts what is missing."]
+        return "\n".join(lines)
+
+    def format(self) -> str:
+        what = "quick check (no data read)" if self.quick else "full check"
+        lines = [f"{self.path}: {self.shards_checked} shards, {self.videos_checked} videos, "
+                 f"{self.queries_checked} queries ({what})"]
+        for msg in self.cache_problems:
+            lines.append(f"PROBLEM {msg}")
+        for p in self.problems:
+            held = []
+            if p.videos:
+                held.append(f"{len(p.videos)} video" + ("s" if len(p.videos) > 1 else ""))
+            if p.queries:
+                held.append(f"{len(p.queries)} quer" + ("ies" if len(p.queries) > 1 else "y"))
+            lines.append(f"DAMAGED {p.shard}" + (f" (holds {', '.join(held)})" if held else ""))
+            lines += [f"    {m}" for m in p.messages]
+        for w in self.warnings:
+            lines.append(f"warning: {w}")
+        if self.ok:
+            lines.append("OK: every shard is readable and consistent with the manifest")
+        else:
+            n = len(self.problems)
+            lines.append(f"FAILED: {n} damaged shard(s), {len(self.cache_problems)} other problem(s)")
+            advice = self.rebuild_advice()
+            if advice:
+                lines.append(advice)
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ok"] = self.ok
+        d["rebuild_advice"] = self.rebuild_advice()
+        return d
+
+
+def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
+    """Check the cache at ``path``; returns a :class:`VerifyReport` (``report.ok``,
+    ``report.format()``). ``quick`` checks structure only (no data read, no checksum).
+    ``progress(done, total)`` is called after each shard. A missing directory or manifest
+    raises :class:`CacheError`."""
+    root = Path(path)
+    manifest = read_manifest(root)
+    report = VerifyReport(path=str(root.resolve()), quick=quick)
+    try:
+        normalize_manifest({k: v for k, v in manifest.items() if k not in ADDED_BY_CACHE})
+    except CacheError as exc:
+        report.cache_problems.append(f"manifest.json: {exc}")
+    cmd = manifest.get("command")
+    report.commands = [cmd] if cmd else list(manifest.get("source_commands") or [])
+    layers = [int(x) for x in manifest.get("layers", [])]
+    dtype = manifest.get("dtype", "float16")
+    if dtype not in _STORED or not layers:
+        report.cache_problems.append("manifest.json: cannot check shards without valid layers and dtype")
+        return report
+
+    known = ShardIndex._read_sidecar(root)  # names the items of shards that no longer open
+    stats = list_shards(root)
+    seen: dict[tuple[str, str], str] = {}
+    for i, name in enumerate(sorted(stats)):
+        parsed = parse_shard_name(name)
+        family, path = parsed.family, root / SHARDS_DIR / name
+        read_data, file_msg = not quick, None
+        if not quick and parsed.crc is not None:
+            actual = file_crc32(path)
+            if actual != parsed.crc:  # damaged: read every dataset to say which items are hit
+                file_msg = (f"file checksum mismatch (crc32 {actual:08x}, {parsed.crc:08x} when "
+                            "committed): the file changed after it was written")
+            else:  # byte-identical to what the writer checked and committed
+                read_data = False
+        if file_msg or (parsed.crc is None and not quick):
+            # a damaged file can make HDF5 itself hang or crash: diagnose it in a child process
+            messages, ids = _check_shard_isolated(path, family, manifest, layers, dtype, not read_data)
+        else:
+            messages, ids = _check_shard(path, family, manifest, layers, dtype, not read_data)
+        if file_msg:
+            messages.append(file_msg)
+        report.shards_checked += 1
+        if family == "videos":
+            report.videos_checked += len(ids)
+        else:
+            report.queries_checked += len(ids)
+        for item_id in ids:
+            first = seen.setdefault((family, item_id), name)
+            if first != name:
+                report.warnings.append(f"{family[:-1]} {item_id!r} is in two shards ({first}, {name}); "
+                                       f"reads use {min(first, name)}")
+        if messages:
+            if not ids and name in known:
+                ids = known[name].ids
+            report.problems.append(ShardProblem(
+                str(root.resolve() / SHARDS_DIR / name), messages,
+                videos=list(ids) if family == "videos" else [],
+                queries=list(ids) if family == "queries" else []))
+        if progress is not None:
+            progress(i + 1, len(stats))
+    partials = list_partials(root)
+    if partials:
+        report.warnings.append(
+            f"{len(partials)} partial shard(s) in {root / SHARDS_DIR} (a writer is running, or one "
+            "was stopped before committing them; they are ignored, and the next writer removes "
+            "those of stopped writers): " + ", ".join(p.name for p in partials))
+    if not stats:
+        report.warnings.append("the cache holds no shards yet")
+    return report
+
+
+def _check_shard_isolated(path: Path, family, manifest, layers, dtype, quick) -> tuple[list, list]:
+    """``_check_shard`` in a child process with a time limit."""
+    timeout = 60 + path.stat().st_size / 20e6
+    payload = json.dumps({"path": str(path), "family": family, "manifest": manifest,
+                          "layers": layers, "dtype": dtype, "quick": quick})
+    code = "from r2.cache.verify import _check_shard_main; _check_shard_main()"
+    try:
+        out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True,
+                             text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return [f"reading its HDF5 structure did not finish in {timeout:.0f} s (damaged metadata)"], []
+    if out.returncode == 0:
+        data = json.loads(out.stdout)
+        return data["messages"], data["ids"]
+    if "ModuleNotFoundError" in out.stderr:  # r2 not importable by a fresh interpreter
+        return _check_shard(path, family, manifest, layers, dtype, quick)
+    last = (out.stderr.strip().splitlines() or ["no message"])[-1]
+    return [f"reading it crashed the checker (exit code {out.returncode}): {_short(last)}"], []
+
+
+def _check_shard_main():
+    """Entry point of the child process of :func:`_check_shard_isolated` (JSON in and out)."""
+    a = json.loads(sys.stdin.read())
+    messages, ids = _check_shard(Path(a["path"]), a["family"], a["manifest"], a["layers"], a["dtype"], a["quick"])
+    sys.stdout.write(json.dumps({"messages": messages, "ids": ids}))
+
+
+def _check_shard(path: Path, family: str, manifest, layers, dtype, quick) -> tuple[list, list]:
+    """(problems, item ids) of one shard."""
+    messages: list[str] = []
+    ids: list[str] = []
+
+    def problem(msg):
+        if len(messages) < _MAX_MESSAGES:
+            messages.append(msg)
+        elif len(messages) == _MAX_MESSAGES:
+            messages.append("... (more problems not shown)")
+
+    try:
+        f = open_h5(path)
+    except Exception as exc:
+        return [f"cannot be opened (truncated or corrupt): {_short(exc)}"], []
+    try:
+        with f:
+            if get_text_attr(f, "family") not in (None, family):
+                problem(f"shard attribute family={get_text_attr(f, 'family')!r}, its name says {family}")
+            other = [k for k in f.keys() if k != family]
+            if other:
+                problem(f"unexpected groups {other}")
+            if family not in f:
+                problem(f"no /{family} group")
+                return messages, ids
+            width = manifest.get("video_width" if family == "videos" else "query_width")
+            for name in f[family].keys():
+                item_id = decode_id(name)
+                if encode_id(item_id) != name:
+                    problem(f"item name {name!r} is not a valid encoded id")
+                    continue
+                ids.append(item_id)
+                try:
+                    for msg in _check_item(f[family][name], family, layers, dtype, width, quick):
+                        problem(f"{family[:-1]} {item_id!r}: {msg}")
+                except Exception as exc:  # h5py errors on damaged structure
+                    problem(f"{family[:-1]} {item_id!r}: unreadable: {_short(exc)}")
+    except Exception as exc:
+        problem(f"unreadable: {_short(exc)}")
+    return messages, ids
+
+
+def _check_item(group, family, layers, dtype, width, quick):
+    out = []
+    try:
+        attrs_from_group(group)
+    except Exception as exc:
+        out.append(f"attributes are not valid JSON ({_short(exc)})")
+    ndim = 3 if family == "videos" else 2
+    shape = None
+    names = [(layer_name(l), _STORED[dtype]) for l in layers]
+    if dtype == "int8":
+        names += [(scale_name(l), np.dtype("<f4")) for l in layers]
+    if family == "queries":
+        names.append(("mask", np.dtype("u1")))
+    for name, want in names:
+        if name not in group:
+            out.append(f"missing dataset {name}")
+            continue
+        ds = group[name]
+        if ds.dtype != want:
+            out.append(f"{name} has dtype {ds.dtype}, expected {want}")
+            continue
+        if name.startswith("L") and not name.endswith("_scale"):
+            if ds.ndim != ndim:
+                out.append(f"{name} has shape {ds.shape}, expected {ndim} dimensions")
+                continue
+            if shape is None:
+                shape = ds.shape
+            elif ds.shape != shape:
+                out.append(f"{name} has shape {ds.shape}, other layers {shape}")
+            if width is not None and ds.shape[-1] != width:
+                out.append(f"{name} has width {ds.shape[-1]}, the manifest says {width}")
+            if 0 in ds.shape:
+                out.append(f"{name} is empty {ds.shape}")
+        elif shape is not None:
+            expected = shape[:-1] if name.endswith("_scale") else shape[:1]
+            if ds.shape != expected:
+                out.append(f"{name} has shape {ds.shape}, expected {expected}")
+        if quick:
+            continue
+        data = ds[()]
+        stored = ds.attrs.get("crc32")
+        if stored is None:
+            out.append(f"{name} has no crc32 attribute")
+        elif int(stored) != crc32(data):
+            out.append(f"{name}: checksum mismatch (the data changed after it was written)")
+            continue
+        if data.dtype.kind == "f" and not np.isfinite(data).all():
+            out.append(f"{name} has NaN or infinite values")
+        if name.endswith("_scale") and (data < 0).any():
+            out.append(f"{name} has negative scales")
+        if name == "mask" and not np.isin(data, (0, 1)).all():
+            out.append("mask has values other than 0 and 1")
+    return out
+
+
+def _short(exc) -> str:
+    text = " ".join(str(exc).split())
+    return (text[:300] + "...") if len(text) > 300 else text

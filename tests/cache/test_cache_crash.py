@@ -1,0 +1,140 @@
+"""A writer killed with SIGKILL leaves only committed shards; its partial is removed by the
+next writer, never by a reader, and never while its writer lives."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+
+import numpy as np
+import pytest
+
+from r2.cache import CacheWarning, FeatureCache, verify
+
+# A writer process: adds videos v0, v1, ... with 3 per shard and prints after each one.
+# argv: cache dir, number of videos before it stops and waits ("ready"), or -1 for no stop.
+_WRITER = r"""
+import sys, time
+import numpy as np
+from r2.cache import FeatureCache
+m = {"model_id": "m", "model_config_hash": "h", "layers": [9, 10, 11, 12], "fps": 0.5,
+     "preprocessing": {}, "command": "r2 extract vids --out cache"}
+cache = FeatureCache.create(sys.argv[1], m)
+stop = int(sys.argv[2])
+def video(i):
+    return np.random.default_rng(i).standard_normal((6, 4, 10, 32)).astype(np.float32)
+def committed(path, family, ids):
+    print("committed " + " ".join(ids), flush=True)
+w = cache.writer(max_shard_items=3, on_commit=committed)
+i = 0
+while True:
+    w.add_video(f"v{i}", video(i), index=i)
+    print(f"added v{i}", flush=True)
+    i += 1
+    if i == stop:
+        print("ready", flush=True)
+        line = sys.stdin.readline()   # wait; the test kills us, or tells us to finish
+        w.close()
+        print("closed", flush=True)
+        break
+"""
+
+
+def _video(i):
+    return np.random.default_rng(i).standard_normal((6, 4, 10, 32)).astype(np.float32)
+
+
+def _start(cache_dir, stop):
+    return subprocess.Popen([sys.executable, "-c", _WRITER, str(cache_dir), str(stop)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _read_until(proc, word):
+    lines = []
+    while True:
+        line = proc.stdout.readline()
+        assert line, f"writer ended early: {lines}"
+        lines.append(line.strip())
+        if line.strip().startswith(word):
+            return lines
+
+
+def _check_items(cache, n):
+    assert cache.video_ids() == sorted(f"v{i}" for i in range(n))
+    for i in range(n):
+        assert np.array_equal(cache.load_video(f"v{i}"), _video(i).astype(np.float16).astype(np.float32))
+        assert cache.video_attrs(f"v{i}") == {"index": i}
+
+
+def test_sigkill_in_the_middle_of_a_shard_keeps_exactly_the_committed_items(tmp_path):
+    cache_dir = tmp_path / "cache"
+    proc = _start(cache_dir, stop=8)  # shards [v0 v1 v2] [v3 v4 v5] committed; v6, v7 in the partial
+    lines = _read_until(proc, "ready")
+    assert "committed v3 v4 v5" in lines
+    partials = list((cache_dir / "shards").glob("*.h5.partial"))
+    assert len(partials) == 1 and partials[0].stat().st_size > 0
+    os.kill(proc.pid, signal.SIGKILL)
+    assert proc.wait(timeout=30) == -signal.SIGKILL
+
+    cache = FeatureCache.open(cache_dir)  # a reader: opens, ignores the partial, deletes nothing
+    _check_items(cache, 6)
+    assert partials[0].exists()
+    report = verify(cache_dir)
+    assert report.ok, report.format()
+    assert report.videos_checked == 6 and "partial shard" in " ".join(report.warnings)
+
+    with pytest.warns(CacheWarning, match="removed 1 partial shard"):
+        w = cache.writer()
+    assert not partials[0].exists()
+    assert list((cache_dir / "locks").glob("*.lock")) == [w._lock.path]  # the dead writer's is gone
+    w.add_video("v6", _video(6), index=6)  # the resumed run re-extracts what was lost
+    w.close()
+    _check_items(FeatureCache.open(cache_dir), 7)
+    assert verify(cache_dir).ok
+
+
+def test_sigkill_at_a_random_moment_leaves_a_consistent_cache(tmp_path):
+    cache_dir = tmp_path / "cache"
+    proc = _start(cache_dir, stop=-1)  # writes until killed
+    _read_until(proc, "committed v3")
+    time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+    reported = set()
+    for line in proc.stdout.read().splitlines() + ["committed v0 v1 v2 v3 v4 v5"]:
+        if line.startswith("committed"):
+            reported.update(line.split()[1:])
+    cache = FeatureCache.open(cache_dir)
+    n = len(cache.video_ids())
+    assert n % 3 == 0 and n >= 6
+    assert reported <= set(cache.video_ids())  # everything reported committed is there
+    _check_items(cache, n)  # and exactly a prefix of whole shards, with the right data
+    assert verify(cache_dir).ok
+
+
+def test_a_live_writers_partial_is_left_alone(tmp_path):
+    cache_dir = tmp_path / "cache"
+    proc = _start(cache_dir, stop=2)  # v0, v1 in its open partial shard
+    try:
+        _read_until(proc, "ready")
+        partial = next((cache_dir / "shards").glob("*.h5.partial"))
+        cache = FeatureCache.open(cache_dir)
+        assert cache.video_ids() == []
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", CacheWarning)  # no "removed partial" warning
+            with cache.writer() as w:  # a second writer on the same cache, at the same time
+                w.add_video("mine", _video(99), index=99)
+        assert partial.exists()
+        assert verify(cache_dir).ok
+        proc.stdin.write("finish\n")
+        proc.stdin.flush()
+        _read_until(proc, "closed")
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert not partial.exists()
+    assert cache.refresh()
+    assert cache.video_ids() == ["mine", "v0", "v1"]
+    assert verify(cache_dir).ok

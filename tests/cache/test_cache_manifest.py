@@ -1,0 +1,127 @@
+"""create / open: resume on a compatible manifest, clear errors on anything else."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from r2 import __version__
+from r2.cache import CacheError, FeatureCache, FORMAT_VERSION
+
+
+def test_create_writes_the_manifest_and_open_reads_it(tmp_path, make_manifest):
+    m = make_manifest(extra_key={"kept": True})
+    cache = FeatureCache.create(tmp_path / "c", m)
+    on_disk = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert on_disk["format_version"] == FORMAT_VERSION and on_disk["r2_version"] == __version__
+    assert on_disk["created"].endswith("+00:00")
+    for key, value in m.items():
+        assert on_disk[key] == value
+    opened = FeatureCache.open(tmp_path / "c")
+    assert opened.manifest == on_disk and opened.layers == [9, 10, 11, 12] and opened.dtype == "float16"
+    assert cache.path == opened.path
+    # dtype defaults to float16; fps None = per-video sampling
+    m2 = make_manifest(fps=None)
+    del m2["dtype"]
+    assert FeatureCache.create(tmp_path / "d", m2).manifest["dtype"] == "float16"
+
+
+def test_create_on_a_compatible_cache_opens_it_and_keeps_its_items(build_cache, make_manifest):
+    cache = build_cache(videos={"a": 1})
+    created = cache.manifest["created"]
+    # informative keys (command, token_form, widths) may differ on a resumed run
+    again = FeatureCache.create(cache.path, make_manifest(command="r2 extract other --out cache/", fps=0.5))
+    assert again.video_ids() == ["a"] and again.manifest["created"] == created
+    assert again.manifest["command"] == "r2 extract videos/ --out cache/"
+
+
+def test_create_on_an_incompatible_cache_names_each_difference(build_cache, make_manifest):
+    cache = build_cache(videos={"a": 1})
+    bad = make_manifest(model_id="openai/clip-vit-large-patch14", layers=[20, 24], fps=1,
+                        dtype="int8", preprocessing={"size": 336})
+    with pytest.raises(CacheError) as info:
+        FeatureCache.create(cache.path, bad)
+    msg = str(info.value)
+    assert info.value.user_error is True
+    for line in ['model_id: the cache has "test/tiny-clip", requested "openai/clip-vit-large-patch14"',
+                 "layers: the cache has [9, 10, 11, 12], requested [20, 24]",
+                 "fps: the cache has 0.5, requested 1.0",
+                 'dtype: the cache has "float16", requested "int8"',
+                 "preprocessing: the cache has {"]:
+        assert line in msg, msg
+    assert "model_config_hash" not in msg
+    with pytest.raises(CacheError, match="model_config_hash"):
+        FeatureCache.create(cache.path, make_manifest(model_config_hash="other"))
+    assert FeatureCache.open(cache.path).video_ids() == ["a"]  # untouched
+
+
+def test_open_and_create_refuse_what_is_not_a_cache(tmp_path, make_manifest):
+    with pytest.raises(CacheError, match="no feature cache at .*does not exist"):
+        FeatureCache.open(tmp_path / "missing")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    with pytest.raises(CacheError, match="is not an r2 feature cache .*no manifest.json"):
+        FeatureCache.open(tmp_path / "videos")
+    with pytest.raises(CacheError, match="not empty and is not a cache"):
+        FeatureCache.create(tmp_path / "videos", make_manifest())
+    assert sorted(p.name for p in (tmp_path / "videos").iterdir()) == ["a.mp4"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(CacheError, match="it is a file"):
+        FeatureCache.create(tmp_path / "file", make_manifest())
+    (tmp_path / "empty").mkdir()
+    FeatureCache.create(tmp_path / "empty", make_manifest())  # an empty directory is fine
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "manifest.json").write_text("{")
+    with pytest.raises(CacheError, match="cannot read"):
+        FeatureCache.open(tmp_path / "broken")
+    (tmp_path / "future").mkdir()
+    (tmp_path / "future" / "manifest.json").write_text(json.dumps({"format_version": 99, "layers": [1]}))
+    with pytest.raises(CacheError, match="format 99.*upgrade r2"):
+        FeatureCache.open(tmp_path / "future")
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"layers": []}, "layers must be a non-empty list"),
+    ({"layers": [12, 9]}, "ascending"),
+    ({"layers": [9, 9]}, "ascending, unique"),
+    ({"layers": "9,10"}, "layers must be"),
+    ({"fps": 0}, "fps must be a positive number or None"),
+    ({"dtype": "bfloat16"}, "dtype must be one of float16, float32, int8"),
+    ({"preprocessing": "clip"}, "preprocessing must be a dict"),
+    ({"video_width": "768"}, "video_width must be a positive int"),
+    ({"model_id": ""}, "model_id must be a non-empty str"),
+    ({"extra": object()}, "JSON-serialisable"),
+])
+def test_malformed_manifests_are_refused(tmp_path, make_manifest, change, message):
+    with pytest.raises(CacheError, match=message):
+        FeatureCache.create(tmp_path / "c", make_manifest(**change))
+    assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_missing_keys_are_named(tmp_path, make_manifest):
+    m = make_manifest()
+    del m["fps"], m["model_config_hash"]
+    with pytest.raises(CacheError, match="lacks model_config_hash, fps"):
+        FeatureCache.create(tmp_path / "c", m)
+
+
+_CREATE = """
+import sys
+from r2.cache import FeatureCache
+m = {"model_id": "m", "model_config_hash": "h", "layers": [1, 2], "fps": 1.0, "preprocessing": {},
+     "command": sys.argv[2]}
+FeatureCache.create(sys.argv[1], m)
+print("ok")
+"""
+
+
+def test_concurrent_creates_of_one_cache_all_succeed(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _CREATE, str(tmp_path / "c"), f"run {i}"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(4)]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    m = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert m["command"] in {f"run {i}" for i in range(4)}
+    assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "shards"]

@@ -1,0 +1,105 @@
+"""merge: compatible manifests only; duplicates kept once when identical, an error when not;
+nothing half-written on failure."""
+
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from r2.cache import CacheError, FeatureCache, merge, verify
+from r2.cli import main
+
+
+def test_merge_joins_caches_and_keeps_identical_duplicates_once(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0, "v1": 1, "shared": 7}, queries={"q0": 0},
+                    command="r2 extract vids --out a --num-shards 2 --shard-index 0")
+    b = build_cache("b", videos={"v2": 2, "shared": 7}, queries={"q1": 1, "q0": 0},
+                    command="r2 extract vids --out b --num-shards 2 --shard-index 1",
+                    writer_options={"max_shard_items": 1})
+    summary = merge([a.path, b.path], tmp_path / "out")
+    assert summary["videos"] == 4 and summary["queries"] == 2 and summary["duplicates_identical"] == 2
+    out = FeatureCache.open(tmp_path / "out")
+    assert out.video_ids() == ["shared", "v0", "v1", "v2"] and out.query_ids() == ["q0", "q1"]
+    for vid in out.video_ids():
+        src = a if a.has_video(vid) else b
+        assert np.array_equal(out.load_video(vid, dtype=None), src.load_video(vid, dtype=None))
+        assert out.video_attrs(vid) == src.video_attrs(vid)
+    assert out.query_attrs("q1") == {"text": "query q1"}
+    m = out.manifest
+    assert m["layers"] == a.manifest["layers"] and m["merged_from"] == [str(a.path), str(b.path)]
+    assert "command" not in m and len(m["source_commands"]) == 2
+    report = verify(out.path)
+    assert report.ok and not report.warnings  # each id once
+    with open(out.video_shard("v2"), "r+b") as fh:  # damaged: both extract commands are quoted
+        fh.truncate(10)
+    advice = verify(out.path).rebuild_advice()
+    assert "--shard-index 0" in advice and "--shard-index 1" in advice
+
+
+def test_merge_refuses_an_id_with_different_data_and_leaves_nothing(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0, "clash": 1})
+    b = build_cache("b", videos={"v2": 2, "clash": 99})
+    with pytest.raises(CacheError, match=r"video 'clash' is in .*a/shards/.* and in .*b/shards/.* with different data"):
+        merge([a.path, b.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b"]  # no temporary left either
+
+
+def test_merge_refuses_incompatible_manifests(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0})
+    b = build_cache("b", videos={"v1": 1}, fps=1.0)
+    with pytest.raises(CacheError, match="the manifests differ\n  fps: .*a has 0.5, .*b has 1.0"):
+        merge([a.path, b.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_output_must_be_new(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0})
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "x").write_text("x")
+    with pytest.raises(CacheError, match="already exists and is not empty"):
+        merge([a.path], tmp_path / "busy")
+    with pytest.raises(CacheError, match="already exists"):
+        merge([a.path], a.path)
+    (tmp_path / "empty").mkdir()
+    merge([a.path], tmp_path / "empty")
+    assert FeatureCache.open(tmp_path / "empty").video_ids() == ["v0"]
+
+
+def test_merge_copies_int8_as_stored(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0}, queries={"q": 3}, dtype="int8")
+    b = build_cache("b", videos={"v1": 1}, dtype="int8")
+    merge([a.path, b.path], tmp_path / "out")
+    out = FeatureCache.open(tmp_path / "out")
+    assert out.dtype == "int8"
+    assert np.array_equal(out.load_video("v0"), a.load_video("v0"))  # no re-quantisation
+    fa, ma = a.load_query("q")
+    fo, mo = out.load_query("q")
+    assert np.array_equal(fa, fo) and np.array_equal(ma, mo)
+    assert verify(out.path).ok
+
+
+def test_merge_of_a_damaged_source_fails_cleanly(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0})
+    b = build_cache("b", videos={"v1": 1})
+    with open(b.video_shard("v1"), "r+b") as fh:
+        fh.truncate(64)
+    with pytest.warns(UserWarning):
+        with pytest.raises(CacheError, match="unreadable shards.*r2 cache verify"):
+            merge([a.path, b.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_merge_cli(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0, "dup": 5})
+    b = build_cache("b", videos={"v1": 1, "dup": 5})
+    runner = CliRunner()
+    result = runner.invoke(main, ["cache", "merge", str(a.path), str(b.path), "--out", str(tmp_path / "m")])
+    assert result.exit_code == 0, result.output
+    assert "3 videos" in result.output and "1 identical duplicates kept once" in result.output
+    c = build_cache("c", videos={"dup": 6})
+    result = runner.invoke(main, ["cache", "merge", str(a.path), str(c.path), "--out", str(tmp_path / "n")])
+    assert result.exit_code == 1 and "Error: video 'dup' is in" in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "n").exists()
+    result = runner.invoke(main, ["cache", "merge", "--out", str(tmp_path / "z")])
+    assert result.exit_code == 2  # usage: no sources

@@ -1,0 +1,93 @@
+"""Several processes at once: forked readers of a cache the parent already read from,
+spawned readers of a pickled cache, and two writer processes on one cache."""
+
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+
+from r2.cache import FeatureCache, verify
+from r2.cache.shards import parse_shard_name
+
+
+def _digest(cache, vid):
+    return zlib.crc32(cache.load_video(vid, layers=[12, 10]).tobytes())
+
+
+def _forked_reader(cache, ids, seed, queue):
+    # runs in a forked child; `cache` (with the parent's open shards) was inherited, not pickled
+    order = list(ids)
+    np.random.default_rng(seed).shuffle(order)
+    try:
+        digests = {vid: _digest(cache, vid) for vid in order * 3}
+        # the child noticed the fork and reads through its own handles, not the parent's
+        reopened = cache._pid == os.getpid() and all(h.fd is not None for h in cache._handles.values())
+        queue.put((seed, digests if reopened else "parent handles reused"))
+    except Exception as exc:  # pragma: no cover - reported to the parent
+        queue.put((seed, repr(exc)))
+
+
+def test_forked_processes_read_at_once_after_the_parent_opened_the_shards(build_cache):
+    ids = [f"v{i}" for i in range(12)]
+    cache = build_cache(videos={v: i for i, v in enumerate(ids)}, writer_options={"max_shard_items": 4})
+    cache = FeatureCache.open(cache.path)
+    expected = {vid: _digest(cache, vid) for vid in ids}  # the parent now holds open handles
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    procs = [ctx.Process(target=_forked_reader, args=(cache, ids, seed, queue)) for seed in range(4)]
+    for p in procs:
+        p.start()
+    results = dict(queue.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert all(r == expected for r in results.values()), results
+    assert {vid: _digest(cache, vid) for vid in ids} == expected  # the parent's handles still work
+
+
+def test_spawned_pool_reads_a_pickled_cache(build_cache):
+    ids = [f"v{i}" for i in range(8)]
+    cache = build_cache(videos={v: i for i, v in enumerate(ids)}, queries={"q": 1})
+    cache.load_video("v0")
+    with mp.get_context("spawn").Pool(2) as pool:
+        videos = pool.map(cache.load_video, ids)
+        queries = pool.map(cache.load_query, ["q", "q"])
+    for vid, x in zip(ids, videos):
+        assert np.array_equal(x, cache.load_video(vid))
+    assert all(np.array_equal(f, cache.load_query("q")[0]) for f, _ in queries)
+
+
+_WRITER = r"""
+import sys
+import numpy as np
+from r2.cache import FeatureCache
+m = {"model_id": "m", "model_config_hash": "h", "layers": [9, 10, 11, 12], "fps": 0.5, "preprocessing": {}}
+cache = FeatureCache.create(sys.argv[1], m)
+name = sys.argv[2]
+with cache.writer(max_shard_items=2) as w:
+    for i in range(7):
+        w.add_video(f"{name}/{i}", np.full((3, 4, 2, 8), i, np.float32), writer=name)
+        w.add_query(f"{name}/q{i}", np.full((4, 5, 8), -i, np.float32), np.ones(5, bool))
+print("done")
+"""
+
+
+def test_two_writer_processes_on_one_cache_never_collide(tmp_path):
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(tmp_path / "c"), name],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for name in ("w1", "w2", "w3")]
+    outs = [p.communicate(timeout=60) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    cache = FeatureCache.open(tmp_path / "c")
+    assert len(cache.video_ids()) == 21 and len(cache.query_ids()) == 21
+    for name in ("w1", "w2", "w3"):
+        for i in range(7):
+            assert (cache.load_video(f"{name}/{i}") == i).all()
+            assert cache.video_attrs(f"{name}/{i}") == {"writer": name}
+    prefixes = {parse_shard_name(p.name).prefix for p in cache.shard_paths()}
+    assert len(prefixes) == 3  # one shard prefix per writer
+    assert verify(cache.path).ok
+    assert not list((tmp_path / "c" / "locks").glob("*.lock"))

@@ -1,0 +1,263 @@
+"""Round trips through real HDF5 shards: every dtype and layer subset, queries, attributes,
+awkward ids, shard rollover, the index and its sidecar."""
+
+import itertools
+import json
+import pickle
+
+import numpy as np
+import pytest
+
+from r2.cache import (CacheError, FeatureCache, MissingItemError, decode_id, dequantize_int8,
+                      encode_id, quantize_int8)
+from r2.cache.fastio import f16_to_f32
+from r2.cache.quantize import clip_like_features, int8_error
+
+LAYERS = [9, 10, 11, 12]
+SUBSETS = [None, [12], [9, 12], [12, 9], [10, 11, 12], LAYERS]
+
+
+def _expected(x, dtype):
+    if dtype == "float16":
+        return x.astype(np.float16).astype(np.float32)
+    if dtype == "float32":
+        return x
+    return None
+
+
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+def test_every_dtype_and_layer_subset_round_trips(tmp_path, make_manifest, dtype):
+    rng = np.random.default_rng(0)
+    # realistic values: N(0, 1) with two large-magnitude channels, like CLIP's residual stream
+    vids = {f"v{i}": clip_like_features((4 + i, 4, 5, 16), outliers=2, factor=20.0, seed=i) for i in range(3)}
+    qfeat = rng.standard_normal((4, 7, 8)).astype(np.float32)
+    qmask = np.array([1, 1, 1, 1, 1, 0, 0], bool)
+    cache = FeatureCache.create(tmp_path / "c", make_manifest(dtype=dtype))
+    with cache.writer() as w:
+        for vid, x in vids.items():
+            w.add_video(vid, x)
+        w.add_query("q", qfeat, qmask, text="a dog runs")
+    cache = FeatureCache.open(tmp_path / "c")
+    assert cache.dtype == dtype
+    for (vid, x), layers in itertools.product(vids.items(), SUBSETS):
+        sel = [LAYERS.index(l) for l in (layers or LAYERS)]
+        got = cache.load_video(vid, layers=layers)
+        assert got.dtype == np.float32 and got.shape == (x.shape[0], len(sel), 5, 16)
+        want = x[:, sel]
+        if dtype == "int8":
+            err = np.abs(got - want)
+            # half a quantisation step of each token: max|x| / 254
+            bound = np.abs(want).max(-1, keepdims=True) / 254 * (1 + 1e-5) + 1e-7
+            assert (err <= bound).all()
+            assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.06
+        else:
+            assert np.array_equal(got.view(np.uint32), _expected(want, dtype).view(np.uint32))  # bit-exact
+        q, m = cache.load_query("q", layers=layers)
+        assert q.shape == (len(sel), 7, 8) and m.dtype == bool and np.array_equal(m, qmask)
+        if dtype != "int8":
+            assert np.array_equal(q, _expected(qfeat[sel], dtype))
+        else:
+            assert np.allclose(q, qfeat[sel], atol=np.abs(qfeat).max() / 254 + 1e-6)
+
+
+def test_dtype_choice_and_out_buffer(build_cache, features):
+    video, _ = features
+    cache = build_cache(videos={"a": 1})
+    x16 = video(1).astype(np.float16)
+    native = cache.load_video("a", dtype=None)
+    assert native.dtype == np.float16 and np.array_equal(native, x16)
+    assert cache.load_video("a", dtype=np.float64).dtype == np.float64
+    out = np.full((5, 2, 3, 16), np.nan, np.float32)
+    res = cache.load_video("a", layers=[10, 12], out=out)
+    assert res is out and np.array_equal(out, x16[:, [1, 3]].astype(np.float32))
+    # a slice of a padded batch
+    batch = np.zeros((2, 9, 4, 3, 16), np.float16)
+    cache.load_video("a", out=batch[1, :5])
+    assert np.array_equal(batch[1, :5], x16) and not batch[1, 5:].any() and not batch[0].any()
+    with pytest.raises(CacheError, match="out has shape"):
+        cache.load_video("a", out=np.empty((4, 4, 3, 16), np.float32))
+    assert cache.video_shape("a") == (5, 4, 3, 16)
+
+
+def test_layers_not_in_cache_and_missing_items_are_clear_errors(build_cache):
+    cache = build_cache(videos={"a": 1}, queries={"q": 1})
+    with pytest.raises(CacheError, match=r"layer 8 is not in the feature cache .* keeps layers \[9, 10, 11, 12\]"):
+        cache.load_video("a", layers=[8, 9])
+    with pytest.raises(CacheError, match="layer 13"):
+        cache.load_query("q", layers=[13])
+    with pytest.raises(MissingItemError, match="video 'nope' is not in the feature cache") as info:
+        cache.load_video("nope")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(MissingItemError, match="query 'nope'"):
+        cache.query_attrs("nope")
+
+
+AWKWARD_IDS = ["sub dir/clip 01.mp4", "a/b/c", "vidéo/日本語 ✓", ".", "..", "%41", "x.y.z",
+               "-leading", "tab\there", "trailing/", "/abs/path", "emoji 🎬", "a%2Fb",
+               "bad\udcffbyte"]
+
+
+def test_awkward_ids_round_trip_exactly(build_cache):
+    vids = {vid: i for i, vid in enumerate(AWKWARD_IDS)}
+    cache = build_cache(videos=vids, queries={q: i for i, q in enumerate(AWKWARD_IDS)})
+    for vid in AWKWARD_IDS:
+        name = encode_id(vid)
+        assert "/" not in name and name not in (".", "..") and decode_id(name) == vid
+    reopened = FeatureCache.open(cache.path)
+    assert reopened.video_ids() == sorted(AWKWARD_IDS)
+    assert reopened.query_ids() == sorted(AWKWARD_IDS)
+    for vid, seed in vids.items():
+        assert reopened.has_video(vid) and reopened.has_query(vid)
+        assert reopened.video_attrs(vid) == {"source": f"/data/{vid}.mp4", "duration": 10.0}
+        assert reopened.query_attrs(vid)["text"] == f"query {vid}"
+        assert reopened.load_video(vid).shape == (5, 4, 3, 16)
+    assert not reopened.has_video("a/b") and not reopened.has_video("sub dir")
+    with pytest.raises(ValueError):
+        encode_id("")
+
+
+def test_attributes_round_trip(tmp_path, make_manifest, features):
+    video, query = features
+    cache = FeatureCache.create(tmp_path / "c", make_manifest())
+    attrs = {"source": tmp_path / "v.mp4", "size": 1234, "duration": 12.5, "fps": 0.5,
+             "frame_count": 300, "sample_times": np.arange(5) * 2.0 + 1.0, "n": np.int64(3),
+             "nested": {"a": [1, None, "ü"]}, "flag": True}
+    with cache.writer() as w:
+        w.add_video("v", video(0), **attrs)
+        w.add_query("q", *query(0), text="ein Mann öffnet die Tür", source_qid=17)
+        with pytest.raises(TypeError, match="cannot be stored"):
+            w.add_video("w", video(1), bad=object())
+    got = FeatureCache.open(cache.path).video_attrs("v")
+    assert got == {"source": str(tmp_path / "v.mp4"), "size": 1234, "duration": 12.5, "fps": 0.5,
+                   "frame_count": 300, "sample_times": [1.0, 3.0, 5.0, 7.0, 9.0], "n": 3,
+                   "nested": {"a": [1, None, "ü"]}, "flag": True}
+    assert cache.query_attrs("q") == {"text": "ein Mann öffnet die Tür", "source_qid": 17}
+    assert not cache.has_video("w")
+
+
+def test_writer_refuses_bad_items(tmp_path, make_manifest, features):
+    video, query = features
+    cache = FeatureCache.create(tmp_path / "c", make_manifest())
+    with cache.writer() as w:
+        w.add_video("a", video(0))
+        with pytest.raises(CacheError, match="already in the feature cache"):
+            w.add_video("a", video(1))
+        with pytest.raises(CacheError, match="3 layers given, the cache keeps 4"):
+            w.add_video("b", video(0, k=3))
+        with pytest.raises(CacheError, match=r"features must be \(T, K, N, D\)"):
+            w.add_video("b", video(0)[0])
+        with pytest.raises(CacheError, match="width 8, the manifest says video_width = 16"):
+            w.add_video("b", video(0, d=8))
+        bad = video(0)
+        bad[0, 0, 0, 0] = np.nan
+        with pytest.raises(CacheError, match="NaN or infinite"):
+            w.add_video("b", bad)
+        with pytest.raises(CacheError, match="float16 range"):
+            w.add_video("b", video(0) * 1e5)
+        with pytest.raises(CacheError, match="empty features"):
+            w.add_video("b", video(0, t=0))
+        with pytest.raises(CacheError, match="mask has shape"):
+            w.add_query("q", query(0)[0], np.ones(5, bool))
+        with pytest.raises(CacheError, match="floating point"):
+            w.add_video("b", video(0).astype(np.int32))
+    with cache.writer() as w:
+        with pytest.raises(CacheError, match="already in the feature cache"):
+            w.add_video("a", video(0))  # committed by the first writer
+    assert cache.video_ids() == ["a"]
+    assert FeatureCache.open(cache.path).video_ids() == ["a"]
+
+
+def test_shards_roll_over_and_commit_on_close(tmp_path, make_manifest, features):
+    video, _ = features
+    cache = FeatureCache.create(tmp_path / "c", make_manifest())
+    committed = []
+    with cache.writer(max_shard_items=3, on_commit=lambda p, fam, ids: committed.append((p.name, ids))) as w:
+        for i in range(7):
+            w.add_video(f"v{i}", video(i))
+            # committed items are visible at once; the open shard's items are not
+            assert cache.has_video("v0") == (i >= 2)
+    assert [ids for _, ids in committed] == [["v0", "v1", "v2"], ["v3", "v4", "v5"], ["v6"]]
+    assert len(cache.shard_paths()) == 3
+    assert not list((tmp_path / "c" / "shards").glob("*.partial"))
+    # by bytes: each video is 5*3*16*2 = 480 bytes per layer, 1920 per video: 2 per shard
+    cache2 = FeatureCache.create(tmp_path / "d", make_manifest())
+    with cache2.writer(max_shard_bytes=3000) as w:
+        for i in range(5):
+            w.add_video(f"v{i}", video(i))
+    assert len(cache2.shard_paths()) == 3  # 2 + 2 + 1
+    # an exception inside the with block still commits what was added
+    cache3 = FeatureCache.create(tmp_path / "e", make_manifest())
+    with pytest.raises(RuntimeError):
+        with cache3.writer() as w:
+            w.add_video("kept", video(0))
+            raise RuntimeError("decode failed")
+    assert FeatureCache.open(tmp_path / "e").video_ids() == ["kept"]
+
+
+def test_index_follows_the_shards_and_refresh_sees_new_ones(build_cache, features):
+    video, _ = features
+    cache = build_cache(videos={"a": 0}, writer_options={"max_shard_items": 1})
+    other = FeatureCache.open(cache.path)
+    with cache.writer() as w:
+        w.add_video("b", video(1))
+    assert not other.has_video("b")
+    assert other.refresh() and other.has_video("b")
+    assert np.array_equal(other.load_video("b"), cache.load_video("b"))
+    # the sidecar index is only a cache: a deleted shard takes its items with it
+    cache.video_shard("a").unlink()
+    assert FeatureCache.open(cache.path).video_ids() == ["b"]
+    assert other.refresh() and other.video_ids() == ["b"]
+    # a damaged or stale sidecar is rebuilt from the shards
+    (cache.path / "index.json").write_text("{not json")
+    assert FeatureCache.open(cache.path).video_ids() == ["b"]
+    data = json.loads((cache.path / "index.json").read_text())
+    assert len(data["shards"]) == 1
+    for entry in data["shards"].values():  # lie about the contents; size/mtime still match
+        entry["ids"] = ["ghost"]
+    (cache.path / "index.json").write_text(json.dumps(data))
+    assert FeatureCache.open(cache.path).video_ids() == ["ghost"]  # trusted while unchanged...
+    shard = cache.video_shard("b")
+    shard.touch()  # ...and dropped as soon as the shard's mtime differs
+    assert FeatureCache.open(cache.path).video_ids() == ["b"]
+
+
+def test_has_video_is_cheap_for_thousands_of_ids(build_cache):
+    import time
+
+    cache = build_cache(videos={f"v{i}": i for i in range(20)})
+    ids = [f"v{i}" for i in range(20000)]
+    t = time.perf_counter()
+    hits = sum(cache.has_video(v) for v in ids)
+    assert hits == 20 and time.perf_counter() - t < 0.5
+
+
+def test_cache_pickles_without_open_files(build_cache):
+    cache = build_cache(videos={"a": 1})
+    first = cache.load_video("a")
+    clone = pickle.loads(pickle.dumps(cache))
+    assert np.array_equal(clone.load_video("a"), first)
+    assert clone.video_ids() == ["a"]
+
+
+def test_int8_quantisation_and_fast_float16_conversion():
+    x = clip_like_features((6, 5, 64), outliers=2, factor=20.0)
+    q, s = quantize_int8(x)
+    assert q.dtype == np.int8 and s.shape == (6, 5) and np.abs(q).max() == 127
+    y = dequantize_int8(q, s)
+    assert np.abs(x - y).max() <= s.max() / 2 * 1.0001
+    zero = np.zeros((2, 8), np.float32)
+    assert not dequantize_int8(*quantize_int8(zero)).any()
+    err = int8_error(x, range(2))
+    assert err["rel_error"] < 0.06 and err["min_token_cosine"] > 0.99
+    # every finite half value converts bit-exactly; inf/nan too (through the slow path)
+    allh = np.arange(65536, dtype=np.uint16).view(np.float16)
+    out = np.empty(65536, np.float32)
+    f16_to_f32(allh, out)
+    ref = allh.astype(np.float32)
+    fin = np.isfinite(ref)
+    assert np.array_equal(out[fin].view(np.uint32), ref[fin].view(np.uint32))
+    assert np.array_equal(np.isnan(out), np.isnan(ref)) and np.array_equal(out[np.isinf(ref)], ref[np.isinf(ref)])
+    strided = np.empty((4, 3, 5), np.float32)
+    src = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float16)
+    f16_to_f32(src, strided[:, 1])
+    assert np.array_equal(strided[:, 1], src.astype(np.float32))
