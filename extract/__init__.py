@@ -1,1 +1,48 @@
-"""r2.extract: video decoding, preprocessing, frozen CLIP, feature extraction into r2.cache."""
+"""r2.extract: video decoding, preprocessing, frozen CLIP, feature extraction into r2.cache.
+
+Modules (import the one you need; this package imports nothing heavy by itself):
+
+- ``video``      — PyAV decoding, one frame per clip by the benchmark rule (ffmpeg ``fps``
+                   filter semantics), skipping what need not be decoded; numpy + av only.
+- ``preprocess`` — CLIP image preprocessing in torch (official ffmpeg recipe, or
+                   ``CLIPImageProcessor``-equivalent).
+- ``clip``       — :class:`FrozenCLIP`: hub id / local folder, offline errors, kept layers,
+                   vision and text features; the shipped tokenizer.
+- ``tiny``       — :func:`make_tiny_clip` (``r2 make-tiny-clip``).
+- ``synthetic``  — small real videos with known content (tests, benchmarks, ``r2 demo``).
+- ``pipeline``   — :func:`extract_features`: decode workers → batched CLIP → ``r2.cache``.
+
+The names below are resolved on first use, so ``import r2.extract`` stays cheap.
+"""
+
+_LAZY = {
+    "extract_features": "r2.extract.pipeline",
+    "VideoJob": "r2.extract.pipeline",
+    "QueryJob": "r2.extract.pipeline",
+    "ExtractionSummary": "r2.extract.pipeline",
+    "Failure": "r2.extract.pipeline",
+    "FrozenCLIP": "r2.extract.clip",
+    "ModelNotFoundError": "r2.extract.clip",
+    "load_tokenizer": "r2.extract.clip",
+    "make_tiny_clip": "r2.extract.tiny",
+    "sample_video": "r2.extract.video",
+    "DecodeError": "r2.extract.video",
+    "write_segment_video": "r2.extract.synthetic",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'r2.extract' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

@@ -1,0 +1,284 @@
+"""Frozen Hugging Face CLIP: loading (hub id or local folder, offline-safe), layer selection,
+vision and text features in the form the R² Block consumes, and the shipped tokenizer.
+
+Features (r2tuning.md §1.2, §10 item 1)
+---------------------------------------
+- Vision: ``CLIPVisionModel(..., output_hidden_states=True).hidden_states`` has L + 1 entries
+  (entry 0 = embeddings after ``pre_layrnorm``, entry i = output of block i: the raw residual
+  stream, before ``post_layernorm`` and the projection). Kept: the chosen indices (default the
+  last four, 9–12 for a 12-layer ViT), **all tokens** (CLS + patches): ``(B, K, N, D)``.
+- Text: the same indices of the text tower's hidden states (before ``final_layer_norm`` and
+  ``text_projection``), tokens SOT … EOT only (``[:attention_mask.sum()]``; the causal mask keeps
+  them independent of padding): ``(K, S, Dt)`` per query.
+- Blocks after the highest kept layer are dropped at load time (they cannot change the kept
+  hidden states), so ``--layers 6,7,8,9`` costs 9 blocks, not 12.
+- Precision: ``fp32`` (default: the official features, stored as fp16 by the cache), ``bf16``
+  or ``fp16`` autocast (faster; error measured by bench/extract.py and stated in the README).
+
+Tokenizer: the CLIP BPE vocabulary ships in the package (``r2/assets/clip-tokenizer``) and is
+loaded as ``CLIPTokenizer(vocab=dict, merges=list)``; transformers 5.x silently builds a
+2-token vocabulary from ``vocab_file=``/``merges_file=``, so those are never used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "FrozenCLIP",
+    "ModelNotFoundError",
+    "config_hash",
+    "default_layers",
+    "load_tokenizer",
+    "resolve_model",
+    "tokenizer_dir",
+]
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelNotFoundError(Exception):
+    """A ``--model`` that is neither a local folder nor a hub id available on disk."""
+
+    user_error = True
+
+
+def tokenizer_dir() -> Path:
+    """The shipped CLIP tokenizer files (vocab.json, merges.txt, LICENSE)."""
+    import r2
+
+    return Path(r2.__file__).resolve().parent / "assets" / "clip-tokenizer"
+
+
+_TOKENIZERS: dict[str, object] = {}
+
+
+def load_tokenizer(folder: str | os.PathLike | None = None):
+    """A ``CLIPTokenizer`` from ``vocab.json`` + ``merges.txt`` in ``folder`` (default: shipped).
+
+    "a photo of a cat" → [49406, 320, 1125, 539, 320, 2368, 49407] (tests/extract checks it).
+    """
+    from transformers import CLIPTokenizer
+
+    folder = Path(folder) if folder is not None else tokenizer_dir()
+    key = str(folder.resolve())
+    if key not in _TOKENIZERS:
+        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
+        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
+        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
+        tok = CLIPTokenizer(vocab=vocab, merges=merges)
+        if len(tok) != len(vocab):
+            raise RuntimeError(f"CLIP tokenizer from {folder} has {len(tok)} tokens, expected {len(vocab)}")
+        _TOKENIZERS[key] = tok
+    return _TOKENIZERS[key]
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A local folder with ``config.json`` for ``model`` (a folder, or a hub id already on disk).
+
+    A hub id that is not cached is downloaded only when the hub is online; offline
+    (``HF_HUB_OFFLINE=1``) or without network this fails at once with a message that names
+    the model and says how to pass a local folder.
+    """
+    text = os.fspath(model)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"--model {text}: folder has no config.json (expected a Hugging Face CLIP "
+                                     "folder: config.json + model.safetensors)")
+        return path.resolve()
+    if path.exists():
+        raise ModelNotFoundError(f"--model {text}: is a file; pass the folder that holds config.json and "
+                                 "model.safetensors")
+    looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
+    if looks_like_path:
+        raise ModelNotFoundError(f"--model {text}: no such folder")
+    from huggingface_hub import snapshot_download
+
+    patterns = ["*.json", "*.safetensors", "*.txt"]
+    try:
+        return Path(snapshot_download(text, local_files_only=True, allow_patterns=patterns))
+    except Exception:
+        pass
+    hint = (f"pass a local folder instead: --model /path/to/clip (a folder with config.json and "
+            f"model.safetensors, e.g. made on a machine with network by `huggingface-cli download {text} "
+            f"--local-dir /path/to/clip`), or make a small random one with `r2 make-tiny-clip DIR`")
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        raise ModelNotFoundError(f"model '{text}' is not on disk and the Hugging Face hub is offline "
+                                 f"(HF_HUB_OFFLINE=1): {hint}")
+    try:
+        return Path(snapshot_download(text, allow_patterns=patterns, etag_timeout=5))
+    except Exception as exc:
+        raise ModelNotFoundError(f"model '{text}' is not on disk and could not be downloaded "
+                                 f"({type(exc).__name__}): {hint}") from None
+
+
+_VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
+             "_attn_implementation", "_attn_implementation_autoset", "_attn_implementation_internal",
+             "output_hidden_states", "return_dict", "output_attentions", "use_cache"}
+
+
+def _stable(obj):
+    if isinstance(obj, dict):
+        return {k: _stable(v) for k, v in sorted(obj.items()) if k not in _VOLATILE}
+    if isinstance(obj, (list, tuple)):
+        return [_stable(v) for v in obj]
+    return obj
+
+
+def config_hash(config) -> str:
+    """sha256 (16 hex) of the model config without run-time keys (dtype, version, paths)."""
+    d = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+    blob = json.dumps(_stable(d), sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
+    """The last ``k`` hidden-state indices: 9, 10, 11, 12 for a 12-layer tower."""
+    if not 1 <= k <= num_hidden_layers + 1:
+        raise ValueError(f"k must be in 1..{num_hidden_layers + 1}, got {k}")
+    return list(range(num_hidden_layers + 1 - k, num_hidden_layers + 1))
+
+
+@dataclass
+class _Info:
+    model_id: str
+    path: Path
+    config_hash: str
+
+
+class FrozenCLIP:
+    """A frozen CLIP (eval, no grad) that returns the kept hidden states of both towers.
+
+    >>> clip = FrozenCLIP("openai/clip-vit-base-patch32")            # or a local folder
+    >>> clip.video_features(pixel_values)                            # (B, K, N, D) float32
+    >>> feats, lengths = clip.text_features(["a dog on a skateboard"])  # [(K, S, Dt)], [S]
+    """
+
+    def __init__(self, model, layers: Sequence[int] | None = None, device: str = "cpu",
+                 precision: str = "fp32", truncate: bool = True):
+        """``model``: hub id, local folder, or a loaded ``CLIPModel``. ``layers``: hidden-state
+        indices to keep, ascending (negative: from the end, -1 = the last block); default the last
+        four."""
+        from transformers import CLIPConfig, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        if isinstance(model, CLIPModel):  # an in-memory model (benchmarks): nothing read from disk
+            net, path, config = model, None, model.config
+            model_id = config.name_or_path or "in-memory CLIPModel"
+        else:
+            path = resolve_model(model)
+            config = CLIPConfig.from_pretrained(path)
+            net = None
+            model_id = str(path) if Path(os.fspath(model)).expanduser().exists() else os.fspath(model)
+        n_vis = config.vision_config.num_hidden_layers
+        n_txt = config.text_config.num_hidden_layers
+        top = min(n_vis, n_txt)
+        layers = [i if i >= 0 else top + 1 + i for i in layers] if layers is not None else default_layers(n_vis)
+        if not layers or sorted(set(layers)) != list(layers):
+            raise ValueError(f"layers must be distinct and ascending, got {layers}")
+        if layers[0] < 0 or layers[-1] > top:
+            raise ValueError(f"layers {layers} out of range 0..{top} (hidden-state indices; "
+                             f"0 = embeddings, {top} = last block; negative counts from the end)")
+        self.layers = layers
+        self.device = torch.device(device)
+        self.precision = precision
+        self.info = _Info(model_id, path, config_hash(config))
+        if net is None:
+            net = CLIPModel.from_pretrained(path, dtype=torch.float32)
+        net.eval().requires_grad_(False)
+        self.vision = net.vision_model
+        self.text = net.text_model
+        if truncate:  # blocks after the last kept layer cannot change the kept hidden states
+            self.vision.encoder.layers = self.vision.encoder.layers[:layers[-1]]
+            self.text.encoder.layers = self.text.encoder.layers[:layers[-1]]
+        self.vision.to(self.device)
+        self.text.to(self.device)
+        self.config = config
+        self.image_size = config.vision_config.image_size
+        self.patch_size = config.vision_config.patch_size
+        self.tokens = (self.image_size // self.patch_size) ** 2 + 1
+        self.video_width = config.vision_config.hidden_size
+        self.query_width = config.text_config.hidden_size
+        self.context_length = config.text_config.max_position_embeddings
+        self.tokenizer = self._tokenizer(path, config.text_config.vocab_size)
+        self.preprocessor_config = self._preprocessor_config(path) if path is not None else {}
+
+    # -- set-up helpers -------------------------------------------------------------------
+    @staticmethod
+    def _tokenizer(path: Path | None, vocab_size: int):
+        if path is not None and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():
+            tok = load_tokenizer(path)
+        else:
+            tok = load_tokenizer()
+        if len(tok) > vocab_size:
+            raise ModelNotFoundError(f"{path}: the text tower has {vocab_size} token embeddings but the CLIP "
+                                     f"tokenizer has {len(tok)}; put this model's vocab.json and merges.txt "
+                                     "in its folder")
+        return tok
+
+    @staticmethod
+    def _preprocessor_config(path: Path) -> dict:
+        file = path / "preprocessor_config.json"
+        return json.loads(file.read_text()) if file.is_file() else {}
+
+    @property
+    def model_id(self) -> str:
+        return self.info.model_id
+
+    @property
+    def config_hash(self) -> str:
+        return self.info.config_hash
+
+    def image_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        """mean/std from the model's ``preprocessor_config.json``, else CLIP's."""
+        from r2.extract.preprocess import CLIP_MEAN, CLIP_STD
+
+        pc = self.preprocessor_config
+        return tuple(pc.get("image_mean", CLIP_MEAN)), tuple(pc.get("image_std", CLIP_STD))
+
+    def autocast(self):
+        dtype = PRECISIONS[self.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # -- features -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def video_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """``(B, 3, H, W)`` normalised images → ``(B, K, N, D)`` float32 hidden states."""
+        x = pixel_values.to(self.device, non_blocking=True)
+        with self.autocast():
+            out = self.vision(pixel_values=x, output_hidden_states=True)
+        return torch.stack([out.hidden_states[i] for i in self.layers], dim=1).float()
+
+    def tokenize(self, texts: Sequence[str]) -> dict:
+        return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
+                              return_tensors="pt")
+
+    @torch.inference_mode()
+    def text_features(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[int]]:
+        """Texts → per text ``(K, S, Dt)`` float32 features of tokens SOT…EOT, and ``S``."""
+        enc = self.tokenize(texts)
+        ids = enc["input_ids"].to(self.device)
+        mask = enc["attention_mask"].to(self.device)
+        with self.autocast():
+            out = self.text(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+        hs = torch.stack([out.hidden_states[i] for i in self.layers], dim=1).float()  # (B, K, L, Dt)
+        lengths = mask.sum(dim=1).tolist()
+        return [hs[b, :, :n].cpu().numpy() for b, n in enumerate(lengths)], lengths

@@ -1,0 +1,621 @@
+"""Video decoding with PyAV: the benchmark's frame per clip, decoding only what is needed.
+
+numpy + av only (no torch): this module runs in the decode worker processes.
+
+Which frame is clip ``j`` (the rule of the official extraction)
+------------------------------------------------------------------
+R²-Tuning extracts frames with ffmpeg's ``fps`` filter at the data set's rate (then scale,
+crop; r2tuning.md §1.3–1.4). With its defaults (``round=near``, ``eof_action=round``, no
+``start_time``) that filter works on each decoded frame's timestamp ``t`` (seconds, after the
+CLI has shifted the file's ``start_time`` to 0) as follows:
+
+- every input frame gets the output slot ``s = round(t · fps)`` (exact rational arithmetic,
+  halves away from zero);
+- output ``n`` (time ``n / fps``) is a copy of the **last frame whose slot is ≤ n**, i.e. the
+  last frame with ``t < (n + ½) / fps``: the frame just before the middle of clip
+  ``[n / fps, (n + 1) / fps)``. At 0.5 fps and 30 fps that is source frame ``60·n + 29``;
+- outputs run from the first frame's slot (0 for a file starting at 0) up to, excluding,
+  ``round(t_end · fps)``, where ``t_end`` = last frame time + its duration (what ffmpeg ≥ 6
+  sends as the end-of-stream time). **A duration D gives round(D · fps) clips**, halves up:
+  150 s at 0.5 fps → 75; 30.96 s at 1 fps → 31; 31.5 s → 32; under ½ clip → 0 (an error here).
+  When a frame is missing (variable frame rate, gaps), the previous one is repeated, as ffmpeg does.
+
+YouTube Highlights ("auto"): the rate is ``len(match) / (frames / fps)`` per video and the
+clip count must equal ``len(match)``; pass ``num_clips`` to force it (a count that differs by
+the rounding is cut or padded with the last frame, and reported). Explicit ``sample_times``
+(seconds) pick, for each time, the last frame shown at or before it.
+
+How it is decoded
+-----------------
+``mode="skip"`` (default): every packet is demuxed (cheap: no decoding), its timestamp gives
+the selection above before any decoding (a packet can be placed in presentation order once a
+packet with a later decoding timestamp has been read), and only the groups of pictures that
+hold a chosen frame are decoded: from their keyframe up to the last chosen frame, with the
+decoder told to skip non-reference frames that are not chosen (``skip_frame=NONREF``), then
+drained. Open-GOP leading pictures start from the previous keyframe. ``mode="all"`` decodes
+every frame like the ffmpeg pipeline does: the benchmark baseline, and the fallback whenever
+skipping cannot be trusted (packets without timestamps, duplicate timestamps, a chosen frame
+that does not come out of its GOP, e.g. damaged data). Both give the same frames (tests/extract
+checks both against libavfilter's own ``fps`` filter, with B-frames, open GOPs, h264, vp9,
+mpeg4, mp4/mkv/webm/avi/ts).
+
+Only the chosen frames are converted, and the conversion scales: they go through libavfilter's
+``scale=w:h:flags=bicubic,crop=224:224:x:y,format=rgb24`` (short side → 224, long side
+truncated to an integer, crop at ``int((long − 224) / 2)``): the official script's filters,
+where libswscale does YUV→RGB and the resize in one pass. The frames equal the official
+ones bit for bit (tests/extract compares them with libavfilter's fps→scale→crop chain).
+Frames leave this module as ``(T, 224, 224, 3)`` uint8: memory per clip is 150 kB whatever
+the source resolution, and one GOP of packets is buffered.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import os
+from bisect import bisect_left
+from collections import deque
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Iterator, Sequence
+
+import av
+import numpy as np
+
+__all__ = [
+    "DecodeError",
+    "SampledVideo",
+    "VIDEO_EXTENSIONS",
+    "clip_count",
+    "ffmpeg_rate",
+    "official_scale_size",
+    "sample_video",
+    "decode_job",
+    "DecodeResult",
+    "iter_video_files",
+]
+
+#: File extensions that ``r2 extract`` collects from a folder.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+
+_INT_MAX = 2**31 - 1
+
+
+class DecodeError(Exception):
+    """A video that cannot be used: ``path`` and a one-line ``reason``."""
+
+    user_error = True
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path = str(path)
+        self.reason = reason
+
+
+@dataclass
+class SampledVideo:
+    """The frames of one video, one per clip, and what was learnt about the file."""
+
+    frames: np.ndarray  # (T, S, S, 3) uint8 RGB, S = the crop size
+    clip_times: np.ndarray  # (T,) float64: output time of clip j (n / fps, or the sample time)
+    frame_times: np.ndarray  # (T,) float64: time of the source frame used for clip j
+    duration: float  # seconds: end of the last frame (t_end above)
+    fps: float | None  # sampling rate; None for explicit sample times
+    source_fps: float  # the file's average frame rate
+    frame_count: int  # frames (packets) in the video stream
+    width: int  # source size
+    height: int
+    decoded_frames: int = 0  # frames the decoder actually produced (speed statistics)
+    notes: list[str] = field(default_factory=list)  # e.g. clip count forced to num_clips
+
+    @property
+    def num_clips(self) -> int:
+        return int(self.frames.shape[0])
+
+
+# --- the rule ------------------------------------------------------------------------------
+def _round_near_inf(x: Fraction) -> int:
+    """Round halves away from zero (libavutil's AV_ROUND_NEAR_INF)."""
+    n = math.floor(abs(x) + Fraction(1, 2))
+    return n if x >= 0 else -n
+
+
+def ffmpeg_rate(fps: float | Fraction | str) -> Fraction:
+    """The rational rate ffmpeg's ``fps`` filter uses for a number (``av_d2q(x, INT_MAX)``)."""
+    if isinstance(fps, Fraction):
+        return fps
+    value = float(Fraction(fps)) if isinstance(fps, str) else float(fps)
+    if not value > 0 or not math.isfinite(value):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    return Fraction(value).limit_denominator(_INT_MAX)
+
+
+def clip_count(duration: float, fps: float | Fraction) -> int:
+    """Clips the ``fps`` filter gives for a file starting at 0 and ending at ``duration`` s."""
+    return _round_near_inf(Fraction(duration) * ffmpeg_rate(fps))
+
+
+def official_scale_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """Size after ``tools/extract_frames.py``'s scale: short side = size, long side truncated."""
+    if width > height:
+        return int(width * size / height), size
+    return size, int(height * size / width)
+
+
+class _Rule:
+    """Maps a frame timestamp (stream ticks, already shifted) to its output slot."""
+
+    def __init__(self, time_base: Fraction, fps: Fraction | None, times: Sequence[float] | None):
+        self.time_base = time_base
+        self.fps = fps
+        if times is not None:
+            self.times = [Fraction(t) for t in times]
+            if any(b < a for a, b in zip(self.times, self.times[1:])):
+                raise ValueError("sample_times must be ascending")
+        else:
+            self.times = None
+
+    def slot(self, pts: int) -> int:
+        t = pts * self.time_base
+        if self.times is None:
+            return _round_near_inf(t * self.fps)
+        return bisect_left(self.times, t)  # frame qualifies for j iff t <= times[j] iff slot <= j
+
+    def first(self, slot: int) -> int:
+        return slot if self.times is None else 0
+
+    def end(self, end_pts: int) -> int:
+        if self.times is None:
+            return _round_near_inf(end_pts * self.time_base * self.fps)
+        return len(self.times)
+
+    def clip_time(self, n: int) -> float:
+        return float(n / self.fps) if self.times is None else float(self.times[n])
+
+
+class _Selector:
+    """ffmpeg's ``fps`` filter on a stream of (pts, item) in presentation order."""
+
+    def __init__(self, rule: _Rule):
+        self.rule = rule
+        self.next_n: int | None = None
+        self.prev = None
+        self.first_n = 0
+
+    def push(self, pts: int, item) -> list[tuple[int, object]]:
+        slot = self.rule.slot(pts)
+        out = []
+        if self.prev is None:
+            self.next_n = self.first_n = self.rule.first(slot)
+            while self.next_n < slot:  # explicit times before the first frame: use the first frame
+                out.append((self.next_n, item))
+                self.next_n += 1
+        else:
+            limit = slot if self.rule.times is None else min(slot, len(self.rule.times))
+            while self.next_n < limit:
+                out.append((self.next_n, self.prev))
+                self.next_n += 1
+        self.prev = item
+        return out
+
+    def finish(self, end_n: int) -> list[tuple[int, object]]:
+        out = []
+        if self.prev is None:
+            return out
+        while self.next_n < end_n:
+            out.append((self.next_n, self.prev))
+            self.next_n += 1
+        return out
+
+
+# --- decoding ------------------------------------------------------------------------------
+class _NeedsFullDecode(Exception):
+    """The stream lacks what skipping needs (timestamps): decode every frame instead."""
+
+
+@dataclass
+class _Packet:
+    packet: object
+    pts: int
+    dts: int
+    key: bool
+    seq: int
+    targets: list = field(default_factory=list)  # clip indices that use this frame
+    final: bool = False  # the selector has moved past it: targets are complete
+
+
+def _open(path: str):
+    if not os.path.exists(path):
+        raise DecodeError(path, "file not found")
+    if os.path.isdir(path):
+        raise DecodeError(path, "is a folder, not a video file")
+    if os.path.getsize(path) == 0:
+        raise DecodeError(path, "empty file (0 bytes)")
+    try:
+        container = av.open(path, metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise DecodeError(path, f"not a readable video ({_ffmpeg_reason(exc)})") from None
+    if not container.streams.video:
+        kinds = sorted({s.type for s in container.streams}) or ["none"]
+        container.close()
+        raise DecodeError(path, f"no video stream (streams: {', '.join(kinds)})")
+    return container
+
+
+def _ffmpeg_reason(exc: Exception) -> str:
+    text = getattr(exc, "strerror", None) or str(exc)
+    return text.split(":")[0].strip() if ": '" in text else text
+
+
+class _Converter:
+    """Converts decoded frames to (S, S, 3) uint8 RGB with libavfilter's own ``scale`` and ``crop``.
+
+    The graph ``scale=w:h:flags=bicubic,crop=S:S:x:y,format=rgb24`` is the official script's
+    filter chain minus ``fps`` (the selection is done before): libswscale converts YUV→RGB and
+    resizes in one pass, so the frames equal ffmpeg's bit for bit (PyAV's ``reformat`` takes
+    another libswscale path that differs by a few levels). Built on the first frame, rebuilt
+    if the frame size or pixel format changes mid-stream.
+    """
+
+    def __init__(self, size: int | None, crop: bool, interpolation: str, threads: int = 1):
+        self.size, self.crop, self.threads = size, crop, threads
+        self.interpolation = interpolation.lower()
+        self.key = None
+        self.src = self.sink = None
+
+    def _build(self, frame):
+        w, h = official_scale_size(frame.width, frame.height, self.size) if self.size else (frame.width, frame.height)
+        graph = av.filter.Graph()
+        if self.threads:
+            graph.threads = self.threads
+        nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                                  time_base=frame.time_base or Fraction(1, 90000))]
+        if (w, h) != (frame.width, frame.height):
+            nodes.append(graph.add("scale", f"w={w}:h={h}:flags={self.interpolation}"))
+        if self.size and self.crop:
+            nodes.append(graph.add("crop", f"{self.size}:{self.size}:{int((w - self.size) / 2)}:"
+                                           f"{int((h - self.size) / 2)}"))
+        nodes.append(graph.add("format", "rgb24"))
+        nodes.append(graph.add("buffersink"))
+        for a, b in zip(nodes, nodes[1:]):
+            a.link_to(b)
+        graph.configure()
+        self.graph, self.src, self.sink = graph, nodes[0], nodes[-1]
+        self.key = (frame.width, frame.height, frame.format.name)
+
+    def __call__(self, frame) -> np.ndarray:
+        if self.key != (frame.width, frame.height, frame.format.name):
+            self._build(frame)
+        self.src.push(frame)
+        return np.ascontiguousarray(self.sink.pull().to_ndarray(format="rgb24"))
+
+
+def sample_video(
+    path: str | os.PathLike,
+    fps: float | Fraction | None = 0.5,
+    *,
+    sample_times: Sequence[float] | None = None,
+    num_clips: int | None = None,
+    size: int | None = 224,
+    crop: bool = True,
+    interpolation: str = "bicubic",
+    mode: str = "skip",
+    threads: int = 1,
+    converter=None,
+) -> SampledVideo:
+    """Decode one frame per clip (see the module docstring for the rule).
+
+    ``size``: short side after scaling (the model's image size), ``None`` keeps the source
+    size; ``crop``: centre square crop of ``size``. ``threads``: decoder threads (0 = as many
+    as FFmpeg wants; 1 suits parallel worker processes). ``converter``: a callable
+    ``av.VideoFrame → (S, S, 3) uint8`` used instead of libavfilter's scale + crop (e.g.
+    :class:`r2.extract.preprocess.HFResize`). Raises :class:`DecodeError` with the
+    path and a reason for a file that cannot be used.
+    """
+    path = os.fspath(path)
+    if mode not in ("skip", "all"):
+        raise ValueError(f"mode must be 'skip' or 'all', got {mode!r}")
+    if sample_times is None and fps is None:
+        raise ValueError("give fps or sample_times")
+    rate = ffmpeg_rate(fps) if sample_times is None else None
+    try:
+        return _sample(path, rate, sample_times, num_clips, size, crop, interpolation, mode, threads, converter)
+    except _NeedsFullDecode:
+        return _sample(path, rate, sample_times, num_clips, size, crop, interpolation, "all", threads, converter)
+
+
+def _sample(path, rate, sample_times, num_clips, size, crop, interpolation, mode, threads, converter):
+    container = _open(path)
+    try:
+        stream = container.streams.video[0]
+        cc = stream.codec_context
+        if cc.width <= 0 or cc.height <= 0:
+            raise DecodeError(path, "video stream has no frame size (damaged header)")
+        cc.thread_count = threads
+        cc.thread_type = "AUTO" if threads != 1 else "SLICE"
+        time_base = stream.time_base or Fraction(1, 90000)
+        start_us = container.start_time if container.start_time is not None else 0
+        offset = -_round_near_inf(Fraction(start_us, 1_000_000) / time_base)
+        guessed = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
+        default_duration = max(1, _round_near_inf(1 / (Fraction(guessed) * time_base)))
+        rule = _Rule(time_base, rate, sample_times)
+        convert = converter or _Converter(size, crop, interpolation, threads)
+        if mode == "skip":
+            result = _decode_skipping(container, stream, rule, convert, offset, default_duration)
+        else:
+            result = _decode_all(container, stream, rule, convert, offset, default_duration)
+        clips, end_pts, packets, decoded, notes = result
+    finally:
+        container.close()
+
+    declared = stream.frames or 0
+    if declared and packets < declared - max(2, declared // 100):
+        raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
+    if not clips:
+        if packets == 0:
+            raise DecodeError(path, "no video frames in the file")
+        if rate is not None and end_pts is not None and rule.end(end_pts) <= 0:
+            duration = float(end_pts * time_base)
+            raise DecodeError(path, f"too short: {duration:.3f} s gives no clip at {float(rate):g} fps "
+                                    f"(round(duration x fps) = 0)")
+        raise DecodeError(path, "no decodable video frames")
+
+    if num_clips is not None and len(clips) != num_clips:
+        notes.append(f"clip count {len(clips)} forced to {num_clips}")
+        if len(clips) > num_clips:
+            clips = clips[:num_clips]
+        else:
+            last_n = clips[-1][0]
+            clips = clips + [(last_n + i + 1, clips[-1][1], clips[-1][2]) for i in range(num_clips - len(clips))]
+    frames = np.stack([c[1] for c in clips])
+    return SampledVideo(
+        frames=frames,
+        clip_times=np.array([rule.clip_time(min(n, len(rule.times) - 1) if rule.times else n)
+                             for n, _, _ in clips], np.float64),
+        frame_times=np.array([float(pts * time_base) for _, _, pts in clips], np.float64),
+        duration=float(end_pts * time_base),
+        fps=float(rate) if rate is not None else None,
+        source_fps=float(guessed),
+        frame_count=packets,
+        width=cc.width,
+        height=cc.height,
+        decoded_frames=decoded,
+        notes=notes,
+    )
+
+
+def _demux(container, stream):
+    """Video packets in decoding order; a read error ends the stream like ffmpeg does."""
+    try:
+        for packet in container.demux(stream):
+            if packet.size == 0 and packet.pts is None and packet.dts is None:
+                continue  # the flush packet
+            yield packet
+    except av.error.FFmpegError:
+        return  # truncated data: what was read is kept; the declared frame count flags the rest
+
+
+def _decode(cc, packet) -> list:
+    try:
+        return cc.decode(packet)
+    except av.error.FFmpegError:
+        return []  # a damaged packet: ffmpeg goes on with the next one
+
+
+def _decode_all(container, stream, rule, convert, offset, default_duration):
+    """Decode every frame, run the fps rule on the decoded timestamps (the ffmpeg way)."""
+    cc = stream.codec_context
+    selector = _Selector(rule)
+    clips, cache = [], {}
+    packets = decoded = 0
+    end_pts = None
+    last_pts = None
+
+    def take(frames):
+        nonlocal decoded, end_pts, last_pts
+        for frame in frames:
+            decoded += 1
+            if frame.pts is not None:
+                pts = frame.pts + offset
+            elif last_pts is not None:
+                pts = last_pts + default_duration
+            else:
+                pts = 0
+            if last_pts is not None and pts <= last_pts:
+                pts = last_pts + 1  # keep presentation order strictly increasing
+            last_pts = pts
+            dur = frame.duration if frame.duration else default_duration
+            end_pts = max(end_pts or pts + dur, pts + dur)
+            for n, (fpts, fr) in selector.push(pts, (pts, frame)):
+                emit(n, fpts, fr)
+
+    def emit(n, fpts, frame):
+        if fpts not in cache:  # a frame repeated for several clips is converted once
+            cache.clear()
+            cache[fpts] = convert(frame)
+        clips.append((n, cache[fpts], fpts))
+
+    for packet in _demux(container, stream):
+        packets += 1
+        take(_decode(cc, packet))
+    take(_decode(cc, None))
+    if end_pts is not None:
+        for n, (fpts, fr) in selector.finish(rule.end(end_pts)):
+            emit(n, fpts, fr)
+    return clips, end_pts, packets, decoded, []
+
+
+def _decode_skipping(container, stream, rule, convert, offset, default_duration):
+    """Decide the chosen frames from packet timestamps, decode only their GOPs."""
+    cc = stream.codec_context
+    selector = _Selector(rule)
+    heap: list[tuple[int, int, _Packet]] = []
+    gops: list[list[_Packet]] = []  # GOPs not yet handled, in decoding order
+    previous_gop: list[_Packet] = []  # the GOP before gops[0] (for open-GOP leading pictures)
+    assignments: deque[tuple[int, _Packet]] = deque()  # (clip index, packet) in clip order
+    resolved: dict[int, tuple[np.ndarray, int]] = {}  # packet seq -> (rgb, pts)
+    last_placed: list[_Packet | None] = [None]
+    stats = {"decoded": 0}
+    clips: list[tuple[int, np.ndarray, int]] = []
+    packets = 0
+    end_pts = None
+    seen_pts: set[int] = set()
+
+    def place(entry: _Packet):
+        # The selector decides the previous packet when the next one (in pts order) arrives.
+        if last_placed[0] is not None:
+            last_placed[0].final = True
+        for n, target in selector.push(entry.pts, entry):
+            target.targets.append(n)
+            assignments.append((n, target))
+        last_placed[0] = entry
+
+    def decode_run(run: list[_Packet]):
+        wanted = {e.pts for e in run if e.targets}
+        last = max(i for i, e in enumerate(run) if e.targets)
+        found: dict[int, object] = {}
+
+        def keep(frames):
+            for frame in frames:
+                stats["decoded"] += 1
+                if frame.pts is None:
+                    raise _NeedsFullDecode()
+                if frame.pts + offset in wanted:
+                    found[frame.pts + offset] = frame
+
+        cc.flush_buffers()
+        for entry in run[:last + 1]:
+            cc.skip_frame = "DEFAULT" if entry.targets else "NONREF"
+            keep(_decode(cc, entry.packet))
+        cc.skip_frame = "DEFAULT"
+        keep(_decode(cc, None))
+        cc.flush_buffers()
+        if len(found) != len(wanted):
+            # a chosen frame did not come out (damaged data, a decoder that needs more than the
+            # GOP): decode every frame instead, so the result is what ffmpeg gives
+            raise _NeedsFullDecode()
+        for entry in run:
+            if entry.targets:
+                resolved[entry.seq] = (convert(found[entry.pts]), entry.pts)
+
+    def flush_ready(at_eof: bool):
+        nonlocal previous_gop
+        # a GOP is ready when every packet in it has been decided by the selector
+        limit = len(gops) if at_eof else len(gops) - 1
+        handled = 0
+        for g in range(limit):
+            gop = gops[g]
+            if not all(e.final for e in gop):
+                break
+            if any(e.targets for e in gop):
+                leading = any(e.targets and e.pts < gop[0].pts for e in gop)
+                decode_run((previous_gop + gop) if leading and previous_gop else gop)
+            for e in previous_gop:
+                e.packet = None
+            previous_gop = gop
+            handled += 1
+        if handled:
+            del gops[:handled]
+        # hand out the clips whose frames are known, in clip order
+        while assignments and assignments[0][1].seq in resolved:
+            n, entry = assignments.popleft()
+            rgb, pts = resolved[entry.seq]
+            clips.append((n, rgb, pts))
+
+    for packet in _demux(container, stream):
+        packets += 1
+        pts = packet.pts if packet.pts is not None else packet.dts
+        dts = packet.dts if packet.dts is not None else packet.pts
+        if pts is None:
+            raise _NeedsFullDecode()
+        pts, dts = pts + offset, dts + offset
+        if pts in seen_pts:
+            raise _NeedsFullDecode()  # duplicate timestamps: let the decoder order them
+        seen_pts.add(pts)
+        dur = packet.duration if packet.duration else default_duration
+        end_pts = max(end_pts if end_pts is not None else pts + dur, pts + dur)
+        entry = _Packet(packet, pts, dts, bool(packet.is_keyframe), packets)
+        if entry.key or not gops:
+            gops.append([entry])
+        else:
+            gops[-1].append(entry)
+        # every packet with pts < dts of this one is now in presentation order
+        while heap and heap[0][0] < dts:
+            place(heapq.heappop(heap)[2])
+        heapq.heappush(heap, (pts, entry.seq, entry))
+        flush_ready(at_eof=False)
+
+    while heap:
+        place(heapq.heappop(heap)[2])
+    if last_placed[0] is not None:
+        last_placed[0].final = True
+    if end_pts is not None:
+        for n, target in selector.finish(rule.end(end_pts)):
+            target.targets.append(n)
+            assignments.append((n, target))
+    flush_ready(at_eof=True)
+    return clips, end_pts, packets, stats["decoded"], []
+
+
+def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Iterator[str]:
+    """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive)."""
+    exts = {e.lower() for e in extensions}
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            if os.path.splitext(name)[1].lower() in exts:
+                yield os.path.join(root, name)
+
+
+@dataclass
+class DecodeResult:
+    """What a decode worker sends back for one video: frames and attributes, or the reason it failed."""
+
+    video_id: str
+    path: str
+    frames: np.ndarray | None = None  # (T, S, S, 3) uint8
+    attrs: dict = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+    decoded_frames: int = 0
+
+
+def decode_job(video_id: str, path: str, fps: float | None, sample_times: Sequence[float] | None = None,
+               num_clips: int | None = None, size: int = 224, resize: str = "ffmpeg",
+               threads: int = 1) -> DecodeResult:
+    """Decode one video for extraction; never raises (a failure is returned with its reason).
+
+    Runs in the joblib worker processes (numpy + av; torch only for ``resize="hf"``).
+    """
+    import time
+
+    t0 = time.perf_counter()
+    try:
+        if resize == "hf":
+            from r2.extract.preprocess import HFResize
+
+            converter = HFResize(size, size)
+        else:
+            converter = None
+        sv = sample_video(path, fps, sample_times=sample_times, num_clips=num_clips, size=size,
+                          threads=threads, converter=converter)
+    except DecodeError as exc:
+        return DecodeResult(video_id, path, error=exc.reason, seconds=time.perf_counter() - t0)
+    except MemoryError:
+        return DecodeResult(video_id, path, error="out of memory while decoding", seconds=time.perf_counter() - t0)
+    except Exception as exc:  # a damaged file can make FFmpeg fail in many ways: report, go on
+        return DecodeResult(video_id, path, error=f"cannot decode ({type(exc).__name__}: {exc})",
+                            seconds=time.perf_counter() - t0)
+    attrs = {
+        "source": os.path.abspath(path),
+        "duration": round(sv.duration, 6),
+        "fps": sv.fps,
+        "source_fps": round(sv.source_fps, 6),
+        "frame_count": sv.frame_count,
+        "size": [sv.width, sv.height],
+        "sample_times": [round(float(t), 6) for t in sv.frame_times],
+        "clip_start": round(float(sv.clip_times[0]), 6),
+    }
+    if sv.notes:
+        attrs["notes"] = "; ".join(sv.notes)
+    return DecodeResult(video_id, path, sv.frames, attrs, None, time.perf_counter() - t0, sv.decoded_frames)

@@ -1,0 +1,226 @@
+"""``r2 extract`` and ``r2 make-tiny-clip``: the command-line side of ``r2.extract``.
+
+This module turns the command line (folders, list files, annotation files) into plain
+:class:`~r2.extract.pipeline.VideoJob` / :class:`~r2.extract.pipeline.QueryJob` lists and calls
+:func:`r2.extract.pipeline.extract_features`. Annotation files are parsed by
+``r2.train.annotations.load_annotations``; the sampling rate comes from the data set preset.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
+
+class InputError(Exception):
+    user_error = True
+
+
+def _video_files(folder: Path) -> list[Path]:
+    from r2.extract.video import iter_video_files
+
+    return [Path(p) for p in iter_video_files(folder)]
+
+
+def _video_id(path: Path, folder: Path) -> str:
+    return path.relative_to(folder).with_suffix("").as_posix()
+
+
+def _jobs_from_inputs(inputs: list[Path]):
+    """Folders (recursive) and list files → VideoJobs keyed by relative path without extension."""
+    from r2.extract.pipeline import VideoJob
+
+    jobs: dict[str, VideoJob] = {}
+
+    def add(video_id, path):
+        if video_id in jobs and jobs[video_id].path != str(path):
+            raise InputError(f"two videos get the id {video_id!r}: {jobs[video_id].path} and {path} "
+                             "(same name, different extension); rename one")
+        jobs[video_id] = VideoJob(video_id, str(path))
+
+    for inp in inputs:
+        if inp.is_dir():
+            files = _video_files(inp)
+            if not files:
+                raise InputError(f"{inp}: no video files (looked for mp4, mkv, webm, avi, mov, ... recursively)")
+            for f in files:
+                add(_video_id(f, inp), f)
+        elif inp.is_file():
+            base = inp.parent
+            for lineno, line in enumerate(inp.read_text(encoding="utf-8").splitlines(), 1):
+                entry = line.strip()
+                if not entry or entry.startswith("#"):
+                    continue
+                p = Path(entry)
+                full = p if p.is_absolute() else base / p
+                vid = p.stem if p.is_absolute() else p.with_suffix("").as_posix()
+                add(vid, full)
+        else:
+            raise InputError(f"{inp}: no such file or folder")
+    return list(jobs.values())
+
+
+def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[Path], fps: float | None):
+    """Annotation records → (VideoJobs, QueryJobs, failures for videos not found, data set).
+
+    YouTube Highlights without ``--fps``: each video gets its own rate, number of annotated
+    clips ÷ (frames ÷ fps), and exactly that many clips (R²-Tuning's "auto")."""
+    from r2.extract.pipeline import Failure, QueryJob, VideoJob
+    from r2.train.annotations import load_annotations
+
+    samples = load_annotations(annotations, dataset=dataset)
+    if not samples:
+        raise InputError(f"{annotations}: no records")
+    ds = samples[0].dataset
+    per_video_rate = ds == "youtube" and fps is None
+    # every video file under the input folders, by relative path and by stem
+    by_rel, by_stem = {}, {}
+    for folder in inputs:
+        if not folder.is_dir():
+            raise InputError(f"{folder}: with --annotations, inputs are the folders that hold the videos")
+        for f in _video_files(folder):
+            by_rel.setdefault(_video_id(f, folder), f)
+            by_stem.setdefault(f.stem, []).append(f)
+    videos, queries, failures, seen_q, missing = {}, [], [], set(), set()
+    for s in samples:
+        if s.vid not in videos and s.vid not in missing:
+            stem = s.video_file_stem
+            path = by_rel.get(stem) or (by_stem.get(Path(stem).name) or [None])[0]
+            if path is None:
+                where = ", ".join(str(i) for i in inputs)
+                failures.append(Failure(s.vid, stem, f"no video file named {stem}.* under {where}"))
+                missing.add(s.vid)
+            else:
+                job = VideoJob(s.vid, str(path))
+                if per_video_rate:
+                    frames, src_fps = float(s.extras["frames"]), float(s.extras["fps"])
+                    count = len(s.saliency.clip_ids)
+                    job.fps, job.num_clips = count * src_fps / frames, count
+                videos[s.vid] = job
+        if s.query_id not in seen_q:
+            seen_q.add(s.query_id)
+            queries.append(QueryJob(s.query_id, s.query))
+    return list(videos.values()), queries, failures, ds
+
+
+def _preset_fps(dataset: str | None):
+    if dataset is None:
+        return 0.5
+    from r2.train.presets import get_preset
+
+    fps = get_preset(dataset).fps
+    return None if fps == "auto" else float(fps)
+
+
+def _parse_layers(text: str | None):
+    if text is None:
+        return None
+    try:
+        layers = [int(x) for x in text.replace(" ", "").split(",") if x]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers like 9,10,11,12 or -4,-3,-2,-1, got {text!r}")
+    if not layers:
+        raise click.BadParameter("give at least one layer")
+    return layers
+
+
+@click.command("extract", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("inputs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--out", "-o", "out", required=True, type=click.Path(path_type=Path),
+              help="Cache folder (created, or resumed when it exists with the same settings).")
+@click.option("--model", "-m", default=DEFAULT_MODEL, show_default=True,
+              help="Hugging Face CLIP: hub id (must be on disk when offline) or local folder.")
+@click.option("--annotations", "-a", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="Take video ids and query texts from this annotation file (any benchmark or a custom "
+                   "jsonl); INPUTS are then the folders holding the videos.")
+@click.option("--dataset", "-d", help="Data set preset (qvhighlights, charades, ego4d, tacos, youtube, tvsum): "
+                                      "sets --fps and how the annotation file is read.")
+@click.option("--fps", type=float, help="Clips per second [default: the preset's, else 0.5; YouTube: per video].")
+@click.option("--layers", help="Hidden-state indices to keep, e.g. 9,10,11,12 or -4,-3,-2,-1 [default: last 4].")
+@click.option("--batch-size", "-b", default=64, show_default=True, help="Frames per CLIP forward.")
+@click.option("--workers", "-j", type=int, help="Decode processes [default: CPUs - 1 on CPU, CPUs on GPU; 0 = none].")
+@click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="CLIP compute precision (fp32 = the official features).")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "int8"]), default="float16", show_default=True,
+              help="Storage dtype in the cache.")
+@click.option("--resize", type=click.Choice(["ffmpeg", "hf"]), default="ffmpeg", show_default=True,
+              help="ffmpeg: swscale bicubic while decoding (the official extraction); hf: CLIPImageProcessor's.")
+@click.option("--num-shards", default=1, show_default=True, help="Split the inputs into this many parts ...")
+@click.option("--shard-index", default=0, show_default=True, help="... and extract this one (0-based).")
+@click.option("--decode-threads", default=1, show_default=True, help="FFmpeg threads per decode process.")
+@click.option("--max-shard-items", type=int, hidden=True, help="Commit a cache shard every N items.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@click.pass_context
+def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_size, workers, device, precision,
+            dtype, resize, num_shards, shard_index, decode_threads, max_shard_items, progress):
+    """Run frozen CLIP over videos (and queries) into a feature cache.
+
+    \b
+    INPUTS: folders of videos (recursive) or text files listing video paths.
+    Video id = path relative to the folder, without extension (annotations: their vid).
+    A rerun resumes: what is in the cache is skipped, failed videos are retried.
+
+    \b
+    Examples:
+      r2 extract videos/ --out cache/
+      r2 extract videos/ -a charades_test.jsonl -d charades --out cache/ --device cuda -j 16
+      r2 extract videos/ --out cache/ --num-shards 8 --shard-index 3   # then r2 cache merge
+    """
+    from r2.extract.pipeline import extract_features
+
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise click.BadParameter(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    inputs = list(inputs)
+    failures = []
+    if annotations is not None:
+        if not inputs:
+            raise click.UsageError("with --annotations, give the folder(s) that hold the videos as INPUTS")
+        videos, queries, failures, ds = _jobs_from_annotations(annotations, dataset, inputs, fps)
+        run_fps = fps if fps is not None else _preset_fps(ds)
+    else:
+        if not inputs:
+            raise click.UsageError("give video folders / list files, or --annotations FILE with the video folder")
+        videos, queries = _jobs_from_inputs(inputs), []
+        run_fps = fps if fps is not None else _preset_fps(dataset)
+    if run_fps is None and any(v.fps is None for v in videos):
+        raise InputError("this data set samples per video (YouTube: one frame per annotated clip): use its "
+                         "annotation file with --annotations, or give --fps")
+    command = None
+    if len(sys.argv) > 1 and sys.argv[1] == "extract":  # the real command line (not a test runner's)
+        command = "r2 extract " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    summary = extract_features(
+        videos, queries, out, model, fps=run_fps, layers=_parse_layers(layers), batch_size=batch_size,
+        workers=workers, device=device, precision=precision, dtype=dtype, resize=resize, num_shards=num_shards,
+        shard_index=shard_index, decode_threads=decode_threads, max_shard_items=max_shard_items,
+        progress=progress, command=command, known_failures=failures)
+    click.echo(summary.format())
+    if not summary.ok:
+        ctx.exit(1)
+
+
+@click.command("make-tiny-clip", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
+@click.option("--width", default=64, show_default=True, help="Hidden width of both towers.")
+@click.option("--layers", default=4, show_default=True, help="Transformer blocks per tower.")
+@click.option("--heads", default=4, show_default=True, help="Attention heads.")
+@click.option("--image-size", default=224, show_default=True)
+@click.option("--patch-size", default=32, show_default=True, help="224/32 → 7x7 patches + CLS = 50 tokens.")
+@click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
+def make_tiny_clip(out_dir, seed, width, layers, heads, image_size, patch_size, overwrite):
+    """Write a tiny random CLIP (config, safetensors, real tokenizer) usable as --model OUT_DIR."""
+    from r2.extract.tiny import make_tiny_clip as make
+
+    try:
+        path = make(out_dir, seed=seed, width=width, layers=layers, heads=heads, image_size=image_size,
+                    patch_size=patch_size, overwrite=overwrite)
+    except (FileExistsError, ValueError) as exc:
+        raise click.ClickException(str(exc))
+    size = sum(f.stat().st_size for f in path.iterdir())
+    click.echo(f"wrote a tiny random CLIP to {path} ({size / 1e6:.1f} MB); use it with --model {path}")

@@ -1,0 +1,144 @@
+"""CLIP loading, the shipped tokenizer, offline errors, the tiny CLIP and the feature form."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from r2.extract import clip as C
+from r2.extract.synthetic import COLOURS
+from r2.extract.tiny import make_tiny_clip
+
+
+def test_shipped_tokenizer_ids():
+    tok = C.load_tokenizer()
+    assert len(tok) == 49408
+    assert tok("a photo of a cat")["input_ids"] == [49406, 320, 1125, 539, 320, 2368, 49407]
+
+
+def test_long_queries_are_truncated_to_77_tokens_keeping_eot(tiny_clip):
+    feats, lengths = tiny_clip.text_features(["word " * 200])
+    assert lengths == [77] and feats[0].shape == (4, 77, tiny_clip.query_width)
+    ids = tiny_clip.tokenize(["word " * 200])["input_ids"][0]
+    assert ids[0] == 49406 and ids[-1] == 49407
+
+
+def test_offline_hub_id_not_on_disk_fails_fast_with_advice():
+    t0 = time.perf_counter()
+    with pytest.raises(C.ModelNotFoundError) as err:
+        C.FrozenCLIP("nobody-r2-test/clip-that-is-not-cached")
+    msg = str(err.value)
+    assert time.perf_counter() - t0 < 10
+    assert "nobody-r2-test/clip-that-is-not-cached" in msg and "--model" in msg and "local" in msg
+    assert getattr(err.value, "user_error", False)
+
+
+def test_missing_local_folder_is_a_clear_error(tmp_path):
+    with pytest.raises(C.ModelNotFoundError, match="no such folder"):
+        C.resolve_model(str(tmp_path / "nothing" / "here"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(C.ModelNotFoundError, match="config.json"):
+        C.resolve_model(tmp_path / "empty")
+
+
+def test_tiny_clip_is_seeded_and_loadable_by_plain_transformers(tiny_clip_dir, tmp_path):
+    again = make_tiny_clip(tmp_path / "again", seed=0)
+    for name in ("config.json", "model.safetensors", "vocab.json", "merges.txt"):
+        assert hashlib.sha256((tiny_clip_dir / name).read_bytes()).hexdigest() == \
+            hashlib.sha256((again / name).read_bytes()).hexdigest(), name
+    other = make_tiny_clip(tmp_path / "other", seed=1)
+    assert (other / "model.safetensors").read_bytes() != (again / "model.safetensors").read_bytes()
+    from transformers import CLIPModel, CLIPTokenizer
+
+    model = CLIPModel.from_pretrained(tiny_clip_dir)
+    cfg = model.config.vision_config
+    assert (cfg.image_size // cfg.patch_size) ** 2 + 1 == 50 and cfg.num_hidden_layers >= 4
+    assert CLIPTokenizer.from_pretrained(tiny_clip_dir)("a photo of a cat")["input_ids"][1:-1] == [320, 1125, 539, 320, 2368]
+    with pytest.raises(FileExistsError):
+        make_tiny_clip(again)
+
+
+def _direct(model_dir, pixel_values, layers):
+    from transformers import CLIPModel
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    with torch.no_grad():
+        hs = model.vision_model(pixel_values=pixel_values, output_hidden_states=True).hidden_states
+    return torch.stack([hs[i] for i in layers], dim=1).numpy(), model
+
+
+def test_vision_features_are_the_raw_hidden_states(tiny_clip, tiny_clip_dir):
+    x = torch.randn(3, 3, 224, 224)
+    direct, model = _direct(tiny_clip_dir, x, [1, 2, 3, 4])
+    assert tiny_clip.layers == [1, 2, 3, 4]
+    got = tiny_clip.video_features(x).numpy()
+    assert got.shape == (3, 4, 50, 64)
+    np.testing.assert_allclose(got, direct, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():  # the residual stream, not the post-layernormed / projected output
+        normed = model.vision_model.post_layernorm(torch.from_numpy(got[:, -1])).numpy()
+    assert not np.allclose(got[:, -1], normed, atol=1e-2)
+
+
+def test_layer_choice_and_truncation(tiny_clip_dir):
+    x = torch.randn(2, 3, 224, 224)
+    direct, _ = _direct(tiny_clip_dir, x, [0, 2])
+    clip = C.FrozenCLIP(tiny_clip_dir, layers=[0, 2])
+    assert len(clip.vision.encoder.layers) == 2  # blocks 3, 4 dropped: they cannot change layers 0..2
+    np.testing.assert_allclose(clip.video_features(x).numpy(), direct, rtol=1e-5, atol=1e-5)
+    assert C.FrozenCLIP(tiny_clip_dir, layers=[-2, -1]).layers == [3, 4]
+    with pytest.raises(ValueError):
+        C.FrozenCLIP(tiny_clip_dir, layers=[2, 1])
+    with pytest.raises(ValueError):
+        C.FrozenCLIP(tiny_clip_dir, layers=[5])
+
+
+def test_text_features_sot_to_eot_and_independent_of_padding(tiny_clip, tiny_clip_dir):
+    from transformers import CLIPModel
+
+    texts = ["a dog", "a man opens the red door of a small house"]
+    feats, lengths = tiny_clip.text_features(texts)
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    for text, f, n in zip(texts, feats, lengths):
+        ids = C.load_tokenizer()(text, return_tensors="pt")["input_ids"]  # alone, no padding
+        assert n == ids.shape[1]
+        with torch.no_grad():
+            hs = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+        want = torch.stack([hs[i][0] for i in (1, 2, 3, 4)]).numpy()
+        assert f.shape == want.shape == (4, n, 64)
+        np.testing.assert_allclose(f, want, rtol=1e-5, atol=1e-5)
+
+
+def test_tiny_features_separate_colours_and_words(tiny_clip):
+    from r2.extract.preprocess import normalize
+
+    names = ["red", "green", "blue", "yellow", "white", "black"]
+    frames = np.stack([np.full((224, 224, 3), COLOURS[c], np.uint8) for c in names])
+    f = tiny_clip.video_features(normalize(frames))[:, -1].mean(dim=1)  # last layer, mean over tokens
+    f = torch.nn.functional.normalize(f, dim=-1)
+    sim = (f @ f.T).numpy()
+    off = sim[~np.eye(len(names), dtype=bool)]
+    assert off.max() < 0.995, sim  # every pair of colours is told apart
+    words, _ = tiny_clip.text_features(["red", "green", "blue"])
+    w = torch.nn.functional.normalize(torch.stack([torch.from_numpy(x[-1, 1]) for x in words]), dim=-1)
+    assert ((w @ w.T).numpy()[~np.eye(3, dtype=bool)] < 0.99).all()
+
+
+def test_config_hash_ignores_runtime_keys(tiny_clip_dir, tmp_path):
+    from transformers import CLIPConfig
+
+    h = C.config_hash(CLIPConfig.from_pretrained(tiny_clip_dir))
+
+    def variant(name, change):
+        d = json.loads((tiny_clip_dir / "config.json").read_text())
+        change(d)
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(d))
+        return C.config_hash(CLIPConfig.from_pretrained(tmp_path / name))
+
+    assert variant("same", lambda d: d.update(transformers_version="0.0.0", _name_or_path="x")) == h
+    assert variant("deeper", lambda d: d["vision_config"].update(num_hidden_layers=3)) != h

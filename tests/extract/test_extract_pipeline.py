@@ -1,0 +1,268 @@
+"""End to end: real videos (PyAV) + the tiny CLIP → r2.cache, compared with a direct CLIPModel."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from r2.cache import FeatureCache, merge, verify
+from r2.cli import main
+from r2.extract import synthetic as S
+from r2.extract.pipeline import QueryJob, VideoJob, extract_features, in_shard
+from r2.extract.preprocess import CLIP_MEAN, CLIP_STD
+from r2.extract.video import clip_count, sample_video
+
+GOOD = {  # id -> (relative path, segments, fps, codec)
+    "red_blue": ("red_blue.mp4", [("red", 2.0), ("blue", 3.0)], 10, "libx264"),
+    "sub/green": ("sub/green.mkv", [("green", 4.2)], 12, "libx264"),
+    "two words ü": ("two words ü.webm", [("yellow", 2.0), ("cyan", 2.5)], 8, "libvpx-vp9"),
+    "moving": ("moving.mp4", [("moving", 3.0), ("checker:red", 3.0)], 15, "libx264"),
+    "old": ("old.avi", [("magenta", 3.0)], 10, "mpeg4"),
+}
+QUERIES = [QueryJob("q1", "a red door"), QueryJob("q2", "a man walks a dog on the beach at sunset"),
+           QueryJob("3", "")]
+
+
+def write_good(root: Path):
+    for vid, (rel, segs, fps, codec) in GOOD.items():
+        S.write_segment_video(root / rel, segs, fps=fps, codec=codec, keyframe_interval=fps, bframes=2
+                              if codec == "libx264" else None)
+    return [VideoJob(vid, str(root / GOOD[vid][0])) for vid in GOOD]
+
+
+def write_bad(root: Path):
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("not a video\n" * 10)
+    ok = S.write_segment_video(root / "tmp_ok.mp4", [("red", 2), ("blue", 2)], fps=10)
+    data = ok.path.read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
+    ok.path.unlink()
+    S.write_audio_only(root / "no video.mp4")
+    return {"zero": "empty file", "text": "not a readable video", "truncated": "not a readable video",
+            "no video": "no video stream"}
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("videos")
+    return root, write_good(root)
+
+
+def direct_features(model, path, fps):
+    """What the cache must hold: CLIPModel hidden states on the benchmark frames, computed by hand."""
+    frames = sample_video(path, fps).frames.astype(np.float32) / 255.0
+    x = (frames - np.array(CLIP_MEAN, np.float32)) / np.array(CLIP_STD, np.float32)
+    with torch.no_grad():
+        hs = model.vision_model(pixel_values=torch.from_numpy(x).permute(0, 3, 1, 2),
+                                output_hidden_states=True).hidden_states
+    return torch.stack([hs[i] for i in (1, 2, 3, 4)], dim=1).numpy()
+
+
+def test_cached_features_equal_direct_clip(videos, tiny_clip, tiny_clip_dir, tmp_path):
+    from transformers import CLIPModel
+
+    root, jobs = videos
+    out = tmp_path / "cache"
+    summary = extract_features(jobs, QUERIES, out, tiny_clip_dir, fps=1.0, batch_size=7, workers=0,
+                               clip=tiny_clip, progress=False)
+    assert summary.ok and summary.videos_extracted == len(GOOD) and summary.queries_extracted == 3
+    cache = FeatureCache.open(out)
+    m = cache.manifest
+    assert m["layers"] == [1, 2, 3, 4] and m["fps"] == 1.0 and m["dtype"] == "float16"
+    assert m["video_width"] == 64 and m["preprocessing"]["size"] == 224 and m["model_config_hash"]
+    assert sorted(cache.video_ids()) == sorted(GOOD)
+    model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
+    total = 0
+    for vid, (rel, segs, fps, _) in GOOD.items():
+        got = cache.load_video(vid)
+        want = direct_features(model, root / rel, 1.0)
+        duration = sum(s for _, s in segs)
+        assert got.shape == (clip_count(int(duration * fps) / fps, 1.0), 4, 50, 64), vid  # round half up
+        np.testing.assert_allclose(got, want, rtol=2e-3, atol=2e-3 * np.abs(want).max())  # fp16 storage
+        attrs = cache.video_attrs(vid)
+        assert len(attrs["sample_times"]) == got.shape[0] and attrs["fps"] == 1.0
+        assert attrs["duration"] == pytest.approx(int(duration * fps) / fps, abs=2e-3)  # mkv: ms ticks
+        total += got.shape[0]
+    assert summary.clips == total and summary.bytes_written > 0
+    # clip j of red_blue shows red for j < 2, blue after: features change with the content
+    rb = cache.load_video("red_blue")[:, -1].mean(axis=1)
+    assert np.allclose(rb[0], rb[1], atol=1e-2) and not np.allclose(rb[1], rb[2], atol=1e-2)
+    # queries: SOT..EOT token features of the same layers, mask all real tokens
+    feats, lengths = tiny_clip.text_features([q.text for q in QUERIES])
+    for q, f, n in zip(QUERIES, feats, lengths):
+        qf, mask = cache.load_query(q.query_id)
+        assert qf.shape == (4, n, 64) and mask.shape == (n,) and mask.all()
+        np.testing.assert_allclose(qf, f, rtol=2e-3, atol=2e-3 * np.abs(f).max())
+    assert cache.load_query("3")[0].shape[1] == 2  # empty text: SOT, EOT
+    assert verify(out).ok
+
+
+def test_bad_inputs_reported_others_extracted_rerun_retries_only_failed(videos, tiny_clip, tmp_path):
+    root = tmp_path / "in"
+    shutil.copytree(videos[0], root)
+    reasons = write_bad(root)
+    out = tmp_path / "cache"
+    runner = CliRunner()
+    args = ["extract", str(root), "--out", str(out), "--model", str(tiny_clip.info.path), "--fps", "0.5",
+            "--workers", "0", "--no-progress"]
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1, result.output
+    lines = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert {x["video_id"]: x["reason"] for x in lines}.keys() == reasons.keys()
+    for x in lines:
+        assert reasons[x["video_id"]] in x["reason"] and Path(x["path"]).name.startswith(x["video_id"])
+    assert f"{len(GOOD)} extracted" in result.output and f"{len(reasons)} failed" in result.output
+    cache = FeatureCache.open(out)
+    assert sorted(cache.video_ids()) == sorted(GOOD)
+    assert verify(out).ok
+    # fix one bad input: the rerun extracts only that one
+    (root / "zero.mp4").unlink()
+    S.write_segment_video(root / "zero.mp4", [("white", 2.0)], fps=10)
+    result = runner.invoke(main, args)
+    assert result.exit_code == 1 and "1 extracted" in result.output and f"{len(GOOD)} already cached" in result.output
+    assert len((out / "failures.jsonl").read_text().splitlines()) == len(reasons) - 1
+    for name in ("text", "truncated", "no video"):  # remove the rest: a clean run, exit 0
+        next(root.glob(name + ".mp4")).unlink()
+    result = runner.invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert not (out / "failures.jsonl").exists()
+    assert sorted(FeatureCache.open(out).video_ids()) == sorted(list(GOOD) + ["zero"])
+
+
+def test_shards_split_deterministically_and_merge_to_the_full_cache(videos, tiny_clip, tmp_path):
+    root, jobs = videos
+    full = tmp_path / "full"
+    extract_features(jobs, QUERIES, full, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    parts = []
+    for i in range(2):
+        part = tmp_path / f"part{i}"
+        s = extract_features(jobs, QUERIES, part, None, fps=0.5, workers=2, clip=tiny_clip, num_shards=2,
+                             shard_index=i, progress=False)
+        assert s.ok
+        ids = FeatureCache.open(part).video_ids()
+        assert sorted(ids) == sorted(j.video_id for j in jobs if in_shard(j.video_id, 2, i))
+        parts.append(part)
+    assert {in_shard(j.video_id, 2, 0) for j in jobs} == {True, False}  # both shards got work
+    merged = tmp_path / "merged"
+    merge(parts, merged)
+    a, b = FeatureCache.open(full), FeatureCache.open(merged)
+    assert sorted(a.video_ids()) == sorted(b.video_ids()) and sorted(a.query_ids()) == sorted(b.query_ids())
+    for vid in a.video_ids():  # parallel decoding (2 workers) gives the same features as serial
+        np.testing.assert_array_equal(a.load_video(vid), b.load_video(vid))
+    assert verify(merged).ok
+
+
+def test_cli_annotations_custom_jsonl_and_youtube_auto(videos, tiny_clip, tmp_path):
+    root, jobs = videos
+    rows = [
+        {"qid": 7, "vid": "red_blue", "query": "the screen turns blue", "duration": 5.0,
+         "relevant_windows": [[2, 5]]},
+        {"qid": 8, "vid": "red_blue", "query": "red", "duration": 5.0, "relevant_windows": [[0, 2]]},
+        {"qid": 9, "vid": "missing_video", "query": "nothing", "duration": 4.0, "relevant_windows": [[0, 2]]},
+    ]
+    ann = tmp_path / "custom.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tmp_path / "c1"
+    runner = CliRunner()
+    model = str(tiny_clip.info.path)
+    result = runner.invoke(main, ["extract", str(root), "-a", str(ann), "--out", str(out), "--model", model,
+                                  "--fps", "1", "-j", "0", "--no-progress"])
+    assert result.exit_code == 1, result.output  # missing_video is reported
+    assert "no video file named missing_video" in (out / "failures.jsonl").read_text()
+    cache = FeatureCache.open(out)
+    assert cache.video_ids() == ["red_blue"] and sorted(cache.query_ids()) == ["7", "8", "9"]
+    assert cache.load_video("red_blue").shape[0] == 5
+
+    # YouTube Highlights "auto": one frame per annotated clip, rate = clips / (frames / fps)
+    yt = {"red_blue": {"fps": 10.0, "frames": "50", "domain": "dog",
+                       "info": ["dog", None, [], 1, "u", "a red and blue video", "", None],
+                       "clip": [[0.0, 10.0], [5.0, 15.0], [10.0, 20.0], [15.0, 25.0], [20.0, 30.0], [25.0, 35.0],
+                                [30.0, 40.0], [35.0, 45.0], [40.0, 50.0]],
+                       "match": [-1, -1, 0, 1, 1, 1, 0, -1, -1]}}
+    ann = tmp_path / "youtube_anno.json"
+    ann.write_text(json.dumps(yt))
+    out = tmp_path / "c2"
+    result = runner.invoke(main, ["extract", str(root), "-a", str(ann), "-d", "youtube", "--out", str(out),
+                                  "--model", model, "-j", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cache = FeatureCache.open(out)
+    assert cache.manifest["fps"] is None
+    assert cache.load_video("red_blue").shape[0] == 9  # len(match)
+    assert cache.video_attrs("red_blue")["fps"] == pytest.approx(9 / 5.0)
+    assert cache.query_ids() == ["red_blue"]  # keyed by the video id, text = the title
+    assert cache.query_attrs("red_blue")["text"] == "a red and blue video"
+
+
+def test_incompatible_cache_is_refused(videos, tiny_clip, tmp_path):
+    root, jobs = videos
+    out = tmp_path / "c"
+    extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    from r2.cache import CacheError
+
+    with pytest.raises(CacheError, match="fps"):
+        extract_features(jobs[:1], [], out, None, fps=1.0, workers=0, clip=tiny_clip, progress=False)
+    from r2.extract.clip import FrozenCLIP
+
+    bf16 = FrozenCLIP(tiny_clip.info.path, precision="bf16")
+    with pytest.raises(CacheError, match="precision"):
+        extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=bf16, progress=False)
+
+
+def test_cli_help_and_make_tiny_clip(tmp_path):
+    runner = CliRunner()
+    for cmd in (["extract", "--help"], ["make-tiny-clip", "--help"]):
+        result = runner.invoke(main, cmd)
+        assert result.exit_code == 0 and "Usage" in result.output
+    result = runner.invoke(main, ["make-tiny-clip", str(tmp_path / "m")])
+    assert result.exit_code == 0 and (tmp_path / "m" / "model.safetensors").exists()
+    result = runner.invoke(main, ["make-tiny-clip", str(tmp_path / "m")])
+    assert result.exit_code != 0 and "not empty" in result.output
+    result = runner.invoke(main, ["extract", "--out", str(tmp_path / "c"), "--model", "nobody/not-here",
+                                  str(tmp_path)])
+    assert result.exit_code != 0
+
+
+def test_cli_list_file_and_dataset_preset(videos, tiny_clip, tmp_path):
+    root, jobs = videos
+    listing = root / "list.txt"
+    listing.write_text("# two of them\nred_blue.mp4\n\nsub/green.mkv\n")
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, ["extract", str(listing), "-d", "charades", "--out", str(out),
+                                       "--model", str(tiny_clip.info.path), "-j", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cache = FeatureCache.open(out)
+    assert cache.manifest["fps"] == 1.0  # Charades-STA preset: 1 fps
+    assert sorted(cache.video_ids()) == ["red_blue", "sub/green"]
+    assert cache.load_video("red_blue").shape[0] == 5
+
+
+def test_decode_side_does_not_import_torch(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys, r2.extract, r2.extract.video, r2.extract.pipeline, r2.extract.synthetic\n"
+            "assert 'torch' not in sys.modules\nprint('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_cli_tacos_camera_file_names(tiny_clip, tmp_path):
+    """TACoS annotations say ``s30-d52``; the video file is ``s30-d52-cam-002.avi``; the cache key is the vid."""
+    folder = tmp_path / "videos"
+    S.write_segment_video(folder / "s30-d52-cam-002.avi", [("red", 3.0), ("green", 3.0)], fps=10, codec="mpeg4")
+    ann = tmp_path / "test.jsonl"
+    ann.write_text(json.dumps({"qid": "s30-d52_0", "query": "She took out kiwi", "duration": 6.0,
+                               "vid": "s30-d52", "relevant_windows": [[0.5, 2.5]]}) + "\n")
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, ["extract", str(folder), "-a", str(ann), "-d", "tacos", "--out", str(out),
+                                       "--model", str(tiny_clip.info.path), "-j", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    cache = FeatureCache.open(out)
+    assert cache.video_ids() == ["s30-d52"] and cache.query_ids() == ["s30-d52_0"]
+    assert cache.manifest["fps"] == 0.5 and cache.load_video("s30-d52").shape[0] == 3

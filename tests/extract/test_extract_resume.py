@@ -1,0 +1,70 @@
+"""Kill -9 in the middle of `r2 extract`, run it again: every video exactly once, verify passes."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from r2.cache import FeatureCache, verify
+from r2.extract import synthetic as S
+
+COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple", "white", "black"]
+
+
+def test_sigkill_then_rerun_gives_every_video_once(tmp_path, tiny_clip_dir):
+    videos = tmp_path / "videos"
+    ids = []
+    for i in range(24):
+        vid = f"v{i:02d}"
+        S.write_segment_video(videos / f"{vid}.mp4", [(COLOURS[i % 10], 1.5), (COLOURS[(i + 3) % 10], 1.5)],
+                              fps=10, size=(64, 48))
+        ids.append(vid)
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "r2", "extract", str(videos), "--out", str(out), "--model", str(tiny_clip_dir),
+           "--fps", "10", "--workers", "0", "--batch-size", "1", "--max-shard-items", "2", "--no-progress"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    shards = out / "shards"
+    deadline = time.monotonic() + 60
+    try:
+        # wait until some shards are committed, then kill the writer in the middle of its work
+        while time.monotonic() < deadline and proc.poll() is None:
+            if shards.is_dir() and len(list(shards.glob("videos-*.h5"))) >= 3:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "extraction ended before it could be killed:\n" + proc.stdout.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+    assert proc.returncode == -signal.SIGKILL
+    done_before = FeatureCache.open(out).video_ids()
+    assert 0 < len(done_before) < len(ids)
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(ids) - len(done_before)} extracted, {len(done_before)} already cached" in rerun.stdout
+
+    cache = FeatureCache.open(out)
+    all_items = []
+    for shard in cache.shard_paths():
+        import h5py
+
+        with h5py.File(shard, "r") as f:
+            if "videos" in f:
+                all_items += list(f["videos"].keys())
+    assert len(all_items) == len(ids) == len(set(all_items))  # exactly once
+    assert sorted(cache.video_ids()) == ids
+    report = verify(out)
+    assert report.ok, report.format()
+    assert not list(shards.glob("*.partial"))
+    for vid in ids:
+        x = cache.load_video(vid)
+        assert x.shape == (30, 4, 50, 64) and np.isfinite(x).all()

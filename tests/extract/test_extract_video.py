@@ -1,0 +1,200 @@
+"""Decoding: the frame chosen for each clip, the clip count, the bit-exact official resize, bad inputs.
+
+The reference is libavfilter itself (through PyAV): ``fps=R,scale=W:H:flags=bicubic,crop=...``
+on every decoded frame, i.e. what ``tools/extract_frames.py`` runs with the ffmpeg CLI.
+Generated videos show their own frame index, so a wrong pick is seen as a wrong number.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+
+import av
+import numpy as np
+import pytest
+
+from r2.extract import synthetic as S
+from r2.extract import video as V
+
+
+def libavfilter_frames(path, fps, size=224):
+    """Official pipeline: every decoded frame through ffmpeg's fps -> scale -> crop -> rgb24."""
+    with av.open(str(path)) as c:
+        s = c.streams.video[0]
+        w, h = V.official_scale_size(s.codec_context.width, s.codec_context.height, size)
+        g = av.filter.Graph()
+        chain = [g.add_buffer(template=s), g.add("fps", f"fps={fps}"), g.add("scale", f"w={w}:h={h}:flags=bicubic"),
+                 g.add("crop", f"{size}:{size}:{int((w - size) / 2)}:{int((h - size) / 2)}"),
+                 g.add("format", "rgb24"), g.add("buffersink")]
+        for a, b in zip(chain, chain[1:]):
+            a.link_to(b)
+        g.configure()
+        out = []
+
+        def pull():
+            while True:
+                try:
+                    out.append(chain[-1].pull().to_ndarray(format="rgb24"))
+                except (av.error.BlockingIOError, av.error.EOFError):
+                    return
+
+        for frame in c.decode(s):
+            chain[0].push(frame)
+            pull()
+        chain[0].push(None)
+        pull()
+    return out
+
+
+CODECS = [
+    ("h264_bframes.mp4", "libx264", Fraction(30000, 1001), {"keyframe_interval": 15, "bframes": 3}),
+    ("h264_gop20.mkv", "libx264", 25, {"keyframe_interval": 20}),
+    ("vp9.webm", "libvpx-vp9", 24, {"keyframe_interval": 30}),
+    ("mpeg4.avi", "mpeg4", 25, {"keyframe_interval": 12, "bframes": 2}),
+]
+
+
+@pytest.fixture(scope="module")
+def index_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("index-videos")
+    out = {}
+    for name, codec, fps, kw in CODECS:
+        out[name] = S.write_index_video(root / name, 150, fps=fps, codec=codec, **kw)
+    return out
+
+
+@pytest.mark.parametrize("name", [c[0] for c in CODECS])
+def test_chosen_frames_equal_ffmpeg_fps_filter(index_videos, name):
+    path = index_videos[name].path
+    for rate in (0.5, 1.0, 3.3, 30.0):
+        ref = libavfilter_frames(path, rate)
+        ref_idx = [S.read_frame_index(f) for f in ref]
+        for mode in ("skip", "all"):
+            sv = V.sample_video(path, rate, mode=mode)
+            assert [S.read_frame_index(f) for f in sv.frames] == ref_idx, (name, rate, mode)
+            assert sv.num_clips == len(ref)
+            assert all(np.array_equal(a, b) for a, b in zip(sv.frames, ref)), (name, rate, mode)
+            if mode == "skip" and rate < 10 and not name.endswith(".avi"):  # avi has no pts: decodes all
+                assert sv.decoded_frames < 150, (name, rate)  # skipped frames, no fallback to a full decode
+
+
+def test_skipping_decodes_fewer_frames(index_videos):
+    path = index_videos["h264_bframes.mp4"].path
+    skip = V.sample_video(path, 0.5, mode="skip")
+    full = V.sample_video(path, 0.5, mode="all")
+    assert full.decoded_frames == 150
+    assert skip.decoded_frames < 150 // 2
+    assert np.array_equal(skip.frames, full.frames)
+
+
+def test_rule_frame_index_and_times_at_30fps(tmp_path):
+    """At 0.5 fps, clip n is source frame 60 n + 29 (last frame before (2n + 1) s)."""
+    info = S.write_index_video(tmp_path / "v.mp4", 300, fps=30, keyframe_interval=30, bframes=3)
+    sv = V.sample_video(info.path, 0.5)
+    assert sv.num_clips == 5  # round(10 s * 0.5)
+    assert [S.read_frame_index(f) for f in sv.frames] == [60 * n + 29 for n in range(5)]
+    np.testing.assert_allclose(sv.frame_times, [(60 * n + 29) / 30 for n in range(5)], atol=1e-9)
+    np.testing.assert_allclose(sv.clip_times, [2.0 * n for n in range(5)])
+    assert sv.duration == pytest.approx(10.0)
+    # 1 fps: clip n = frame 30 n + 14
+    sv = V.sample_video(info.path, 1.0)
+    assert [S.read_frame_index(f) for f in sv.frames] == [30 * n + 14 for n in range(10)]
+
+
+@pytest.mark.parametrize("duration,fps,clips", [
+    (150, 0.5, 75), (30.96, 1.0, 31), (31.5, 1.0, 32), (31.49, 1.0, 31), (0.9, 0.5, 0), (1.0, 0.5, 1), (7, 0.5, 4),
+])
+def test_clip_count_rule(duration, fps, clips):
+    assert V.clip_count(duration, fps) == clips
+
+
+def test_clip_count_from_a_real_file_and_the_too_short_case(tmp_path):
+    v = S.write_segment_video(tmp_path / "v.mp4", [("red", 3.5)], fps=10)  # 35 frames, 3.5 s
+    assert V.sample_video(v.path, 1.0).num_clips == 4  # round(3.5) = 4: the last clip repeats frame 34
+    assert V.sample_video(v.path, 0.5).num_clips == 2  # round(1.75) = 2
+    short = S.write_segment_video(tmp_path / "s.mp4", [("red", 0.9)], fps=10)
+    with pytest.raises(V.DecodeError, match="too short"):
+        V.sample_video(short.path, 0.5)
+
+
+def test_per_video_rate_and_forced_clip_count(tmp_path):
+    """YouTube 'auto': rate = clips / duration and exactly num_clips frames."""
+    info = S.write_index_video(tmp_path / "yt.mp4", 100, fps=25)  # 4 s
+    sv = V.sample_video(info.path, 16 / 4.0, num_clips=16)
+    assert sv.num_clips == 16 and not sv.notes
+    sv = V.sample_video(info.path, 16 / 4.0, num_clips=17)  # one more than the rule gives: padded
+    assert sv.num_clips == 17 and sv.notes and np.array_equal(sv.frames[-1], sv.frames[-2])
+    sv = V.sample_video(info.path, 16 / 4.0, num_clips=15)
+    assert sv.num_clips == 15
+
+
+def test_explicit_sample_times(tmp_path):
+    info = S.write_index_video(tmp_path / "t.mp4", 50, fps=10, bframes=3)
+    sv = V.sample_video(info.path, None, sample_times=[0.0, 0.05, 1.0, 2.34, 4.95, 9.0])
+    assert [S.read_frame_index(f) for f in sv.frames] == [0, 0, 10, 23, 49, 49]
+
+
+def test_real_video_equals_official_pipeline_bit_for_bit(sample_videos):
+    bikes = next(p for p in sample_videos if p.name == "bikes.mp4")  # 640x272, 25 fps, h264
+    ref = libavfilter_frames(bikes, 0.5)
+    sv = V.sample_video(bikes, 0.5)
+    assert sv.num_clips == len(ref) == 5
+    assert all(np.array_equal(a, b) for a, b in zip(sv.frames, ref))
+
+
+# --- bad inputs --------------------------------------------------------------------------
+def _bad_inputs(root):
+    (root / "zero.mp4").write_bytes(b"")
+    (root / "text.mp4").write_text("this is not a video\n" * 20)
+    ok = S.write_segment_video(root / "ok.mp4", [("red", 2), ("blue", 2)], fps=10)
+    data = ok.path.read_bytes()
+    (root / "truncated.mp4").write_bytes(data[: len(data) // 2])  # index (moov) at the end: lost
+    fs = S.write_segment_video(root / "faststart.mp4", [("red", 3), ("blue", 3)], fps=10,
+                               container_options={"movflags": "faststart"})
+    data = fs.path.read_bytes()
+    (root / "truncated_faststart.mp4").write_bytes(data[: len(data) // 2])  # index kept, data cut
+    S.write_audio_only(root / "audio only.mp4")
+    return {
+        "zero.mp4": "empty file",
+        "text.mp4": "not a readable video",
+        "truncated.mp4": "not a readable video",
+        "truncated_faststart.mp4": "truncated or damaged",
+        "audio only.mp4": "no video stream",
+    }
+
+
+def test_bad_inputs_give_path_and_reason(tmp_path):
+    expected = _bad_inputs(tmp_path)
+    for name, reason in expected.items():
+        r = V.decode_job(name, str(tmp_path / name), 0.5)
+        assert r.frames is None and r.error is not None and reason in r.error, (name, r.error)
+    r = V.decode_job("missing", str(tmp_path / "missing.mp4"), 0.5)
+    assert r.error == "file not found"
+    # names with spaces and non-ASCII characters decode normally
+    odd = S.write_segment_video(tmp_path / "sub dir" / "vidéo ünïcode 名前.mkv", [("green", 2.2)], fps=10)
+    r = V.decode_job("odd", str(odd.path), 1.0)
+    assert r.error is None and r.frames.shape == (2, 224, 224, 3)
+    assert r.attrs["source"].endswith("vidéo ünïcode 名前.mkv")
+
+
+def test_iter_video_files_is_recursive_and_sorted(tmp_path):
+    for rel in ["b.mp4", "a/c.MKV", "a/notes.txt", "z/d.webm"]:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x")
+    got = [str(p.relative_to(tmp_path)) for p in map(__import__("pathlib").Path, V.iter_video_files(tmp_path))]
+    assert got == ["b.mp4", "a/c.MKV", "z/d.webm"]
+
+
+def test_open_gop_and_start_time_offset(tmp_path):
+    """Open GOPs (leading B-frames need the previous GOP) and an MPEG-TS whose clock starts at 1.4 s
+    (ffmpeg shifts the file start to 0, so it gives the same frames as the mp4)."""
+    params = {"x264-params": "keyint=20:min-keyint=20:scenecut=0:open-gop=1:bframes=3"}
+    mp4 = S.write_index_video(tmp_path / "og.mp4", 120, fps=25, options=params).path
+    ts = S.write_index_video(tmp_path / "og.ts", 120, fps=25, options=params).path
+    assert av.open(str(ts)).start_time > 0
+    for rate in (0.5, 1.0, 3.3, 12.5):
+        ref = [S.read_frame_index(f) for f in libavfilter_frames(mp4, rate)]
+        for path in (mp4, ts):
+            for mode in ("skip", "all"):
+                got = [S.read_frame_index(f) for f in V.sample_video(path, rate, mode=mode).frames]
+                assert got == ref, (path.name, rate, mode)
