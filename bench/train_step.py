@@ -1,0 +1,199 @@
+"""One training step of the R² model fed from the feature cache vs fed by CLIP in the loop.
+
+The same batch (B videos of T clips, one query each), the same R² model (the official size:
+C = 256, K = 4 layers, ViT-B/32 features: N = 50 tokens of width 768, queries of width 512),
+the same AdamW step. Two variants, each in its own fresh subprocess so that its peak memory
+(``ru_maxrss``) is its own:
+
+* ``cache``: the batch is read from an r2 feature cache (fp16 HDF5 shards, written once
+  here) through ``GroundingDataset`` + ``Collator`` — what ``r2 fit`` does every step;
+* ``clip``: the batch starts as decoded frames ``(B·T, 3, 224, 224)`` uint8 already in memory
+  (video decoding is NOT counted, which favours this variant) and query token ids; a frozen
+  ViT-B/32-sized ``CLIPModel`` (random weights built from ``CLIPConfig()``, no download) runs
+  on them in inference mode (fp32) to produce the same hidden states, then the same step.
+
+Printed: median step time and peak RSS of each, and the ratios (issue goals: cache >= 20x
+faster, <= 1/5 of the memory). CPU by default (``--device cuda`` where there is a GPU).
+
+    python bench/train_step.py                     # B=4, T=32: a few minutes on 2 CPU cores
+    python bench/train_step.py --batch 8 --clips 75 --device cuda
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+LAYERS = [9, 10, 11, 12]  # hidden states of a 12-layer tower: the last four
+TOKENS, VIDEO_DIM, QUERY_DIM, QUERY_TOKENS = 50, 768, 512, 12
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def make_cache(root: Path, batch: int, clips: int, seed: int = 0) -> tuple[Path, Path]:
+    """A cache with ``batch`` videos and queries of ViT-B/32 shapes, and their annotations."""
+    import numpy as np
+
+    from r2.cache import FeatureCache
+
+    rng = np.random.default_rng(seed)
+    manifest = {"model_id": "bench-random-vit-b32", "model_config_hash": "bench", "layers": LAYERS,
+                "fps": 0.5, "preprocessing": {}, "video_width": VIDEO_DIM, "query_width": QUERY_DIM}
+    cache = FeatureCache.create(root / "cache", manifest)
+    rows = []
+    with cache.writer() as w:
+        for i in range(batch):
+            w.add_video(f"v{i}", rng.standard_normal((clips, len(LAYERS), TOKENS, VIDEO_DIM), dtype=np.float32))
+            w.add_query(str(i), rng.standard_normal((len(LAYERS), QUERY_TOKENS, QUERY_DIM), dtype=np.float32),
+                        np.ones(QUERY_TOKENS, bool))
+            s = int(rng.integers(0, clips - 4))
+            rows.append({"qid": i, "query": "q", "duration": clips * 2, "vid": f"v{i}",
+                         "relevant_windows": [[2 * s, 2 * s + 8]]})
+    ann = root / "train.jsonl"
+    ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root / "cache", ann
+
+
+def run_variant(args) -> dict:
+    import torch
+
+    base = rss_mb()
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    from r2.cache import FeatureCache
+    from r2.model import R2Config, R2Model
+    from r2.train.annotations import load_annotations
+    from r2.train.data import Collator, GroundingDataset
+    from r2.train.presets import get_preset
+
+    preset = get_preset("custom")
+    config = R2Config(**{**preset.model_config_kwargs(), "video_dim": VIDEO_DIM, "query_dim": QUERY_DIM,
+                         "num_layers": len(LAYERS)})
+    model = R2Model(config).to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
+    cache = FeatureCache.open(args.cache)
+    samples = load_annotations(args.annotations, dataset="custom")
+    data = GroundingDataset(samples, cache, LAYERS, preset, train=True, seed=0)
+    collate = Collator()
+
+    clip = None
+    if args.variant == "clip":
+        from transformers import CLIPConfig, CLIPModel
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        cfg = CLIPConfig()  # ViT-B/32 sizes: vision 768 x 12 layers, patch 32, 224 px; text 512 x 12
+        cfg.vision_config.hidden_act = cfg.text_config.hidden_act = "quick_gelu"
+        clip = CLIPModel(cfg).eval().requires_grad_(False).to(device)
+        g = torch.Generator().manual_seed(1)
+        frames = torch.randint(0, 256, (len(samples) * args.clips, 3, 224, 224), dtype=torch.uint8, generator=g)
+        token_ids = torch.randint(1, 49000, (len(samples), QUERY_TOKENS), generator=g)
+        mean = torch.tensor([0.48145466, 0.4578275, 0.40821073], device=device)[:, None, None]
+        std = torch.tensor([0.26862954, 0.26130258, 0.27577711], device=device)[:, None, None]
+
+    def features_from_clip(batch):
+        """Replace the cached features of ``batch`` by CLIP's, computed now from the frames."""
+        with torch.inference_mode():
+            x = (frames.to(device).float() / 255 - mean) / std  # (B·T, 3, 224, 224)
+            hs = clip.vision_model(pixel_values=x, output_hidden_states=True).hidden_states
+            v = torch.stack([hs[i] for i in LAYERS], dim=1)  # (B·T, K, N, D)
+            v = v.view(len(samples), args.clips, len(LAYERS), TOKENS, VIDEO_DIM)
+            ths = clip.text_model(input_ids=token_ids.to(device), output_hidden_states=True).hidden_states
+            q = torch.stack([ths[i] for i in LAYERS], dim=1)  # (B, K, S, Dt)
+        return v.clone(), q.clone()
+
+    def step():
+        items = [data[i] for i in range(len(samples))]
+        batch = collate(items).to(device)
+        video, query = batch.video, batch.query
+        if clip is not None:
+            video, query = features_from_clip(batch)
+        out = model(video, batch.video_mask, query, batch.query_mask)
+        loss = model.compute_loss(out, batch.targets)
+        opt.zero_grad(set_to_none=True)
+        loss.total.backward()
+        opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return float(loss.total)
+
+    times = []
+    for i in range(args.warmup + args.steps):
+        t0 = time.perf_counter()
+        step()
+        if i >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    result = {"variant": args.variant, "step_s": statistics.median(times), "steps": times,
+              "peak_rss_mb": peak_mb(), "torch_rss_mb": base, "threads": torch.get_num_threads()}
+    if device.type == "cuda":
+        result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=4, help="videos (queries) per batch")
+    ap.add_argument("--clips", type=int, default=32, help="clips per video (QVHighlights: 75)")
+    ap.add_argument("--steps", type=int, default=3, help="measured steps per variant")
+    ap.add_argument("--warmup", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--variant", choices=["cache", "clip"], help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    ap.add_argument("--annotations", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.variant:
+        print(json.dumps(run_variant(args)))
+        return
+
+    with tempfile.TemporaryDirectory(prefix="r2-bench-step-") as tmp:
+        cache, ann = make_cache(Path(tmp), args.batch, args.clips)
+        results = {}
+        for variant in ("cache", "clip"):
+            cmd = [sys.executable, __file__, "--variant", variant, "--cache", str(cache), "--annotations",
+                   str(ann), "--batch", str(args.batch), "--clips", str(args.clips), "--steps",
+                   str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+            t0 = time.perf_counter()
+            done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+            if done.returncode != 0:
+                sys.exit(f"{variant} variant failed:\n{done.stderr[-3000:]}")
+            results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+            results[variant]["wall_s"] = time.perf_counter() - t0
+    c, k = results["cache"], results["clip"]
+    frames = args.batch * args.clips
+    print(f"one training step, batch {args.batch} x {args.clips} clips ({frames} frames), R² model "
+          f"C=256 K=4, ViT-B/32 shapes, device {args.device}, {c['threads']} threads")
+    print(f"{'variant':<28}{'step (median)':>15}{'peak RSS':>12}{'RSS - torch':>14}")
+    for name, r in (("from the cache", c), ("CLIP on frames in the loop", k)):
+        print(f"{name:<28}{r['step_s']:>13.3f} s{r['peak_rss_mb']:>9.0f} MB"
+              f"{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB")
+    speed = k["step_s"] / c["step_s"]
+    mem = c["peak_rss_mb"] / k["peak_rss_mb"]
+    mem_net = (c["peak_rss_mb"] - c["torch_rss_mb"]) / (k["peak_rss_mb"] - k["torch_rss_mb"])
+    print(f"speed-up from the cache: {speed:.1f}x  (goal >= 20x: {'met' if speed >= 20 else 'NOT met'})")
+    print(f"memory of the cache variant: {mem:.2f} of CLIP's peak RSS  ({1 / mem:.1f}x less; "
+          f"goal <= 0.20: {'met' if mem <= 0.2 else 'NOT met'}); above the torch import: {mem_net:.2f}")
+    if "peak_cuda_mb" in c:
+        print(f"peak CUDA memory: cache {c['peak_cuda_mb']:.0f} MB, CLIP {k['peak_cuda_mb']:.0f} MB "
+              f"({c['peak_cuda_mb'] / k['peak_cuda_mb']:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""``r2 predict``: a trained model's predictions over a cache, or for a new video."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("video", required=False, type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--checkpoint", "-k", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Run directory of `r2 fit` (or of `r2 convert-official`): config.json + "
+                   "model.safetensors.")
+@click.option("--cache", "-c", type=click.Path(file_okay=False, path_type=Path),
+              help="Feature cache holding the videos and queries of --annotations.")
+@click.option("--annotations", "-a", type=click.Path(dir_okay=False, path_type=Path),
+              help="Annotation file whose queries are predicted (any layout r2 reads).")
+@click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
+              help="Prediction file to write (QVHighlights-layout jsonl, what `r2 score` reads).")
+@click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
+@click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")
+@click.option("--split", help="YouTube/TVSum: the split list to predict (train or val) [default: all].")
+@click.option("--query", "-q", "queries", multiple=True,
+              help="With VIDEO: the sentence to ground (repeatable).")
+@click.option("--model", "-m", "clip_model",
+              help="With VIDEO: the CLIP model (hub id or folder) [default: the one recorded in the "
+                   "checkpoint's config, else openai/clip-vit-base-patch32].")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
+              help="With VIDEO: draw the saliency curve and the top moments into this PNG "
+                   "(needs matplotlib: pip install 'r2-vtg[plot]').")
+@click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
+              help="With VIDEO: moments to print per query.")
+@click.option("--fps", type=float, help="With VIDEO: clip rate, for checkpoints trained on per-video "
+                                        "sampling (YouTube) [default: the checkpoint's].")
+@click.option("--json", "as_json", is_flag=True, help="With VIDEO: print the results as JSON.")
+@click.option("--batch-size", "-b", default=16, show_default=True, type=click.IntRange(min=1),
+              help="Queries per forward pass (windows of a long video with VIDEO).")
+@click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when available].")
+@click.option("--workers", "-j", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Data-loading processes (with --cache).")
+@click.option("--allow-feature-mismatch", is_flag=True,
+              help="Warn instead of refusing a cache whose features (CLIP model, layers, fps, "
+                   "preprocessing) differ from those the checkpoint was trained on.")
+def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, queries, clip_model, plot,
+            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch):
+    """Predict moments and saliency with a trained model.
+
+    \b
+    Over a feature cache (writes what `r2 score` reads):
+      r2 predict --checkpoint runs/qvh --cache cache/qvh \\
+                 --annotations highlight_val_release.jsonl --out preds.jsonl
+    \b
+    A new video of any length (extracted into a temporary cache first):
+      r2 predict talk.mp4 --query "a man opens a door" --checkpoint runs/qvh \\
+                 --model openai/clip-vit-base-patch32 --plot talk.png
+    """
+    from r2.train import inference
+
+    if video is not None:
+        if cache is not None or annotations is not None or out is not None:
+            raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
+        if not queries:
+            raise click.UsageError("VIDEO needs at least one --query \"...\"")
+        results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
+                                          fps=fps, batch_size=max(batch_size, 8), progress=False,
+                                          allow_feature_mismatch=allow_feature_mismatch,
+                                          log=lambda m: click.echo(m, err=True))
+        if as_json:
+            click.echo(json.dumps([{"query": g.query, "video": g.video, "duration": g.duration,
+                                    "fps": g.fps, "clip_start": g.clip_start,
+                                    "pred_relevant_windows": g.moments,
+                                    "pred_saliency_scores": g.saliency} for g in results], indent=1))
+        else:
+            g0 = results[0]
+            click.echo(f"{g0.video}: {g0.duration:.1f} s, {g0.num_clips} clips at {g0.fps:g} clips/s"
+                       + (f", {g0.windows_used} overlapping windows" if g0.windows_used > 1 else ""))
+            for g in results:
+                click.echo("")
+                click.echo(inference.format_grounding(g, top_k=top_k))
+        if plot is not None:
+            path = inference.plot_grounding(results, plot)
+            click.echo(f"\nwrote {path}")
+        return
+    if queries or plot is not None or clip_model is not None:
+        raise click.UsageError("--query, --model and --plot go with a VIDEO argument")
+    missing = [name for name, value in (("--cache", cache), ("--annotations", annotations), ("--out", out))
+               if value is None]
+    if missing:
+        raise click.UsageError(f"missing {', '.join(missing)} (or give a VIDEO with --query)")
+    result = inference.predict(checkpoint, cache, annotations, out=out, dataset=dataset, domain=domain,
+                               split=split, batch_size=batch_size, device=device, workers=workers,
+                               allow_feature_mismatch=allow_feature_mismatch, progress=True,
+                               log=lambda m: click.echo(m, err=True))
+    click.echo(f"wrote {result.num_queries} predictions to {result.out} in {result.seconds:.1f} s")
+    click.echo(f"score them: r2 score {result.out} --gt {annotations}")

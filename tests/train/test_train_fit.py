@@ -1,0 +1,303 @@
+"""``r2.train.fit`` / ``r2 fit`` on a synthetic feature cache: real learning, the run directory,
+data loading (padding, masks, workers, preload, crop), and the errors users meet first."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from r2.train.synthetic import TINY_OVERRIDES, chance_predictions, make_synthetic_dataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("fit"), train_videos=32, val_videos=10,
+                                  concepts=4, seed=0)
+
+
+def _opts(data, run_dir, **changes):
+    from r2.train.loop import FitOptions
+
+    base = dict(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                run_dir=run_dir, workers=0, overrides=dict(TINY_OVERRIDES), progress=False)
+    base.update(changes)
+    return FitOptions(**base)
+
+
+def test_training_raises_the_val_metric_far_above_chance(data, tmp_path):
+    from r2.evaluate import read_jsonl, score
+    from r2.model import R2Model
+    from r2.train import fit
+
+    epochs = 18
+    records = []
+    result = fit(_opts(data, tmp_path / "run", epochs=epochs), callback=records.append, log=lambda m: None)
+
+    gt = read_jsonl(data.val_file)
+    chance = [score("custom", chance_predictions(gt, seed=s), gt)["brief"] for s in range(3)]
+    chance_map = max(c["MR-full-mAP"] for c in chance)
+    chance_r1 = max(c["MR-full-R1@0.5"] for c in chance)
+    best = result.best_metrics["brief"]
+    assert result.main_metric == "MR-full-mAP" and result.best_value == best["MR-full-mAP"]
+    assert best["MR-full-mAP"] >= max(3 * chance_map, chance_map + 15), (best, chance_map)
+    assert best["MR-full-R1@0.5"] >= chance_r1 + 25, (best, chance_r1)
+    assert result.history[-1]["loss"]["total"] < 0.8 * result.history[0]["loss"]["total"]
+
+    # the run directory
+    run = tmp_path / "run"
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in lines] == list(range(1, epochs + 1)) and lines == records
+    assert {"cls", "reg", "sal", "video", "layer", "total"} <= set(lines[0]["loss"])
+    per_epoch = lines[0]["iteration"]
+    assert per_epoch == -(-data.num_train // 8)
+    last_it = per_epoch - 1  # the lr logged is the last iteration's: linear warm-up over 10
+    assert lines[0]["lr"] == pytest.approx(3e-3 * (1 - 0.999 * (1 - last_it / 10)))
+    assert lines[-1]["lr"] == pytest.approx(3e-3)
+    best_line = max(lines, key=lambda r: r["value"])
+    assert result.best_epoch == best_line["epoch"]
+    assert json.loads((run / "best.json").read_text())["epoch"] == result.best_epoch
+    preset = json.loads((run / "preset.json").read_text())
+    assert preset["name"] == "custom" and preset["hidden_dim"] == 32 and preset["epochs"] == epochs
+    model = R2Model.from_pretrained(run)  # the BEST weights
+    cfg = model.config
+    assert (cfg.video_dim, cfg.query_dim, cfg.num_layers, cfg.hidden_dim) == (32, 24, 3, 32)
+    assert cfg.features == {"model_id": "synthetic-clip", "model_config_hash": "synthetic-0001",
+                            "layers": [1, 2, 3], "fps": 0.5, "preprocessing": {"kind": "synthetic"}}
+    last = R2Model.from_pretrained(run / "checkpoints" / "last")
+    if result.best_epoch != epochs:
+        assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(),
+                                                          last.state_dict().values()))
+
+    # the best weights predicted again give the logged metric exactly (the same rounded rows)
+    from r2.train.inference import predict
+
+    rows = predict(run, data.cache_dir, data.val_file, progress=False).rows
+    assert score("custom", rows, gt)["brief"]["MR-full-mAP"] == result.best_value
+
+
+def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
+    from r2.cli import main
+
+    run = tmp_path / "cli-run"
+    args = ["fit", "-d", "custom", "-c", str(data.cache_dir), "--train", str(data.train_file), "--val",
+            str(data.val_file), "--run-dir", str(run), "--epochs", "1", "--workers", "0", "--seed", "3"]
+    for key, value in TINY_OVERRIDES.items():
+        args += ["--set", f"{key}={value}"]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "best MR-full-mAP" in res.output and "r2 predict --checkpoint" in res.output
+    assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "last" / "trainer.pt").is_file()
+    assert json.loads((run / "preset.json").read_text())["seed"] == 3
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1 and "already holds a run" in res.output and "--resume" in res.output
+    res = CliRunner().invoke(main, args[:-2] + ["--set", "no_such_field=1"])
+    assert res.exit_code == 1 and "unknown preset field 'no_such_field'" in res.output
+    res = CliRunner().invoke(main, ["fit", "--help"])
+    assert res.exit_code == 0
+    for option in ("--dataset", "--cache", "--train", "--val", "--run-dir", "--data-root", "--domain",
+                   "--epochs", "--set", "--config", "--resume", "--init", "--seed", "--device", "--workers",
+                   "--preload"):
+        assert option in res.output
+
+
+def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
+    from r2.train import fit
+    from r2.train.data import MissingFeaturesError
+
+    rows = [json.loads(x) for x in Path(data.val_file).read_text().splitlines()]
+    extra = []
+    for i in range(25):  # 25 videos and 25 queries the cache has never seen
+        row = dict(rows[0], qid=10_000 + i, vid=f"unseen{i:02d}")
+        extra.append(row)
+    val = tmp_path / "val_plus.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    with pytest.raises(MissingFeaturesError) as err:
+        fit(_opts(data, tmp_path / "run", val=val, epochs=1), log=lambda m: None)
+    msg = str(err.value)
+    n_videos, n_queries = len({r["vid"] for r in rows}) + 25, len(rows) + 25
+    assert f"25 of {n_videos} videos missing" in msg and f"25 of {n_queries} queries missing" in msg
+    assert "unseen00" in msg and "unseen19" in msg and "unseen24" not in msg and "(5 more)" in msg
+    assert f"r2 extract <videos folder> --annotations {val} --out {data.cache_dir}" in msg
+    assert str(data.train_file) not in msg  # the training split is complete
+    assert not (tmp_path / "run").exists()  # nothing written
+    assert getattr(err.value, "user_error", False)
+
+
+def test_cache_and_checkpoint_mismatches_are_refused(data, tmp_path):
+    from r2.model import R2Model
+    from r2.train import fit
+    from r2.train.data import DataError, FeatureSpecError
+    from r2.train.loop import FitError
+
+    # the preset's clip rate is not the cache's
+    with pytest.raises(DataError, match="0.5 clips/s but the preset expects 1.0"):
+        fit(_opts(data, tmp_path / "r1", dataset="charades", epochs=1), log=lambda m: None)
+    # more layers than the cache keeps
+    with pytest.raises(DataError, match="keeps only 3"):
+        fit(_opts(data, tmp_path / "r2", overrides={**TINY_OVERRIDES, "layers": "-4,-3,-2,-1"}, epochs=1),
+            log=lambda m: None)
+    # --init from a run trained on other features
+    fit(_opts(data, tmp_path / "base", epochs=1), log=lambda m: None)
+    model = R2Model.from_pretrained(tmp_path / "base")
+    model.config.features = dict(model.config.features, model_config_hash="another-clip")
+    model.save_pretrained(tmp_path / "other")
+    with pytest.raises(FeatureSpecError, match="model_config_hash"):
+        fit(_opts(data, tmp_path / "r3", init=tmp_path / "other", epochs=1), log=lambda m: None)
+    # --init from a matching run starts from its weights
+    result = fit(_opts(data, tmp_path / "r4", init=tmp_path / "base", epochs=1), log=lambda m: None)
+    assert result.last_epoch == 1
+    # data-root lookups name the missing file and where to get it
+    with pytest.raises(Exception, match="Get them from"):
+        fit(_opts(data, tmp_path / "r5", train=None, val=None, data_root=tmp_path, epochs=1),
+            log=lambda m: None)
+    with pytest.raises(FitError, match="no such file"):
+        fit(_opts(data, tmp_path / "r6", val=tmp_path / "nope.jsonl", epochs=1), log=lambda m: None)
+
+
+def test_loader_batches_are_padded_masked_and_the_same_with_workers(data):
+    from r2.cache import FeatureCache
+    from r2.train.annotations import load_annotations
+    from r2.train.data import Collator, GroundingDataset, loader_generator
+    from r2.train.presets import get_preset
+
+    preset = get_preset("custom", overrides=TINY_OVERRIDES)
+    cache = FeatureCache.open(data.cache_dir)
+    samples = load_annotations(data.train_file, dataset="custom")
+    ds = GroundingDataset(samples, cache, [1, 2, 3], preset, train=True, seed=9, repeat=2)
+    assert len(ds) == 2 * len(samples)
+    ds.set_epoch(4)
+
+    def batches(workers):
+        loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=False, num_workers=workers,
+                                             collate_fn=Collator(), generator=loader_generator(9, 4))
+        return [b for _, b in zip(range(4), loader)]
+
+    serial, parallel = batches(0), batches(2)
+    for a, b in zip(serial, parallel):
+        assert a.indices == b.indices
+        for x, y in ((a.video, b.video), (a.query, b.query), (a.targets.saliency, b.targets.saliency),
+                     (a.targets.positive_clip, b.targets.positive_clip), (a.targets.windows, b.targets.windows)):
+            assert torch.equal(x, y)
+    b = serial[0]
+    assert b.video.dtype == torch.float16  # the cache's dtype: half the bytes through the loader
+    for row, idx in enumerate(b.indices):
+        t = ds.num_clips[idx]
+        s = ds.query(idx).shape[1]
+        assert b.video_mask[row].sum() == t and b.video_mask[row, :t].all()
+        assert b.query_mask[row].sum() == s and b.query_mask[row, :s].all()
+        assert (b.video[row, t:] == 0).all()
+        pos = int(b.targets.positive_clip[row])
+        assert 0 <= pos < t and b.targets.saliency[row, pos] > 0  # a clip of the moment
+        sample = samples[idx]
+        assert torch.allclose(b.targets.windows[row, 0], torch.tensor(sample.relevant_windows[0]) * 0.5)
+    # the positive clip depends on (seed, epoch, index) only
+    ds.set_epoch(5)
+    drawn = {int(ds[i].targets.positive_clip) for i in range(len(ds)) for _ in range(1)}
+    ds.set_epoch(4)
+    assert [int(ds[i].targets.positive_clip) for i in range(5)] == serial[0].targets.positive_clip.tolist()
+    assert len(drawn) > 1
+
+    # preload gives the same items
+    pre = GroundingDataset(samples, cache, [1, 2, 3], preset, train=True, seed=9, repeat=2, preload=True)
+    pre.set_epoch(4)
+    assert pre.preloaded
+    for i in (0, 7, len(pre) - 1):
+        x, y = ds[i], pre[i]
+        assert np.array_equal(x.video, y.video) and np.array_equal(x.query, y.query)
+        assert x.targets.positive_clip == y.targets.positive_clip
+
+
+def test_long_training_videos_are_cropped_around_the_positive_clip(data):
+    from r2.cache import FeatureCache
+    from r2.train.annotations import load_annotations
+    from r2.train.data import GroundingDataset
+    from r2.train.presets import get_preset
+    from r2.train.targets import TargetError
+
+    cache = FeatureCache.open(data.cache_dir)
+    samples = load_annotations(data.train_file, dataset="custom")
+    preset = get_preset("custom", overrides={**TINY_OVERRIDES, "max_clips": 6})
+    ds = GroundingDataset(samples, cache, [1, 2, 3], preset, train=True, seed=1)
+    full = GroundingDataset(samples, cache, [1, 2, 3], get_preset("custom", overrides=TINY_OVERRIDES),
+                            train=True, seed=1)
+    for i in range(len(samples)):
+        item = ds[i]
+        assert item.video.shape[0] == min(6, ds.num_clips[i]) == item.targets.num_clips
+        pos = item.targets.positive_clip
+        assert 0 <= pos < 6 and item.targets.saliency[pos] > 0
+        # the crop is a window of the full video: find its offset and compare features
+        whole = full.video(i)
+        offsets = [o for o in range(whole.shape[0] - item.video.shape[0] + 1)
+                   if np.array_equal(whole[o:o + item.video.shape[0]], item.video)]
+        assert offsets
+        w = np.asarray(samples[i].relevant_windows, dtype=np.float32) * 0.5 - offsets[0]
+        expected = np.clip(w, 0, item.video.shape[0])
+        assert np.allclose(item.targets.windows, expected)
+    with pytest.raises(TargetError, match="long_video_rule"):
+        GroundingDataset(samples, cache, [1, 2, 3],
+                         preset.override({"long_video_rule": "error"}), train=True)
+
+
+@pytest.mark.parametrize("dataset,domain", [("youtube", "parkour"), ("tvsum", "BK")])
+def test_highlight_presets_train_per_domain_from_a_data_root(tmp_path, dataset, domain):
+    """YouTube Highlights / TVSum: original annotation layouts found under --data-root, one
+    model per domain, saliency-only heads (no windows), per-video clip counts."""
+    from r2.cache import FeatureCache
+    from r2.train import fit
+    from r2.train.annotations import load_annotations
+    from r2.train.loop import FitError
+    from r2.train.splits import TVSUM_SPLITS, YOUTUBE_SPLITS
+
+    rng = np.random.default_rng(0)
+    anno = {}
+    if dataset == "youtube":
+        ids = YOUTUBE_SPLITS[domain]["train"][:4] + YOUTUBE_SPLITS[domain]["val"][:2]
+        for vid in ids:
+            n = int(rng.integers(6, 12))
+            match = [int(x) for x in rng.choice([-1, 0, 1], size=n)]
+            match[2] = 1
+            anno[vid] = {"fps": 30.0, "frames": str(50 * (n + 1)), "domain": domain,
+                         "info": [f'{domain}"x"relevance', None, ["E"], 32, "U", f"title {vid}", "d", None],
+                         "clip": [[50.0 * i, 50.0 * i + 100] for i in range(n)], "match": match,
+                         "mturk": [0.0] * n}
+        name, fps = "youtube_anno.json", None
+    else:
+        for vid in TVSUM_SPLITS[domain]["train"] + TVSUM_SPLITS[domain]["val"]:
+            n = int(rng.integers(8, 14))
+            anno[vid] = {"fps": 30.0, "frames": str(60 * n), "domain": domain, "title": f"t {vid}", "url": "u",
+                         "length": "1:00", "anno": rng.integers(1, 6, size=(n, 20)).astype(float).tolist()}
+        name, fps = "tvsum_anno.json", 0.5
+    (tmp_path / name).write_text(json.dumps(anno))
+    samples = load_annotations(tmp_path / name, dataset=dataset)
+    cache = FeatureCache.create(tmp_path / "cache", {"model_id": "m", "model_config_hash": "h", "layers": [1, 2, 3],
+                                                     "fps": fps, "preprocessing": {}})
+    with cache.writer() as w:
+        for s in samples:  # one feature row per annotated clip
+            w.add_video(s.vid, rng.normal(size=(s.saliency.num_clips, 3, 5, 16)).astype(np.float32))
+            w.add_query(s.query_id, rng.normal(size=(3, 4, 12)).astype(np.float32), np.ones(4, bool))
+    opts = dict(dataset=dataset, cache=tmp_path / "cache", data_root=tmp_path, run_dir=tmp_path / "run",
+                epochs=2, workers=0, overrides={**TINY_OVERRIDES, "warmup_iters": 5}, progress=False)
+    with pytest.raises(FitError, match="one model per domain"):
+        fit(**opts, log=lambda m: None)
+    result = fit(**opts, domain=domain, log=lambda m: None)
+    assert result.main_metric == "mAP" and 0 <= result.best_value <= 1
+    assert list(result.last_metrics["domains"]) == [domain]
+    assert result.num_train == 4 and result.num_val == (2 if dataset == "youtube" else 1)
+    assert "reg" not in result.history[-1]["loss"] and "cls" in result.history[-1]["loss"]
+    from r2.model import R2Model
+
+    cfg = R2Model.from_pretrained(tmp_path / "run").config
+    assert not cfg.coord_head and cfg.cls_loss == "dynamic_bce" and cfg.features["fps"] == fps

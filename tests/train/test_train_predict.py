@@ -1,0 +1,209 @@
+"""``r2 predict``: over a cache (the file ``r2 score`` reads), feature-spec checks, videos longer
+than ``max_clips`` (sliding windows), and a new video through ``r2.extract`` with the tiny CLIP."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A synthetic cache with two 40-clip val videos, and a run trained on it."""
+    from r2.train import fit
+
+    root = tmp_path_factory.mktemp("predict")
+    data = make_synthetic_dataset(root / "data", train_videos=16, val_videos=6, concepts=4, seed=11,
+                                  long_videos=2, long_clips=40)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module fixtures run before the function-scoped one above
+    try:
+        fit(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+            run_dir=root / "run", epochs=3, workers=0, overrides=dict(TINY_OVERRIDES), progress=False,
+            log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+    return data, root / "run"
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_cli_predict_over_a_cache_writes_what_score_reads(trained, tmp_path):
+    from r2.cache import FeatureCache
+    from r2.cli import main
+    from r2.train.inference import predict
+
+    data, run = trained
+    out = tmp_path / "sub" / "preds.jsonl"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(run), "--cache", str(data.cache_dir),
+                                    "--annotations", str(data.val_file), "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    rows, gt = _rows(out), _rows(data.val_file)
+    assert [r["qid"] for r in rows] == [g["qid"] for g in gt] and all(isinstance(r["qid"], int) for r in rows)
+    cache = FeatureCache.open(data.cache_dir)
+    for r, g in zip(rows, gt):
+        assert list(r) == ["qid", "query", "vid", "pred_relevant_windows", "pred_saliency_scores"]
+        assert (r["query"], r["vid"]) == (g["query"], g["vid"])
+        scores = [w[2] for w in r["pred_relevant_windows"]]
+        assert scores == sorted(scores, reverse=True) and 0 < len(scores) <= 50
+        assert all(0 <= w[0] <= w[1] <= g["duration"] for w in r["pred_relevant_windows"])
+        assert len(r["pred_saliency_scores"]) == cache.video_shape(g["vid"])[0]
+        # numbers are the shortest decimals of float32 values
+        for x in r["pred_saliency_scores"][:5]:
+            assert x == float(str(np.float32(x)))
+    assert predict(run, data.cache_dir, data.val_file, progress=False).rows == rows
+    res = CliRunner().invoke(main, ["score", str(out), "--gt", str(data.val_file)])
+    assert res.exit_code == 0 and "MR-full" not in res.output and "R1@0.5" in res.output
+
+
+def test_predict_refuses_a_cache_with_other_features(trained, tmp_path):
+    from r2.cli import main
+    from r2.model import R2Model
+
+    data, run = trained
+    model = R2Model.from_pretrained(run)
+    model.config.features = dict(model.config.features, model_id="openai/clip-vit-large-patch14", fps=1.0)
+    model.save_pretrained(tmp_path / "other")
+    args = ["predict", "--checkpoint", str(tmp_path / "other"), "--cache", str(data.cache_dir),
+            "--annotations", str(data.val_file), "--out", str(tmp_path / "p.jsonl")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 1
+    assert "Error:" in res.output and "model_id" in res.output and "fps" in res.output
+    assert "--allow-feature-mismatch" in res.output and not (tmp_path / "p.jsonl").exists()
+    res = CliRunner().invoke(main, args + ["--allow-feature-mismatch"])
+    assert res.exit_code == 0 and "Warning:" in res.output and (tmp_path / "p.jsonl").exists()
+    # a cache without the queries: all missing ids listed, nothing written
+    extra = tmp_path / "more.jsonl"
+    row = _rows(data.val_file)[0]
+    extra.write_text(json.dumps(dict(row, qid=99999, vid="not-there")) + "\n")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(run), "--cache", str(data.cache_dir),
+                                    "--annotations", str(extra), "--out", str(tmp_path / "q.jsonl")])
+    assert res.exit_code == 1 and "not-there" in res.output and "99999" in res.output
+    assert "r2 extract" in res.output and not (tmp_path / "q.jsonl").exists()
+    # usage errors
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(run), "--cache", str(data.cache_dir)])
+    assert res.exit_code == 2 and "--annotations" in res.output
+
+
+def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
+    from r2.cache import FeatureCache
+    from r2.model import R2Model
+    from r2.train.inference import infer_clips, predict, window_starts
+
+    assert window_starts(10, 12) == [0]
+    assert window_starts(40, 12) == [0, 9, 18, 27, 28]
+    for t, w in ((13, 12), (100, 16), (33, 8), (9, 1)):
+        starts = window_starts(t, w)
+        assert starts[0] == 0 and starts[-1] == t - w and starts == sorted(set(starts))
+        assert all(b - a <= w for a, b in zip(starts, starts[1:]))  # no gap
+
+    data, run = trained
+    model = R2Model.from_pretrained(run).eval()
+    cache = FeatureCache.open(data.cache_dir)
+    video = torch.from_numpy(cache.load_video("v022", dtype=np.float32))  # a 40-clip val video
+    q, _ = cache.load_query(str(_rows(data.val_file)[-1]["qid"]), dtype=np.float32)
+    query = torch.from_numpy(q)
+    t = video.shape[0]
+    assert t == 40
+    # full length when the video fits: the official batch-size-1 inference
+    full = infer_clips(model, video, query, t / 0.5)
+    direct = model.decode(model(video[None], torch.ones(1, t, dtype=torch.bool), query[None],
+                                torch.ones(1, q.shape[1], dtype=torch.bool)), [t / 0.5])[0]
+    assert full.windows == direct.windows and full.saliency == direct.saliency
+    # sliding windows of 12 clips
+    slid = infer_clips(model, video, query, t / 0.5, window=12)
+    assert len(slid.saliency) == t
+    starts = window_starts(t, 12)
+    for clip in (0, 5, 10, 17, 26, 39):
+        margins = [min(clip - s, s + 11 - clip) if s <= clip < s + 12 else -1 for s in starts]
+        s = starts[int(np.argmax(margins))]
+        alone = infer_clips(model, video[s:s + 12], query, 24.0)
+        assert slid.saliency[clip] == pytest.approx(alone.saliency[clip - s], abs=1e-6)
+    scores = [w[2] for w in slid.windows]
+    assert scores == sorted(scores, reverse=True) and len(scores) <= model.config.max_moments
+    assert all(0 <= w[0] <= w[1] <= t / 0.5 for w in slid.windows)
+    assert any(w[1] > 24 for w in slid.windows)  # moments from the later windows, in video time
+
+    # through predict(): a checkpoint whose max_clips is 12 predicts every clip of the long videos
+    model.config.max_clips = 12
+    model.save_pretrained(tmp_path / "short")
+    rows = predict(tmp_path / "short", data.cache_dir, data.val_file, progress=False).rows
+    long_rows = [r for r in rows if r["vid"] in ("v022", "v023")]
+    assert len(long_rows) == 4 and all(len(r["pred_saliency_scores"]) == 40 for r in long_rows)
+
+
+def test_predict_a_new_video_with_the_tiny_clip(tmp_path):
+    """extract (tiny CLIP) -> fit -> `r2 predict VIDEO --query` on a video longer than max_clips."""
+    from r2.cli import main
+    from r2.extract.pipeline import QueryJob, VideoJob, extract_features
+    from r2.extract.synthetic import write_segment_video
+    from r2.extract.tiny import make_tiny_clip
+    from r2.train import fit
+
+    clip_dir = make_tiny_clip(tmp_path / "clip", seed=0)
+    colours = ["red", "blue", "green", "yellow"]
+    rows, videos, queries = [], [], []
+    for i in range(8):
+        a, b = colours[i % 4], colours[(i + 1) % 4]
+        v = write_segment_video(tmp_path / "videos" / f"v{i}.mp4",
+                                [("black", 4.0), (a, 6.0), ("black", 4.0), (b, 6.0)], fps=5, size=(64, 48))
+        videos.append(VideoJob(f"v{i}", str(v.path)))
+        for j, (colour, s, e) in enumerate(((a, 4.0, 10.0), (b, 14.0, 20.0))):
+            qid = 2 * i + j
+            queries.append(QueryJob(str(qid), f"a {colour} screen"))
+            rows.append({"qid": qid, "query": f"a {colour} screen", "duration": 20.0, "vid": f"v{i}",
+                         "relevant_windows": [[s, e]]})
+    extract_features(videos, queries, tmp_path / "cache", str(clip_dir), fps=0.5, workers=0, progress=False)
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[:12]))
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[12:]))
+    fit(dataset="custom", cache=tmp_path / "cache", train=tmp_path / "train.jsonl", val=tmp_path / "val.jsonl",
+        run_dir=tmp_path / "run", epochs=2, workers=0, progress=False, log=lambda m: None,
+        overrides={**{k: v for k, v in TINY_OVERRIDES.items() if k != "layers"}, "max_clips": 8})
+
+    new = write_segment_video(tmp_path / "new.mp4", [("black", 10.0), ("red", 8.0), ("black", 22.0)], fps=5,
+                              size=(64, 48))
+    args = ["predict", str(new.path), "--query", "a red screen", "--query", "a green screen",
+            "--checkpoint", str(tmp_path / "run"), "--model", str(clip_dir)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert "40.0 s, 20 clips at 0.5 clips/s, 3 overlapping windows" in res.output  # max_clips 8
+    assert res.output.count("query: ") == 2 and "top 5 moments:" in res.output and "saliency" in res.output
+    assert "^ best moment" in res.output
+    res = CliRunner().invoke(main, args + ["--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.output[res.output.index("["):])
+    assert [o["query"] for o in out] == ["a red screen", "a green screen"]
+    for o in out:
+        assert len(o["pred_saliency_scores"]) == 20 and o["duration"] == pytest.approx(40.0)
+        assert all(0 <= w[0] <= w[1] <= 40.0 for w in o["pred_relevant_windows"])
+    # the model recorded with the checkpoint is the default --model
+    res = CliRunner().invoke(main, args[:-2] + ["--top-k", "2"])
+    assert res.exit_code == 0 and "top 2 moments:" in res.output
+    # --plot: matplotlib is an optional extra
+    plot = tmp_path / "curve.png"
+    res = CliRunner().invoke(main, args + ["--plot", str(plot)])
+    if importlib.util.find_spec("matplotlib") is None:
+        assert res.exit_code == 1 and "pip install 'r2-vtg[plot]'" in res.output
+    else:
+        assert res.exit_code == 0 and plot.stat().st_size > 1000
+    res = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.mp4"), "--query", "x",
+                                    "--checkpoint", str(tmp_path / "run")])
+    assert res.exit_code == 1 and "no such video file" in res.output

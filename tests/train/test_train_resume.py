@@ -1,0 +1,174 @@
+"""Kill-and-resume: ``r2 fit`` killed with SIGKILL mid-training, then ``--resume``, ends with the
+same weights, bit for bit, as an uninterrupted run (CPU); checkpoint writes are atomic."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_synthetic_dataset(tmp_path_factory.mktemp("resume"), train_videos=24, val_videos=6,
+                                  concepts=4, seed=3)
+
+
+def _args(data, run_dir) -> list[str]:
+    args = ["fit", "--dataset", "custom", "--cache", str(data.cache_dir), "--train", str(data.train_file),
+            "--val", str(data.val_file), "--run-dir", str(run_dir), "--epochs", str(EPOCHS),
+            "--workers", "0", "--seed", "7", "--device", "cpu"]
+    for key, value in TINY_OVERRIDES.items():
+        args += ["--set", f"{key}={value}"]
+    return args
+
+
+def _env():
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env.pop("WORLD_SIZE", None)
+    env.pop("RANK", None)
+    return env
+
+
+def _state_epoch(run_dir: Path) -> int:
+    path = run_dir / "checkpoints" / "last" / "state.json"
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _weights(path: Path) -> dict:
+    return load_file(str(path))
+
+
+def _assert_same_weights(a: Path, b: Path):
+    wa, wb = _weights(a), _weights(b)
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs between {a} and {b}"
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
+    from r2.train import fit
+    from r2.train.loop import FitOptions
+
+    # the uninterrupted run, in this process (one thread, as the subprocesses)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ref_dir = tmp_path / "uninterrupted"
+        fit(FitOptions(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                       run_dir=ref_dir, epochs=EPOCHS, workers=0, seed=7, device="cpu",
+                       overrides={k: str(v) for k, v in TINY_OVERRIDES.items()}, progress=False),
+            log=lambda m: None)
+    finally:
+        torch.set_num_threads(threads)
+
+    # a real `r2 fit` process, killed with SIGKILL once the first epoch is checkpointed
+    run_dir = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "r2", *_args(data, run_dir)]
+    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    try:
+        while _state_epoch(run_dir) < 1:
+            if proc.poll() is not None:
+                pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
+                            + proc.stderr.read().decode()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint after 120 s")
+            time.sleep(0.01)
+        time.sleep(0.15)  # into the next epoch
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = _state_epoch(run_dir)
+    assert 1 <= killed_at < EPOCHS, "the kill must land before the end of training"
+    lines_before = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(lines_before) >= killed_at
+
+    # resume: same command + --resume
+    done = subprocess.run(cmd + ["--resume"], env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"resuming {run_dir} after epoch {killed_at}" in done.stderr
+
+    _assert_same_weights(ref_dir / "checkpoints" / "last" / "model.safetensors",
+                         run_dir / "checkpoints" / "last" / "model.safetensors")
+    _assert_same_weights(ref_dir / "model.safetensors", run_dir / "model.safetensors")
+    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in got] == list(range(1, EPOCHS + 1))  # no duplicated epoch lines
+    for r, g in zip(ref, got):
+        assert (r["loss"], r["value"], r["iteration"], r["best"]) == (g["loss"], g["value"], g["iteration"],
+                                                                      g["best"])
+    assert json.loads((ref_dir / "best.json").read_text()) == json.loads((run_dir / "best.json").read_text())
+    assert not list((run_dir / "checkpoints").glob(".last.partial-*"))
+
+
+def test_resume_adds_epochs_and_refuses_changed_settings(data, tmp_path):
+    from r2.train import fit
+    from r2.train.loop import FitError
+
+    common = dict(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                  workers=0, overrides=dict(TINY_OVERRIDES), progress=False, log=lambda m: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(run_dir=tmp_path / "a", epochs=2, **common)
+        fit(run_dir=tmp_path / "b", epochs=1, **common)
+        result = fit(run_dir=tmp_path / "b", epochs=2, resume=True, **common)
+        assert result.resumed_from == 1 and result.last_epoch == 2
+        _assert_same_weights(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors",
+                             tmp_path / "b" / "checkpoints" / "last" / "model.safetensors")
+        # a finished run resumed again trains nothing and keeps its history
+        again = fit(run_dir=tmp_path / "b", epochs=2, resume=True, **common)
+        assert [h["epoch"] for h in again.history] == [1, 2]
+        # other settings may not change on resume; a run dir is never silently overwritten
+        with pytest.raises(FitError, match="lr"):
+            fit(run_dir=tmp_path / "b", epochs=3, resume=True,
+                **{**common, "overrides": {**TINY_OVERRIDES, "lr": 1e-4}})
+        with pytest.raises(FitError, match="already holds a run"):
+            fit(run_dir=tmp_path / "b", epochs=2, **common)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_checkpoint_swap_survives_a_crash_between_the_renames(tmp_path):
+    from r2.model import R2Config, R2Model
+    from r2.train import checkpoint as ckpt
+
+    model = R2Model(R2Config(video_dim=8, query_dim=8, num_layers=2, hidden_dim=16, num_heads=2))
+    trainer = {"optimizer": {}, "rng": [ckpt.get_rng_state()]}
+    ckpt.save_last(tmp_path, model, trainer, {"epoch": 1, "iteration": 3})
+    ckpt.save_last(tmp_path, model, trainer, {"epoch": 2, "iteration": 6})
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["last"]
+    # a kill after `last` -> `last.old` and before the partial became `last`
+    os.replace(root / "last", root / "last.old")
+    (root / ".last.partial-1-abcd").mkdir()
+    path, state, loaded = ckpt.load_last(tmp_path)
+    assert path.name == "last.old" and state["epoch"] == 2
+    ckpt.set_rng_state(loaded["rng"][0])  # RNG states read back with weights_only=True
+    ckpt.clean_partials(tmp_path)
+    assert not (root / ".last.partial-1-abcd").exists()
+    # metrics.jsonl: a torn last line (kill during a write) is ignored, later epochs dropped
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
+    assert [r["epoch"] for r in ckpt.truncate_metrics(tmp_path, 2)] == [1, 2]
+    assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'

@@ -1,0 +1,614 @@
+"""Data loading from the feature cache: checks, a torch ``Dataset``, padding and masks.
+
+Everything the training loop and ``predict`` need between annotation records
+(:class:`~r2.train.annotations.GroundingSample`) and a padded batch for ``r2.model``:
+
+* **Cache checks** before anything runs: the cache's clip rate must be the preset's
+  (:func:`check_cache_fps`), the preset's layers must be in the cache
+  (:func:`resolve_layers`), every video and query id of every split must be there
+  (:func:`check_ids`, which lists *all* missing ids with the ``r2 extract`` command that adds
+  them), and a checkpoint's feature spec must match the cache's
+  (:func:`check_feature_spec`).
+* :class:`GroundingDataset`: one item per (sample × repeat); loads the video ``(T, K, N, D)``
+  and the query ``(K, S, Dt)`` (real tokens only) in the cache's stored dtype (float16 by
+  default: half the bytes through the loader and onto the device; the model converts each
+  layer to float32 as it reads it). In training mode it builds the targets of
+  :mod:`r2.train.targets` with the generator ``sample_rng(seed, epoch, index)``, so the positive
+  clip (and the crop of a long video) of every item depends only on (seed, epoch, index): the
+  same in any worker, on any rank, after a resume. Optional ``preload`` into RAM (checked
+  against the available memory first).
+* :class:`Collator` right-pads a list of items into a :class:`Batch` (masks + ``R2Targets``).
+* :class:`LengthBatchSampler` groups evaluation items by length; videos longer than the
+  model's ``max_clips`` get a batch of their own (they go through sliding windows).
+
+Clip counts: the dataset uses ``usable_clips`` (the official reconciliation of the cache's
+``T`` with the annotation grid: QVHighlights truncation, TVSum ``min``, YouTube equality).
+Training-time long-video rule (preset ``long_video_rule``): "crop" draws a ``max_clips``
+window that contains the sampled positive clip (``crop_range``); "error" refuses such a
+sample. Evaluation never crops.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from r2.model import R2Targets
+
+from .annotations import GroundingSample
+from .targets import (SampleTargets, TargetError, build_targets, crop_range, crop_targets,
+                      sample_rng, usable_clips)
+
+__all__ = [
+    "Batch",
+    "Collator",
+    "DataError",
+    "FeatureSpecError",
+    "GroundingDataset",
+    "Item",
+    "LengthBatchSampler",
+    "MissingFeaturesError",
+    "SPEC_KEYS",
+    "available_memory",
+    "cache_widths",
+    "check_cache_fps",
+    "check_feature_spec",
+    "check_ids",
+    "feature_spec",
+    "find_missing",
+    "resolve_layers",
+    "worker_init_fn",
+]
+
+#: the manifest keys that define what the features are (the model's ``config.features``)
+SPEC_KEYS = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
+
+
+class DataError(ValueError):
+    """Data that cannot be trained on / predicted from as asked (one-line message)."""
+
+    user_error = True
+
+
+class MissingFeaturesError(DataError):
+    """Video or query ids of a split are not in the feature cache."""
+
+
+class FeatureSpecError(DataError):
+    """A checkpoint and a cache (or two caches) hold different features."""
+
+
+# ----------------------------------------------------------------------------------------------
+# cache checks
+
+
+def resolve_layers(preset_layers: Sequence[int], cache_layers: Sequence[int]) -> list[int]:
+    """Hidden-state ids of the cache that the model uses, ascending.
+
+    Negative entries count from the end of the layers the cache keeps (the preset's default
+    ``(-4, -3, -2, -1)`` = the cache's last four: ``[9, 10, 11, 12]`` for ViT-B/32 extracted
+    with the default layers); non-negative entries are hidden-state ids that must be in the
+    cache. Raises :class:`DataError` naming what the cache has.
+    """
+    cache_layers = [int(x) for x in cache_layers]
+    out = []
+    for layer in preset_layers:
+        layer = int(layer)
+        if layer < 0:
+            if -layer > len(cache_layers):
+                raise DataError(f"the preset uses layers {list(preset_layers)} but the feature cache "
+                                f"keeps only {len(cache_layers)} ({cache_layers}); extract with more "
+                                "layers or --set layers=...")
+            out.append(cache_layers[layer])
+        elif layer in cache_layers:
+            out.append(layer)
+        else:
+            raise DataError(f"layer {layer} is not in the feature cache (it keeps {cache_layers}); "
+                            "pick layers it has with --set layers=...")
+    if sorted(set(out)) != out:
+        raise DataError(f"layers {list(preset_layers)} resolve to {out} in the cache "
+                        f"{cache_layers}: they must be distinct and ascending")
+    return out
+
+
+def feature_spec(manifest: Mapping[str, Any], layers: Sequence[int] | None = None) -> dict:
+    """The feature spec of a cache: the manifest's ``model_id``, ``model_config_hash``,
+    ``fps``, ``preprocessing`` and ``layers`` (the layers used, when given)."""
+    spec = {k: manifest.get(k) for k in SPEC_KEYS if k in manifest}
+    if layers is not None:
+        spec["layers"] = [int(x) for x in layers]
+    return spec
+
+
+def _same(key: str, a, b) -> bool:
+    if key == "fps" and a is not None and b is not None:
+        return math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12)
+    import json
+
+    return json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[str, Any],
+                       expected_name: str, cache_name: str, *, cache_layers=None,
+                       allow_mismatch: bool = False, warn: Callable[[str], None] | None = None
+                       ) -> list[str]:
+    """Compare a checkpoint's ``config.features`` with a cache's spec (keys present in both).
+
+    ``layers``: every layer the checkpoint uses must be in ``cache_layers`` (the cache may keep
+    more). Returns the differences; raises :class:`FeatureSpecError` listing them unless
+    ``allow_mismatch`` (then ``warn`` is called with the message).
+    """
+    if not expected:
+        return []
+    diffs = []
+    for key in SPEC_KEYS:
+        if key not in expected or key not in cache_spec:
+            continue
+        a, b = expected[key], cache_spec[key]
+        if key == "layers" and cache_layers is not None:
+            missing = [x for x in (a or []) if int(x) not in [int(y) for y in cache_layers]]
+            if missing:
+                diffs.append(f"layers: {expected_name} uses {a}, {cache_name} keeps {list(cache_layers)}")
+            continue
+        if not _same(key, a, b):
+            diffs.append(f"{key}: {expected_name} has {_short(a)}, {cache_name} has {_short(b)}")
+    if diffs:
+        message = (f"{expected_name} was trained on other features than {cache_name} holds:\n  "
+                   + "\n  ".join(diffs)
+                   + "\nExtract the videos with the checkpoint's CLIP model, layers, fps and "
+                     "preprocessing (or pass --allow-feature-mismatch to go on anyway).")
+        if not allow_mismatch:
+            raise FeatureSpecError(message)
+        if warn is not None:
+            warn("Warning: " + message)
+    return diffs
+
+
+def _short(value) -> str:
+    import json
+
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def check_cache_fps(preset_fps, cache_fps, cache_path) -> None:
+    """The cache's clip rate must be the preset's (None for per-video sampling, "auto")."""
+    if preset_fps == "auto":
+        if cache_fps is not None:
+            raise DataError(f"the feature cache at {cache_path} was extracted at {cache_fps} clips/s, "
+                            "but this data set samples per video (one frame per annotated clip, "
+                            "fps 'auto'); re-extract with its annotation file and no --fps")
+        return
+    if cache_fps is None:
+        raise DataError(f"the feature cache at {cache_path} samples per video (fps None) but the "
+                        f"preset needs {float(preset_fps)} clips/s; re-extract with --fps "
+                        f"{float(preset_fps)} or --set fps=auto")
+    if not math.isclose(float(cache_fps), float(preset_fps), rel_tol=1e-9):
+        raise DataError(f"the feature cache at {cache_path} holds {float(cache_fps)} clips/s but the "
+                        f"preset expects {float(preset_fps)}: re-extract with --fps "
+                        f"{float(preset_fps)} (or --set fps={float(cache_fps)} if you mean it)")
+
+
+def cache_widths(cache) -> tuple[int, int]:
+    """(video width D, query width Dt): the manifest's, else the shapes of the first items."""
+    m = cache.manifest
+    d, dt = m.get("video_width"), m.get("query_width")
+    if d is None:
+        ids = cache.video_ids()
+        if not ids:
+            raise DataError(f"the feature cache at {cache.path} holds no video")
+        d = cache.video_shape(ids[0])[3]
+    if dt is None:
+        ids = cache.query_ids()
+        if not ids:
+            raise DataError(f"the feature cache at {cache.path} holds no query")
+        dt = cache.query_shape(ids[0])[2]
+    return int(d), int(dt)
+
+
+@dataclass
+class MissingReport:
+    """Ids a split needs that the cache lacks."""
+
+    name: str  # "train", "val", ...
+    path: str | None  # annotation file
+    videos: list[str] = field(default_factory=list)
+    queries: list[str] = field(default_factory=list)
+    num_videos: int = 0  # distinct videos the split needs
+    num_queries: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.videos and not self.queries
+
+
+def find_missing(cache, samples: Iterable[GroundingSample], name: str = "data",
+                 path: str | os.PathLike | None = None) -> MissingReport:
+    """Every video id and query id of ``samples`` that ``cache`` lacks (in file order)."""
+    report = MissingReport(name, None if path is None else str(path))
+    seen_v, seen_q = set(), set()
+    for s in samples:
+        if s.vid not in seen_v:
+            seen_v.add(s.vid)
+            if not cache.has_video(s.vid):
+                report.videos.append(s.vid)
+        qid = s.query_id
+        if qid not in seen_q:
+            seen_q.add(qid)
+            if not cache.has_query(qid):
+                report.queries.append(qid)
+    report.num_videos, report.num_queries = len(seen_v), len(seen_q)
+    return report
+
+
+def _listing(ids: list[str], limit: int = 20) -> str:
+    shown = ", ".join(ids[:limit])
+    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+
+
+def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Sequence[GroundingSample]]],
+              dataset: str | None = None, purpose: str = "training") -> list[MissingReport]:
+    """Raise :class:`MissingFeaturesError` listing all ids missing from the cache.
+
+    ``splits``: ``(name, annotation file, samples)`` per split. The message shows the first
+    20 ids of each kind per split with the count, and the ``r2 extract`` command that adds
+    them (a rerun of extract skips what the cache has).
+    """
+    reports = [find_missing(cache, samples, name, path) for name, path, samples in splits]
+    bad = [r for r in reports if not r.ok]
+    if not bad:
+        return reports
+    lines = [f"the feature cache at {cache.path} lacks features that {purpose} needs:"]
+    commands = []
+    for r in bad:
+        where = f" ({r.path})" if r.path else ""
+        if r.videos:
+            lines.append(f"  {r.name}{where}: {len(r.videos)} of {r.num_videos} videos missing: "
+                         f"{_listing(r.videos)}")
+        if r.queries:
+            lines.append(f"  {r.name}{where}: {len(r.queries)} of {r.num_queries} queries missing: "
+                         f"{_listing(r.queries)}")
+        if r.path:
+            ds = f" --dataset {dataset}" if dataset and dataset != "custom" else ""
+            commands.append(f"  r2 extract <videos folder> --annotations {shlex.quote(r.path)}{ds} "
+                            f"--out {shlex.quote(str(cache.path))}")
+    if commands:
+        lines.append("Add them with (extract skips what the cache already has):")
+        lines.extend(dict.fromkeys(commands))
+    else:
+        lines.append(f"Add them with: r2 extract <videos folder> --annotations <file> --out {cache.path}")
+    raise MissingFeaturesError("\n".join(lines))
+
+
+# ----------------------------------------------------------------------------------------------
+# memory
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to new allocations (``MemAvailable``), or None if unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+# ----------------------------------------------------------------------------------------------
+# the dataset
+
+
+@dataclass
+class Item:
+    """One loaded sample: ``video (T, K, N, D)``, ``query (K, S, Dt)`` (real tokens only), the
+    training targets (None in evaluation) and the sample's index in ``dataset.samples``."""
+
+    index: int
+    video: np.ndarray
+    query: np.ndarray
+    targets: SampleTargets | None
+
+
+class GroundingDataset(torch.utils.data.Dataset):
+    """Samples + a feature cache → :class:`Item` (see the module docstring).
+
+    Args:
+        samples: the records of one split.
+        cache: an open :class:`r2.cache.FeatureCache`.
+        layers: the cache layer ids the model uses (:func:`resolve_layers`).
+        preset: the data set's preset (targets, crop rule, query length); may be None for
+            evaluation.
+        train: build targets (and crop long videos) when True.
+        seed: base seed of ``sample_rng(seed, epoch, index)``.
+        repeat: the split is repeated this many times per epoch (training only).
+        fps: clip rate used to reconcile clip counts (default: the preset's).
+        max_query_tokens: query tokens kept (default: the preset's ``query_max_tokens``).
+        preload: load every needed item into RAM at construction when it fits.
+        log: where messages go (preload decisions).
+    """
+
+    def __init__(self, samples: Sequence[GroundingSample], cache, layers: Sequence[int], preset=None, *,
+                 train: bool = False, seed: int = 0, repeat: int = 1, fps=None,
+                 max_query_tokens: int | None = None, preload: bool = False,
+                 log: Callable[[str], None] | None = None):
+        self.samples = list(samples)
+        self.cache = cache
+        self.layers = [int(x) for x in layers]
+        self.preset = preset
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.repeat = max(1, int(repeat)) if train else 1
+        if fps is None and preset is not None:
+            fps = preset.fps
+        self.fps = None if fps in (None, "auto") else float(fps)
+        if max_query_tokens is None and preset is not None:
+            max_query_tokens = preset.query_max_tokens
+        self.max_query_tokens = max_query_tokens
+        self.epoch = 0
+        if train and preset is None:
+            raise ValueError("a training dataset needs the preset (targets, crop rule)")
+        # clip counts from metadata only; reconciliation errors surface here, before training
+        self.cache_clips: list[int] = []
+        self.num_clips: list[int] = []
+        shapes: dict[str, tuple] = {}
+        for s in self.samples:
+            if s.vid not in shapes:
+                shapes[s.vid] = cache.video_shape(s.vid)
+            t = shapes[s.vid][0]
+            self.cache_clips.append(t)
+            self.num_clips.append(usable_clips(s, t, fps=self.fps, dataset=s.dataset))
+        if train and preset.long_video_rule == "error":
+            long = [(s.vid, t) for s, t in zip(self.samples, self.num_clips) if t > preset.max_clips]
+            if long:
+                raise TargetError(f"{len(long)} training video(s) have more than max_clips "
+                                  f"{preset.max_clips} clips (e.g. {long[0][0]}: {long[0][1]}) and "
+                                  "long_video_rule is 'error'; use --set long_video_rule=crop")
+        self._videos: dict[str, np.ndarray] | None = None
+        self._queries: dict[str, np.ndarray] | None = None
+        self.preloaded = False
+        if preload:
+            self._preload(shapes, log or (lambda msg: None))
+
+    # -- sizes ------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeat
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch of the next pass (part of every item's random generator)."""
+        self.epoch = int(epoch)
+
+    def nbytes_needed(self, shapes=None) -> int:
+        """Bytes the distinct videos and queries of this split take in RAM (stored dtype)."""
+        itemsize = 2 if self.cache.dtype == "float16" else 4  # int8 is read back as float32
+        total, seen_v, seen_q = 0, set(), set()
+        for s, t in zip(self.samples, self.num_clips):
+            if s.vid not in seen_v:
+                seen_v.add(s.vid)
+                shape = (shapes or {}).get(s.vid) or self.cache.video_shape(s.vid)
+                total += t * len(self.layers) * shape[2] * shape[3] * itemsize
+            if s.query_id not in seen_q:
+                seen_q.add(s.query_id)
+                k, n, d = self.cache.query_shape(s.query_id)
+                total += len(self.layers) * n * d * itemsize
+        return total
+
+    def _preload(self, shapes, log) -> None:
+        need = self.nbytes_needed(shapes)
+        avail = available_memory()
+        if avail is not None and need > 0.7 * avail:
+            log(f"not preloading: the split needs {_gb(need)} and {_gb(avail)} of memory is "
+                "available (the limit is 70%); reading from the cache instead")
+            return
+        videos, queries = {}, {}
+        for s, t in zip(self.samples, self.num_clips):
+            if s.vid not in videos:
+                videos[s.vid] = np.ascontiguousarray(self._read_video(s.vid)[:t])
+            if s.query_id not in queries:
+                queries[s.query_id] = self._read_query(s.query_id)
+        self._videos, self._queries = videos, queries
+        self.preloaded = True
+        log(f"preloaded {len(videos)} videos and {len(queries)} queries into RAM ({_gb(need)}; "
+            + (f"{_gb(avail)} was available)" if avail is not None else "available memory unknown)"))
+
+    # -- reading ----------------------------------------------------------------------------
+    def _read_video(self, vid: str) -> np.ndarray:
+        return self.cache.load_video(vid, layers=self.layers, dtype=None)  # (T, K, N, D)
+
+    def _read_query(self, qid: str) -> np.ndarray:
+        q, mask = self.cache.load_query(qid, layers=self.layers, dtype=None)  # (K, S, Dt), (S,)
+        if not mask.all():
+            q = q[:, mask]
+        if self.max_query_tokens is not None:
+            q = q[:, :self.max_query_tokens]
+        if q.shape[1] == 0:
+            raise DataError(f"query {qid!r} has no token in the feature cache")
+        return np.ascontiguousarray(q)
+
+    def video(self, index: int) -> np.ndarray:
+        """(T, K, N, D) features of sample ``index`` (usable clips only)."""
+        s = self.samples[index]
+        t = self.num_clips[index]
+        if self._videos is not None:
+            return self._videos[s.vid][:t]
+        return self._read_video(s.vid)[:t]
+
+    def query(self, index: int) -> np.ndarray:
+        s = self.samples[index]
+        if self._queries is not None:
+            return self._queries[s.query_id]
+        return self._read_query(s.query_id)
+
+    def __getitem__(self, i: int) -> Item:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        index = i % len(self.samples)
+        video, query = self.video(index), self.query(index)
+        targets = None
+        if self.train:
+            sample = self.samples[index]
+            rng = sample_rng(self.seed, self.epoch, i)
+            targets = build_targets(sample, self.num_clips[index], rng, preset=self.preset)
+            if targets.num_clips > self.preset.max_clips:
+                start, stop = crop_range(targets.num_clips, self.preset.max_clips,
+                                         targets.positive_clip, rng)
+                targets = crop_targets(targets, start, stop)
+                video = video[start:stop]
+        return Item(index, video, query, targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# batches
+
+
+@dataclass
+class Batch:
+    """A right-padded batch (shapes with B items, T the longest video, S the longest query).
+
+    video (B, T, K, N, D) in the cache's dtype; video_mask (B, T) bool; query (B, K, S, Dt);
+    query_mask (B, S) bool; targets: ``R2Targets`` (training) or None; indices: the samples'
+    indices in ``dataset.samples``.
+    """
+
+    video: torch.Tensor
+    video_mask: torch.Tensor
+    query: torch.Tensor
+    query_mask: torch.Tensor
+    targets: R2Targets | None
+    indices: list[int]
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def to(self, device, non_blocking: bool = False) -> "Batch":
+        def move(x):
+            return x.to(device, non_blocking=non_blocking)
+
+        targets = None
+        if self.targets is not None:
+            t = self.targets
+            targets = R2Targets(windows=None if t.windows is None else move(t.windows),
+                                window_mask=None if t.window_mask is None else move(t.window_mask),
+                                saliency=move(t.saliency), positive_clip=move(t.positive_clip))
+        return Batch(move(self.video), move(self.video_mask), move(self.query), move(self.query_mask),
+                     targets, self.indices)
+
+    def pin_memory(self) -> "Batch":
+        """Called by the DataLoader with ``pin_memory=True``."""
+        targets = self.targets
+        if targets is not None:
+            targets = R2Targets(
+                windows=None if targets.windows is None else targets.windows.pin_memory(),
+                window_mask=None if targets.window_mask is None else targets.window_mask.pin_memory(),
+                saliency=targets.saliency.pin_memory(), positive_clip=targets.positive_clip.pin_memory())
+        return Batch(self.video.pin_memory(), self.video_mask.pin_memory(), self.query.pin_memory(),
+                     self.query_mask.pin_memory(), targets, self.indices)
+
+
+class Collator:
+    """Right-pad :class:`Item` lists into a :class:`Batch` (picklable, for loader workers).
+
+    ``windows``: also build the (B, G, 2) window targets (G ≥ 1; all-False mask rows for
+    samples without windows); False for saliency-only configurations (TVSum/YouTube).
+    """
+
+    def __init__(self, windows: bool = True):
+        self.windows = bool(windows)
+
+    def __call__(self, items: Sequence[Item]) -> Batch:
+        if not items:
+            raise ValueError("empty batch")
+        b = len(items)
+        t_max = max(it.video.shape[0] for it in items)
+        s_max = max(it.query.shape[1] for it in items)
+        _, k, n, d = items[0].video.shape
+        kq, _, dt = items[0].query.shape
+        vdtype = torch.from_numpy(items[0].video[:0]).dtype
+        qdtype = torch.from_numpy(items[0].query[:0]).dtype
+        video = torch.zeros((b, t_max, k, n, d), dtype=vdtype)  # (B, T, K, N, D)
+        query = torch.zeros((b, kq, s_max, dt), dtype=qdtype)  # (B, K, S, Dt)
+        vmask = torch.zeros((b, t_max), dtype=torch.bool)
+        qmask = torch.zeros((b, s_max), dtype=torch.bool)
+        for i, it in enumerate(items):
+            t, s = it.video.shape[0], it.query.shape[1]
+            video[i, :t] = torch.from_numpy(np.ascontiguousarray(it.video))
+            query[i, :, :s] = torch.from_numpy(np.ascontiguousarray(it.query))
+            vmask[i, :t] = True
+            qmask[i, :s] = True
+        targets = None
+        if items[0].targets is not None:
+            saliency = torch.zeros((b, t_max), dtype=torch.float32)
+            positive = torch.zeros(b, dtype=torch.long)
+            for i, it in enumerate(items):
+                saliency[i, :it.targets.num_clips] = torch.from_numpy(it.targets.saliency)
+                positive[i] = int(it.targets.positive_clip)
+            windows = window_mask = None
+            if self.windows:
+                g = max(1, max(it.targets.windows.shape[0] for it in items))
+                windows = torch.zeros((b, g, 2), dtype=torch.float32)  # clip units
+                window_mask = torch.zeros((b, g), dtype=torch.bool)
+                for i, it in enumerate(items):
+                    w = it.targets.windows
+                    if w.shape[0]:
+                        windows[i, :w.shape[0]] = torch.from_numpy(np.asarray(w, dtype=np.float32))
+                        window_mask[i, :w.shape[0]] = True
+            targets = R2Targets(windows=windows, window_mask=window_mask, saliency=saliency,
+                                positive_clip=positive)
+        return Batch(video, vmask, query, qmask, targets, [it.index for it in items])
+
+
+class LengthBatchSampler:
+    """Evaluation batches: indices sorted by clip count (less padding), ``batch_size`` per
+    batch; an item longer than ``max_clips`` gets a batch of its own (sliding windows)."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, max_clips: int | None = None):
+        self.batches: list[list[int]] = []
+        order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+        current: list[int] = []
+        for i in order:
+            if max_clips is not None and lengths[i] > max_clips:
+                self.batches.append([i])
+                continue
+            current.append(i)
+            if len(current) == batch_size:
+                self.batches.append(current)
+                current = []
+        if current:
+            self.batches.append(current)
+
+    def __iter__(self):
+        return iter([list(b) for b in self.batches])
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+
+def worker_init_fn(worker_id: int) -> None:
+    """Seed numpy and ``random`` in a loader worker from its torch seed (itself derived from
+    the loader's seeded generator). Targets do not depend on it: they use ``sample_rng``."""
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+def loader_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:
+    """The DataLoader's generator for one epoch (worker base seeds): a function of
+    (seed, epoch, rank) only, so it never touches the global torch RNG and a resumed
+    epoch gets the same one."""
+    mixed = np.random.SeedSequence([int(seed) & 0xFFFFFFFF, int(epoch) + 1, int(rank), 0x5EED]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(mixed) & 0x7FFF_FFFF_FFFF_FFFF)

@@ -1,0 +1,492 @@
+"""Predictions from a trained model: over a feature cache + annotations, or for a new video.
+
+* :func:`predict` — ``r2 predict --checkpoint RUN --cache DIR --annotations FILE --out
+  preds.jsonl``: one QVHighlights-layout row per query (``qid`` with its original type,
+  ``query``, ``vid``, ``pred_relevant_windows`` ``[[start, end, score], ...]`` in the order the
+  model decodes them (by score, after NMS), ``pred_saliency_scores`` one per clip), written
+  atomically. The cache must hold the features the checkpoint was trained on
+  (``config.features``: model, config hash, layers, fps, preprocessing).
+* :func:`predict_video` — ``r2 predict VIDEO --query ...``: extracts one video and its
+  queries into a temporary cache with ``r2.extract`` and grounds every query.
+* :func:`predict_dataset` — the loop both use (and ``r2 fit``'s validation).
+
+Videos of any length (:func:`infer_clips`). A video of at most ``config.max_clips`` clips
+is run whole (the official inference). A longer one is cut into windows of ``W =
+max_clips`` clips that overlap by ``W // 4`` clips (starts ``0, W - W//4, ...``; the last
+window is aligned with the end of the video), run as a batch. Moments: every window's raw
+top-``max_moments`` windows are shifted by the window's start, merged, sorted by score, cut
+to ``max_moments`` and post-processed once over the whole video (clamp to the duration,
+rounding ``unit``, the configured NMS), so duplicates from the overlaps are suppressed like
+any other overlap. Saliency: clip ``t`` takes its score from the window in which it lies
+farthest from the window's edges (the most context on both sides; the first such window
+on ties), so the stitched curve has no seams inside the overlaps.
+
+Numbers are written as the shortest decimal that reads back to the same float32
+(``0.3``, not ``0.30000001192092896``); ``r2 fit`` scores these same rounded rows.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+
+from r2.model import R2Model, R2ModelError
+from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
+
+from .distributed import autocast, resolve_device
+from .data import (Collator, DataError, FeatureSpecError, GroundingDataset, LengthBatchSampler,
+                   cache_widths, check_feature_spec, check_ids, feature_spec, loader_generator,
+                   worker_init_fn)
+
+__all__ = [
+    "PredictError",
+    "PredictResult",
+    "VideoGrounding",
+    "format_grounding",
+    "infer_clips",
+    "load_model",
+    "model_layers",
+    "plot_grounding",
+    "predict",
+    "predict_dataset",
+    "predict_video",
+    "prediction_row",
+    "window_starts",
+]
+
+DEFAULT_CLIP = "openai/clip-vit-base-patch32"
+
+
+class PredictError(DataError):
+    """Prediction cannot run as asked (one-line message)."""
+
+
+@dataclass
+class PredictResult:
+    """What :func:`predict` did: the rows, where they went, how long it took."""
+
+    rows: list[dict]
+    out: Path | None
+    num_queries: int
+    seconds: float
+    dataset: str
+
+
+# ----------------------------------------------------------------------------------------------
+# numbers and rows
+
+
+def f32_list(values) -> list[float]:
+    """float32 values as the shortest decimals that read back to the same float32."""
+    arr = np.asarray(values, dtype=np.float32).ravel()
+    return [float(x) for x in arr.astype(str)]
+
+
+def prediction_row(sample, pred: Prediction) -> dict:
+    """The QVHighlights-layout prediction row of one sample."""
+    row = {"qid": sample.qid, "query": sample.query, "vid": sample.vid}
+    if pred.windows is not None:
+        flat = f32_list(np.asarray(pred.windows, dtype=np.float32).reshape(-1))
+        row["pred_relevant_windows"] = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+    row["pred_saliency_scores"] = f32_list(pred.saliency)
+    return row
+
+
+# ----------------------------------------------------------------------------------------------
+# models
+
+
+def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> R2Model:
+    """``R2Model.from_pretrained(checkpoint)`` on ``device``, in eval mode."""
+    path = Path(checkpoint)
+    if not path.is_dir():
+        raise PredictError(f"--checkpoint {path}: no such directory (a run directory of `r2 fit`, "
+                           "or the output of `r2 convert-official`)")
+    model = R2Model.from_pretrained(path)
+    if device is not None:
+        model.to(device)
+    return model.eval()
+
+
+def model_layers(model: R2Model, cache_layers: Sequence[int]) -> list[int]:
+    """The cache layers a model reads: its ``config.features["layers"]`` when recorded, else
+    the cache's last ``num_layers``."""
+    cache_layers = [int(x) for x in cache_layers]
+    k = model.config.num_layers
+    wanted = (model.config.features or {}).get("layers")
+    if wanted:
+        wanted = [int(x) for x in wanted]
+        missing = [x for x in wanted if x not in cache_layers]
+        if missing:
+            raise FeatureSpecError(f"the checkpoint uses layers {wanted}; the cache keeps {cache_layers}")
+        if len(wanted) != k:
+            raise FeatureSpecError(f"the checkpoint's config uses {k} layers but records {wanted}")
+        return wanted
+    if len(cache_layers) < k:
+        raise FeatureSpecError(f"the checkpoint uses {k} layers; the cache keeps only {cache_layers}")
+    return cache_layers[-k:]
+
+
+def _check_cache(model: R2Model, cache, checkpoint_name: str, allow_mismatch: bool,
+                 log: Callable[[str], None]) -> list[int]:
+    layers = model_layers(model, cache.layers)
+    check_feature_spec(model.config.features, feature_spec(cache.manifest, layers),
+                       checkpoint_name, f"the feature cache at {cache.path}",
+                       cache_layers=cache.layers, allow_mismatch=allow_mismatch, warn=log)
+    d, dt = cache_widths(cache)
+    cfg = model.config
+    if (d, dt) != (cfg.video_dim, cfg.query_dim):
+        raise FeatureSpecError(f"{checkpoint_name} reads video width {cfg.video_dim} and query width "
+                               f"{cfg.query_dim}; the feature cache at {cache.path} has {d} and {dt} "
+                               "(features of another CLIP model)")
+    return layers
+
+
+# ----------------------------------------------------------------------------------------------
+# inference on one (possibly long) video
+
+
+def window_starts(num_clips: int, window: int, overlap: int | None = None) -> list[int]:
+    """Start clips of the sliding windows over a video (see the module docstring)."""
+    if num_clips <= window:
+        return [0]
+    overlap = window // 4 if overlap is None else overlap
+    stride = max(1, window - overlap)
+    starts = list(range(0, num_clips - window + 1, stride))
+    if starts[-1] + window < num_clips:
+        starts.append(num_clips - window)
+    return starts
+
+
+@torch.inference_mode()
+def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, duration: float, *,
+                batch_size: int = 8, amp: str | None = None, window: int | None = None,
+                overlap: int | None = None) -> Prediction:
+    """Ground one query in one video of any length.
+
+    video (T, K, N, D), query (K, S, Dt) (real tokens), on the model's device. Full-length
+    inference when T <= ``window`` (default ``config.max_clips``), else sliding windows.
+    """
+    cfg = model.config
+    device = next(model.parameters()).device
+    window = window or cfg.max_clips
+    t = video.shape[0]
+    query_b = query[None]  # (1, K, S, Dt)
+    qmask = torch.ones((1, query.shape[1]), dtype=torch.bool, device=device)
+    if t <= window:
+        vmask = torch.ones((1, t), dtype=torch.bool, device=device)
+        with autocast(device, amp):
+            out = model(video[None], vmask, query_b, qmask)
+        return model.decode(out, [duration])[0]
+    if cfg.coord_head and cfg.fps is None:
+        raise R2ModelError("decoding windows needs the clip rate: the checkpoint's config has fps=None")
+    starts = window_starts(t, window, overlap)
+    saliency = [None] * len(starts)
+    raw = []
+    for i in range(0, len(starts), batch_size):
+        chunk = starts[i:i + batch_size]
+        b = len(chunk)
+        v = torch.stack([video[s:s + window] for s in chunk])  # (b, W, K, N, D)
+        vmask = torch.ones((b, window), dtype=torch.bool, device=device)
+        with autocast(device, amp):
+            out = model(v, vmask, query_b.expand(b, -1, -1, -1), qmask.expand(b, -1))
+        sal = out.saliency.float().cpu().numpy()  # (b, W)
+        for j in range(b):
+            saliency[i + j] = sal[j]
+        if out.coord_offsets is not None:
+            valid = strict_point_mask(out.points, out.num_clips)
+            rows = raw_windows(out.class_logits, out.coord_offsets, out.points, valid, cfg.fps,
+                               cfg.max_moments)
+            for j, r in enumerate(rows):
+                r = r.copy()
+                r[:, :2] += np.float32(chunk[j] / cfg.fps)
+                raw.append(r)
+    # saliency: each clip from the window where it is farthest from an edge
+    clip = np.arange(t)
+    best_margin = np.full(t, -1)
+    stitched = np.zeros(t, dtype=np.float32)
+    for s, sal in zip(starts, saliency):
+        inside = (clip >= s) & (clip < s + window)
+        margin = np.where(inside, np.minimum(clip - s, s + window - 1 - clip), -1)
+        take = margin > best_margin
+        stitched[take] = sal[clip[take] - s]
+        best_margin = np.where(take, margin, best_margin)
+    windows = None
+    if raw:
+        rows = np.concatenate(raw)
+        order = np.argsort(-rows[:, 2], kind="stable")[:cfg.max_moments]
+        windows = postprocess_windows(rows[order], duration, cfg.unit, cfg.nms,
+                                      cfg.nms_threshold).tolist()
+    return Prediction(windows=windows, saliency=stitched.tolist())
+
+
+# ----------------------------------------------------------------------------------------------
+# many samples from a cache
+
+
+@torch.inference_mode()
+def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: int = 16,
+                    workers: int = 0, amp: str | None = None, progress: bool = False,
+                    desc: str = "predict", seed: int = 0) -> list[dict]:
+    """Prediction rows for every sample of an evaluation ``dataset``, in sample order.
+
+    Batches group samples of similar length (eval mode is padding-invariant); a video longer
+    than ``config.max_clips`` goes through :func:`infer_clips`'s sliding windows alone.
+    """
+    from tqdm import tqdm
+
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    max_clips = model.config.max_clips
+    sampler = LengthBatchSampler(dataset.num_clips, max(1, int(batch_size)), max_clips)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_sampler=sampler, collate_fn=Collator(windows=False), num_workers=workers,
+        worker_init_fn=worker_init_fn if workers else None, generator=loader_generator(seed, -1),
+        pin_memory=device.type == "cuda")
+    rows: list[dict | None] = [None] * len(dataset.samples)
+    bar = tqdm(total=len(dataset.samples), desc=desc, unit="query", disable=not progress,
+               file=sys.stderr, dynamic_ncols=True, leave=False)
+    try:
+        for batch in loader:
+            batch = batch.to(device, non_blocking=True)
+            samples = [dataset.samples[i] for i in batch.indices]
+            if len(batch) == 1 and batch.video.shape[1] > max_clips:
+                preds = [infer_clips(model, batch.video[0], batch.query[0], float(samples[0].duration),
+                                     batch_size=max(1, int(batch_size)), amp=amp)]
+            else:
+                with autocast(device, amp):
+                    out = model(batch.video, batch.video_mask, batch.query, batch.query_mask)
+                preds = model.decode(out, [float(s.duration) for s in samples])
+            for i, sample, pred in zip(batch.indices, samples, preds):
+                rows[i] = prediction_row(sample, pred)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+        model.train(was_training)
+    return rows  # type: ignore[return-value]
+
+
+def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations: str | os.PathLike, *,
+            out: str | os.PathLike | None = None, dataset: str | None = None, domain: str | None = None,
+            split: str | None = None, batch_size: int = 16, device: str | None = None,
+            workers: int = 0, amp: str | None = None, progress: bool = True,
+            allow_feature_mismatch: bool = False,
+            log: Callable[[str], None] | None = None) -> PredictResult:
+    """Predict every query of ``annotations`` from the features in ``cache``.
+
+    Args:
+        checkpoint: a run directory (``config.json`` + ``model.safetensors``).
+        cache: the feature cache directory.
+        annotations: any annotation file ``r2.train`` reads (the data set is detected unless
+            ``dataset`` is given; ``domain``/``split`` select YouTube/TVSum videos).
+        out: write the rows there (jsonl, atomically) when given.
+        allow_feature_mismatch: warn instead of refusing a cache whose feature spec differs
+            from the checkpoint's.
+    Raises:
+        FeatureSpecError, MissingFeaturesError, PredictError, AnnotationError, CacheError.
+    """
+    from r2.cache import FeatureCache
+    from r2.evaluate import write_jsonl
+
+    from .annotations import load_annotations
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t0 = time.perf_counter()
+    dev = resolve_device(device)
+    model = load_model(checkpoint, dev)
+    fc = FeatureCache.open(cache)
+    layers = _check_cache(model, fc, f"the checkpoint {checkpoint}", allow_feature_mismatch, log)
+    samples = load_annotations(annotations, dataset=dataset, domain=domain, split=split)
+    if not samples:
+        raise PredictError(f"{annotations}: no queries")
+    check_ids(fc, [("annotations", str(annotations), samples)], dataset=samples[0].dataset,
+              purpose="prediction")
+    fps = model.config.fps
+    data = GroundingDataset(samples, fc, layers, None, train=False, fps=fps)
+    rows = predict_dataset(model, data, batch_size=batch_size, workers=workers, amp=amp,
+                           progress=progress)
+    out_path = None
+    if out is not None:
+        out_path = Path(out)
+        if out_path.parent and not out_path.parent.exists():
+            out_path.parent.mkdir(parents=True, exist_ok=True)
+        write_jsonl(rows, out_path)
+    return PredictResult(rows=rows, out=out_path, num_queries=len(rows),
+                         seconds=time.perf_counter() - t0, dataset=samples[0].dataset)
+
+
+# ----------------------------------------------------------------------------------------------
+# a new video
+
+
+@dataclass
+class VideoGrounding:
+    """One query grounded in one video.
+
+    moments: ``[[start_s, end_s, score], ...]`` by score (None for saliency-only models);
+    saliency: one score per clip; clip ``i`` covers ``[clip_start + i / fps, ... + 1 / fps)``.
+    """
+
+    video: str
+    query: str
+    duration: float
+    fps: float
+    num_clips: int
+    moments: list[list[float]] | None
+    saliency: list[float]
+    clip_start: float = 0.0
+    windows_used: int = 1
+    seconds: float = 0.0
+    extras: dict = field(default_factory=dict)
+
+    def clip_times(self) -> list[float]:
+        return [self.clip_start + i / self.fps for i in range(self.num_clips)]
+
+
+def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkpoint: str | os.PathLike,
+                  clip_model: str | os.PathLike | None = None, *, device: str | None = None,
+                  fps: float | None = None, batch_size: int = 32, workdir: str | os.PathLike | None = None,
+                  allow_feature_mismatch: bool = False, progress: bool = False,
+                  log: Callable[[str], None] | None = None) -> list[VideoGrounding]:
+    """Ground ``queries`` in a new video of any length.
+
+    The video and the queries are extracted into a temporary feature cache with
+    ``r2.extract`` (the checkpoint's CLIP model, layers, fps and resize rule, from its
+    ``config.features``; ``clip_model`` overrides the model, default: the one recorded, else
+    ``openai/clip-vit-base-patch32``), then every query goes through :func:`infer_clips`.
+    """
+    from r2.cache import FeatureCache
+    from r2.extract.pipeline import QueryJob, VideoJob, extract_features
+
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    t0 = time.perf_counter()
+    texts = [queries] if isinstance(queries, str) else list(queries)
+    if not texts or any(not str(q).strip() for q in texts):
+        raise PredictError("give at least one non-empty query (--query \"...\")")
+    video = Path(video)
+    if not video.is_file():
+        raise PredictError(f"{video}: no such video file")
+    dev = resolve_device(device)
+    model = load_model(checkpoint, dev)
+    cfg = model.config
+    features = cfg.features or {}
+    rate = fps if fps is not None else features.get("fps", cfg.fps)
+    if rate is None:
+        raise PredictError("this checkpoint was trained on per-video sampling (YouTube Highlights: one "
+                           "frame per annotated clip); give the clip rate for a new video with --fps")
+    layers = features.get("layers") or list(range(-cfg.num_layers, 0))
+    clip_model = clip_model or features.get("model_id") or DEFAULT_CLIP
+    resize = (features.get("preprocessing") or {}).get("resize", "ffmpeg")
+    with tempfile.TemporaryDirectory(prefix="r2-predict-", dir=workdir) as tmp:
+        cache_dir = Path(tmp) / "cache"
+        summary = extract_features(
+            [VideoJob("video", str(video))], [QueryJob(f"q{i}", t) for i, t in enumerate(texts)],
+            cache_dir, clip_model, fps=float(rate), layers=layers, workers=0, device=str(dev),
+            resize=resize, progress=progress, batch_size=batch_size, log=lambda m: None)
+        if not summary.ok:
+            raise PredictError(f"{video}: {summary.failures[0].reason}")
+        fc = FeatureCache.open(cache_dir)
+        used = _check_cache(model, fc, f"the checkpoint {checkpoint}", allow_feature_mismatch, log)
+        attrs = fc.video_attrs("video")
+        feats = torch.from_numpy(fc.load_video("video", layers=used, dtype=None)).to(dev)  # (T, K, N, D)
+        t = feats.shape[0]
+        duration = float(attrs.get("duration") or t / float(rate))
+        starts = window_starts(t, cfg.max_clips)
+        out = []
+        for i, text in enumerate(texts):
+            q, mask = fc.load_query(f"q{i}", layers=used, dtype=None)
+            q = torch.from_numpy(np.ascontiguousarray(q[:, mask])).to(dev)  # (K, S, Dt)
+            pred = infer_clips(model, feats, q, duration, batch_size=8)
+            out.append(VideoGrounding(
+                video=str(video), query=text, duration=duration, fps=float(rate), num_clips=t,
+                moments=pred.windows, saliency=[float(x) for x in pred.saliency],
+                clip_start=float(attrs.get("clip_start", 0.0)), windows_used=len(starts),
+                seconds=time.perf_counter() - t0))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# showing a result
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float], width: int = 72) -> tuple[str, int]:
+    """A one-line bar chart of ``values`` (bucketed by max to at most ``width`` characters);
+    returns (line, clips per character)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        return "", 1
+    per = max(1, math.ceil(v.size / width))
+    buckets = [v[i:i + per].max() for i in range(0, v.size, per)]
+    lo, hi = min(buckets), max(buckets)
+    span = hi - lo
+    chars = []
+    for b in buckets:
+        level = 0 if span <= 0 else int(round((b - lo) / span * (len(_BARS) - 2))) + 1
+        chars.append(_BARS[min(level, len(_BARS) - 1)])
+    return "".join(chars), per
+
+
+def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
+    """Text report: the top moments and the saliency curve with the best moment marked."""
+    lines = [f"query: {g.query!r}"]
+    if g.moments is not None:
+        lines.append(f"top {min(top_k, len(g.moments))} moments:")
+        for rank, (s, e, score) in enumerate(g.moments[:top_k], 1):
+            lines.append(f"  {rank}. {s:8.1f} s – {e:8.1f} s   score {score:.3f}")
+    line, per = sparkline(g.saliency, width)
+    sal = np.asarray(g.saliency)
+    lines.append(f"saliency (min {sal.min():.3f}, max {sal.max():.3f}; one character = {per} clip(s) = "
+                 f"{per / g.fps:g} s):")
+    lines.append("  |" + line + "|")
+    if g.moments:
+        s, e = g.moments[0][0], g.moments[0][1]
+        a = int((s - g.clip_start) * g.fps) // per
+        b = max(a + 1, int(math.ceil((e - g.clip_start) * g.fps / per)))
+        a, b = max(0, min(a, len(line))), max(0, min(b, len(line)))
+        lines.append("  |" + " " * a + "^" * (b - a) + " " * (len(line) - b) + "|  ^ best moment")
+    end = f"{g.duration:.0f} s"
+    lines.append("  0 s" + " " * max(1, len(line) + 1 - len(end) - 2) + end)
+    return "\n".join(lines)
+
+
+def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:
+    """Draw the saliency curve of every query with its top moments shaded (matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise PredictError("--plot needs matplotlib: pip install 'r2-vtg[plot]'") from None
+    path = Path(path)
+    n = len(groundings)
+    fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
+    for ax, g in zip(axes[:, 0], groundings):
+        times = np.asarray(g.clip_times()) + 0.5 / g.fps
+        ax.plot(times, g.saliency, color="tab:blue", lw=1.5, label="saliency")
+        for rank, (s, e, score) in enumerate((g.moments or [])[:top_k]):
+            ax.axvspan(s, e, color="tab:orange", alpha=0.35 if rank == 0 else 0.15,
+                       label=f"moment {rank + 1} ({score:.2f})")
+        ax.set_xlim(0, g.duration)
+        ax.set_title(g.query, fontsize=10)
+        ax.set_xlabel("seconds")
+        ax.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.partial{path.suffix}"
+    fig.savefig(tmp)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path

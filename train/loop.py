@@ -1,0 +1,658 @@
+"""``fit``: train the R² model from a feature cache (``r2 fit``), resumable, single- or multi-GPU.
+
+::
+
+    from r2.train import fit
+    result = fit(dataset="charades", cache="cache/", train="charades_train.jsonl",
+                 val="charades_test.jsonl", run_dir="runs/charades", overrides={"lr": 1e-4})
+    result.best_value, result.best_epoch, result.run_dir   # R2Model.from_pretrained(run_dir)
+
+The recipe is R²-Tuning's (reference §5) with the preset's numbers (``r2.train.presets``):
+
+* AdamW on every trainable parameter (weight decay on all of them); per iteration the
+  learning rate is ``lr × step_factor(epoch) × warmup(iteration)``: a linear warm-up over
+  ``warmup_iters`` iterations from ``warmup_ratio × lr`` (official: ``lr·(1 − (1 − 0.001)·(1 −
+  it/500))``), then ``lr_gamma`` at every milestone epoch (``lr_schedule="step"``) or constant;
+  global-norm gradient clipping at ``grad_clip`` (35); the training split repeated ``repeat``
+  times per epoch (QVHighlights ×4); no drop_last.
+* Mixed precision on CUDA: fp16 autocast + GradScaler (``amp="fp16"``, official) or bf16
+  (``amp="bf16"``, no scaler); the model keeps its heads and losses in fp32. CPU runs fp32.
+* Seeds: ``torch``/``numpy``/``random`` from ``seed``; the loader's shuffling
+  (``DistributedSampler(seed)`` + ``set_epoch``) and worker seeds (a generator per epoch) are
+  functions of (seed, epoch, rank); each item's positive clip and crop come from
+  ``sample_rng(seed, epoch, index)``. cuDNN runs deterministic.
+* Every ``eval_every`` epochs (and after the last) rank 0 predicts the evaluation split
+  (:func:`r2.train.inference.predict_dataset`) and scores it with ``r2.evaluate.score``; the
+  epoch with the best ``main_metric`` (``main_metric_mode``) is saved as the run's weights.
+* The run directory (:mod:`r2.train.checkpoint`): best weights + config, ``preset.json``,
+  ``best.json``, ``metrics.jsonl``, and ``checkpoints/last`` written atomically at the end of
+  every epoch.
+* ``resume=True`` continues from ``checkpoints/last``: the interrupted epoch is redone from
+  the checkpoint with model, optimizer, schedule, scaler and every RNG state restored, so on
+  CPU a run killed with SIGKILL and resumed ends with the same weights, bit for bit, as one
+  that was never interrupted (a test does exactly that).
+* ``torchrun --nproc_per_node N -m r2 fit ...``: DDP (gloo on CPU, NCCL on CUDA), the global
+  batch split over the ranks, ``DistributedSampler``, rank-0 logging/evaluation/saving, RNG
+  states of every rank in the checkpoint. The weights are checked to be identical on every
+  rank at the end of each epoch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+import torch
+
+from r2.model import R2Config, R2Model
+
+from . import checkpoint as ckpt
+from .annotations import GroundingSample, load_annotations
+from .data import (Collator, GroundingDataset, cache_widths, check_cache_fps,
+                   check_feature_spec, check_ids, feature_spec, loader_generator, resolve_layers,
+                   worker_init_fn)
+from .distributed import DistContext, autocast, setup, teardown
+from .presets import Preset, get_preset
+from .targets import filter_for_training
+
+__all__ = ["FitError", "FitOptions", "FitResult", "LRSchedule", "fit", "metric_value"]
+
+#: preset fields that may change when a run is resumed
+RESUMABLE_CHANGES = ("epochs", "num_workers", "eval_every")
+
+
+class FitError(ValueError):
+    """A training run that cannot start or go on as asked (one-line message)."""
+
+    user_error = True
+
+
+@dataclass
+class FitOptions:
+    """Everything ``r2 fit`` takes (the CLI maps its options one to one onto these fields).
+
+    dataset: preset name (qvhighlights, charades, ego4d, tacos, youtube, tvsum, custom).
+    cache: feature cache directory. run_dir: where the run is written.
+    train / val: annotation files of the training and evaluation splits; or ``data_root``
+    (the benchmark's standard file names are looked up there). ``val`` may be None (no
+    evaluation: the last epoch is the run's weights).
+    domain: YouTube domain / TVSum category (one model each; required there).
+    epochs, seed, workers: shortcuts for the preset fields of the same name.
+    overrides: preset fields (``--set key=value``; strings are parsed against the types).
+    config_file: a JSON (or YAML) file of preset overrides, applied before ``overrides``.
+    resume: continue ``run_dir`` from its last checkpoint (a fresh start when it has none).
+    init: start from the weights of this run directory (fine-tuning; its feature spec must
+    match the cache). device: "cpu", "cuda", "cuda:1" (default: CUDA when available).
+    preload: read the splits into RAM first (when they fit). progress: tqdm bar on stderr.
+    eval_batch_size: batch size of the evaluation (default: the preset's batch size).
+    """
+
+    dataset: str
+    cache: str | os.PathLike
+    run_dir: str | os.PathLike
+    train: str | os.PathLike | None = None
+    val: str | os.PathLike | None = None
+    data_root: str | os.PathLike | None = None
+    domain: str | None = None
+    epochs: int | None = None
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+    config_file: str | os.PathLike | None = None
+    resume: bool = False
+    init: str | os.PathLike | None = None
+    seed: int | None = None
+    device: str | None = None
+    workers: int | None = None
+    preload: bool = False
+    progress: bool = True
+    eval_batch_size: int | None = None
+
+    def to_json(self) -> dict:
+        out = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, os.PathLike):
+                v = str(v)
+            elif isinstance(v, Mapping):
+                v = {str(k): (x if isinstance(x, (int, float, str, bool, type(None), list)) else str(x))
+                     for k, x in v.items()}
+            out[f.name] = v
+        return out
+
+
+@dataclass
+class FitResult:
+    """What a run produced. ``run_dir`` holds the best weights (``R2Model.from_pretrained``).
+
+    main_metric / mode: the selection metric; best_epoch (1-based), best_value, best_metrics
+    (the full ``r2.evaluate`` output of that epoch; None without evaluation); last_epoch and
+    last_metrics: the final epoch; history: the ``metrics.jsonl`` records; resumed_from: the
+    number of epochs the run was resumed after (None for a fresh run).
+    """
+
+    run_dir: Path
+    dataset: str
+    main_metric: str
+    mode: str
+    best_epoch: int | None
+    best_value: float | None
+    best_metrics: dict | None
+    last_epoch: int
+    last_metrics: dict | None
+    epochs: int
+    history: list[dict]
+    seconds: float
+    resumed_from: int | None = None
+    world_size: int = 1
+    num_train: int = 0
+    num_val: int = 0
+    trainable_parameters: int = 0
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.run_dir
+
+
+# ----------------------------------------------------------------------------------------------
+# learning rate
+
+
+class LRSchedule:
+    """Per-iteration learning rate: ``lr × step factor(epoch) × warm-up(iteration)``."""
+
+    def __init__(self, preset: Preset):
+        self.lr = preset.lr
+        self.kind = preset.lr_schedule
+        self.milestones = tuple(preset.lr_milestones)
+        self.gamma = preset.lr_gamma
+        self.warmup_iters = int(preset.warmup_iters)
+        self.warmup_ratio = preset.warmup_ratio
+
+    def factor(self, epoch: int, iteration: int) -> float:
+        f = 1.0
+        if self.kind == "step":
+            f = self.gamma ** sum(1 for m in self.milestones if epoch >= m)
+        if iteration < self.warmup_iters:
+            f *= 1.0 - (1.0 - self.warmup_ratio) * (1.0 - iteration / self.warmup_iters)
+        return f
+
+    def lr_at(self, epoch: int, iteration: int) -> float:
+        return self.lr * self.factor(epoch, iteration)
+
+    def state_dict(self) -> dict:
+        return {"lr": self.lr, "kind": self.kind, "milestones": list(self.milestones),
+                "gamma": self.gamma, "warmup_iters": self.warmup_iters, "warmup_ratio": self.warmup_ratio}
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers
+
+
+def metric_value(metrics: Mapping, key: str) -> float:
+    """``key`` from an ``r2.evaluate.score`` result (its ``brief`` section, else the top level)."""
+    for section in (metrics.get("brief"), metrics):
+        if isinstance(section, Mapping) and key in section:
+            value = section[key]
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return float(value)
+    keys = sorted(set((metrics.get("brief") or {}).keys())
+                  | {k for k, v in metrics.items() if isinstance(v, (int, float))})
+    raise FitError(f"main_metric {key!r} is not among the evaluation's metrics ({', '.join(keys)}); "
+                   "pick one with --set main_metric=NAME")
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def resolve_preset(options: FitOptions) -> Preset:
+    """The preset with the file, ``--set``, ``--epochs``, ``--seed`` and ``--workers`` applied."""
+    preset = get_preset(options.dataset, overrides=dict(options.overrides or {}),
+                        override_file=options.config_file)
+    extra = {}
+    if options.epochs is not None:
+        extra["epochs"] = options.epochs
+    if options.seed is not None:
+        extra["seed"] = options.seed
+    if options.workers is not None:
+        extra["num_workers"] = options.workers
+    return preset.override(extra) if extra else preset
+
+
+def resolve_files(options: FitOptions, preset: Preset) -> tuple[Path, Path | None]:
+    """(train file, evaluation file or None) from ``--train/--val`` or ``--data-root``."""
+    train = Path(options.train) if options.train is not None else None
+    val = Path(options.val) if options.val is not None else None
+    if options.data_root is not None:
+        train_split, eval_split = preset.data_file_splits()
+        if train is None:
+            train = preset.find_data_file(options.data_root, train_split)
+        if val is None:
+            val = preset.find_data_file(options.data_root, eval_split)
+    if train is None:
+        raise FitError("give the training annotations with --train FILE (and --val FILE), or "
+                       "--data-root DIR holding the benchmark's files")
+    for what, path in (("--train", train), ("--val", val)):
+        if path is not None and not path.is_file():
+            raise FitError(f"{what} {path}: no such file")
+    return train, val
+
+
+def load_split(path: Path, preset: Preset, split: str, domain: str | None) -> list[GroundingSample]:
+    """The records of one split of an annotation file, for this preset (YouTube/TVSum: the
+    domain's R²-Tuning/UMT list for ``split``)."""
+    if preset.domains and domain is None:
+        raise FitError(f"{preset.name} trains one model per domain: give --domain "
+                       f"({', '.join(preset.domains)})")
+    return load_annotations(path, dataset=preset.name, domain=domain, split=split)
+
+
+def _preset_differences(saved: dict, current: Preset) -> list[str]:
+    now = current.to_dict()
+    out = []
+    for key in sorted(set(saved) | set(now)):
+        if key in RESUMABLE_CHANGES:
+            continue
+        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(now.get(key), sort_keys=True):
+            out.append(f"{key}: the run has {json.dumps(saved.get(key))}, now {json.dumps(now.get(key))}")
+    return out
+
+
+def _param_checksum(model: torch.nn.Module) -> float:
+    with torch.no_grad():
+        return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
+# ----------------------------------------------------------------------------------------------
+# the entry point
+
+
+def fit(options: FitOptions | None = None, *, callback: Callable[[dict], None] | None = None,
+        log: Callable[[str], None] | None = None, **kwargs) -> FitResult:
+    """Train a model (see the module docstring); ``fit(FitOptions(...))`` or ``fit(**fields)``.
+
+    ``callback(record)`` is called on rank 0 after every epoch with the ``metrics.jsonl``
+    record. ``log`` receives one-line messages (default: stderr, above the progress bar).
+    Raises ``FitError``/``DataError``/``PresetError``/``AnnotationError``/``CacheError`` (all
+    user errors with a one-line message) for bad input.
+    """
+    if options is None:
+        options = FitOptions(**kwargs)
+    elif kwargs:
+        options = dataclasses.replace(options, **kwargs)
+    ctx = setup(options.device)
+    try:
+        return _Trainer(options, ctx, callback, log).run()
+    finally:
+        teardown(ctx)
+
+
+class _Trainer:
+    def __init__(self, options: FitOptions, ctx: DistContext, callback, log):
+        self.options = options
+        self.ctx = ctx
+        self.callback = callback
+        self._log = log
+        self.run_dir = Path(options.run_dir)
+        self.t0 = time.perf_counter()
+
+    def log(self, message: str) -> None:
+        if not self.ctx.is_main:
+            return
+        if self._log is not None:
+            self._log(message)
+        else:
+            from tqdm import tqdm
+
+            tqdm.write(message, file=sys.stderr)
+
+    # ------------------------------------------------------------------ set-up
+    def prepare(self) -> None:
+        from r2.cache import FeatureCache
+
+        o, ctx = self.options, self.ctx
+        preset = resolve_preset(o)
+        self.resume_state = None
+        if o.resume:
+            loaded = ckpt.load_last(self.run_dir)
+            if loaded is None:
+                if ckpt.has_run(self.run_dir):
+                    raise FitError(f"{self.run_dir} has weights but no checkpoints/last to resume from")
+                self.log(f"--resume: {self.run_dir} has no checkpoint yet; starting a new run")
+            else:
+                path, state, trainer = loaded
+                diffs = _preset_differences(state.get("preset", {}), preset)
+                if diffs:
+                    raise FitError(f"--resume {self.run_dir}: the settings differ from the run's "
+                                   f"(only {', '.join(RESUMABLE_CHANGES)} may change; resume with the "
+                                   f"same --set/--config/--seed options, the run's are in "
+                                   f"{self.run_dir / ckpt.PRESET_NAME}):\n  " + "\n  ".join(diffs))
+                self.resume_state = (path, state, trainer)
+                before = state.get("options") or {}
+                for key in ("dataset", "cache", "train", "val", "data_root", "domain"):
+                    a, b = before.get(key), o.to_json().get(key)
+                    if a is not None and b is not None and key != "dataset" and key != "domain":
+                        a, b = os.path.abspath(a), os.path.abspath(b)
+                    if a != b:
+                        self.log(f"warning: --{key.replace('_', '-')} was {before.get(key)} when the run "
+                                 f"started, now {o.to_json().get(key)}")
+        elif ckpt.has_run(self.run_dir):
+            raise FitError(f"{self.run_dir} already holds a run (checkpoints/last or model.safetensors): "
+                           "pass --resume to continue it, or choose another --run-dir")
+        self.preset = preset
+        self.amp = preset.amp if ctx.device.type == "cuda" else "none"
+
+        # annotations
+        train_file, val_file = resolve_files(o, preset)
+        self.train_file, self.val_file = train_file, val_file
+        train_all = load_split(train_file, preset, "train", o.domain)
+        train_samples, dropped = filter_for_training(train_all, preset)
+        if dropped:
+            self.log(f"dropped {len(dropped)} training sample(s) shorter than min_duration "
+                     f"{preset.min_duration} s")
+        if not train_samples:
+            raise FitError(f"{train_file}: no training sample left (of {len(train_all)})")
+        unlabelled = [s for s in train_samples if not s.labelled]
+        if unlabelled:
+            raise FitError(f"{train_file}: {len(unlabelled)} record(s) have no labels (e.g. qid "
+                           f"{unlabelled[0].qid!r}); training needs windows or saliency")
+        val_samples = (load_split(val_file, preset, preset.eval_split, o.domain)
+                       if val_file is not None else [])
+        if val_file is not None and not any(s.labelled for s in val_samples):
+            self.log(f"{val_file} has no labels: no evaluation; the last epoch is the run's weights")
+            val_samples_eval = []
+        else:
+            val_samples_eval = val_samples
+        self.train_samples, self.val_samples = train_samples, val_samples_eval
+
+        # cache
+        cache = FeatureCache.open(o.cache)
+        self.cache = cache
+        check_cache_fps(preset.fps, cache.manifest.get("fps"), cache.path)
+        self.layers = resolve_layers(preset.layers, cache.layers)
+        spec = feature_spec(cache.manifest, self.layers)
+        splits = [("train", str(train_file), train_samples)]
+        if val_samples_eval:
+            splits.append((preset.eval_split, str(val_file), val_samples_eval))
+        check_ids(cache, splits, dataset=preset.name)
+        video_dim, query_dim = cache_widths(cache)
+
+        # model
+        kwargs = preset.model_config_kwargs()
+        kwargs.update(video_dim=video_dim, query_dim=query_dim, num_layers=len(self.layers),
+                      features=spec)
+        self.config = R2Config(**kwargs)
+        _seed_everything(preset.seed)
+        model = R2Model(self.config)
+        if o.init is not None and self.resume_state is None:
+            init = R2Model.from_pretrained(o.init)
+            check_feature_spec(init.config.features, spec, f"--init {o.init}",
+                               f"the feature cache at {cache.path}", cache_layers=cache.layers)
+            model.load_state_dict_strict(init.state_dict(), source=f"--init {o.init}")
+            with torch.no_grad():  # the loss temperature is the preset's, not the init run's
+                model.criterion.sal_log_scale.fill_(math.log(1.0 / self.config.tau))
+            self.log(f"initialised from {o.init}")
+        self.model = model.to(ctx.device)
+        if ctx.distributed:
+            _seed_everything(preset.seed + ctx.rank)
+
+        # data
+        log = self.log
+        self.train_data = GroundingDataset(train_samples, cache, self.layers, preset, train=True,
+                                           seed=preset.seed, repeat=preset.repeat, preload=o.preload,
+                                           log=log)
+        self.val_data = (GroundingDataset(val_samples_eval, cache, self.layers, preset, train=False,
+                                          preload=o.preload, log=log)
+                         if val_samples_eval else None)
+        self.gt_rows = [s.to_row() for s in val_samples_eval]
+        bs = preset.batch_size
+        if ctx.distributed:
+            if bs % ctx.world_size:
+                self.log(f"batch_size {bs} is not divisible by the {ctx.world_size} ranks: each "
+                         f"rank takes {max(1, bs // ctx.world_size)}")
+            bs = max(1, bs // ctx.world_size)
+        self.rank_batch = bs
+
+    # ------------------------------------------------------------------ loaders
+    def train_loader(self, epoch: int):
+        from torch.utils.data import DataLoader, DistributedSampler
+
+        ctx, preset = self.ctx, self.preset
+        self.train_data.set_epoch(epoch)
+        sampler = DistributedSampler(self.train_data, num_replicas=ctx.world_size, rank=ctx.rank,
+                                     shuffle=True, seed=preset.seed, drop_last=False)
+        sampler.set_epoch(epoch)
+        cfg = self.config
+        need_windows = cfg.cls_loss == "focal" or (cfg.coord_head and cfg.reg_weight > 0)
+        workers = preset.num_workers
+        return DataLoader(self.train_data, batch_size=self.rank_batch, sampler=sampler,
+                          collate_fn=Collator(windows=need_windows), num_workers=workers,
+                          worker_init_fn=worker_init_fn if workers else None,
+                          generator=loader_generator(preset.seed, epoch, ctx.rank),
+                          pin_memory=ctx.device.type == "cuda", drop_last=preset.drop_last)
+
+    # ------------------------------------------------------------------ evaluation
+    def evaluate(self) -> tuple[dict | None, float | None, float]:
+        from r2.evaluate import EvaluationWarning, score
+
+        from .inference import predict_dataset
+
+        if self.val_data is None:
+            return None, None, 0.0
+        t0 = time.perf_counter()
+        preset = self.preset
+        rows = predict_dataset(self.model_core, self.val_data,
+                               batch_size=self.options.eval_batch_size or preset.batch_size,
+                               workers=preset.num_workers, amp=self.amp, seed=preset.seed)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", EvaluationWarning)
+            options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}
+            metrics = score(preset.name, rows, self.gt_rows, **options)
+        for w in caught:
+            message = str(w.message)
+            if message not in self._seen_warnings:
+                self._seen_warnings.add(message)
+                self.log(f"evaluation warning: {message}")
+        value = metric_value(metrics, preset.main_metric)
+        return json.loads(json.dumps(metrics)), value, time.perf_counter() - t0
+
+    # ------------------------------------------------------------------ the run
+    def run(self) -> FitResult:
+        from tqdm import tqdm
+
+        self.prepare()
+        o, ctx, preset, model = self.options, self.ctx, self.preset, self.model
+        self._seen_warnings: set[str] = set()
+        self.model_core = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            ddp = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
+                      find_unused_parameters=not self.config.coord_head)
+        else:
+            ddp = model
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+        params = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(params, lr=preset.lr, betas=tuple(preset.betas), eps=preset.eps,
+                                      weight_decay=preset.weight_decay)
+        schedule = LRSchedule(preset)
+        scaler = torch.amp.GradScaler(ctx.device.type, enabled=self.amp == "fp16")
+
+        start_epoch, iteration = 0, 0
+        best = None  # {"epoch", "value", "metrics"}
+        history: list[dict] = []
+        resumed_from = None
+        if self.resume_state is not None:
+            path, state, trainer = self.resume_state
+            weights = R2Model.from_pretrained(path).state_dict()
+            model.load_state_dict_strict(weights, source=str(path))
+            optimizer.load_state_dict(trainer["optimizer"])
+            if trainer.get("scaler"):
+                scaler.load_state_dict(trainer["scaler"])
+            start_epoch, iteration = int(state["epoch"]), int(state["iteration"])
+            best = state.get("best")
+            rng = trainer.get("rng") or []
+            if len(rng) == ctx.world_size:
+                ckpt.set_rng_state(rng[ctx.rank])
+            else:
+                self.log(f"the checkpoint has RNG states of {len(rng)} rank(s), this run has "
+                         f"{ctx.world_size}: reseeding (the run will not repeat the original exactly)")
+                _seed_everything(preset.seed + 1000 * start_epoch + ctx.rank)
+            resumed_from = start_epoch
+            if ctx.is_main:
+                history = ckpt.truncate_metrics(self.run_dir, start_epoch)
+                ckpt.clean_partials(self.run_dir)
+            self.log(f"resuming {self.run_dir} after epoch {start_epoch} (iteration {iteration})")
+        if ctx.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt.write_json(self.run_dir / ckpt.PRESET_NAME, preset.to_dict())
+            if self.resume_state is None:
+                ckpt.truncate_metrics(self.run_dir, 0)
+
+        n_train = len(self.train_data)
+        per_epoch = math.ceil(math.ceil(n_train / ctx.world_size) / self.rank_batch)
+        total = per_epoch * preset.epochs
+        self.log(f"training {preset.name}: {len(self.train_samples)} samples"
+                 + (f" ×{preset.repeat}" if preset.repeat > 1 else "")
+                 + f", {len(self.val_samples)} {preset.eval_split} queries, "
+                 f"{model.num_trainable_parameters():,} parameters, {preset.epochs} epochs of "
+                 f"{per_epoch} iterations, batch {preset.batch_size}"
+                 + (f" over {ctx.world_size} ranks" if ctx.distributed else "")
+                 + f", device {ctx.device}, amp {self.amp}")
+        bar = tqdm(total=total, initial=min(total, start_epoch * per_epoch), desc="fit", unit="it",
+                   disable=not (o.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+        last_metrics, last_value = None, None
+        if history:
+            last_metrics = history[-1].get("metrics")
+        try:
+            for epoch in range(start_epoch, preset.epochs):
+                t_epoch = time.perf_counter()
+                model.train()
+                loader = self.train_loader(epoch)
+                sums: dict[str, torch.Tensor] = {}
+                seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
+                lr = schedule.lr_at(epoch, iteration)
+                for step, batch in enumerate(loader):
+                    batch = batch.to(ctx.device, non_blocking=True)
+                    lr = schedule.lr_at(epoch, iteration)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with autocast(ctx.device, self.amp):
+                        out = ddp(batch.video, batch.video_mask, batch.query, batch.query_mask)
+                    loss = model.compute_loss(out, batch.targets)
+                    optimizer.zero_grad(set_to_none=True)
+                    scaler.scale(loss.total).backward()
+                    if preset.grad_clip is not None:
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(params, preset.grad_clip)
+                    scaler.step(optimizer)
+                    scaler.update()
+                    iteration += 1
+                    n = len(batch)
+                    seen += n
+                    for key, value in (("total", loss.total), *loss.terms.items()):
+                        value = value.detach().double() * n
+                        sums[key] = sums[key] + value if key in sums else value
+                    bar.update(1)
+                    if ctx.is_main and (step % 10 == 0 or step + 1 == len(loader)):
+                        post = {"epoch": f"{epoch + 1}/{preset.epochs}",
+                                "loss": f"{float(sums['total'] / seen):.4f}"}
+                        if last_value is not None:
+                            post[preset.main_metric] = f"{last_value:.2f}"
+                        bar.set_postfix(post, refresh=False)
+                # epoch statistics over every rank
+                keys = sorted(sums)
+                stacked = torch.stack([sums[k] for k in keys] + [seen]) if keys else seen[None]
+                ctx.all_reduce_sum(stacked)
+                count = float(stacked[-1])
+                losses = {k: float(stacked[i]) / max(count, 1.0) for i, k in enumerate(keys)}
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise FitError(f"the training loss is not finite at epoch {epoch + 1} ({losses}); "
+                                   "lower the learning rate (--set lr=...) or check the features")
+                train_seconds = time.perf_counter() - t_epoch
+                if ctx.distributed:
+                    sums_all = ctx.gather_objects(_param_checksum(model))
+                    if len(set(sums_all)) != 1:
+                        raise RuntimeError(f"DDP ranks diverged after epoch {epoch + 1}: parameter "
+                                           f"checksums {sums_all}")
+
+                # evaluation (rank 0)
+                is_eval = ((epoch + 1) % preset.eval_every == 0) or epoch + 1 == preset.epochs
+                metrics, value, eval_seconds = None, None, 0.0
+                if ctx.is_main and is_eval:
+                    metrics, value, eval_seconds = self.evaluate()
+                is_best = False
+                if ctx.is_main:
+                    if self.val_data is None:
+                        is_best = True
+                    elif value is not None:
+                        better = (best is None or best.get("value") is None
+                                  or (value > best["value"] if preset.main_metric_mode == "max"
+                                      else value < best["value"]))
+                        is_best = better
+                    if is_best:
+                        best = {"epoch": epoch + 1, "value": value, "metric": preset.main_metric,
+                                "metrics": metrics}
+                rng_states = ctx.gather_objects(ckpt.get_rng_state())
+                if ctx.is_main:
+                    if is_best:
+                        model.save_pretrained(self.run_dir)
+                        ckpt.write_json(self.run_dir / ckpt.BEST_NAME, best)
+                    brief = None
+                    if metrics is not None:
+                        brief = metrics.get("brief", metrics)
+                        last_metrics, last_value = metrics, value
+                    record = {
+                        "epoch": epoch + 1, "iteration": iteration, "lr": lr, "loss": losses,
+                        "metrics": brief, "main_metric": preset.main_metric, "value": value,
+                        "best": is_best, "best_epoch": None if best is None else best["epoch"],
+                        "best_value": None if best is None else best["value"],
+                        "samples": int(count), "seconds": round(train_seconds, 3),
+                        "eval_seconds": round(eval_seconds, 3), "world_size": ctx.world_size,
+                    }
+                    ckpt.append_metrics(self.run_dir, record)
+                    history.append(record)
+                    trainer = {"optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                               "schedule": schedule.state_dict(), "rng": rng_states,
+                               # the loader's shuffling and worker seeds are functions of these
+                               "loader": {"seed": preset.seed, "next_epoch": epoch + 1,
+                                          "world_size": ctx.world_size}}
+                    state = {"epoch": epoch + 1, "iteration": iteration, "best": best,
+                             "preset": preset.to_dict(), "options": o.to_json(),
+                             "world_size": ctx.world_size, "layers": self.layers}
+                    ckpt.save_last(self.run_dir, model, trainer, state)
+                    if value is not None:
+                        self.log(f"epoch {epoch + 1}/{preset.epochs}: loss {losses.get('total', 0):.4f}, "
+                                 f"{preset.main_metric} {value:.2f}"
+                                 + (" (best)" if is_best else f" (best {best['value']:.2f} at epoch "
+                                                              f"{best['epoch']})"))
+                    if self.callback is not None:
+                        self.callback(record)
+                ctx.barrier()
+        finally:
+            bar.close()
+        done = max(start_epoch, preset.epochs)
+        if ctx.is_main and done == start_epoch and self.resume_state is not None:
+            self.log(f"{self.run_dir} already finished its {preset.epochs} epochs")
+        return FitResult(
+            run_dir=self.run_dir, dataset=preset.name, main_metric=preset.main_metric,
+            mode=preset.main_metric_mode, best_epoch=None if best is None else best["epoch"],
+            best_value=None if best is None else best["value"],
+            best_metrics=None if best is None else best.get("metrics"), last_epoch=done,
+            last_metrics=last_metrics, epochs=preset.epochs, history=history,
+            seconds=time.perf_counter() - self.t0, resumed_from=resumed_from,
+            world_size=ctx.world_size, num_train=len(self.train_samples),
+            num_val=len(self.val_samples), trainable_parameters=model.num_trainable_parameters())
