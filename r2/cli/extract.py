@@ -210,7 +210,7 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
 @click.option("--width", default=64, show_default=True, help="Hidden width of both towers.")
 @click.option("--layers", default=4, show_default=True, help="Transformer blocks per tower.")
 @click.option("--heads", default=4, show_default=True, help="Attention heads.")
-@click.option("--image-size", default=224, show_default=True)
+@click.option("--image-size", default=224, show_default=True, help="Input resolution in pixels (square).")
 @click.option("--patch-size", default=32, show_default=True, help="224/32 → 7x7 patches + CLS = 50 tokens.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
 def make_tiny_clip(out_dir, seed, width, layers, heads, image_size, patch_size, overwrite):
