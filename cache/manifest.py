@@ -34,6 +34,8 @@ import os
 import secrets
 from pathlib import Path
 
+from r2.fileio import fsync_dir
+
 from .errors import CacheError
 
 FORMAT_VERSION = 1
@@ -194,17 +196,3 @@ def write_manifest_exclusive(root: Path, manifest: dict) -> bool:
         return True
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def fsync_dir(path: Path) -> None:
-    """fsync a directory so that a rename inside it survives a crash (best effort)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

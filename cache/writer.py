@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import CacheError, CacheWarning
 from .index import ShardEntry
-from .manifest import fsync_dir
+from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, PARTIAL_SUFFIX, SHARDS_DIR, WriterLock, attrs_to_json, encode_id,
                      file_crc32, new_prefix, open_h5, remove_stale_partials, set_text_attr, shard_name,

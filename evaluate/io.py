@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable
+
+from r2.fileio import atomic_write
 
 from .errors import EvaluationError
 
@@ -66,7 +67,7 @@ def write_jsonl(rows: Iterable[dict], path: str | os.PathLike) -> None:
     """Write rows as JSON Lines (one compact object per line, a newline after each),
     atomically: the file appears complete or not at all."""
     text = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
-    _atomic_write(Path(path), text)
+    atomic_write(path, text)
 
 
 def dumps_metrics(metrics: dict) -> str:
@@ -77,22 +78,7 @@ def dumps_metrics(metrics: dict) -> str:
 
 def write_metrics_json(metrics: dict, path: str | os.PathLike) -> None:
     """Write :func:`dumps_metrics` to ``path`` atomically (no half-written file on failure)."""
-    _atomic_write(Path(path), dumps_metrics(metrics))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    atomic_write(path, dumps_metrics(metrics))
 
 
 def _json_type(value: Any) -> str:

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from r2.fileio import atomic_write, fsync_dir
+
 __all__ = [
     "BEST_NAME",
     "CHECKPOINTS_DIR",
@@ -73,40 +75,9 @@ class RunDirError(ValueError):
 # atomic files
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _tmp_name(path: Path) -> Path:
-    return path.parent / f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    path = Path(path)
-    tmp = _tmp_name(path)
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file (fsync, then os.replace)."""
-    atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write(path, text)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
@@ -189,14 +160,14 @@ def save_last(run_dir: str | os.PathLike, model, trainer: dict, state: dict) -> 
             fh.flush()
             os.fsync(fh.fileno())
         write_json(tmp / STATE_NAME, {"format": FORMAT, **state})
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         last, old = root / LAST, root / (LAST + ".old")
         if old.exists():
             shutil.rmtree(old)
         if last.exists():
             os.replace(last, old)
         os.replace(tmp, last)
-        _fsync_dir(root)
+        fsync_dir(root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,6 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
+from r2.fileio import atomic_path
 from r2.model import R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
@@ -485,8 +486,7 @@ def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike
         ax.legend(loc="upper right", fontsize=8)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.partial{path.suffix}"
-    fig.savefig(tmp)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    os.replace(tmp, path)
     return path

@@ -12,6 +12,7 @@ tokens, Dt query width, C hidden width.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -149,13 +150,28 @@ class TemporalDecoderLayer(nn.Module):
         return self.ffn_norm(x + self.droppath(d))
 
 
+@dataclass
+class R2BlockOutput:
+    """What the R² Block hands to the pyramid, heads and calibration losses.
+
+    hidden: (B, T, C) refined clip sequence after the last step (first CLIP layer).
+    query_tokens: (B, S, C) mapped query tokens of the last step.
+    layer_video_cls: (K, B, T, C) mapped CLS token per clip at each step.
+    layer_query_tokens: (K, B, S, C) mapped query tokens at each step.
+    The per-layer collections are in step order (last CLIP layer first), as in the official code.
+    """
+
+    hidden: torch.Tensor
+    query_tokens: torch.Tensor
+    layer_video_cls: torch.Tensor
+    layer_query_tokens: torch.Tensor
+
+
 class R2Block(nn.Module):
     """Recurrent, query-modulated refinement of K CLIP layers into a clip sequence.
 
     forward(video (B, T, K, N, D), video_mask (B, T), query (B, K, S, Dt), query_mask (B, S),
-    quirks: bool) -> (hidden (B, T, C), query_tokens (B, S, C), layer_video_cls (K, B, T, C),
-    layer_query_tokens (K, B, S, C)); the per-layer collections are in step order (last
-    CLIP layer first), as in the official code.
+    quirks: bool) -> R2BlockOutput.
     """
 
     def __init__(self, video_dim: int, query_dim: int, num_layers: int, hidden_dim: int = 256,
@@ -189,7 +205,6 @@ class R2Block(nn.Module):
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor,
                 query_mask: torch.Tensor, quirks: bool, mask_pool: bool = False):
         b, t, k, n, _ = video.shape
-        s = query.shape[2]
         c = self.hidden_dim
         lengths = video_mask.sum(1)  # (B,) true clip counts
         # Official batch quirk: TEF and PE normalised by the padded batch length.
@@ -239,8 +254,9 @@ class R2Block(nn.Module):
 
             last = self.temporal(e, q_emb, pe, video_mask, query_mask)  # (B, T, C)
 
-        return last, q_emb, torch.stack(layer_v), torch.stack(layer_q)
+        return R2BlockOutput(hidden=last, query_tokens=q_emb, layer_video_cls=torch.stack(layer_v),
+                             layer_query_tokens=torch.stack(layer_q))
 
 
 __all__ = ["InputMLP", "DropPath", "MultiHeadAttention", "FeedForward", "TemporalDecoderLayer",
-           "R2Block", "sinusoidal_position_encoding"]
+           "R2Block", "R2BlockOutput", "sinusoidal_position_encoding"]

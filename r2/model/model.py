@@ -24,14 +24,14 @@ Padding (decided with the lead):
 from __future__ import annotations
 
 import json
-import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from r2.fileio import atomic_path, atomic_write
 
 from .block import R2Block
 from .config import R2Config, R2ModelError
@@ -144,9 +144,8 @@ class R2Model(nn.Module):
         b, t = video_mask.shape
         num_clips = video_mask.sum(1)  # (B,)
 
-        hidden, q_tokens, layer_v, layer_q = self.block(
-            video, video_mask, query, query_mask, quirks=quirks, mask_pool=cfg.mask_pool)
-        hidden = F.relu(hidden)  # (B, T, C): the official in-place ReLU of pyramid level 1
+        block = self.block(video, video_mask, query, query_mask, quirks=quirks, mask_pool=cfg.mask_pool)
+        hidden = F.relu(block.hidden)  # (B, T, C): the official in-place ReLU of pyramid level 1
         if not quirks:
             hidden = hidden * video_mask[:, :, None].to(hidden.dtype)
         levels = self.pyramid(hidden)  # [(B, T // s, C)]
@@ -164,8 +163,8 @@ class R2Model(nn.Module):
             if self.coord_head is not None:
                 coord = torch.cat([self.coord_head(x.float(), m).exp() * self.coord_scale[i]
                                    for i, (x, m) in enumerate(zip(levels, head_masks))], dim=1)  # (B, P, 2)
-            query_pooled = self.query_pool(q_tokens.float(), query_mask)  # (B, C)
-            layer_q_pooled = self.query_pool(layer_q.float(), query_mask[None].expand(k, -1, -1))  # (K, B, C)
+            query_pooled = self.query_pool(block.query_tokens.float(), query_mask)  # (B, C)
+            layer_q_pooled = self.query_pool(block.layer_query_tokens.float(), query_mask[None].expand(k, -1, -1))  # (K, B, C)
 
             saliency = expand_level_scores(class_logits.detach().sigmoid(), level_sizes, strides, num_clips, t)
             if cfg.merge_cls_sal:
@@ -175,7 +174,7 @@ class R2Model(nn.Module):
         return R2Output(
             class_logits=class_logits, coord_offsets=coord, points=points,
             point_mask=torch.cat(masks, dim=1), level_sizes=level_sizes, saliency=saliency,
-            hidden=hidden, query_pooled=query_pooled, layer_video_cls=layer_v.float(),
+            hidden=hidden, query_pooled=query_pooled, layer_video_cls=block.layer_video_cls.float(),
             layer_query_pooled=layer_q_pooled, video_mask=video_mask, query_mask=query_mask,
             num_clips=num_clips, quirks=quirks)
 
@@ -208,9 +207,10 @@ class R2Model(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+        with atomic_path(directory / WEIGHTS_NAME) as tmp:
+            save_file(state, str(tmp), metadata={"format": "pt"})
         text = self.config.to_json() + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda path: Path(path).write_text(text, encoding="utf-8"))
+        atomic_write(directory / CONFIG_NAME, text)
         return directory
 
     @classmethod
@@ -261,20 +261,6 @@ class R2Model(nn.Module):
         from .official import load_official_model
 
         return load_official_model(path, dataset=dataset, trust_checkpoint=trust_checkpoint)
-
-
-def _atomic_write(target: Path, write) -> None:
-    """Write through a temporary file in the same directory (fsync), then os.replace."""
-    tmp = target.parent / f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        if tmp.exists():
-            tmp.unlink()
-        raise
 
 
 __all__ = ["R2Model", "R2Output", "CONFIG_NAME", "WEIGHTS_NAME"]
