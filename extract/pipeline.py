@@ -284,7 +284,9 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
 
     ``workers`` loky processes (joblib's process pool; used directly because joblib runs
     ``n_jobs=1`` in the calling process, and one decode process next to the model is the
-    right set-up for two cores) with at most ``2 * workers`` videos in flight.
+    right set-up for two cores) with at most ``2 * workers`` videos in flight. Results that
+    finish together are yielded in submission order, so with one worker the order (and so
+    the model's batches, and the features to the last bit) is the same in every run.
     """
     args = [(j.video_id, j.path, j.fps if j.fps is not None else fps, j.sample_times, j.num_clips, size, resize,
              threads) for j in jobs]
@@ -297,14 +299,16 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
     from joblib.externals.loky import get_reusable_executor
 
     executor = get_reusable_executor(max_workers=min(workers, len(args)), timeout=30)
-    todo = deque(args)
-    running = set()
+    todo = deque(enumerate(args))
+    running: dict = {}  # future -> submission index
     try:
         while todo or running:
             while todo and len(running) < 2 * workers:
-                running.add(executor.submit(decode_job, *todo.popleft()))
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
+                index, a = todo.popleft()
+                running[executor.submit(decode_job, *a)] = index
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in sorted(done, key=running.__getitem__):  # a set: its order is arbitrary
+                del running[future]
                 yield future.result()
     finally:
         for future in running:

@@ -49,7 +49,10 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
 
 __all__ = [
     "DEMO_CONFIGS",
@@ -264,7 +267,8 @@ def _plan_video(rng, seconds: tuple[int, int], scene_clips: tuple[int, int], que
 
 
 def _write_scenes(path: Path, scenes, fps: float, size: tuple[int, int]) -> int:
-    """Encode the scenes (one still frame per scene, repeated) with PyAV; returns the frames."""
+    """Encode the scenes (one still frame per scene, repeated) with PyAV, losslessly; returns
+    the frames."""
     from r2.extract.synthetic import write_video
 
     width, height = size
@@ -276,7 +280,11 @@ def _write_scenes(path: Path, scenes, fps: float, size: tuple[int, int]) -> int:
             for _ in range(int(round(n * frames_per_clip))):
                 yield frame
 
-    return write_video(path, frames(), fps=fps, keyframe_interval=int(round(fps * 60)), bframes=0)
+    # lossless (qp 0): x264's lossy choices are not repeatable from run to run (seen here: 1 to
+    # 16 videos of 274 decoded a few levels apart, even with one encoder thread), and any
+    # difference changes the numbers; lossless frames decode to the same pixels every time
+    return write_video(path, frames(), fps=fps, keyframe_interval=int(round(fps * 60)), bframes=0,
+                       options={"qp": "0"})
 
 
 def make_demo_data(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, seed: int = 0,
@@ -479,6 +487,17 @@ def _cpu_count() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+def _without_bucket_notes(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` minus fit's note that the ``long`` (> 30 s) length bucket is empty: demo
+    scenes last at most 20 s, so the bucket is always empty and the note is noise here."""
+
+    def filtered(message: str) -> None:
+        if not (message.startswith("evaluation warning: length bucket") and "is empty" in message):
+            log(message)
+
+    return filtered
+
+
 def _q(path) -> str:
     return shlex.quote(str(path))
 
@@ -529,6 +548,7 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
     from r2.train import FitOptions, fit, load_annotations, predict
 
     log = log or (lambda message: print(message, file=sys.stderr, flush=True))
+    fit_log = _without_bucket_notes(log)
     config = config or demo_config(quick)
     settings = config.fit_settings()
     if model is not None:
@@ -582,7 +602,7 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
         options = FitOptions(dataset="custom", cache=out / "cache", run_dir=out / "run",
                              train=data.train_file, val=data.val_file, config_file=settings_file,
                              seed=seed, device=device, preload=True, progress=progress)
-        fitted = fit(options, log=log)
+        fitted = fit(options, log=fit_log)
         stage("fit", t0, f"{fitted.epochs} epochs, {fitted.num_train} train queries")
 
         t0 = time.perf_counter()
