@@ -14,32 +14,22 @@ Public API (imported on first use, so ``import r2.evaluate`` costs about a milli
 from .errors import EvaluationError, EvaluationWarning
 from .io import dumps_metrics, read_jsonl, write_jsonl, write_metrics_json
 
+from r2.lazy import lazy_exports
+
 _LAZY = {
-    "score": "api",
-    "evaluate_qvhighlights": "qvhighlights",
-    "evaluate_moment_retrieval": "moment_retrieval",
-    "evaluate_youtube": "youtube",
-    "evaluate_tvsum": "tvsum",
-    "detect_dataset_from_rows": "detect",
-    "normalize_dataset": "detect",
-    "DATASETS": "detect",
-    "format_report": "report",
+    "score": ".api",
+    "evaluate_qvhighlights": ".qvhighlights",
+    "evaluate_moment_retrieval": ".moment_retrieval",
+    "evaluate_youtube": ".youtube",
+    "evaluate_tvsum": ".tvsum",
+    "detect_dataset_from_rows": ".detect",
+    "normalize_dataset": ".detect",
+    "DATASETS": ".detect",
+    "format_report": ".report",
 }
 
 __all__ = ["EvaluationError", "EvaluationWarning", "read_jsonl", "write_jsonl", "dumps_metrics",
            "write_metrics_json", *_LAZY]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -15,6 +15,8 @@ Modules (import the one you need; this package imports nothing heavy by itself):
 The names below are resolved on first use, so ``import r2.extract`` stays cheap.
 """
 
+from r2.lazy import lazy_exports
+
 _LAZY = {
     "extract_features": "r2.extract.pipeline",
     "VideoJob": "r2.extract.pipeline",
@@ -33,16 +35,4 @@ _LAZY = {
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'r2.extract' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -23,6 +23,8 @@ Importing ``r2`` is cheap: torch is imported only when a model class is first us
 
 __version__ = "0.1.0"
 
+from r2.lazy import lazy_exports
+
 # Public names resolved on first use (PEP 562), so `import r2.evaluate` never pulls in torch.
 _LAZY = {
     "R2Config": "r2.model",
@@ -32,16 +34,4 @@ _LAZY = {
 __all__ = ["__version__", *_LAZY]
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'r2' has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

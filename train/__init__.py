@@ -7,35 +7,25 @@ The training and prediction entry points are imported on first use::
     from r2.train import fit, predict, predict_video
 """
 
+from r2.lazy import lazy_exports
+
 # name -> submodule, resolved on first use (PEP 562) so that importing r2.train stays cheap
 _LAZY = {
-    "fit": "loop",
-    "FitOptions": "loop",
-    "FitResult": "loop",
-    "FitError": "loop",
-    "predict": "inference",
-    "predict_video": "inference",
-    "PredictResult": "inference",
-    "VideoGrounding": "inference",
-    "GroundingDataset": "data",
-    "load_annotations": "annotations",
-    "GroundingSample": "annotations",
-    "get_preset": "presets",
+    "fit": ".loop",
+    "FitOptions": ".loop",
+    "FitResult": ".loop",
+    "FitError": ".loop",
+    "predict": ".inference",
+    "predict_video": ".inference",
+    "PredictResult": ".inference",
+    "VideoGrounding": ".inference",
+    "GroundingDataset": ".data",
+    "load_annotations": ".annotations",
+    "GroundingSample": ".annotations",
+    "get_preset": ".presets",
 }
 
 __all__ = list(_LAZY)
 
 
-def __getattr__(name):
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__():
-    return sorted(list(globals()) + list(_LAZY))
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -14,12 +14,7 @@ from click.testing import CliRunner
 from r2.train.synthetic import TINY_OVERRIDES, chance_predictions, make_synthetic_dataset
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
