@@ -207,6 +207,8 @@ def test_model_config_kwargs():
     assert mr["sal_weight"] == 0.01 and mr["reg_weight"] == 0.2 and mr["cls_loss"] == "focal"
     assert mr["num_layers"] == 4 and mr["max_moments"] == 50 and mr["nms_threshold"] == 0.7
     assert mr["coord_head"] is True and mr["official_batch_quirks"] is True
+    # the benchmarks reproduce the official training batch; custom data trains padding-invariant
+    assert get_preset("custom").model_config_kwargs()["official_batch_quirks"] is False
     hd = get_preset("youtube").model_config_kwargs()
     assert hd["strides"] == (1,) and hd["use_tef"] is False and hd["coord_head"] is False
     assert hd["merge_cls_sal"] is False and hd["cls_loss"] == "dynamic_bce"
