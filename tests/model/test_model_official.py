@@ -330,3 +330,12 @@ def test_official_dataset_table_agrees_with_the_train_presets():
         cfg = R2Config(**presets.get_preset(name).model_config_kwargs())
         for key, value in settings.items():
             assert getattr(cfg, key) == value, (name, key)
+
+
+def test_r2_official_is_the_same_api_under_the_short_name():
+    import r2.model.official as full
+    import r2.official as short
+
+    assert set(short.__all__) == set(full.__all__)
+    for name in full.__all__:
+        assert getattr(short, name) is getattr(full, name), name
