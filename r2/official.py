@@ -7,5 +7,11 @@ same API under its short name::
     convert_official("qvhighlights.pth", "runs/qvh-official", dataset="qvhighlights")
 """
 
-from r2.model.official import *  # noqa: F401,F403
-from r2.model.official import __all__  # noqa: F401
+from r2.model.official import (OFFICIAL_DATASETS, OfficialCheckpointError, convert_official,
+                               extract_state_dict, from_official_state_dict, infer_config,
+                               load_checkpoint, load_official_model, official_key, official_key_map,
+                               to_official_state_dict)
+
+__all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
+           "official_key", "official_key_map", "infer_config", "from_official_state_dict",
+           "to_official_state_dict", "load_official_model", "convert_official"]
