@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_GT = ROOT / "tests" / "evaluate" / "fixtures" / "qvhighlights" / "highlight_val_release.jsonl"
+DEFAULT_GT = ROOT / "tests" / "fixtures" / "qvhighlights" / "highlight_val_release.jsonl"
 REFERENCE_SECONDS = 9.0  # moment_detr's evaluator on the full val set (issue 6)
 
 
@@ -71,6 +71,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
+    args.gt = args.gt.resolve()  # the timed subprocess runs in a temporary folder
+    if not args.gt.is_file():
+        sys.exit(f"{args.gt}: no such file; pass --gt path/to/highlight_val_release.jsonl")
 
     sys.path.insert(0, str(ROOT))
     from r2.evaluate import read_jsonl

@@ -27,17 +27,21 @@ def round5(x) -> float:
     return round(float(x), 5)
 
 
-def exact_mean(values, axis: int | None = None):
-    """Mean with a correctly rounded sum (``math.fsum``), so it does not depend on the order
-    of the queries. The reference averages with numpy in whatever order its worker pool
-    returns the per-query results, so only its rounded output is defined; a plain float sum
-    can move a value that sits on a rounding boundary (x.xx5) across it when the lines of a
-    file are reordered. ``axis=0`` averages the columns of a 2-D array."""
+def exact_column_means(values) -> np.ndarray:
+    """Column means of a 2-D array with correctly rounded sums (``math.fsum``), independent of
+    the order of the rows.
+
+    Only for the one mean whose order the reference leaves undefined: moment retrieval's
+    per-threshold mAP over queries, whose per-query APs come back from an 8-process pool in
+    arbitrary order (``metrics.md`` §6), so a plain sum could move a value sitting on an x.xx5
+    boundary across it depending on scheduling. Every other mean of the references runs in a
+    fixed order (highlight mAP over an (n_queries, 3) array in prediction-file order, mIoU over
+    queries in file order, the mean of the per-threshold values) and is taken with ``np.mean``
+    over an array shaped and ordered like theirs, so that it matches to the last bit.
+    """
     a = np.asarray(values, dtype=np.float64)
-    if axis is None:
-        return math.fsum(a.ravel().tolist()) / a.size
-    if axis != 0 or a.ndim != 2:
-        raise ValueError("exact_mean supports axis=None or axis=0 of a 2-D array")
+    if a.ndim != 2:
+        raise ValueError(f"exact_column_means needs a 2-D array, got shape {a.shape}")
     return np.array([math.fsum(col) for col in a.T.tolist()]) / a.shape[0]
 
 
@@ -311,11 +315,12 @@ def join(pred_rows: list, gt_rows: list, psrc: Source, gsrc: Source, subset: boo
         if extra:
             parts.append(f"{len(extra)} predicted qids are not in the ground truth "
                          f"(qids {qid_list(extra)}); is {gsrc.name} the right split?")
-        hint = _type_hint(missing or list(gt_pos), extra or list(first))
+        body = "; ".join(parts) + _type_hint(missing or list(gt_pos), extra or list(first))
+        end = " " if body.endswith("?") else ". "  # no "split?. Pass"
         raise EvaluationError(
             f"qids of {psrc.name} and {gsrc.name} must match (as in the reference evaluator): "
-            + "; ".join(parts) + hint
-            + ". Pass --subset (Python: subset=True) to score only the queries present in both.")
+            + body + end
+            + "Pass --subset (Python: subset=True) to score only the queries present in both.")
     if missing or extra:
         shared = len(first) - len(extra)
         if shared == 0:

@@ -110,12 +110,21 @@ def domain_order(domains: list, canonical: tuple) -> list:
     return known + [d for d in present if d not in canonical]
 
 
-def domain_layout(per_domain: "OrderedDict[str, tuple[float, int]]") -> OrderedDict:
+def domain_layout(per_domain: "OrderedDict[str, tuple[float, int]]",
+                  details: dict | None = None) -> OrderedDict:
     """``{"mAP": mean over domains, "domains": {name: {"mAP": x, "videos": n}}}``; fractions
-    rounded to 5 decimals as R²-Tuning prints them (one domain: ``mAP`` is that domain's)."""
+    rounded to 5 decimals as R²-Tuning prints them (one domain: ``mAP`` is that domain's).
+
+    ``details`` gets the unrounded fractions under ``"unrounded"`` (``{"mAP": x, "domains":
+    {name: x}}``), so that a percent table rounds once (74.26499 % is 74.26, while the JSON's
+    0.74265 would print as 74.27)."""
+    mean = sequential_mean([v for v, _ in per_domain.values()])
     out = OrderedDict()
-    out["mAP"] = round5(sequential_mean([v for v, _ in per_domain.values()]))
+    out["mAP"] = round5(mean)
     out["domains"] = OrderedDict(
         (name, OrderedDict([("mAP", round5(value)), ("videos", count)]))
         for name, (value, count) in per_domain.items())
+    if details is not None:
+        details["unrounded"] = {"mAP": mean,
+                                "domains": {name: v for name, (v, _) in per_domain.items()}}
     return out

@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, exact_mean, fmt2, get_list, join,
-                      number_matrix, ordered_row_sums, warn)
+from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, exact_column_means, fmt2,
+                      get_list, join, number_matrix, ordered_row_sums, warn)
 from .errors import EvaluationError
 
 __all__ = ["evaluate_moment_retrieval", "MR_BUCKETS_QVH", "MR_BUCKETS_R2"]
@@ -249,7 +249,8 @@ def top5_ious(d: MRData, b: "Bucket") -> np.ndarray:
 
 
 def recall_at(ious: np.ndarray, thresholds) -> OrderedDict:
-    return OrderedDict((str(t), fmt2(exact_mean(ious >= t) * 100)) for t in thresholds)
+    # a mean of 0/1 values: exact in any order
+    return OrderedDict((str(t), fmt2(np.mean(ious >= t) * 100)) for t in thresholds)
 
 
 class Bucket:
@@ -282,14 +283,16 @@ def bucket_metrics(d: MRData, b: Bucket, r1_thresholds, extras: bool) -> Ordered
     sel = b.sel
     ap = average_precisions(d.c_s[sel], d.c_e[sel], d.c_valid[sel], b.g_s, b.g_e, b.g_valid,
                             QVH_THRESHOLDS)
-    ap_thds = exact_mean(ap, axis=0)
+    # over queries: the reference's order is arbitrary (a worker pool), so an order-free sum;
+    # over the 10 thresholds: np.mean, as the reference
+    ap_thds = exact_column_means(ap)  # (T,)
     mr_map = OrderedDict((str(t), v) for t, v in zip(QVH_THRESHOLDS, ap_thds))
-    mr_map["average"] = exact_mean(ap_thds)
+    mr_map["average"] = np.mean(ap_thds)
     mr_map = OrderedDict((k, fmt2(100 * v)) for k, v in mr_map.items())
-    r1 = top1_ious(d, b)
+    r1 = top1_ious(d, b)  # (n,) in prediction-file order, as the reference's
     out = OrderedDict()
     if extras:
-        out["MR-mIoU"] = fmt2(exact_mean(r1) * 100)
+        out["MR-mIoU"] = fmt2(np.mean(r1) * 100)
     out["MR-mAP"] = mr_map
     out["MR-R1"] = recall_at(r1, r1_thresholds)
     if extras:
@@ -329,8 +332,9 @@ def moment_retrieval_sections(j: Joined, *, r2_style: bool, empty_bucket: str,
         counts[name] = len(b.sel)
         if len(b.sel) == 0:
             lo, hi = bounds
-            what = (f"length bucket '{name}' ({lo}, {hi}] s is empty: no ground-truth window of "
-                    f"the {j.n} scored queries has a length in it")
+            what = (f"length bucket '{name}' ({lo}, {hi}] s is empty: no ground-truth window in "
+                    f"{j.gsrc.name} of the {j.n} queries scored from {j.psrc.name} has a length "
+                    "in it")
             if empty_bucket == "error":
                 raise EvaluationError(
                     what + ". The reference evaluator crashes here; pass --empty-bucket null "

@@ -17,8 +17,8 @@ from collections import OrderedDict
 import numpy as np
 
 from . import moment_retrieval as mr
-from ._common import (Joined, Source, exact_mean, fmt2, get_list, join, number_matrix, number_vectors,
-                      ordered_row_sums, padded, warn)
+from ._common import (Joined, Source, _finite, fmt2, get_list, join, number_matrix,
+                      number_vectors, ordered_row_sums, padded, warn)
 from .errors import EvaluationError
 
 __all__ = ["evaluate_qvhighlights", "highlight_sections", "HL_LEVELS"]
@@ -27,6 +27,10 @@ SALIENCY = "pred_saliency_scores"
 #: (name, minimum score) of the three "HL-min-*" levels.
 HL_LEVELS = (("Fair", 2), ("Good", 3), ("VeryGood", 4))
 CLIP_SECONDS = 2
+#: Clips per video that highlight detection accepts (~23 days of video; QVHighlights has 75).
+#: The label matrices are dense, so a 'duration' in milliseconds or a typo would otherwise
+#: allocate gigabytes (or overflow) before anything is scored.
+MAX_CLIPS = 1_000_000
 
 
 def gt_has_saliency(rows: list) -> bool:
@@ -48,6 +52,11 @@ def _gt_score_matrices(j: Joined):
         if isinstance(duration, bool) or not isinstance(duration, (int, float)):
             raise EvaluationError(f"{gsrc.at(i, qid)}: 'duration' must be a number, got "
                                   f"{duration!r}")
+        if not _finite(duration) or duration / CLIP_SECONDS >= MAX_CLIPS + 1:
+            raise EvaluationError(
+                f"{gsrc.at(i, qid)}: 'duration' {duration!r} s is not a plausible video length "
+                f"(highlight detection scores duration // {CLIP_SECONDS} clips, at most "
+                f"{MAX_CLIPS:,}); it must be the video's length in seconds")
         n = int(duration / CLIP_SECONDS)
         if n < 1:
             raise EvaluationError(f"{gsrc.at(i, qid)}: duration {duration!r} s holds no whole "
@@ -162,10 +171,12 @@ def highlight_sections(j: Joined, details: dict | None = None) -> dict:
             ap[members] = level
     sections = {}
     for (name, minimum), ap in zip(HL_LEVELS, aps):
-        hits = (top_rows >= minimum).astype(float)
+        # np.mean over (n_queries, A) arrays in prediction-file order, as the reference's
+        # ap_scores / hit_scores: the sum's rounding depends on the order, so keep it
+        hits = (top_rows >= minimum).astype(float)  # (n_queries, A)
         sections[f"HL-min-{name}"] = OrderedDict([
-            ("HL-mAP", fmt2(100 * exact_mean(ap))),
-            ("HL-Hit1", fmt2(100 * exact_mean(np.max(hits, 1)))),
+            ("HL-mAP", fmt2(100 * np.mean(ap))),
+            ("HL-Hit1", fmt2(100 * np.mean(np.max(hits, 1)))),
         ])
     if details is not None:
         details["annotators"] = A

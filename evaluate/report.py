@@ -10,7 +10,11 @@ _HL_NAMES = (("Fair", "Fair      (>= 2)"), ("Good", "Good      (>= 3)"),
 
 
 def _cell(value, width: int = 8) -> str:
-    text = "n/a" if value is None else f"{value:.2f}"
+    """A number with 2 decimals ('%.2f', rounded once), "n/a" for None, text as it is."""
+    if isinstance(value, str):
+        text = value
+    else:
+        text = "n/a" if value is None else f"{value:.2f}"
     return text.rjust(width)
 
 
@@ -24,16 +28,26 @@ def _table(header: list, rows: list, first_width: int) -> list:
 def format_report(metrics: dict, details: dict | None = None) -> str:
     """Tables for a metrics dict: moment retrieval per length bucket, highlight detection per
     level, or mAP per domain. ``details`` (filled by ``score(..., details=...)``) adds the
-    number of queries per bucket."""
+    number of queries per bucket, and for mAP per domain the unrounded fractions that the
+    percentages are rounded from (without them the table shows the JSON's 5-decimal
+    fractions as percentages with 3 decimals, rather than rounding them a second time)."""
     details = details or {}
     out = []
     if "domains" in metrics:
+        # percent of the unrounded fraction, rounded once (100 x the JSON's 5-decimal fraction
+        # would round twice: 0.7426499 -> 0.74265 -> "74.27"); without it, that percent exactly
+        unrounded = details.get("unrounded")  # {"mAP": x, "domains": {name: x}}
+
+        def percent(fraction, domain=None):
+            if fraction is None:
+                return None
+            if unrounded is None:
+                return f"{100 * fraction:.3f}"
+            return 100 * (unrounded["mAP"] if domain is None else unrounded["domains"][domain])
+
         rows = [(f"  {name} ({v['videos']} video{'s' if v['videos'] != 1 else ''})",
-                 [100 * v["mAP"] if v["mAP"] is not None else None])
-                for name, v in metrics["domains"].items()]
-        mean = metrics["mAP"]
-        rows.append((f"  mean over {len(metrics['domains'])} domain(s)",
-                     [100 * mean if mean is not None else None]))
+                 [percent(v["mAP"], name)]) for name, v in metrics["domains"].items()]
+        rows.append((f"  mean over {len(metrics['domains'])} domain(s)", [percent(metrics["mAP"])]))
         out += _table(["Highlight detection", "mAP %"], rows, 34)
         out.append("  (JSON holds fractions rounded to 5 decimals, as R²-Tuning prints them)")
         return "\n".join(out)

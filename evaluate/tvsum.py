@@ -72,4 +72,4 @@ def evaluate_tvsum(predictions: list, ground_truth: list, *, subset: bool = Fals
     if details is not None:
         details["queries"] = j.n
         details["annotators"] = A
-    return domain_layout(per_domain)
+    return domain_layout(per_domain, details)

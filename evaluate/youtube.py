@@ -47,4 +47,4 @@ def evaluate_youtube(predictions: list, ground_truth: list, *, subset: bool = Fa
         per_domain[domain] = (sequential_mean(values), len(values))
     if details is not None:
         details["queries"] = j.n
-    return domain_layout(per_domain)
+    return domain_layout(per_domain, details)

@@ -58,8 +58,12 @@ def test_missing_predictions_name_the_qids_and_subset_opts_in(tmp_path):
 
 def test_extra_predictions_suggest_the_wrong_split(tmp_path):
     with pytest.raises(EvaluationError, match=r"1 predicted qids are not in the ground truth "
-                                              r"\(qids 99\); is .*gt.jsonl the right split"):
+                                              r"\(qids 99\); is .*gt.jsonl the right split"
+                                              r"\? Pass --subset") as err:
         score_files(tmp_path, PRED3 + [pred_row(99)], GT3)
+    assert "?." not in str(err.value)
+    with pytest.raises(EvaluationError, match=r"\(qids 3\)\. Pass --subset"):  # no question
+        score_files(tmp_path, PRED3[:2], GT3)
 
 
 def test_string_and_int_qids_get_a_hint(tmp_path):
@@ -121,10 +125,13 @@ def test_first_line_decides_what_is_scored(tmp_path):
 def test_empty_length_bucket_is_an_error_or_null_never_zero(tmp_path):
     gt = [gt_row(1, [(10, 22)]), gt_row(2, [(10, 30)])]  # middle only
     preds = [pred_row(1), pred_row(2)]
-    with pytest.raises(EvaluationError, match=r"length bucket 'short' \(0, 10\] s is empty.*"
+    with pytest.raises(EvaluationError, match=r"length bucket 'short' \(0, 10\] s is empty: "
+                                              r"no ground-truth window in \S*gt.jsonl of the 2 "
+                                              r"queries scored from \S*preds.jsonl .*"
                                               "--empty-bucket null"):
         score_files(tmp_path, preds, gt)
-    with pytest.warns(EvaluationWarning, match="reported as null"):
+    with pytest.warns(EvaluationWarning, match=r"in \S*gt.jsonl .* from \S*preds.jsonl .*"
+                                               "reported as null"):
         result = score_files(tmp_path, preds, gt, empty_bucket="null")
     assert result["brief"]["MR-short-mAP"] is None and result["brief"]["MR-long-mAP"] is None
     assert set(result["short"]["MR-mAP"].values()) == {None}
@@ -163,6 +170,33 @@ def test_ground_truth_problems(tmp_path):
     blind = [{"qid": g["qid"], "duration": 60, "query": "?"} for g in GT3]
     with pytest.raises(EvaluationError, match="unlabelled"):
         score_files(tmp_path, PRED3, blind)
+
+
+@pytest.mark.parametrize("duration", [1e300, float("inf"), 10**400, 2_000_004],
+                         ids=["1e300", "inf", "10**400", "just-past-the-limit"])
+def test_implausible_durations_name_file_line_and_qid(tmp_path, duration):
+    """duration // 2 clips are allocated densely: a huge value would overflow (a traceback) or
+    take gigabytes (1e9 s: about 20 GB; not tried here, so that a regression cannot exhaust the
+    machine). json reads Infinity, and an integer of any size."""
+    bad = [GT3[0], dict(GT3[1], duration=duration), GT3[2]]
+    p = tmp_path / "gt.jsonl"
+    p.write_text("\n".join(json.dumps(r) for r in bad))  # 10**400 and Infinity as json has them
+    preds = write(tmp_path / "preds.jsonl", PRED3)
+    with pytest.raises(EvaluationError, match=r"gt.jsonl:2 \(qid 2\): 'duration' .* s is not a "
+                                              r"plausible video length .* at most 1,000,000\)"):
+        score("qvhighlights", read_jsonl(preds), read_jsonl(p), pred_source=str(preds),
+              gt_source=str(p))
+
+
+def test_the_clip_limit_is_inclusive(tmp_path, monkeypatch):
+    from r2.evaluate import qvhighlights
+
+    monkeypatch.setattr(qvhighlights, "MAX_CLIPS", 40)
+    ok = [GT3[0], dict(GT3[1], duration=81.9), GT3[2]]  # 40 clips
+    assert score_files(tmp_path, PRED3, ok)["HL-min-VeryGood"]["HL-Hit1"] == 0.0
+    with pytest.raises(EvaluationError, match=r"gt.jsonl:2 \(qid 2\): 'duration' 82 s .*at most "
+                                              "40"):
+        score_files(tmp_path, PRED3, [GT3[0], dict(GT3[1], duration=82), GT3[2]])
 
 
 def test_malformed_jsonl_lines_name_file_and_line(tmp_path):

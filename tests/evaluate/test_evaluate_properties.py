@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from r2.evaluate import EvaluationWarning, dumps_metrics, read_jsonl, score
@@ -99,9 +99,11 @@ def slow_get_ap(y, s):
 
 
 def fsum_mean(values):
-    """Correctly rounded mean. The reference averages per-query results in the order its
-    worker pool returns them, so only the rounded output is defined; both this model and
-    r2 use an order-free exact sum (a plain sum can cross an x.xx5 boundary on reordering)."""
+    """Correctly rounded mean, for the per-threshold MR mAP over queries only: the reference
+    averages those per-query APs in the order its worker pool returns them, so only the
+    rounded output is defined, and both this model and r2 use an order-free exact sum (a plain
+    sum can cross an x.xx5 boundary on reordering). Every other mean of the reference has a
+    fixed order and is taken here as it does: np.mean, in prediction-file order."""
     values = [float(v) for v in np.asarray(values, dtype=float).ravel()]
     return math.fsum(values) / len(values)
 
@@ -148,7 +150,7 @@ def slow_qvh(preds, gt, r2_style=False):
         ap_thds = np.array([fsum_mean(col) for col in np.array(aps).T])
         for t, v in zip(THR, ap_thds):
             out[f"{name}/MR-mAP/{t}"] = fmt(100 * v)
-        out[f"{name}/MR-mAP/average"] = fmt(100 * fsum_mean(ap_thds))
+        out[f"{name}/MR-mAP/average"] = fmt(100 * np.mean(ap_thds))
         r1, r5 = [], []
         for q in qids:
             p = last[q]["pred_relevant_windows"][0][:2]
@@ -165,11 +167,11 @@ def slow_qvh(preds, gt, r2_style=False):
                                in_bucket[q][best[2]]))
         r1, r5 = np.array(r1), np.array(r5)
         for t in r1_thr:
-            out[f"{name}/MR-R1/{t}"] = fmt(fsum_mean(r1 >= t) * 100)
+            out[f"{name}/MR-R1/{t}"] = fmt(np.mean(r1 >= t) * 100)
             if r2_style:
-                out[f"{name}/MR-R5/{t}"] = fmt(fsum_mean(r5 >= t) * 100)
+                out[f"{name}/MR-R5/{t}"] = fmt(np.mean(r5 >= t) * 100)
         if r2_style:
-            out[f"{name}/MR-mIoU"] = fmt(fsum_mean(r1) * 100)
+            out[f"{name}/MR-mIoU"] = fmt(np.mean(r1) * 100)  # (n,) in file order
     if "pred_saliency_scores" in preds[0]:
         for level, m in (("Fair", 2), ("Good", 3), ("VeryGood", 4)):
             hits, aps = [], []
@@ -184,8 +186,8 @@ def slow_qvh(preds, gt, r2_style=False):
                 hits.append(lab[k].max() if k < n else 0.0)
                 padded = np.array((list(s[:n]) + [0.0] * n)[:n], float)
                 aps.append([slow_get_ap(lab[:, a], padded) for a in range(3)])
-            out[f"HL-min-{level}/HL-mAP"] = fmt(100 * fsum_mean(np.array(aps)))
-            out[f"HL-min-{level}/HL-Hit1"] = fmt(100 * fsum_mean(hits))
+            out[f"HL-min-{level}/HL-mAP"] = fmt(100 * np.mean(np.array(aps)))  # (n, 3), file order
+            out[f"HL-min-{level}/HL-Hit1"] = fmt(100 * np.mean(hits))
     return out
 
 
@@ -199,6 +201,16 @@ def flat(metrics, prefix=""):
         else:
             out[f"{prefix}{key}"] = value
     return out
+
+
+def order_free(path):
+    """Metrics that cannot depend on the order of the prediction lines. R1, R5 and HIT@1 are
+    means of 0/1 values (exact sums), and the MR mAP per threshold is an exact (fsum) mean
+    because the reference's own order there is arbitrary; its "average" is then np.mean of
+    those 10 values in threshold order. HD mAP and mIoU are np.mean over queries in file order,
+    as in the reference, whose last bit (and so, on an x.xx5 boundary, its printed digit)
+    depends on that order: they are compared with the literal model on the same order only."""
+    return "/MR-mAP/" in path or "/MR-R1/" in path or "/MR-R5/" in path or path.endswith("Hit1")
 
 
 def quiet_score(*args, **kwargs):
@@ -255,21 +267,34 @@ SEEDS = st.integers(0, 2**32 - 1)
 
 @SETTINGS
 @given(SEEDS)
+@example(44596)  # short MR-mAP average on a boundary: np.mean 58.12, an exact mean 58.13
 def test_qvhighlights_matches_the_literal_model_and_keeps_its_properties(seed):
+    """r2 equals the literal model on the same input, also after shuffling the lines; only the
+    metrics listed in ``order_free`` are asserted to stay the same when shuffled (HD mAP and
+    mIoU follow the reference's fixed file order, see there)."""
     preds, gt = make_case(seed)
     base = quiet_score("qvhighlights", preds, gt, empty_bucket="null")
     assert flat(base) == slow_qvh(preds, gt)
     extended = quiet_score("qvhighlights", preds, gt, empty_bucket="null", extended=True)
     assert flat(extended) == slow_qvh(preds, gt, r2_style=True)
 
-    # invariant to the order of lines (without duplicate lines, whose "last" depends on it)
+    # the order of lines (without duplicate lines, whose "last" depends on it)
     rnd = random.Random(seed)
     if len({p["qid"] for p in preds}) == len(preds):
         preds2, gt2 = preds[:], gt[:]
         rnd.shuffle(preds2)
         rnd.shuffle(gt2)
-        assert dumps_metrics(quiet_score("qvhighlights", preds2, gt2,
-                                         empty_bucket="null")) == dumps_metrics(base)
+        shuffled = quiet_score("qvhighlights", preds2, gt2, empty_bucket="null")
+        shuffled_ext = quiet_score("qvhighlights", preds2, gt2, empty_bucket="null",
+                                   extended=True)
+        assert flat(shuffled) == slow_qvh(preds2, gt2)
+        assert flat(shuffled_ext) == slow_qvh(preds2, gt2, r2_style=True)
+        for path, value in flat(base).items():
+            if order_free(path):
+                assert flat(shuffled)[path] == value, path
+        for path, value in flat(extended).items():
+            if order_free(path):
+                assert flat(shuffled_ext)[path] == value, path
 
     # string qids give the same numbers
     preds_s = [dict(p, qid=f"q{p['qid']}") for p in preds]
@@ -315,6 +340,15 @@ def test_moment_retrieval_sets_match_the_literal_model(seed):
     assert brief["MR-full-mIoU"] == result["full"]["MR-mIoU"]
 
 
+def test_map_average_is_np_mean_of_the_ten_thresholds():
+    """The reference's "average" is np.mean over its 10 per-threshold values, in threshold
+    order; here it lies on a boundary (58.12499999999999 %: 58.12 for every order of the 3
+    queries, while an exact mean of the 10 values gives 58.13)."""
+    preds, gt = make_case(44596)
+    result = quiet_score("qvhighlights", preds, gt, empty_bucket="null")
+    assert result["short"]["MR-mAP"]["average"] == result["brief"]["MR-short-mAP"] == 58.12
+
+
 def test_perfect_predictions_score_100_on_val(val_gt):
     rows = [g for g in val_gt if len(g["relevant_windows"]) <= 10]
     preds = [{"qid": g["qid"], "pred_relevant_windows": [w + [1.0] for w in g["relevant_windows"]]}
@@ -353,6 +387,8 @@ def test_perfect_saliency_scores_100_when_annotators_agree(clips):
 
 
 def test_golden_file_shuffled_is_unchanged(val_gt, restrict):
+    # HD mAP follows the file order in its last bit (see order_free); no value of this file
+    # is near enough to an x.xx5 boundary for that to show in the printed digits
     path = Path(__file__).resolve().parents[1] / "fixtures/golden/adv_order_truncation_padding.preds.jsonl"
     preds = read_jsonl(path)
     gt = restrict(val_gt, preds)
