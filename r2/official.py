@@ -8,10 +8,10 @@ same API under its short name::
 """
 
 from r2.model.official import (OFFICIAL_DATASETS, OfficialCheckpointError, convert_official,
-                               extract_state_dict, from_official_state_dict, infer_config,
-                               load_checkpoint, load_official_model, official_key, official_key_map,
-                               to_official_state_dict)
+                               dataset_from_filename, extract_state_dict, from_official_state_dict,
+                               infer_config, load_checkpoint, load_official_model, official_key,
+                               official_key_map, to_official_state_dict)
 
 __all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
-           "official_key", "official_key_map", "infer_config", "from_official_state_dict",
-           "to_official_state_dict", "load_official_model", "convert_official"]
+           "official_key", "official_key_map", "infer_config", "dataset_from_filename",
+           "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official"]

@@ -13,7 +13,8 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum")
               help="Run directory to write (config.json + model.safetensors).")
 @click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default=None,
               help="Data set the checkpoint was trained on: sets fps, rounding unit and NMS of the "
-                   "converted config (default: the QVHighlights settings, or none for a TVSum/YouTube model).")
+                   "converted config. Required unless the file keeps its released name "
+                   "(r2_tuning_<dataset>[_<domain>]-<hash>.pth): the weights cannot tell the data sets apart.")
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load the file fully if torch.load(weights_only=True) refuses it. A checkpoint is a "
                    "pickle: only for files from a source you trust.")
@@ -35,6 +36,8 @@ def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, force):
     cfg = summary["config"]
     click.echo(f"converted {summary['source']}")
     click.echo(f"  sha256       {summary['sha256']}")
+    click.echo(f"  dataset      {summary['dataset']}"
+               + (" (from the file name)" if summary["dataset_source"] == "file name" else ""))
     click.echo(f"  parameters   {summary['trainable_parameters']:,} trainable")
     click.echo(f"  layers K={cfg['num_layers']}, C={cfg['hidden_dim']}, strides={cfg['strides']}, "
                f"TEF={cfg['use_tef']}, coordinate head={cfg['coord_head']}")

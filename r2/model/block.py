@@ -208,6 +208,7 @@ class R2Block(nn.Module):
         c = self.hidden_dim
         lengths = video_mask.sum(1)  # (B,) true clip counts
         # Official batch quirk: TEF and PE normalised by the padded batch length.
+        # r2tuning.md §10 #3: recommendation taken (replicated in the quirk mode; per-sample T otherwise).
         norm_len = torch.full_like(lengths, t) if quirks else lengths.clamp(min=1)
 
         tef = None
@@ -217,6 +218,7 @@ class R2Block(nn.Module):
         pe = sinusoidal_position_encoding(norm_len, t, c)  # (B, T, C)
 
         # Masked max over query tokens: always outside the quirk mode (= each sample alone).
+        # r2tuning.md §10 #4: recommendation taken (unmasked in the quirk mode, `mask_pool` ablation).
         pool_mask = None
         if mask_pool or not quirks:
             pool_mask = ~query_mask[:, None, :, None]  # (B, 1, S, 1), True = padded token
@@ -225,8 +227,11 @@ class R2Block(nn.Module):
         qmask_tok = query_mask[:, :, None]  # (B, S, 1)
 
         layer_v, layer_q, last = [], [], None
+        # r2tuning.md §10 #2: recommendation taken, layers stored ascending and walked in reverse
+        # (last CLIP layer first); gate[i] and pool_scale[i] belong to stored layer i.
         for i in range(self.num_layers - 1, -1, -1):
-            # Padded positions are zeroed (the official collate pads with inf, then zeroes).
+            # Padded positions are zeroed (the official collate pads with inf, then zeroes);
+            # r2tuning.md §10 #20: recommendation taken, explicit masks instead of +inf padding.
             v_in = torch.where(vmask_tok, video[:, :, i].float(), 0.0)  # (B, T, N, D)
             if tef is not None:
                 v_in = torch.cat((v_in, tef), dim=-1)  # (B, T, N, D+2)

@@ -67,6 +67,8 @@ class R2Config:
 
     # ---- losses (reference §4) ----
     cls_loss: str = "focal"  # "focal" (MR data sets) | "dynamic_bce" (TVSum/YouTube: BCE vs saliency)
+    # r2tuning.md §10 #7: recommendation taken, the official code's values, configurable: no
+    # focal alpha and lambda_reg 0.2 (the paper's table says alpha 0.9 and lambda_reg 0.1).
     focal_gamma: float = 2.0  # focal loss gamma
     focal_alpha: float | None = None  # focal loss alpha; None = no alpha weighting (official)
     cls_weight: float = 1.0  # weight of L_cls
@@ -91,9 +93,13 @@ class R2Config:
     # the pyramid/heads, a pyramid point is valid if any of its clips is, L_reg is not masked
     # by the pyramid mask). In eval() mode the model is always padding invariant (= official
     # batch-size-1 evaluation). False: training is padding invariant too.
+    # r2tuning.md §10 #3: recommendation taken, replicate the padded-length TEF/PE by default
+    # for parity, this flag off gives the per-sample T; §10 #4 and #14: recommendations taken,
+    # the unmasked max over tokens and the unzeroed padded clips are replicated here, and
+    # masked / zeroed whenever the quirks are off (and with `mask_pool`).
     official_batch_quirks: bool = True
-    # Ablation (reference §10 #4): mask padded query tokens in the max over tokens of the
-    # spatial pooling in every mode (the official training batch does not).
+    # r2tuning.md §10 #4: recommendation taken, as an ablation: mask padded query tokens in the
+    # max over tokens of the spatial pooling in every mode (the official training batch does not).
     mask_pool: bool = False
 
     # The feature spec the model was trained on: the cache manifest subset (model_id,

@@ -13,6 +13,9 @@ float32 arithmetic (``Grounding.evaluate``):
    position i; "normal" sets the score of every later row with IoU >= threshold to 0 (rows
    are kept), "linear" multiplies it by (1 - IoU);
 5. re-sort by score (stable).
+
+r2tuning.md §10 #18: recommendation taken, this post-processing is replicated exactly (the
+metrics are sensitive to it).
 """
 
 from __future__ import annotations

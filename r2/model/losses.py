@@ -42,7 +42,7 @@ class R2Targets:
     window_mask: (B, G) bool, True = real window.
     saliency: (B, T) float in [0, 1], per-clip saliency target (0 on padded clips).
     positive_clip: (B,) long, one sampled positive clip per sample (shared by L_sal,
-        L_video and L_layer).
+        L_video and L_layer; r2tuning.md §10 #10: recommendation taken).
     """
 
     windows: torch.Tensor | None
@@ -120,7 +120,7 @@ def sampled_nce_loss(video_emb: torch.Tensor, query_emb: torch.Tensor, video_mas
     loss = video_emb.new_zeros(())
     if "row" in directions:
         loss = loss - F.log_softmax(sim, dim=1)[batch, positive_clip].mean()
-    if "col" in directions:
+    if "col" in directions:  # r2tuning.md §10 #9: recommendation taken, replicated as in §4.4
         loss = loss - F.log_softmax(sim.t(), dim=1)[positive_clip, batch].mean()
     return loss
 
@@ -189,7 +189,7 @@ class R2Criterion(nn.Module):
                 terms["reg"] = cfg.reg_weight * l1_loss(out.coord_offsets.float(), reg_target, weight)
 
         if cfg.cls_weight > 0:
-            weight = point_mask.float()
+            weight = point_mask.float()  # r2tuning.md §10 #8: recommendation taken, / #valid points
             if cfg.cls_loss == "focal":
                 terms["cls"] = cfg.cls_weight * sigmoid_focal_loss(
                     logits, cls_target, weight, gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)

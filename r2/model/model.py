@@ -82,7 +82,8 @@ class R2Output:
 
 class R2Model(nn.Module):
     """R²-Tuning on cached CLIP features. ``R2Model(R2Config())`` is the official QVH model
-    (2,836,242 trainable parameters)."""
+    (2,836,242 trainable parameters, the paper's "2.7M" in 2^20 units; r2tuning.md §10 #19:
+    recommendation taken, quote it as 2.84 M)."""
 
     def __init__(self, config: R2Config | None = None):
         super().__init__()
@@ -145,7 +146,10 @@ class R2Model(nn.Module):
         num_clips = video_mask.sum(1)  # (B,)
 
         block = self.block(video, video_mask, query, query_mask, quirks=quirks, mask_pool=cfg.mask_pool)
-        hidden = F.relu(block.hidden)  # (B, T, C): the official in-place ReLU of pyramid level 1
+        # r2tuning.md §10 #5: recommendation taken, the official in-place ReLU of pyramid level 1
+        # made explicit: ReLU(h) feeds the other levels, the saliency cosine and L_sal.
+        # §10 #14: recommendation taken, padded clips are zeroed (except in the quirk mode).
+        hidden = F.relu(block.hidden)  # (B, T, C)
         if not quirks:
             hidden = hidden * video_mask[:, :, None].to(hidden.dtype)
         levels = self.pyramid(hidden)  # [(B, T // s, C)]
@@ -154,7 +158,8 @@ class R2Model(nn.Module):
         masks = level_masks(video_mask, strides, len(levels), any_valid=quirks)  # [(B, T // s)]
         points = make_points(level_sizes, strides, cfg.level_ranges[:len(levels)], device=video.device)
 
-        with torch.autocast(device_type=video.device.type, enabled=False):  # heads in fp32
+        # r2tuning.md §10 #11: recommendation taken, the heads (and losses) in fp32 under autocast.
+        with torch.autocast(device_type=video.device.type, enabled=False):
             hidden = hidden.float()
             head_masks = [None] * len(levels) if quirks else masks
             class_logits = torch.cat(
@@ -257,7 +262,11 @@ class R2Model(nn.Module):
 
     @classmethod
     def from_official(cls, path, dataset: str | None = None, trust_checkpoint: bool = False) -> "R2Model":
-        """Load a released official R²-Tuning checkpoint (see `r2.model.official`)."""
+        """Load a released official R²-Tuning checkpoint (see `r2.model.official`).
+
+        dataset: the data set it was trained on (fps, rounding unit, NMS); None = read from the
+        released file name (``r2_tuning_<dataset>-<hash>.pth``), an error if it is not one.
+        """
         from .official import load_official_model
 
         return load_official_model(path, dataset=dataset, trust_checkpoint=trust_checkpoint)

@@ -13,7 +13,9 @@ Their key names, shapes and module layout are in ``reference/official_state_dict
   (``clip.*``).
 - `infer_config` reads the configuration (widths, K, TEF, strides, coordinate head, tau)
   from the keys and shapes; the data set preset (fps, rounding unit, NMS) comes from
-  ``dataset`` (table `OFFICIAL_DATASETS`).
+  ``dataset`` (table `OFFICIAL_DATASETS`). The weights cannot tell the data sets apart, so
+  loading a checkpoint needs ``dataset`` unless the file keeps its released name
+  (``r2_tuning_<dataset>[_<domain>]-<hash>.pth``, `dataset_from_filename`).
 - Strict: every official key maps to exactly one r2 key and back (`official_key_map`);
   unknown, missing and mis-shaped keys are a `OfficialCheckpointError` listing them.
 
@@ -32,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from r2.fileio import atomic_write
+
 from .config import R2Config, R2ModelError
 
 # Decoding (and training) settings of the released configurations, per data set
@@ -46,6 +50,10 @@ OFFICIAL_DATASETS: dict[str, dict] = {
     "tvsum": dict(fps=0.5, unit=None, nms=None, nms_threshold=0.7, dropout=0.5, sal_weight=0.1),
 }
 MOMENT_RETRIEVAL_DATASETS = ("qvhighlights", "charades", "ego4d", "tacos")
+
+# The released files keep the data set in their name: r2_tuning_<dataset>[_<domain>]-<hash>.pth
+# (README model zoo, e.g. r2_tuning_charades-1de02112.pth, r2_tuning_youtube_dog-702bd293.pth).
+_RELEASED_NAME = re.compile(rf"^r2_tuning_({'|'.join(OFFICIAL_DATASETS)})(?:_[a-z]+)?(?:-[0-9a-f]+)?$")
 
 # CLIP visual width -> hub id of the backbone the official features come from. The
 # released checkpoints all use ViT-B/32 (B/16 has the same widths and cannot be told apart).
@@ -89,11 +97,32 @@ def load_checkpoint(path, trust_checkpoint: bool = False):
         raise OfficialCheckpointError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
 
 
+# The unpickler's own refusal inside torch's message ("Unsupported global: GLOBAL
+# argparse.Namespace was not an allowed global ...", "Trying to load unsupported GLOBAL
+# posix.system whose module posix is blocked.", "Unsupported operand 149", ...).
+_REFUSAL = re.compile(r"(?:WeightsUnpickler error:\s*)?((?:Unsupported|Trying to load|Can only)\b.*)", re.S)
+
+
 def _weights_only_reason(exc: Exception) -> str:
-    text = str(exc)
-    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n\n|$)", text, flags=re.S)
-    reason = match.group(1) if match else text.splitlines()[0] if text else type(exc).__name__
-    return " ".join(reason.split())[:300]
+    """Why torch.load(weights_only=True) refused a file, in one sentence (naming the global).
+
+    torch wraps the unpickler's error in general advice about ``weights_only`` and keeps the
+    original as ``__context__``; the reason is the original's first sentence, else the
+    paragraph of torch's text that holds it.
+    """
+    inner = exc.__context__
+    if isinstance(inner, pickle.UnpicklingError) and str(inner).strip():
+        reason = str(inner)
+    else:
+        text = str(exc)
+        found = (_REFUSAL.match(part.strip()) for part in re.split(r"\n\s*\n|\n\t", text))
+        reason = next((m.group(1) for m in found if m), None)
+        if reason is None:
+            lines = text.strip().splitlines()
+            reason = lines[0] if lines else type(exc).__name__
+    reason = " ".join(reason.split())
+    sentence = re.match(r"(.+?)\.(?:\s|$)", reason)  # the dot of "argparse.Namespace" ends nothing
+    return (sentence.group(1) if sentence else reason)[:300]
 
 
 def extract_state_dict(obj) -> dict[str, torch.Tensor]:
@@ -206,7 +235,8 @@ def infer_config(state: dict[str, torch.Tensor], dataset: str | None = None, num
 
     The number of attention heads is not stored in the weights (official: 8). TEF adds 2 to
     the video input width; it is inferred from the known CLIP widths (768, 1024) unless
-    `use_tef` is given.
+    `use_tef` is given. dataset None: the architecture only, with R2Config's default
+    decoding settings (`load_official_model` never builds a model from that).
     """
     required = ["adapter.v_map.weight", "adapter.scale", "adapter.query_map.0.weight",
                 "adapter.video_map.0.weight", "adapter.tem.ffn.mapping.0.weight", "coef",
@@ -271,6 +301,37 @@ def infer_config(state: dict[str, torch.Tensor], dataset: str | None = None, num
         raise OfficialCheckpointError(f"the checkpoint's shapes match no valid configuration: {exc}") from exc
 
 
+# --------------------------------------------------------------------------- data set
+
+
+def dataset_from_filename(path) -> str | None:
+    """The data set of a checkpoint that keeps its released name, else None.
+
+    ``r2_tuning_charades-1de02112.pth`` -> "charades", ``r2_tuning_tvsum_bk-45b59440.pth`` ->
+    "tvsum"; any other name -> None.
+    """
+    match = _RELEASED_NAME.match(Path(path).name.split(".")[0].lower())
+    return match.group(1) if match else None
+
+
+def _resolve_dataset(path, dataset: str | None) -> str:
+    """`dataset` if given, else the one in the released file name; an error otherwise.
+
+    The weights cannot tell: the QVHighlights, Charades-STA, Ego4D and TACoS models have the
+    same keys and shapes (so have YouTube and TVSum), yet their fps, rounding unit and NMS
+    differ, and a silent default would decode every data set but one wrongly.
+    """
+    if dataset is not None:
+        return dataset.lower()
+    found = dataset_from_filename(path)
+    if found is None:
+        raise OfficialCheckpointError(
+            f"{path}: cannot tell which data set this checkpoint was trained on (its weights do not say "
+            "and its name is not a released one, r2_tuning_<dataset>-<hash>.pth); pass --dataset (dataset=...), "
+            f"one of {', '.join(OFFICIAL_DATASETS)}: it sets fps, rounding unit and NMS")
+    return found
+
+
 # --------------------------------------------------------------------------- conversion
 
 
@@ -309,13 +370,18 @@ def to_official_state_dict(model) -> dict[str, torch.Tensor]:
 
 
 def load_official_model(path, dataset: str | None = None, trust_checkpoint: bool = False):
-    """An `R2Model` (eval mode) holding the weights of an official checkpoint."""
+    """An `R2Model` (eval mode) holding the weights of an official checkpoint.
+
+    dataset: the data set it was trained on (sets fps, rounding unit, NMS); None = read from
+    the released file name (``r2_tuning_<dataset>-<hash>.pth``), an error if it is not one.
+    """
     from .model import R2Model
 
     state = extract_state_dict(load_checkpoint(path, trust_checkpoint=trust_checkpoint))
-    config = infer_config(state, dataset=dataset)
+    weights = from_official_state_dict(state, infer_config(state))  # the file's own errors first
+    config = infer_config(state, dataset=_resolve_dataset(path, dataset))
     model = R2Model(config)
-    model.load_state_dict_strict(from_official_state_dict(state, config), source=str(path))
+    model.load_state_dict_strict(weights, source=str(path))
     return model.eval()
 
 
@@ -323,7 +389,9 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
                      overwrite: bool = False) -> dict:
     """Convert an official checkpoint into an r2 run directory (config.json + model.safetensors).
 
-    Also writes ``official_source.json`` (source path, sha256, data set). Returns a summary.
+    dataset: as in `load_official_model` (given, or read from the released file name).
+    Also writes ``official_source.json`` (source path, sha256, data set and where it came
+    from). Returns a summary.
     """
     from .model import WEIGHTS_NAME
 
@@ -331,26 +399,27 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
     if (out_dir / WEIGHTS_NAME).exists() and not overwrite:
         raise OfficialCheckpointError(f"{out_dir / WEIGHTS_NAME} exists; pass --force (overwrite=True) to replace it")
     model = load_official_model(checkpoint, dataset=dataset, trust_checkpoint=trust_checkpoint)
+    dataset_source = "given" if dataset is not None else "file name"
+    dataset = _resolve_dataset(checkpoint, dataset)
     model.save_pretrained(out_dir)
     sha = hashlib.sha256()
     with open(checkpoint, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             sha.update(chunk)
-    digest = sha.hexdigest()
     summary = {
         "source": str(Path(checkpoint).resolve()),
-        "sha256": digest,
+        "sha256": sha.hexdigest(),
         "dataset": dataset,
+        "dataset_source": dataset_source,
         "trainable_parameters": model.num_trainable_parameters(),
         "config": model.config.to_dict(),
         "out_dir": str(out_dir),
     }
-    (out_dir / "official_source.json").write_text(
-        json.dumps({k: summary[k] for k in ("source", "sha256", "dataset", "trainable_parameters")}, indent=2)
-        + "\n", encoding="utf-8")
+    record = {k: summary[k] for k in ("source", "sha256", "dataset", "dataset_source", "trainable_parameters")}
+    atomic_write(out_dir / "official_source.json", json.dumps(record, indent=2) + "\n")
     return summary
 
 
 __all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
-           "official_key", "official_key_map", "infer_config", "from_official_state_dict",
-           "to_official_state_dict", "load_official_model", "convert_official"]
+           "official_key", "official_key_map", "infer_config", "dataset_from_filename",
+           "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official"]

@@ -13,7 +13,8 @@ def make_points(level_sizes, strides, ranges, device=None) -> torch.Tensor:
     """The point table of the kept levels, (P, 4) float32 rows [position, lo, hi, stride].
 
     A point of level stride s sits at p = 0, s, 2s, ... and marks the *start* of its window
-    (not its centre). (lo, hi) is the level's regression range (hi may be inf).
+    (not its centre; r2tuning.md §10 #6: recommendation taken, the decoding formula depends on
+    it). (lo, hi) is the level's regression range (hi may be inf).
     """
     rows = []
     for size, s, (lo, hi) in zip(level_sizes, strides, ranges):

@@ -1,9 +1,11 @@
-"""Every loss term is zero or minimal in a case built for it; label assignment by hand."""
+"""Every loss term is zero or minimal in a case built for it; label assignment and the criterion's
+wiring (groupings, positive clip, configured gamma/alpha, the quirk-mode L_reg rule) by hand."""
 
 import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from r2.model import R2Model
 from r2.model.losses import (dynamic_bce_loss, info_nce_loss, l1_loss, sampled_nce_loss,
@@ -147,3 +149,105 @@ def test_tvsum_criterion_uses_saliency_targets(h):
     assert out.coord_offsets is None
     expected = dynamic_bce_loss(out.class_logits, targets.saliency, out.video_mask.float())
     assert loss.terms["cls"].item() == pytest.approx(expected.item())
+
+
+def _symmetric_infonce(a, b, tau=0.07):
+    """½ [CE(S, diag) + CE(Sᵀ, diag)] of S = cos(a_i, b_j) / tau, for a, b (n, C)."""
+    sim = F.normalize(a, dim=-1) @ F.normalize(b, dim=-1).t() / tau
+    target = torch.arange(a.shape[0])
+    return (F.cross_entropy(sim, target) + F.cross_entropy(sim.t(), target)) / 2
+
+
+def test_calibration_losses_contrast_samples_per_layer_and_layers_per_sample(h):
+    torch.manual_seed(0)
+    cfg = h.tiny_config(dropout=0.0, droppath=0.0, cls_weight=0.0, reg_weight=0.0, sal_weight=0.0,
+                        video_cal_weight=0.3, layer_cal_weight=0.7)
+    model = R2Model(cfg).eval()
+    clips = [8, 6, 9, 7]
+    out = model(*h.collate(h.make_samples(cfg, clips, [3, 4, 2, 5])))
+    targets = h.make_targets(clips)
+    targets.positive_clip = torch.tensor([3, 1, 5, 2])  # no sample's positive clip is clip 0
+    loss = model.compute_loss(out, targets)
+    assert set(loss.terms) == {"video", "layer"}
+    k, b = cfg.num_layers, len(clips)
+    # the mapped CLS token of each layer at each sample's positive clip, gathered one by one
+    v = torch.stack([torch.stack([out.layer_video_cls[i, j, int(targets.positive_clip[j])] for j in range(b)])
+                     for i in range(k)])  # (K, B, C)
+    q = out.layer_query_pooled  # (K, B, C)
+    # L_video: within each layer the B samples of the batch; L_layer: within each sample its K layers
+    video = sum(_symmetric_infonce(v[i], q[i]) for i in range(k)) / k
+    layer = sum(_symmetric_infonce(v[:, j], q[:, j]) for j in range(b)) / b
+    assert abs(video.item() - layer.item()) > 0.05  # the two groupings differ on these features
+    assert loss.terms["video"].item() == pytest.approx(0.3 * video.item(), rel=1e-5)
+    assert loss.terms["layer"].item() == pytest.approx(0.7 * layer.item(), rel=1e-5)
+    assert loss.terms["video"].item() == pytest.approx(0.3 * info_nce_loss(v, q, 0.07).item(), rel=1e-5)
+    assert loss.terms["layer"].item() == pytest.approx(
+        0.7 * info_nce_loss(v.transpose(0, 1), q.transpose(0, 1), 0.07).item(), rel=1e-5)
+
+
+def _focal_by_hand(logits, target, mask, gamma, alpha=None):
+    p = logits.sigmoid()
+    ce = -(target * p.log() + (1 - target) * (1 - p).log())
+    p_t = target * p + (1 - target) * (1 - p)
+    loss = (1 - p_t) ** gamma * ce
+    if alpha is not None:
+        loss = (alpha * target + (1 - alpha) * (1 - target)) * loss
+    return (loss * mask).sum() / mask.sum()
+
+
+def test_criterion_uses_the_configured_focal_gamma_and_alpha(h):
+    torch.manual_seed(0)
+    cfg = h.tiny_config(dropout=0.0, droppath=0.0, reg_weight=0.0, sal_weight=0.0, video_cal_weight=0.0,
+                        layer_cal_weight=0.0)
+    model = R2Model(cfg).eval()
+    clips = [10, 7]
+    out = model(*h.collate(h.make_samples(cfg, clips, [3, 4])))
+    targets = h.make_targets(clips)
+    windows = bind_boundary(targets.windows, targets.window_mask, out.num_clips)
+    cls_target, _ = assign_targets(out.points, windows, targets.window_mask, cfg.center_radius)
+    assert cls_target.sum() > 0
+    mask = out.point_mask.float()
+    got = {}
+    for gamma, alpha in ((0.0, None), (2.0, None), (3.5, None), (2.0, 0.9)):  # 0.9: the paper's alpha
+        criterion = R2Model(cfg.replace(focal_gamma=gamma, focal_alpha=alpha)).criterion
+        got[gamma, alpha] = criterion(out, targets).terms["cls"].item()
+        expected = _focal_by_hand(out.class_logits, cls_target, mask, gamma, alpha).item()
+        assert got[gamma, alpha] == pytest.approx(expected, rel=1e-5), (gamma, alpha)
+    assert got[0.0, None] > got[2.0, None] > got[3.5, None]
+
+
+def test_quirk_mode_regresses_a_positive_point_on_a_padded_position(h):
+    """The official L_reg is not masked by the pyramid mask: a GT window that ends at the last
+    clip of a shorter sample makes the point just past it (a padded clip) positive, and in the
+    official training batch that point is regressed. Outside the quirk mode it is not."""
+    torch.manual_seed(0)
+    cfg = h.tiny_config(dropout=0.0, droppath=0.0, cls_weight=0.0, sal_weight=0.0, video_cal_weight=0.0,
+                        layer_cal_weight=0.0)
+    clips = [6, 10]
+    batch = h.collate(h.make_samples(cfg, clips, [3, 4]))
+    targets = h.make_targets(clips, windows=[[[5.0, 6.0]], [[3.0, 7.0]]])
+
+    def reg_by_hand(out, masked):
+        windows = bind_boundary(targets.windows, targets.window_mask, out.num_clips)
+        positive, reg_target = assign_targets(out.points, windows, targets.window_mask, cfg.center_radius)
+        if masked:
+            positive = positive * out.point_mask.float()
+        diff = (out.coord_offsets - reg_target).abs() * positive[:, :, None]
+        return cfg.reg_weight * diff.sum() / (2 * positive.sum()), positive
+
+    model = R2Model(cfg).train()
+    out = model(*batch)
+    assert out.quirks
+    official, positive = reg_by_hand(out, masked=False)
+    masked, _ = reg_by_hand(out, masked=True)
+    padded_positive = positive.bool() & ~out.point_mask
+    assert padded_positive[0, 6] and int(padded_positive.sum()) == 1  # stride-1 point at clip 6 of sample 0
+    assert abs(official.item() - masked.item()) > 1e-3
+    assert model.compute_loss(out, targets).terms["reg"].item() == pytest.approx(official.item(), rel=1e-5)
+
+    clean = R2Model(cfg.replace(official_batch_quirks=False))
+    clean.load_state_dict(model.state_dict())
+    out = clean.train()(*batch)
+    assert not out.quirks
+    masked, _ = reg_by_hand(out, masked=True)
+    assert clean.compute_loss(out, targets).terms["reg"].item() == pytest.approx(masked.item(), rel=1e-5)

@@ -9,6 +9,8 @@ official forward pass on those official names (batch size 1, as the official eva
 import argparse
 import json
 import math
+import os
+import shlex
 
 import pytest
 import torch
@@ -17,8 +19,8 @@ from click.testing import CliRunner
 
 from r2.cli import main
 from r2.model import R2Config, R2Model
-from r2.model.official import (OfficialCheckpointError, convert_official, infer_config,
-                               to_official_state_dict)
+from r2.model.official import (OfficialCheckpointError, convert_official, dataset_from_filename,
+                               infer_config, to_official_state_dict)
 
 # ----------------------------------------------------------------------------- the official layout
 
@@ -203,7 +205,7 @@ def test_converted_model_matches_the_official_forward(tvsum, tmp_path):
 def test_round_trip_back_to_the_official_names(tvsum, tmp_path):
     state = official_state(tvsum)
     torch.save(state, tmp_path / "c.pth")
-    model = R2Model.from_official(tmp_path / "c.pth")
+    model = R2Model.from_official(tmp_path / "c.pth", dataset="tvsum" if tvsum else "tacos")
     back = to_official_state_dict(model)
     assert set(back) == set(state)
     for k in state:
@@ -236,7 +238,7 @@ def test_wrapped_checkpoint_with_clip_and_module_prefixes_gives_the_same_model(h
     assert torch.equal(ref.coord_offsets, out.coord_offsets)
     with pytest.raises(OfficialCheckpointError, match="--force"):
         convert_official(tmp_path / "wrapped.pth", run)
-    convert_official(tmp_path / "wrapped.pth", run, overwrite=True)
+    convert_official(tmp_path / "wrapped.pth", run, dataset="charades", overwrite=True)
 
 
 def test_dataset_presets_of_the_converted_config():
@@ -291,15 +293,70 @@ def test_pickled_objects_need_explicit_trust(tmp_path):
     path = _save({"state_dict": official_state(), "meta": argparse.Namespace(lr=5e-4)}, tmp_path / "p.pth")
     with pytest.raises(OfficialCheckpointError, match="(?s)refused.*argparse.Namespace.*--trust-checkpoint"):
         R2Model.from_official(path)
-    model = R2Model.from_official(path, trust_checkpoint=True)
+    model = R2Model.from_official(path, dataset="qvhighlights", trust_checkpoint=True)
     assert model.num_trainable_parameters() == 2_836_242
+
+
+def test_a_code_payload_is_refused_unrun_and_the_reason_names_its_global(tmp_path):
+    marker = tmp_path / "payload-ran"
+
+    class Payload:  # what a malicious checkpoint holds: unpickling it runs a shell command
+        def __reduce__(self):
+            return os.system, (f"touch {shlex.quote(str(marker))}",)
+
+    path = _save({"state_dict": official_state(), "meta": Payload()}, tmp_path / "evil.pth")
+    blocked = f"{os.system.__module__}.system"  # posix.system
+    with pytest.raises(OfficialCheckpointError) as err:
+        R2Model.from_official(path, dataset="qvhighlights")
+    message = str(err.value)
+    assert not marker.exists()
+    assert f"GLOBAL {blocked}" in message and "--trust-checkpoint" in message, message
+    assert "In PyTorch 2.6" not in message  # torch's general advice is not the reason
+    result = CliRunner().invoke(main, ["convert-official", str(path), "--out", str(tmp_path / "run"),
+                                       "--dataset", "qvhighlights"])
+    assert result.exit_code == 1 and f"GLOBAL {blocked}" in result.output and "Traceback" not in result.output
+    assert not marker.exists() and not (tmp_path / "run").exists()
+    # the payload is live: a full load, which only --trust-checkpoint allows, runs it
+    R2Model.from_official(path, dataset="qvhighlights", trust_checkpoint=True)
+    assert marker.exists()
+
+
+def test_the_data_set_is_required_unless_the_released_file_name_gives_it(tmp_path):
+    runner = CliRunner()
+    path = _save(official_state(), tmp_path / "model.pth")
+    with pytest.raises(OfficialCheckpointError, match="cannot tell which data set.*pass --dataset"):
+        convert_official(path, tmp_path / "run")
+    with pytest.raises(OfficialCheckpointError, match="pass --dataset"):
+        R2Model.from_official(path)
+    result = runner.invoke(main, ["convert-official", str(path), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1 and "pass --dataset" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()
+    # the released names carry the data set (README model zoo of yeliudev/R2-Tuning)
+    assert dataset_from_filename("ckpts/r2_tuning_qvhighlights-ed516355.pth") == "qvhighlights"
+    assert dataset_from_filename("r2_tuning_tvsum_bk-45b59440.pth") == "tvsum"
+    assert dataset_from_filename("R2_Tuning_Ego4D-6a6f5754.safetensors") == "ego4d"
+    for name in ("model.pth", "r2_tuning_kinetics-1de02112.pth", "my_r2_tuning_charades.pth"):
+        assert dataset_from_filename(name) is None, name
+    released = _save(official_state(), tmp_path / "r2_tuning_charades-1de02112.pth")
+    result = runner.invoke(main, ["convert-official", str(released), "--out", str(tmp_path / "cha")])
+    assert result.exit_code == 0, result.output
+    assert "charades (from the file name)" in result.output
+    cfg = R2Model.from_pretrained(tmp_path / "cha").config
+    assert (cfg.fps, cfg.unit, cfg.nms, cfg.dropout, cfg.sal_weight) == (1.0, 0.1, "linear", 0.35, 0.01)
+    record = json.loads((tmp_path / "cha" / "official_source.json").read_text())
+    assert (record["dataset"], record["dataset_source"]) == ("charades", "file name")
+    # --dataset, when given, is what counts
+    summary = convert_official(released, tmp_path / "tac", dataset="TACoS")
+    assert (summary["dataset"], summary["dataset_source"], summary["config"]["unit"]) == ("tacos", "given", None)
+    hd = _save(official_state(True), tmp_path / "r2_tuning_youtube_dog-702bd293.pth")
+    assert R2Model.from_official(hd).config.fps is None  # YouTube: per-video clip rate
 
 
 def test_safetensors_input(tmp_path):
     from safetensors.torch import save_file
 
     save_file(official_state(True), str(tmp_path / "x.safetensors"))
-    assert R2Model.from_official(tmp_path / "x.safetensors").num_trainable_parameters() == 1_846_281
+    assert R2Model.from_official(tmp_path / "x.safetensors", dataset="tvsum").num_trainable_parameters() == 1_846_281
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -1,0 +1,87 @@
+"""Initialisation (reference `r2tuning.md` §2.7) and DropPath (§2.6) of the R² Block.
+
+The official model has no global init: Xavier-uniform attention projections and
+Kaiming-normal (fan_out) FFN weights with zero biases in the decoder layer, PyTorch defaults
+elsewhere, pooling scales and gates 0, pyramid ``coef`` 1. The statistical checks use the
+full-size layers (C = 256), where a wrong init is many standard errors away.
+"""
+
+import math
+
+import pytest
+import torch
+
+from r2.model import R2Config, R2Model
+from r2.model.block import DropPath
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return R2Model(R2Config())
+
+
+def test_scales_gates_and_coef_start_at_the_official_values(model):
+    assert torch.equal(model.block.pool_scale.detach(), torch.zeros(4))  # tanh(0): the pooled token is the CLS
+    assert torch.equal(model.block.gate.detach(), torch.zeros(3))  # sigmoid(0): 0.5 / 0.5 mixing
+    assert torch.equal(model.coord_scale.detach(), torch.ones(4))
+
+
+def test_attention_projections_are_xavier_uniform_with_zero_biases(model):
+    temporal = model.block.temporal
+    for attn in (temporal.cross_attn, temporal.self_attn):
+        for proj in (attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj):
+            w = proj.weight.detach()
+            fan_out, fan_in = w.shape
+            bound = math.sqrt(6 / (fan_in + fan_out))  # 0.108; PyTorch's default would be 1/sqrt(256)
+            assert float(w.abs().max()) <= bound
+            assert float(w.abs().max()) > 0.99 * bound  # 65,536 uniform draws reach the bound
+            # std of U(-a, a) is a/sqrt(3); its sample estimate is within 1% here (~0.2% s.e.)
+            assert float(w.std()) == pytest.approx(bound / math.sqrt(3), rel=0.01)
+            assert torch.count_nonzero(proj.bias) == 0
+
+
+def test_ffn_weights_are_kaiming_normal_fan_out_with_zero_biases(model):
+    ffn = model.block.temporal.ffn
+    for fc in (ffn.fc1, ffn.fc2):
+        w = fc.weight.detach()
+        n = w.numel()
+        std = math.sqrt(2 / w.shape[0])  # fan_out of a Linear weight (out, in) is `out`
+        # sample std: standard error std/sqrt(2n) (0.14% for n = 262,144), allow 5 of them
+        assert float(w.std()) == pytest.approx(std, rel=5 / math.sqrt(2 * n))
+        assert abs(float(w.mean())) < 5 * std / math.sqrt(n)
+        assert float(w.abs().max()) > 3 * std  # normal, not uniform (whose max is sqrt(3) std)
+        assert torch.count_nonzero(fc.bias) == 0
+
+
+def test_other_layers_keep_the_pytorch_defaults(model):
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            assert torch.equal(module.weight.detach(), torch.ones_like(module.weight)), name
+            assert torch.count_nonzero(module.bias) == 0, name
+    # default Linear init: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), narrower than Xavier here
+    for linear in (model.block.pool_key, model.block.pool_query, model.block.video_mlp.fc_out):
+        assert float(linear.weight.detach().abs().max()) <= 1 / math.sqrt(linear.in_features)
+
+
+def test_droppath_drops_whole_samples_and_keeps_the_expected_value():
+    torch.manual_seed(0)
+    keep = 0.75
+    drop = DropPath(1 - keep).train()
+    x = torch.rand(4000, 5, 3) + 0.5  # (B, T, C), no zeros
+    ratio = (drop(x) / x).flatten(1)  # (B, T·C)
+    kept = ratio[:, 0] > 0
+    # per sample: all of it dropped, or all of it kept and scaled by 1/keep
+    assert torch.all(ratio[~kept] == 0)
+    torch.testing.assert_close(ratio[kept], torch.full_like(ratio[kept], 1 / keep))
+    # drop rate 0.25 (s.e. 0.007) and the expected value preserved (s.e. of the mean ratio ~0.01)
+    assert float((~kept).float().mean()) == pytest.approx(1 - keep, abs=0.035)
+    assert float(ratio.mean()) == pytest.approx(1.0, abs=0.05)
+    # identity at evaluation and with p = 0
+    assert torch.equal(drop.eval()(x), x)
+    assert torch.equal(DropPath(0.0).train()(x), x)
+
+
+def test_the_decoder_layer_uses_the_configured_droppath():
+    model = R2Model(R2Config(hidden_dim=32, num_heads=4, droppath=0.3))
+    assert isinstance(model.block.temporal.droppath, DropPath) and model.block.temporal.droppath.p == 0.3
