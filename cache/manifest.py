@@ -10,23 +10,34 @@ Keys supplied by the caller of :meth:`FeatureCache.create`:
 ``fps``               float, or ``None`` when the sampling is per video (YouTube Highlights)
 ``preprocessing``     dict (size, crop, interpolation, mean, std, ...)
 ``dtype``             ``"float16"`` (default), ``"float32"`` or ``"int8"`` (per-token scale)
+``precision``         optional str: the compute precision of the model (``"fp32"`` when absent,
+                      ``"bf16"``, ``"fp16"``)
 ``token_form``        optional str, e.g. "residual stream before post-LN, CLS + patch tokens"
-``video_width``       optional int: D of the video features (checked on write and by verify)
-``query_width``       optional int: Dt of the query features (checked on write and by verify)
-``command``           optional str: the extract command line; ``verify`` quotes it in its
-                      rebuild advice
+``sampling``          optional str: how clips are sampled from a video
+``tokens_per_frame``  optional int: N of the video features (CLS + patches)
+``video_width``       optional int: D of the video features
+``query_width``       optional int: Dt of the query features
+``command``           optional str: the extract command line of the run that created the
+                      cache (each shard also records the command of the run that wrote it:
+                      ``verify`` quotes that one in its rebuild advice)
 ==================== ======================================================================
 
 The cache adds ``format_version``, ``r2_version`` and ``created`` (UTC, ISO 8601). Unknown
-extra keys are kept as given (they must be JSON-serialisable).
+extra keys are kept as given (they must be JSON-serialisable). ``tokens_per_frame``,
+``video_width`` and ``query_width`` are *pinned*: when the caller does not give them, the
+first item written records them (:func:`pin_manifest`), and every later item must match.
 
-Two manifests are *compatible* (same features, safe to mix in one cache or merge) when
-``format_version``, ``model_id``, ``model_config_hash``, ``layers``, ``fps``, ``dtype`` and
-``preprocessing`` are equal (:data:`COMPAT_FIELDS`). The other keys are informative.
+Two manifests are *compatible* (same features, safe to mix in one cache or merge) when the
+fields that say what the features mean are equal (:data:`COMPAT_FIELDS`): ``format_version``,
+``model_id``, ``model_config_hash``, ``layers``, ``fps``, ``dtype``, ``preprocessing``,
+``precision`` (absent = ``"fp32"``), ``token_form`` and ``sampling`` (absent = absent), and
+the pinned shapes ``tokens_per_frame``, ``video_width`` and ``query_width`` when both
+manifests have them. The other keys (``command``, ...) are informative.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
 import math
@@ -37,12 +48,15 @@ from pathlib import Path
 from r2.fileio import fsync_dir
 
 from .errors import CacheError
+from .shards import LOCKS_DIR
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32", "int8")
+PINNED_FIELDS = ("tokens_per_frame", "video_width", "query_width")  # compared when both have them
 COMPAT_FIELDS = ("format_version", "model_id", "model_config_hash", "layers", "fps", "dtype",
-                 "preprocessing")
+                 "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
+DEFAULTS = {"dtype": "float16", "precision": "fp32"}  # the value of an absent field
 REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
 ADDED_BY_CACHE = ("format_version", "r2_version", "created")
 
@@ -76,8 +90,9 @@ def normalize_manifest(manifest: dict) -> dict:
         problems.append(f"model_config_hash must be a non-empty str, got {m['model_config_hash']!r}")
     layers = m["layers"]
     try:
-        ok = (len(layers) > 0 and all(int(x) == x and not isinstance(x, bool) for x in layers))
-    except TypeError:
+        ok = (not isinstance(layers, (str, bytes, dict)) and len(layers) > 0
+              and all(not isinstance(x, (bool, str, bytes)) and int(x) == x for x in layers))
+    except (TypeError, ValueError, OverflowError):
         ok = False
     if not ok:
         problems.append(f"layers must be a non-empty list of int, got {layers!r}")
@@ -96,14 +111,14 @@ def normalize_manifest(manifest: dict) -> dict:
         problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {m['dtype']!r}")
     if not isinstance(m["preprocessing"], dict):
         problems.append(f"preprocessing must be a dict, got {type(m['preprocessing']).__name__}")
-    for key in ("video_width", "query_width"):
+    for key in PINNED_FIELDS:
         v = m.get(key)
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v <= 0):
             problems.append(f"{key} must be a positive int, got {v!r}")
-    for key in ("token_form", "command"):
+    for key in ("precision", "token_form", "sampling", "command"):
         v = m.get(key)
-        if v is not None and not isinstance(v, str):
-            problems.append(f"{key} must be a str, got {type(v).__name__}")
+        if v is not None and (not isinstance(v, str) or not v):
+            problems.append(f"{key} must be a non-empty str, got {v!r}")
     if problems:
         raise CacheError("invalid cache manifest: " + "; ".join(problems))
     for key in ADDED_BY_CACHE:
@@ -125,10 +140,14 @@ def utc_now() -> str:
 
 
 def differences(existing: dict, requested: dict) -> list[tuple[str, object, object]]:
-    """``(field, existing value, requested value)`` for each compatibility field that differs."""
+    """``(field, existing value, requested value)`` for each compatibility field that differs
+    (:data:`COMPAT_FIELDS`; an absent field has its :data:`DEFAULTS` value, and a pinned
+    shape is compared only when both manifests have it)."""
     out = []
     for key in COMPAT_FIELDS:
-        a, b = existing.get(key), requested.get(key)
+        a, b = existing.get(key, DEFAULTS.get(key)), requested.get(key, DEFAULTS.get(key))
+        if key in PINNED_FIELDS and (a is None or b is None):
+            continue
         if key == "fps" and a is not None and b is not None:
             same = float(a) == float(b)
         else:
@@ -142,9 +161,10 @@ def describe_differences(diffs, first="the cache has", second="requested") -> st
     return "\n".join(f"  {k}: {first} {json.dumps(a)}, {second} {json.dumps(b)}" for k, a, b in diffs)
 
 
-def read_manifest(root: str | os.PathLike) -> dict:
-    """Read and check ``root/manifest.json``; a clear :class:`CacheError` when ``root`` is
-    missing, is not a cache, or holds a damaged or too new manifest."""
+def load_manifest(root: str | os.PathLike) -> dict:
+    """``root/manifest.json`` as stored, checked only as far as telling a cache from other
+    things (the directory, the JSON, the format version); :func:`read_manifest` checks the
+    keys too. ``verify`` uses this one so that it can report a damaged manifest."""
     root = Path(root)
     if not root.exists():
         raise CacheError(f"no feature cache at {root}: the directory does not exist")
@@ -160,10 +180,75 @@ def read_manifest(root: str | os.PathLike) -> dict:
         raise CacheError(f"cannot read {path}: {exc}") from None
     if not isinstance(m, dict) or "format_version" not in m:
         raise CacheError(f"{path} is not an r2 cache manifest (no format_version)")
-    if not isinstance(m["format_version"], int) or m["format_version"] > FORMAT_VERSION:
-        raise CacheError(f"{root} has cache format {m['format_version']!r}; this r2 "
+    version = m["format_version"]
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise CacheError(f"{path} is damaged: format_version must be a positive int, got {version!r}")
+    if version > FORMAT_VERSION:
+        raise CacheError(f"{root} has cache format {version!r}; this r2 "
                          f"({r2_version()}) reads format {FORMAT_VERSION} and older: upgrade r2")
     return m
+
+
+def read_manifest(root: str | os.PathLike) -> dict:
+    """Read and check ``root/manifest.json``; a clear :class:`CacheError` when ``root`` is
+    missing, is not a cache, or holds a damaged (a key missing or malformed) or too new
+    manifest. Returns the manifest as stored."""
+    m = load_manifest(root)
+    try:
+        normalize_manifest({k: v for k, v in m.items() if k not in ADDED_BY_CACHE})
+    except CacheError as exc:
+        raise CacheError(f"{Path(root) / MANIFEST_NAME} is damaged: {exc}; repair it, or delete "
+                         "the cache and extract again") from None
+    return m
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _manifest_mutex(root: Path):
+    """An exclusive ``flock`` on ``root/locks/manifest.mutex`` (not a ``*.lock`` writer lock):
+    serialises updates of the manifest between processes."""
+    import fcntl
+
+    path = root / LOCKS_DIR / "manifest.mutex"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def pin_manifest(root: str | os.PathLike, values: dict) -> dict:
+    """Record ``values`` (pinned shapes, e.g. ``{"video_width": 768}``) in
+    ``root/manifest.json`` for each key the manifest does not have yet, atomically and under
+    an inter-process lock (the first writer wins). Returns the manifest as it is now; the
+    caller compares its values with the ones it asked for."""
+    root = Path(root)
+    with _manifest_mutex(root):
+        m = read_manifest(root)
+        missing = {k: v for k, v in values.items() if m.get(k) is None}
+        if missing:
+            m.update(missing)
+            _write_atomic(root / MANIFEST_NAME, _encode(m))
+    return m
+
+
+def _encode(manifest: dict) -> bytes:
+    return (json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def write_manifest_exclusive(root: Path, manifest: dict) -> bool:
@@ -173,7 +258,7 @@ def write_manifest_exclusive(root: Path, manifest: dict) -> bool:
     root.mkdir(parents=True, exist_ok=True)
     final = root / MANIFEST_NAME
     tmp = root / f".{MANIFEST_NAME}.{secrets.token_hex(6)}.tmp"
-    data = (json.dumps(manifest, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
+    data = _encode(manifest)
     with open(tmp, "wb") as fh:
         fh.write(data)
         fh.flush()

@@ -3,9 +3,13 @@
 Every item is copied as it is stored (HDF5 object copy: no re-encoding, int8 scales and
 checksums kept) into fresh shards of the output. An id present in more than one source (or
 twice in one) is kept once when its data are byte-identical, and is an error naming the id
-and both places when they differ. The output is built in a temporary sibling directory and
-renamed into place only when everything succeeded, so a failed or interrupted merge leaves
-no half-written output.
+and both places when they differ. Each output shard holds items written by one command
+(the source shard's ``command``, else its cache's), which it records, so ``verify`` can say
+how to rebuild it. The output is built in a temporary sibling directory
+(``.<out>.merge-<random>.tmp``, locked while the merge runs) and renamed into place only when
+everything succeeded, so a failed or interrupted merge leaves no half-written output; the
+temporary directory of a merge that was killed is removed by the next merge into the same
+``out``, with a warning.
 
 (Because shard names are unique per writer, copying the ``shards/*.h5`` files of caches with
 identical manifests into one ``shards/`` folder also works; ``merge`` additionally checks the
@@ -14,14 +18,16 @@ manifests and the duplicate rule.)
 
 from __future__ import annotations
 
+import glob
 import os
 import secrets
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import CacheError
+from .errors import CacheError, CacheWarning
 from .manifest import describe_differences, differences, r2_version, utc_now, write_manifest_exclusive
 from .reader import FeatureCache
 from .shards import encode_id
@@ -41,6 +47,37 @@ def _same_data(g1, g2) -> bool:
     return True
 
 
+def _lock_dir(path: Path) -> int | None:
+    """An exclusive ``flock`` on a directory: the descriptor, or None when another process
+    holds it."""
+    import fcntl
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_stale_temporaries(out: Path) -> None:
+    """Delete the temporary directories of killed merges into ``out`` (a running merge
+    holds the lock of its own, which is left alone)."""
+    for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.merge-*.tmp")):
+        if not tmp.is_dir() or tmp.is_symlink():
+            continue
+        fd = _lock_dir(tmp)
+        if fd is None:
+            continue  # a merge into the same output is running
+        try:
+            shutil.rmtree(tmp, ignore_errors=True)
+        finally:
+            os.close(fd)
+        warnings.warn(f"removed {tmp}, the unfinished output of a merge into {out} that was stopped",
+                      CacheWarning, stacklevel=3)
+
+
 def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
           max_shard_items: int | None = None) -> dict:
     """Merge the caches at ``sources`` into a new cache at ``out`` (which must not exist, or
@@ -58,9 +95,13 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CacheError(f"the merge output {out} already exists and is not empty; choose a new directory")
     caches = [FeatureCache.open(s) for s in sources]
+    out_path = Path(os.path.abspath(out)).resolve()
     for s, c in zip(sources, caches):
-        if out.resolve() == c.path:
+        if out_path == c.path.resolve():
             raise CacheError(f"the merge output {out} is also a source")
+        if c.path.resolve() in out_path.parents:
+            raise CacheError(f"the merge output {out} is inside the source cache {s}; choose a "
+                             "directory outside every source")
         if c._index.bad:
             raise CacheError(f"{s} has unreadable shards ({', '.join(sorted(c._index.bad))}); "
                              f"run `r2 cache verify {s}` and repair it before merging")
@@ -84,12 +125,15 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
         manifest["source_commands"] = commands
 
     out.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.merge-{secrets.token_hex(4)}.tmp"
     options = {k: v for k, v in (("max_shard_bytes", max_shard_bytes),
                                  ("max_shard_items", max_shard_items)) if v is not None}
-    writer = None
+    writer = tmp_lock = None
     summary = {"videos": 0, "queries": 0, "duplicates_identical": 0}
     try:
+        tmp.mkdir()
+        tmp_lock = _lock_dir(tmp)  # held until the end: tells a later merge that this one runs
         write_manifest_exclusive(tmp, manifest)
         (tmp / "shards").mkdir()
         target = FeatureCache.open(tmp)
@@ -99,12 +143,13 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
         for done, (c, shard) in enumerate(jobs, 1):
             entry = c._index.shards[shard]
             family = entry.family
+            command = entry.command or c.manifest.get("command")
             f = c._file(shard)
             for item_id in entry.ids:
                 group = f[f"{family}/{encode_id(item_id)}"]
                 where = placed.get((family, item_id))
                 if where is None:
-                    writer._copy(family, item_id, group)
+                    writer._copy(family, item_id, group, command)
                     placed[(family, item_id)] = (c, shard)
                     summary[family] += 1
                     continue
@@ -130,6 +175,9 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
             writer.abort()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if tmp_lock is not None:
+            os.close(tmp_lock)
     result = FeatureCache.open(out)
     info = result.info()
     summary.update(out=str(result.path), shards=info["shards"], bytes=info["bytes"])

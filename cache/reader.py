@@ -10,8 +10,11 @@ Each layer of an item is one contiguous, uncompressed dataset. The first read of
 asks HDF5 for its datasets' byte offsets (kept per process); every read then is one
 ``os.preadv`` per layer straight into the output array (``r2.cache.fastio``), so
 ``load_video(id, layers, dtype=None)`` runs at the speed of a raw read of the same bytes
-(``bench/cache_read.py``). The float32 default adds a float16 -> float32 conversion pass
-(about 3 GB/s of float16 per core); ``dtype=None`` returns the stored float type.
+(``bench/cache_read.py``). The float32 default also converts every value: a float16 layer is
+read in blocks of rows (512 KiB) into a small scratch buffer and converted
+(``fastio.f16_to_f32``) while the block is in the CPU cache; it runs at 1-3 GB/s of float16
+per core, much below a warm raw read, and a new float32 array per video adds page faults
+(``out=`` a reused array spares them). ``dtype=None`` returns the stored float type.
 """
 
 from __future__ import annotations
@@ -29,11 +32,21 @@ from .index import ShardIndex
 from .manifest import (MANIFEST_NAME, describe_differences, differences, new_manifest,
                        read_manifest, write_manifest_exclusive)
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
-from .shards import (SHARDS_DIR, attrs_from_group, encode_id, layer_name,
+from .shards import (FAMILIES, SHARDS_DIR, attrs_from_group, encode_id, layer_name,
                      list_partials, open_h5, scale_name)
 
 _FAMILY_WORD = {"videos": "video", "queries": "query"}
 _RAW = {"<f2", "<f4", "|i1", "|u1"}  # stored bytes == in-memory bytes on little-endian hosts
+_BLOCK_BYTES = 512 * 1024  # float16 bytes read and converted to float32 per step (stays in L2)
+
+
+def _float_dtype(dtype: np.dtype, what: str) -> np.dtype:
+    """Features are read as floats only (an integer dtype would silently truncate them)."""
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"{what} must be " + ("a float array" if what == "out" else
+                         "a float type (float16, float32, float64), or None for the stored type")
+                         + f"; got {dtype}")
+    return dtype
 
 
 class _Shard:
@@ -92,6 +105,7 @@ class FeatureCache:
         self.dtype: str = manifest.get("dtype", "float16")
         self.max_open_files = max_open_files
         self._index = ShardIndex()
+        self._run_command = None  # the command this run gave create(); writers record it in shards
         self._lock = threading.RLock()
         self._reset_process_state()
 
@@ -125,7 +139,9 @@ class FeatureCache:
                 + describe_differences(diffs)
                 + "\nWrite to another directory, or delete this one to rebuild it.")
         (root / SHARDS_DIR).mkdir(exist_ok=True)
-        return cls.open(root)
+        cache = cls.open(root)
+        cache._run_command = requested.get("command")
+        return cache
 
     @classmethod
     def open(cls, path, *, max_open_files: int = 64) -> "FeatureCache":
@@ -151,6 +167,9 @@ class FeatureCache:
         self._handles: collections.OrderedDict[str, _Shard] = collections.OrderedDict()
         self._locs: dict = {}  # (family, id) -> (shard, {dataset: (offset, shape, dtype)})
         self._scratch = threading.local()
+        # ids added by this process's writers of this cache object, not committed yet -> writer
+        self._pending: dict[str, dict] = {f: {} for f in FAMILIES}
+        self._pending_lock = threading.Lock()
 
     def _check_pid(self):
         if self._pid != os.getpid():
@@ -167,7 +186,7 @@ class FeatureCache:
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        for key in ("_handles", "_locs", "_scratch", "_lock", "_pid"):
+        for key in ("_handles", "_locs", "_scratch", "_lock", "_pid", "_pending", "_pending_lock"):
             state.pop(key)
         return state
 
@@ -263,14 +282,25 @@ class FeatureCache:
                              f"run `r2 cache verify {self.path}`") from None
 
     def _group(self, family, item_id):
+        key = f"{family}/{encode_id(item_id)}"
         shard = self._shard(family, item_id)
         f = self._file(shard)
         with self._reading(family, item_id, shard):
-            key = f"{family}/{encode_id(item_id)}"
-            if key not in f:
-                raise CacheError(f"shard {self.path / SHARDS_DIR / shard} does not hold "
-                                 f"{_FAMILY_WORD[family]} {item_id!r} (changed since the index was "
-                                 f"built?); call refresh() or run `r2 cache verify {self.path}`")
+            found = key in f
+        if not found:
+            # the index was wrong about this shard (a stale sidecar): read its names again,
+            # so that the index agrees with the shards, and look the id up once more
+            self._index.rescan(self.path, shard)
+            self._close_handle(shard)
+            self._locs = {k: v for k, v in self._locs.items() if v[0] != shard}
+            shard = self._shard(family, item_id)  # MissingItemError when no shard has it
+            f = self._file(shard)
+            with self._reading(family, item_id, shard):
+                if key not in f:
+                    raise CacheError(f"shard {self.path / SHARDS_DIR / shard} does not hold "
+                                     f"{_FAMILY_WORD[family]} {item_id!r} although its index says so; "
+                                     f"run `r2 cache verify {self.path}`")
+        with self._reading(family, item_id, shard):
             return f[key], shard
 
     def _locate(self, family, item_id):
@@ -324,6 +354,9 @@ class FeatureCache:
             return list(self.layers)
         if isinstance(layers, (int, np.integer)):
             layers = [layers]
+        if len(layers) == 0:
+            raise CacheError(f"layers=[] asks for no layer: give layer ids from {self.layers}, "
+                             "or None for all of them")
         out = []
         for layer in layers:
             if isinstance(layer, bool) or int(layer) != layer or int(layer) not in self.layers:
@@ -351,6 +384,22 @@ class FeatureCache:
                 np.copyto(dest, tmp)
         return dest
 
+    def _read_f16_as_f32(self, loc, name, dest: np.ndarray) -> None:
+        """A float16 dataset into float32 ``dest`` (rows contiguous) in blocks of rows that
+        stay in the CPU cache: each block is read into a small scratch buffer and converted
+        while it is hot, instead of reading the whole layer into a buffer too big for the
+        cache and converting it from memory."""
+        shard, datasets = loc
+        offset, shape, _ = datasets[name]
+        fd = self._handle(shard).descriptor()
+        row_bytes = 2 * int(np.prod(shape[1:]))
+        rows = max(1, min(shape[0], _BLOCK_BYTES // max(row_bytes, 1)))
+        scratch = self._buffer(np.float16, (rows,) + tuple(shape[1:]))
+        for start in range(0, shape[0], rows):
+            n = min(rows, shape[0] - start)
+            pread_into(fd, offset + start * row_bytes, scratch[:n])
+            f16_to_f32(scratch[:n], dest[start:start + n])
+
     def _read_layer(self, family, item_id, loc, layer: int, dest: np.ndarray) -> None:
         """One layer of an item into ``dest`` (any float dtype; may be a strided slice)."""
         name = layer_name(layer)
@@ -367,6 +416,10 @@ class FeatureCache:
         if dtype == dest.dtype and (dest.flags.c_contiguous or dest[0].flags.c_contiguous):
             self._raw(family, item_id, loc, name, dest)  # straight into place
             return
+        if (dtype == np.float16 and dest.dtype == np.float32 and loc[1][name][0] is not None
+                and dest[0].flags.c_contiguous):
+            self._read_f16_as_f32(loc, name, dest)
+            return
         buf = self._raw(family, item_id, loc, name)
         if buf.dtype == np.float16 and dest.dtype == np.float32:
             f16_to_f32(buf, dest)
@@ -376,7 +429,7 @@ class FeatureCache:
     def _out_dtype(self, dtype):
         if dtype is None:
             return np.dtype(np.float16 if self.dtype == "float16" else np.float32)
-        return np.dtype(dtype)
+        return _float_dtype(np.dtype(dtype), "dtype")
 
     def load_video(self, video_id: str, layers=None, dtype=np.float32, out=None) -> np.ndarray:
         """Features of a video: ``(T, K', N, D)`` for the layers asked (all by default), in
@@ -387,13 +440,14 @@ class FeatureCache:
         read one contiguous dataset each, in one pass over the open shard.
         """
         ids = self._layer_ids(layers)
+        out_dtype = self._out_dtype(dtype) if out is None else _float_dtype(out.dtype, "out")
         with self._guard():
             loc = self._locate("videos", video_id)
             with self._reading("videos", video_id, loc[0]):
                 t, n, d = loc[1][layer_name(ids[0])][1]
                 shape = (t, len(ids), n, d)
                 if out is None:
-                    out = np.empty(shape, self._out_dtype(dtype))
+                    out = np.empty(shape, out_dtype)
                 elif out.shape != shape:
                     raise CacheError(f"out has shape {out.shape}; video {video_id!r} needs {shape}")
                 for k, layer in enumerate(ids):
@@ -403,11 +457,12 @@ class FeatureCache:
     def load_query(self, query_id: str, layers=None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         """Features of a query: ``((K', S, Dt) features, (S,) bool mask)``."""
         ids = self._layer_ids(layers)
+        out_dtype = self._out_dtype(dtype)
         with self._guard():
             loc = self._locate("queries", query_id)
             with self._reading("queries", query_id, loc[0]):
                 s, d = loc[1][layer_name(ids[0])][1]
-                out = np.empty((len(ids), s, d), self._out_dtype(dtype))
+                out = np.empty((len(ids), s, d), out_dtype)
                 for k, layer in enumerate(ids):
                     self._read_layer("queries", query_id, loc, layer, out[k])
                 mask = self._raw("queries", query_id, loc, "mask", np.empty(s, np.uint8)).astype(bool)
@@ -441,7 +496,10 @@ class FeatureCache:
             "layers": self.layers,
             "dtype": self.dtype,
             "fps": m.get("fps"),
+            "precision": m.get("precision", "fp32"),
             "token_form": m.get("token_form"),
+            "sampling": m.get("sampling"),
+            "tokens_per_frame": m.get("tokens_per_frame"),
             "video_width": m.get("video_width"),
             "query_width": m.get("query_width"),
             "videos": len(idx.items["videos"]),

@@ -25,6 +25,11 @@ read at disk speed)::
         L<layer>                  (S, Dt), as above (+ L<layer>_scale for int8)
         mask                      (S,) uint8, attribute crc32
 
+The file's own attributes: ``r2_shard_format``, ``family``, ``writer`` (the prefix) and, when
+known, ``command``: the command line of the run that wrote the shard (``verify`` quotes it
+to rebuild a damaged shard; it can differ from the manifest's ``command``, e.g. for the
+``--num-shards``/``--shard-index`` slices of one extraction, or in a merged cache).
+
 A shard holds one family (videos or queries). Besides the whole-file crc32 in the name, the
 crc32 of every dataset's bytes is stored when it is written: ``verify`` uses them to say which
 item of a damaged file is hit (reads do not pay for checksums). HDF5's own metadata
@@ -62,6 +67,10 @@ FAMILIES = ("videos", "queries")
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 SHARD_FORMAT = 1
+# the pinned axes of a stored layer, (T, N, D) of a video and (S, Dt) of a query: the manifest
+# key that holds the cache's value and the axis
+PINNED_AXES = {"videos": (("tokens_per_frame", 1), ("video_width", 2)), "queries": (("query_width", 1),)}
+LOCK_TMP_SUFFIX = ".tmp"  # locks/.<prefix>.lock.tmp: a lock being taken (see WriterLock)
 LIBVER = ("v108", "v110")  # metadata checksums; readable by HDF5 >= 1.10
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -262,11 +271,17 @@ class WriterLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Locked under a temporary name, then renamed: a lock file visible under its final
         # name is always held by a live writer, so a cleaner can never take it for a dead one.
-        tmp = self.path.with_name(f".{self.path.name}.tmp")
+        tmp = self.path.with_name(f".{self.path.name}{LOCK_TMP_SUFFIX}")
         self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.write(self._fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
-        os.rename(tmp, self.path)
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.write(self._fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
+            os.rename(tmp, self.path)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = None
+            tmp.unlink(missing_ok=True)
+            raise
 
     def release(self):
         if self._fd is None:
@@ -294,6 +309,25 @@ def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:
     return True, fd
 
 
+def _remove_if_unlocked(path: Path) -> bool:
+    """Delete ``path`` unless a live process holds a ``flock`` on it."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDWR)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False  # held: its writer is alive and about to rename it
+    else:
+        path.unlink(missing_ok=True)
+        return True
+    finally:
+        os.close(fd)
+
+
 def remove_stale_partials(root: Path, own_prefix: str | None = None) -> list[Path]:
     """Delete the partial shards (and lock files) of writers that are no longer alive.
     A live writer's partials are left alone. Returns the removed partials."""
@@ -309,6 +343,9 @@ def remove_stale_partials(root: Path, own_prefix: str | None = None) -> list[Pat
             prefix = lk.name[: -len(".lock")]
             if prefix != own_prefix:
                 by_prefix.setdefault(prefix, [])
+    if locks.is_dir():  # a writer killed while taking its lock leaves .<prefix>.lock.tmp
+        for tmp in locks.glob(f".*.lock{LOCK_TMP_SUFFIX}"):
+            _remove_if_unlocked(tmp)
     removed = []
     for prefix, partials in sorted(by_prefix.items()):
         dead, fd = _owner_is_dead(root, prefix)

@@ -2,16 +2,21 @@
 
 Checks: the manifest (keys, types, format version); every committed shard opens (a
 truncated file, or one whose HDF5 structure is damaged, does not); each item has every layer
-of the manifest with the stored dtype, consistent shapes and the manifest's widths; and,
-unless ``quick``, the crc32 of the whole file equals the one recorded in its name at commit
-(a flipped byte anywhere is found). When it differs, every dataset is read and checked
-against its own crc32 and for finite values (int8 scales >= 0, masks 0/1), to name the
-items hit. (A shard without a recorded crc gets those dataset checks.) So a full check reads
-each file once, sequentially. Partial shards (a running writer's, or one left by a killed
-writer) and ids present in two shards are warnings, not errors.
+of the manifest with the stored dtype and consistent shapes; every item has the cache's
+pinned shapes (N and D of the videos, Dt of the queries: the manifest's, else those of the
+first item); an id present in two shards has the same data in both (same dataset checksums;
+identical copies are a warning, different data a problem); and, unless ``quick``, the crc32
+of the whole file equals the one recorded in its name at commit (a flipped byte anywhere is
+found). When it differs, every dataset is read and checked against its own crc32 and for
+finite values (int8 scales >= 0, masks 0/1), to name the items hit. (A shard without a
+recorded crc gets those dataset checks.) So a full check reads each file once,
+sequentially. Partial shards (a running writer's, or one left by a killed writer) are a
+warning, not an error.
 
-A damaged shard is rebuilt by deleting it and rerunning the extract command that built the
-cache (``manifest["command"]``, quoted in the advice), which re-extracts what is missing.
+A damaged shard is rebuilt by deleting it and rerunning the extract command that wrote it
+(the shard's own ``command`` attribute, else the index sidecar's note of it, else the
+manifest's ``command``), with ``--out`` pointing at this cache: it re-extracts what is
+missing.
 """
 
 from __future__ import annotations
@@ -26,9 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from .index import ShardIndex
-from .manifest import ADDED_BY_CACHE, read_manifest, normalize_manifest
+from .manifest import ADDED_BY_CACHE, load_manifest, normalize_manifest
 from .errors import CacheError
-from .shards import (SHARDS_DIR, attrs_from_group, crc32, decode_id, encode_id,
+from .shards import (PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32, decode_id, encode_id,
                      file_crc32, get_text_attr, layer_name, list_partials, list_shards, open_h5, parse_shard_name,
                      scale_name)
 
@@ -42,6 +47,17 @@ class ShardProblem:
     messages: list
     videos: list = field(default_factory=list)  # ids known to be in it (when readable)
     queries: list = field(default_factory=list)
+    command: str | None = None  # the command that wrote the shard, when recorded
+
+
+@dataclass
+class ShardCheck:
+    """What :func:`_check_shard` found in one shard (JSON-able: it may run in a child)."""
+
+    messages: list = field(default_factory=list)
+    ids: list = field(default_factory=list)
+    command: str | None = None  # the shard's ``command`` attribute
+    items: dict = field(default_factory=dict)  # id -> {dataset: [dtype, shape, crc32 or None]}
 
 
 @dataclass
@@ -61,19 +77,29 @@ class VerifyReport:
         return not self.problems and not self.cache_problems
 
     def rebuild_advice(self) -> str:
+        """How to rebuild the damaged shards: delete them, then rerun the command that wrote
+        each (its own, else the manifest's), with ``--out`` pointing at this cache."""
         if not self.problems:
             return ""
         paths = " ".join(shlex.quote(p.shard) for p in self.problems)
         lines = ["To rebuild: delete the damaged shard(s),", f"  rm {paths}"]
-        if len(self.commands) == 1:
-            lines += ["then rerun the extract command that built this cache; it keeps what is "
-                      "there and re-extracts what is missing:", f"  {self.commands[0]}"]
-        elif self.commands:
-            lines += ["then rerun the extract commands that built this cache (each keeps what is "
-                      "there and re-extracts what is missing):"] + [f"  {c}" for c in self.commands]
-        else:
-            lines += ["then rerun the `r2 extract` command that built this cache (same inputs, "
-                      f"--out {shlex.quote(self.path)}); it re-extracts what is missing."]
+        commands, unknown = [], False
+        for p in self.problems:
+            for c in [p.command] if p.command else self.commands:
+                c = with_out(c, self.path)
+                if c not in commands:
+                    commands.append(c)
+            unknown = unknown or not (p.command or self.commands)
+        if len(commands) == 1 and not unknown:
+            lines += ["then rerun the extract command that wrote them; it keeps what is "
+                      "there and re-extracts what is missing:", f"  {commands[0]}"]
+        elif commands:
+            lines += ["then rerun the extract commands that wrote them (each keeps what is "
+                      "there and re-extracts what is missing):"] + [f"  {c}" for c in commands]
+        if unknown or not commands:
+            lines += [("then" if not commands else "and, for the shards whose command is not recorded,")
+                      + " rerun the `r2 extract` command that built this cache (same inputs, --out "
+                      f"{shlex.quote(self.path)}); it re-extracts what is missing."]
         return "\n".join(lines)
 
     def format(self) -> str:
@@ -109,29 +135,55 @@ class VerifyReport:
         return d
 
 
+def with_out(command: str, path: str) -> str:
+    """``command`` with its ``--out`` (``--out=``; ``-o`` of ``r2 extract``) value replaced
+    by ``path``; unchanged when it has none or does not parse."""
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return command
+    flags = ("--out", "-o") if argv[:2] == ["r2", "extract"] else ("--out",)
+    for i, arg in enumerate(argv):
+        if arg in flags and i + 1 < len(argv):
+            argv[i + 1] = path
+            return shlex.join(argv)
+        if arg.startswith("--out="):
+            argv[i] = f"--out={path}"
+            return shlex.join(argv)
+    return command
+
+
 def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
     """Check the cache at ``path``; returns a :class:`VerifyReport` (``report.ok``,
     ``report.format()``). ``quick`` checks structure only (no data read, no checksum).
     ``progress(done, total)`` is called after each shard. A missing directory or manifest
     raises :class:`CacheError`."""
     root = Path(path)
-    manifest = read_manifest(root)
+    manifest = load_manifest(root)  # as stored: a damaged manifest is reported, not raised
     report = VerifyReport(path=str(root.resolve()), quick=quick)
     try:
         normalize_manifest({k: v for k, v in manifest.items() if k not in ADDED_BY_CACHE})
     except CacheError as exc:
         report.cache_problems.append(f"manifest.json: {exc}")
     cmd = manifest.get("command")
-    report.commands = [cmd] if cmd else list(manifest.get("source_commands") or [])
-    layers = [int(x) for x in manifest.get("layers", [])]
-    dtype = manifest.get("dtype", "float16")
-    if dtype not in _STORED or not layers:
+    commands = [cmd] if cmd else manifest.get("source_commands") or []
+    report.commands = [c for c in commands if isinstance(c, str) and c] if isinstance(commands, list) else []
+    layers, dtype = manifest.get("layers"), manifest.get("dtype", "float16")
+    if (not isinstance(layers, list) or not layers
+            or not all(isinstance(x, int) and not isinstance(x, bool) for x in layers)
+            or not isinstance(dtype, str) or dtype not in _STORED):
         report.cache_problems.append("manifest.json: cannot check shards without valid layers and dtype")
         return report
 
     known = ShardIndex._read_sidecar(root)  # names the items of shards that no longer open
     stats = list_shards(root)
-    seen: dict[tuple[str, str], str] = {}
+    seen: dict[tuple[str, str], tuple[str, dict | None]] = {}  # (family, id) -> (shard, datasets)
+    pinned = {}  # pinned key -> (value, where it comes from)
+    for family, pins in PINNED_AXES.items():
+        for key, _ in pins:
+            v = manifest.get(key)
+            if isinstance(v, int) and not isinstance(v, bool):
+                pinned[key] = (v, f"the manifest says {key} = {v}")
     for i, name in enumerate(sorted(stats)):
         parsed = parse_shard_name(name)
         family, path = parsed.family, root / SHARDS_DIR / name
@@ -145,9 +197,10 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
                 read_data = False
         if file_msg or (parsed.crc is None and not quick):
             # a damaged file can make HDF5 itself hang or crash: diagnose it in a child process
-            messages, ids = _check_shard_isolated(path, family, manifest, layers, dtype, not read_data)
+            check = _check_shard_isolated(path, family, layers, dtype, not read_data)
         else:
-            messages, ids = _check_shard(path, family, manifest, layers, dtype, not read_data)
+            check = _check_shard(path, family, layers, dtype, not read_data)
+        messages, ids = check.messages, check.ids
         if file_msg:
             messages.append(file_msg)
         report.shards_checked += 1
@@ -155,18 +208,40 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
             report.videos_checked += len(ids)
         else:
             report.queries_checked += len(ids)
+        word = family[:-1]
         for item_id in ids:
-            first = seen.setdefault((family, item_id), name)
-            if first != name:
-                report.warnings.append(f"{family[:-1]} {item_id!r} is in two shards ({first}, {name}); "
-                                       f"reads use {min(first, name)}")
+            datasets = check.items.get(item_id)
+            first = seen.setdefault((family, item_id), (name, datasets))
+            if first[0] != name:
+                if datasets is None or first[1] is None:  # one copy is unreadable: reported above
+                    report.warnings.append(f"{word} {item_id!r} is in two shards ({first[0]}, {name}); "
+                                           f"reads use {first[0]}")
+                elif datasets == first[1]:
+                    report.warnings.append(f"{word} {item_id!r} is in two shards ({first[0]}, {name}) "
+                                           f"with identical data; reads use {first[0]}")
+                else:
+                    report.cache_problems.append(
+                        f"{word} {item_id!r} is in two shards with different data ({first[0]}, {name}); "
+                        f"reads use {first[0]}: delete the shard that holds the wrong one and rerun "
+                        "the extract command that wrote it")
+            shape = (datasets or {}).get(layer_name(layers[0]), [None, []])[1]
+            for key, axis in PINNED_AXES[family]:
+                if axis >= len(shape):
+                    continue
+                value = shape[axis]
+                ref = pinned.setdefault(key, (value, f"{word} {item_id!r} (in {name}) has {value}"))
+                if value != ref[0]:
+                    what = f"width {value}" if key.endswith("width") else f"{value} tokens per frame"
+                    _note(messages, f"{word} {item_id!r}: {what}, {ref[1]} (one cache holds the "
+                                    "features of one model)")
         if messages:
             if not ids and name in known:
                 ids = known[name].ids
+            command = check.command or (known[name].command if name in known else None)
             report.problems.append(ShardProblem(
                 str(root.resolve() / SHARDS_DIR / name), messages,
                 videos=list(ids) if family == "videos" else [],
-                queries=list(ids) if family == "queries" else []))
+                queries=list(ids) if family == "queries" else [], command=command))
         if progress is not None:
             progress(i + 1, len(stats))
     partials = list_partials(root)
@@ -180,76 +255,93 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
     return report
 
 
-def _check_shard_isolated(path: Path, family, manifest, layers, dtype, quick) -> tuple[list, list]:
+def _note(messages: list, msg: str) -> None:
+    """Add a problem of a shard, at most ``_MAX_MESSAGES`` of them."""
+    if len(messages) < _MAX_MESSAGES:
+        messages.append(msg)
+    elif len(messages) == _MAX_MESSAGES:
+        messages.append("... (more problems not shown)")
+
+
+def _check_shard_isolated(path: Path, family, layers, dtype, quick) -> ShardCheck:
     """``_check_shard`` in a child process with a time limit."""
     timeout = 60 + path.stat().st_size / 20e6
-    payload = json.dumps({"path": str(path), "family": family, "manifest": manifest,
-                          "layers": layers, "dtype": dtype, "quick": quick})
+    payload = json.dumps({"path": str(path), "family": family, "layers": layers, "dtype": dtype,
+                          "quick": quick})
     code = "from r2.cache.verify import _check_shard_main; _check_shard_main()"
     try:
         out = subprocess.run([sys.executable, "-c", code], input=payload, capture_output=True,
                              text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return [f"reading its HDF5 structure did not finish in {timeout:.0f} s (damaged metadata)"], []
+        return ShardCheck([f"reading its HDF5 structure did not finish in {timeout:.0f} s (damaged metadata)"])
     if out.returncode == 0:
-        data = json.loads(out.stdout)
-        return data["messages"], data["ids"]
+        return ShardCheck(**json.loads(out.stdout))
     if "ModuleNotFoundError" in out.stderr:  # r2 not importable by a fresh interpreter
-        return _check_shard(path, family, manifest, layers, dtype, quick)
+        return _check_shard(path, family, layers, dtype, quick)
     last = (out.stderr.strip().splitlines() or ["no message"])[-1]
-    return [f"reading it crashed the checker (exit code {out.returncode}): {_short(last)}"], []
+    return ShardCheck([f"reading it crashed the checker (exit code {out.returncode}): {_short(last)}"])
 
 
 def _check_shard_main():
     """Entry point of the child process of :func:`_check_shard_isolated` (JSON in and out)."""
     a = json.loads(sys.stdin.read())
-    messages, ids = _check_shard(Path(a["path"]), a["family"], a["manifest"], a["layers"], a["dtype"], a["quick"])
-    sys.stdout.write(json.dumps({"messages": messages, "ids": ids}))
+    check = _check_shard(Path(a["path"]), a["family"], a["layers"], a["dtype"], a["quick"])
+    sys.stdout.write(json.dumps(asdict(check)))
 
 
-def _check_shard(path: Path, family: str, manifest, layers, dtype, quick) -> tuple[list, list]:
-    """(problems, item ids) of one shard."""
-    messages: list[str] = []
-    ids: list[str] = []
+def _check_shard(path: Path, family: str, layers, dtype, quick) -> ShardCheck:
+    """The problems, item ids, command and dataset signatures of one shard."""
+    check = ShardCheck()
 
     def problem(msg):
-        if len(messages) < _MAX_MESSAGES:
-            messages.append(msg)
-        elif len(messages) == _MAX_MESSAGES:
-            messages.append("... (more problems not shown)")
+        _note(check.messages, msg)
 
     try:
         f = open_h5(path)
     except Exception as exc:
-        return [f"cannot be opened (truncated or corrupt): {_short(exc)}"], []
+        return ShardCheck([f"cannot be opened (truncated or corrupt): {_short(exc)}"])
     try:
         with f:
             if get_text_attr(f, "family") not in (None, family):
                 problem(f"shard attribute family={get_text_attr(f, 'family')!r}, its name says {family}")
+            command = get_text_attr(f, "command")
+            check.command = command if isinstance(command, str) and command else None
             other = [k for k in f.keys() if k != family]
             if other:
                 problem(f"unexpected groups {other}")
             if family not in f:
                 problem(f"no /{family} group")
-                return messages, ids
-            width = manifest.get("video_width" if family == "videos" else "query_width")
+                return check
             for name in f[family].keys():
                 item_id = decode_id(name)
                 if encode_id(item_id) != name:
                     problem(f"item name {name!r} is not a valid encoded id")
                     continue
-                ids.append(item_id)
+                check.ids.append(item_id)
                 try:
-                    for msg in _check_item(f[family][name], family, layers, dtype, width, quick):
+                    group = f[family][name]
+                    check.items[item_id] = _signature(group)
+                    for msg in _check_item(group, family, layers, dtype, quick):
                         problem(f"{family[:-1]} {item_id!r}: {msg}")
                 except Exception as exc:  # h5py errors on damaged structure
                     problem(f"{family[:-1]} {item_id!r}: unreadable: {_short(exc)}")
     except Exception as exc:
         problem(f"unreadable: {_short(exc)}")
-    return messages, ids
+    return check
 
 
-def _check_item(group, family, layers, dtype, width, quick):
+def _signature(group) -> dict:
+    """``{dataset: [dtype, shape, stored crc32 or None]}`` of an item: equal for two copies
+    of the same data (metadata only, no data read)."""
+    out = {}
+    for name in sorted(group):
+        ds = group[name]
+        crc = ds.attrs.get("crc32")
+        out[name] = [ds.dtype.str, list(ds.shape), None if crc is None else int(crc)]
+    return out
+
+
+def _check_item(group, family, layers, dtype, quick):
     out = []
     try:
         attrs_from_group(group)
@@ -278,8 +370,6 @@ def _check_item(group, family, layers, dtype, width, quick):
                 shape = ds.shape
             elif ds.shape != shape:
                 out.append(f"{name} has shape {ds.shape}, other layers {shape}")
-            if width is not None and ds.shape[-1] != width:
-                out.append(f"{name} has width {ds.shape[-1]}, the manifest says {width}")
             if 0 in ds.shape:
                 out.append(f"{name} is empty {ds.shape}")
         elif shape is not None:

@@ -15,8 +15,18 @@ lifetime. When a writer starts, it deletes the partial shards of writers whose l
 of live writers are left alone. Readers never delete anything. (``flock`` must work on the
 file system; on Linux NFS it is emulated with POSIX locks.)
 
+Shapes are pinned: N (``tokens_per_frame``) and D (``video_width``) of the videos, and Dt
+(``query_width``) of the queries, are the manifest's when it gives them; otherwise the first
+item ever written records them in ``manifest.json`` (atomically, the first writer wins), and
+an item of another shape is refused.
+
+Each shard records the command line of the run that wrote it (``command=``, by default the
+``command`` of the manifest given to :meth:`FeatureCache.create` by this run), so that
+``verify`` can quote what rebuilds that very shard.
+
 A writer belongs to the process that made it (it refuses to run after a fork): make one
-writer per process. Several threads may share one writer (calls are serialised).
+writer per process. Several threads may share one writer (calls are serialised), and two
+writers made from one cache object see each other's uncommitted ids.
 """
 
 from __future__ import annotations
@@ -31,11 +41,12 @@ import numpy as np
 
 from .errors import CacheError, CacheWarning
 from .index import ShardEntry
+from .manifest import pin_manifest
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
-from .shards import (FAMILIES, PARTIAL_SUFFIX, SHARDS_DIR, WriterLock, attrs_to_json, encode_id,
-                     file_crc32, new_prefix, open_h5, remove_stale_partials, set_text_attr, shard_name,
-                     write_item)
+from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, WriterLock, attrs_to_json,
+                     encode_id, file_crc32, layer_name, new_prefix, open_h5, remove_stale_partials,
+                     set_text_attr, shard_name, write_item)
 
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
@@ -47,6 +58,7 @@ class _Partial:
     seq: int
     path: Path  # the .h5.partial path
     file: object
+    command: str | None = None
     ids: list = field(default_factory=list)
     nbytes: int = 0
 
@@ -56,26 +68,31 @@ class CacheWriter:
 
     ``max_shard_bytes`` (default 256 MiB) and ``max_shard_items`` (default 1000) bound a
     shard, i.e. how much work a crash can lose. ``on_commit(shard_path, family, ids)`` is
-    called after each shard is committed. Committed items are visible at once to the cache
-    object that made the writer (``has_video``); other processes see them after ``refresh()``.
+    called after each shard is committed. ``command``: the command line recorded in each
+    shard (default: the one this run gave :meth:`FeatureCache.create`). Committed items are
+    visible at once to the cache object that made the writer (``has_video``); other
+    processes see them after ``refresh()``.
     """
 
     def __init__(self, cache, *, max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
-                 max_shard_items: int = DEFAULT_MAX_SHARD_ITEMS, on_commit=None):
+                 max_shard_items: int = DEFAULT_MAX_SHARD_ITEMS, on_commit=None,
+                 command: str | None = None):
         if max_shard_bytes <= 0 or max_shard_items <= 0:
             raise ValueError("max_shard_bytes and max_shard_items must be positive")
+        if command is not None and not isinstance(command, str):
+            raise TypeError(f"command must be a str, got {type(command).__name__}")
         self.cache = cache
         self.root: Path = cache.path
         self.max_shard_bytes = int(max_shard_bytes)
         self.max_shard_items = int(max_shard_items)
         self.on_commit = on_commit
+        self.command = command if command is not None else cache._run_command
         self.prefix = new_prefix()
         self.committed = {f: 0 for f in FAMILIES}  # items committed by this writer
         self._pid = os.getpid()
         self._mutex = threading.RLock()
         self._partials: dict[str, _Partial] = {}
         self._seq = {f: 0 for f in FAMILIES}
-        self._pending = {f: set() for f in FAMILIES}
         self._closed = False
         (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root, self.prefix)
@@ -95,7 +112,7 @@ class CacheWriter:
         shape or width, non-finite values (also values beyond the float16 range when storing
         float16)."""
         x = self._as_float_array(features, 4, "video", video_id, "(T, K, N, D)")
-        self._check_width(x.shape[-1], "video_width", "video", video_id)
+        self._check_shape("videos", video_id, x[:, 0].shape)
         arrays, scales = self._encode([x[:, k] for k in range(x.shape[1])], "video", video_id)
         self._add("videos", video_id, arrays, scales, None, attrs)
 
@@ -103,7 +120,7 @@ class CacheWriter:
         """Add a query: ``features (K, S, Dt)``, ``mask (S,)`` bool (True = a real token);
         ``attrs`` e.g. ``text=`` (the query text), kept as JSON."""
         x = self._as_float_array(features, 3, "query", query_id, "(K, S, Dt)")
-        self._check_width(x.shape[-1], "query_width", "query", query_id)
+        self._check_shape("queries", query_id, x[0].shape)
         m = np.asarray(mask)
         if m.shape != (x.shape[1],):
             raise CacheError(f"query {query_id!r}: mask has shape {m.shape}, expected ({x.shape[1]},)")
@@ -126,10 +143,40 @@ class CacheWriter:
             raise CacheError(f"{word} {item_id!r}: empty features, shape {x.shape}")
         return x
 
-    def _check_width(self, width, key, word, item_id):
-        expected = self.cache.manifest.get(key)
-        if expected is not None and width != expected:
-            raise CacheError(f"{word} {item_id!r}: width {width}, the manifest says {key} = {expected}")
+    def _check_shape(self, family, item_id, shape) -> None:
+        """Refuse an item whose pinned axes (see ``PINNED_AXES``) differ from the cache's; the first
+        item ever written pins them in the manifest."""
+        manifest = self.cache.manifest
+        if any(manifest.get(key) is None for key, _ in PINNED_AXES[family]):
+            with self._mutex:
+                self._pin(family, shape)
+        for key, axis in PINNED_AXES[family]:
+            expected, got = manifest.get(key), int(shape[axis])
+            if got != expected:
+                what = f"width {got}" if key.endswith("width") else f"{got} tokens per frame"
+                raise CacheError(f"{_WORD[family]} {item_id!r}: {what}, the manifest says {key} = {expected} "
+                                 f"(the cache at {self.root} holds the features of one model; write "
+                                 "these to another directory)")
+
+    def _pin(self, family, shape) -> None:
+        """Record the pinned axes missing from the manifest: those of an item already in the
+        cache (written before shapes were pinned), else of ``shape``."""
+        cache = self.cache
+        ids = cache.video_ids() if family == "videos" else cache.query_ids()
+        if ids:
+            try:
+                if family == "videos":
+                    t, _, n, d = cache.video_shape(ids[0])
+                    shape = (t, n, d)
+                else:
+                    _, s, d = cache.query_shape(ids[0])
+                    shape = (s, d)
+            except CacheError:
+                pass  # an unreadable shard (verify reports it): pin from this item
+        values = {key: int(shape[axis]) for key, axis in PINNED_AXES[family]}
+        on_disk = pin_manifest(self.root, values)
+        for key in values:
+            self.cache.manifest[key] = on_disk[key]
 
     def _encode(self, layers, word, item_id):
         """Per layer: the stored array (and the int8 scales)."""
@@ -159,28 +206,61 @@ class CacheWriter:
         self._insert(family, item_id, lambda f: write_item(f, family, item_id, self.cache.layers,
                                                             arrays, scales, mask, attrs_json))
 
-    def _copy(self, family, item_id, src_group) -> None:
-        """Copy an item group from another shard as it is stored (used by ``merge``)."""
+    def _copy(self, family, item_id, src_group, command=None) -> None:
+        """Copy an item group from another shard as it is stored (used by ``merge``), into a
+        shard that records ``command`` (the source shard's)."""
+        first = layer_name(self.cache.layers[0])
+        if first not in src_group:
+            raise CacheError(f"{_WORD[family]} {item_id!r} in {src_group.file.filename} has no dataset "
+                             f"{first}; run `r2 cache verify` on its cache")
+        self._check_shape(family, item_id, src_group[first].shape)
+
         def write(f):
             f[family].copy(src_group, encode_id(item_id))
             return sum(ds.nbytes for ds in src_group.values())
-        self._insert(family, item_id, write)
+        self._insert(family, item_id, write, command)
 
-    def _insert(self, family, item_id, write):
+    def _insert(self, family, item_id, write, command=None):
         if not isinstance(item_id, str) or not item_id:
             raise CacheError(f"{_WORD[family]} ids are non-empty str, got {item_id!r}")
+        command = self.command if command is None else command
         with self._mutex:
             self._check_usable()
-            in_cache = (self.cache.has_video if family == "videos" else self.cache.has_query)(item_id)
-            if in_cache or item_id in self._pending[family]:
-                raise CacheError(f"{_WORD[family]} {item_id!r} is already in the feature cache at "
-                                 f"{self.root}" + ("" if in_cache else " (added earlier by this writer)"))
-            part = self._partials.get(family) or self._start(family)
-            part.nbytes += write(part.file)
+            self._reserve(family, item_id)
+            try:
+                part = self._partials.get(family)
+                if part is not None and part.command != command:
+                    self._commit(family)  # one command per shard
+                    part = None
+                part = part or self._start(family, command)
+                part.nbytes += write(part.file)
+            except BaseException:
+                self._release(family, [item_id])
+                raise
             part.ids.append(item_id)
-            self._pending[family].add(item_id)
             if len(part.ids) >= self.max_shard_items or part.nbytes >= self.max_shard_bytes:
                 self._commit(family)
+
+    def _reserve(self, family, item_id) -> None:
+        """Claim an id for this writer; refused when the cache has it, or a writer of this
+        cache object has it pending (shared through ``cache._pending``)."""
+        cache = self.cache
+        with cache._pending_lock:
+            in_cache = (cache.has_video if family == "videos" else cache.has_query)(item_id)
+            owner = cache._pending[family].get(item_id)
+            if in_cache or owner is not None:
+                where = ("" if in_cache else " (added earlier by this writer)" if owner is self
+                         else " (added by another writer of this cache, not committed yet)")
+                raise CacheError(f"{_WORD[family]} {item_id!r} is already in the feature cache at "
+                                 f"{self.root}{where}")
+            cache._pending[family][item_id] = self
+
+    def _release(self, family, ids) -> None:
+        pending = self.cache._pending[family]
+        with self.cache._pending_lock:
+            for item_id in ids:
+                if pending.get(item_id) is self:
+                    del pending[item_id]
 
     # ------------------------------------------------------------------ shards
     def _check_usable(self):
@@ -190,7 +270,7 @@ class CacheWriter:
             raise CacheError("a cache writer cannot be used in a forked process: make one writer "
                              "per process (cache.writer())")
 
-    def _start(self, family) -> _Partial:
+    def _start(self, family, command=None) -> _Partial:
         seq = self._seq[family]
         self._seq[family] += 1
         name = shard_name(family, self.prefix, seq)
@@ -199,8 +279,10 @@ class CacheWriter:
         f.attrs["r2_shard_format"] = 1
         set_text_attr(f, "family", family)
         set_text_attr(f, "writer", self.prefix)
+        if command:
+            set_text_attr(f, "command", command)  # verify quotes it to rebuild this shard
         f.create_group(family)
-        part = self._partials[family] = _Partial(seq, path, f)
+        part = self._partials[family] = _Partial(seq, path, f, command or None)
         return part
 
     def _commit(self, family) -> None:
@@ -218,8 +300,8 @@ class CacheWriter:
         os.rename(part.path, final)
         fsync_dir(final.parent)
         st = final.stat()
-        self.cache._index.add(name, ShardEntry(family, st.st_size, st.st_mtime_ns, list(part.ids)))
-        self._pending[family].difference_update(part.ids)
+        self.cache._index.add(name, ShardEntry(family, st.st_size, st.st_mtime_ns, list(part.ids), part.command))
+        self._release(family, part.ids)
         self.committed[family] += len(part.ids)
         if self.on_commit is not None:
             self.on_commit(final, family, list(part.ids))
@@ -251,12 +333,13 @@ class CacheWriter:
         with self._mutex:
             if self._closed or os.getpid() != self._pid:
                 return
-            for part in self._partials.values():
+            for family, part in self._partials.items():
                 try:
                     part.file.close()
                 except Exception:
                     pass
                 part.path.unlink(missing_ok=True)
+                self._release(family, part.ids)
             self._partials.clear()
             self._closed = True
             self._lock.release()

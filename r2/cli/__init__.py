@@ -7,12 +7,17 @@ one function of the plain Python API (``r2.cache``, ``r2.extract``, ``r2.train``
 
 Errors: an exception whose class sets ``user_error = True`` (every room's own error type
 does) is shown as a one-line ``Error: ...`` message with exit code 1, never as a
-traceback. Anything else is a bug and keeps its traceback.
+traceback. Anything else is a bug and keeps its traceback. Warnings are printed as one
+line, ``warning: ...`` (without the source line Python's default format shows; other
+libraries' warnings keep their category and origin on that line).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
+import os
+import warnings
 
 import click
 
@@ -42,6 +47,25 @@ def _load(spec: str):
     return getattr(module, attr)
 
 
+def format_warning(message, category, filename, lineno, line=None) -> str:
+    """One line per warning: ``warning: <message>``; a warning from outside r2 names its
+    category and file, ``(DeprecationWarning, x.py:12)``."""
+    text = " ".join(str(message).split())
+    if not category.__module__.startswith("r2."):
+        text += f" ({category.__name__}, {os.path.basename(filename)}:{lineno})"
+    return f"warning: {text}\n"
+
+
+@contextlib.contextmanager
+def _one_line_warnings():
+    saved = warnings.formatwarning
+    warnings.formatwarning = format_warning
+    try:
+        yield
+    finally:
+        warnings.formatwarning = saved
+
+
 class R2Group(click.Group):
     """A group that loads subcommands lazily and turns user errors into clean messages."""
 
@@ -57,7 +81,8 @@ class R2Group(click.Group):
 
     def invoke(self, ctx):
         try:
-            return super().invoke(ctx)
+            with _one_line_warnings():
+                return super().invoke(ctx)
         except Exception as exc:
             if getattr(exc, "user_error", False):
                 raise click.ClickException(str(exc)) from exc

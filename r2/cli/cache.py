@@ -61,7 +61,7 @@ def info(directory, as_json):
         ("path", summary["path"]),
         ("model", f"{summary['model_id']} (config {summary['model_config_hash']})"),
         ("layers", ", ".join(map(str, summary["layers"]))),
-        ("dtype", summary["dtype"]),
+        ("dtype", f"{summary['dtype']} (computed in {summary['precision']})"),
         ("fps", "per video" if fps is None else f"{fps:g}"),
         ("videos", f"{summary['videos']} in {summary['video_shards']} shards"),
         ("queries", f"{summary['queries']} in {summary['query_shards']} shards"),
@@ -114,9 +114,10 @@ def verify(directory, quick, as_json):
 def merge(sources, out):
     """Join the caches SOURCES... into a new cache --out.
 
-    The manifests must be compatible (model, layers, fps, dtype, preprocessing). An id
-    present twice is kept once when its data are identical and is an error otherwise.
-    Nothing is left at --out when the merge fails.
+    The manifests must be compatible (model, layers, fps, dtype, preprocessing, precision,
+    token form, sampling, shapes). An id present twice is kept once when its data are
+    identical and is an error otherwise. --out cannot be inside a source. Nothing is left at
+    --out when the merge fails.
     """
     from r2.cache import merge as merge_caches
 

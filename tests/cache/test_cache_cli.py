@@ -39,3 +39,30 @@ def test_info_on_a_directory_that_is_not_a_cache(tmp_path):
     result = CliRunner().invoke(main, ["cache", "info", str(tmp_path)])
     assert result.exit_code == 1
     assert result.output.startswith("Error: ") and "no manifest.json" in result.output
+
+
+def test_cli_warnings_are_one_line_without_the_source_line(build_cache):
+    """A real `r2` process (CliRunner runs inside pytest, which captures warnings itself)."""
+    import subprocess
+    import sys
+
+    cache = build_cache(videos={"a": 1, "b": 2}, writer_options={"max_shard_items": 1})
+    with open(cache.video_shard("b"), "r+b") as fh:
+        fh.truncate(64)
+    (cache.path / "index.json").unlink()
+    run = subprocess.run([sys.executable, "-c", "from r2.cli import main; main()", "cache", "info",
+                          str(cache.path)], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    lines = run.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("warning: skipping unreadable shard "), run.stderr
+    assert "CacheWarning" not in run.stderr and ".py:" not in run.stderr and "warnings.warn" not in run.stderr
+    assert "1 in 1 shards" in run.stdout and "1 unreadable shard(s)" in run.stdout
+
+
+def test_format_warning_keeps_the_origin_of_other_libraries_warnings():
+    from r2.cache import CacheWarning
+    from r2.cli import format_warning
+
+    assert format_warning("a\n  b", CacheWarning, "/x/r2/cache/index.py", 9) == "warning: a b\n"
+    assert (format_warning("old API", DeprecationWarning, "/site-packages/lib/mod.py", 12)
+            == "warning: old API (DeprecationWarning, mod.py:12)\n")

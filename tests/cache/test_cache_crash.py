@@ -138,3 +138,34 @@ def test_a_live_writers_partial_is_left_alone(tmp_path):
     assert cache.refresh()
     assert cache.video_ids() == ["mine", "v0", "v1"]
     assert verify(cache_dir).ok
+
+
+def test_a_writer_that_fails_while_taking_its_lock_leaves_no_lock_file(tmp_path, monkeypatch):
+    import fcntl
+
+    cache = FeatureCache.create(tmp_path / "cache", {"model_id": "m", "model_config_hash": "h",
+                                                     "layers": [1], "fps": 1.0, "preprocessing": {}})
+    real_rename = os.rename
+
+    def failing_rename(src, dst):
+        if str(src).endswith(".lock.tmp"):
+            raise OSError(28, "No space left on device")
+        return real_rename(src, dst)
+
+    monkeypatch.setattr(os, "rename", failing_rename)
+    with pytest.raises(OSError, match="No space left"):
+        cache.writer()
+    monkeypatch.undo()
+    assert list((tmp_path / "cache" / "locks").iterdir()) == []
+    # one left by a writer killed at that moment is removed by the next writer; one being
+    # taken by a live writer (locked) is left alone
+    locks = tmp_path / "cache" / "locks"
+    (locks / ".host-1-dead.lock.tmp").write_text("host 1\n")
+    fd = os.open(locks / ".host-2-live.lock.tmp", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # a live writer half-way through taking its lock
+    try:
+        with cache.writer() as w:
+            names = sorted(p.name for p in locks.iterdir())
+            assert names == [".host-2-live.lock.tmp", w._lock.path.name], names
+    finally:
+        os.close(fd)

@@ -1,6 +1,7 @@
 """create / open: resume on a compatible manifest, clear errors on anything else."""
 
 import json
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_create_writes_the_manifest_and_open_reads_it(tmp_path, make_manifest):
 def test_create_on_a_compatible_cache_opens_it_and_keeps_its_items(build_cache, make_manifest):
     cache = build_cache(videos={"a": 1})
     created = cache.manifest["created"]
-    # informative keys (command, token_form, widths) may differ on a resumed run
+    # informative keys (the command) may differ on a resumed run
     again = FeatureCache.create(cache.path, make_manifest(command="r2 extract other --out cache/", fps=0.5))
     assert again.video_ids() == ["a"] and again.manifest["created"] == created
     assert again.manifest["command"] == "r2 extract videos/ --out cache/"
@@ -125,3 +126,79 @@ def test_concurrent_creates_of_one_cache_all_succeed(tmp_path):
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert m["command"] in {f"run {i}" for i in range(4)}
     assert sorted(p.name for p in (tmp_path / "c").iterdir()) == ["manifest.json", "shards"]
+
+
+@pytest.mark.parametrize("field, ours, theirs", [
+    ("precision", "fp32", "bf16"),
+    ("token_form", "residual stream, CLS + patch tokens", "post-LN CLS only"),
+    ("sampling", "ffmpeg fps rule", "uniform"),
+    ("tokens_per_frame", 3, 257),
+    ("video_width", 16, 768),
+    ("query_width", 8, 512),
+])
+def test_every_field_that_changes_the_features_is_compared(build_cache, make_manifest, tmp_path,
+                                                           field, ours, theirs):
+    from r2.cache import merge
+
+    a = build_cache("a", videos={"v0": 0}, **{field: ours})
+    diff = re.escape(f"{field}: the cache has {json.dumps(ours)}, requested {json.dumps(theirs)}")
+    with pytest.raises(CacheError, match=diff):
+        FeatureCache.create(a.path, make_manifest(**{field: theirs}))
+    # merge compares the same fields (a cache made elsewhere with the other setting)
+    b = FeatureCache.create(tmp_path / "b", make_manifest(**{field: theirs}))
+    with pytest.raises(CacheError, match=f"the manifests differ\n  {field}: "):
+        merge([a.path, b.path], tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert FeatureCache.create(a.path, make_manifest(**{field: ours})).video_ids() == ["v0"]
+
+
+def test_an_absent_precision_is_fp32_and_pinned_shapes_need_not_be_repeated(tmp_path, make_manifest, features):
+    video, query = features
+    m = make_manifest()
+    for key in ("video_width", "query_width"):
+        del m[key]
+    cache = FeatureCache.create(tmp_path / "c", m)  # no precision, no shapes in the manifest
+    assert "precision" not in cache.manifest
+    FeatureCache.create(cache.path, make_manifest(precision="fp32"))  # the same features
+    with pytest.raises(CacheError, match='precision: the cache has "fp32", requested "bf16"'):
+        FeatureCache.create(cache.path, make_manifest(precision="bf16"))
+    with cache.writer() as w:
+        w.add_video("v", video(0))  # (5, 4, 3, 16)
+        w.add_query("q", *query(0))  # (4, 6, 8)
+    # the first items pinned the shapes in manifest.json; a rerun that does not give them resumes
+    on_disk = json.loads((cache.path / "manifest.json").read_text())
+    assert (on_disk["tokens_per_frame"], on_disk["video_width"], on_disk["query_width"]) == (3, 16, 8)
+    assert FeatureCache.create(cache.path, m).video_ids() == ["v"]
+    with pytest.raises(CacheError, match="tokens_per_frame: the cache has 3, requested 50"):
+        FeatureCache.create(cache.path, {**m, "tokens_per_frame": 50})
+
+
+@pytest.mark.parametrize("change, field, message", [
+    ("only the format version", "lacks", "the cache manifest lacks model_id, model_config_hash, layers, fps, "
+                                         "preprocessing"),
+    ({"layers": "ab"}, "layers", "invalid cache manifest: layers must be a non-empty list of int, got 'ab'"),
+    ({"dtype": "bfloat16"}, "dtype", "invalid cache manifest: dtype must be one of float16, float32, int8, "
+                                     "got 'bfloat16'"),
+    ({"format_version": "1"}, "format_version", "format_version must be a positive int, got '1'"),
+    ({"precision": 32}, "precision", "invalid cache manifest: precision must be a non-empty str, got 32"),
+])
+def test_a_damaged_manifest_is_a_clear_error_naming_the_file_and_field(build_cache, change, field, message):
+    from click.testing import CliRunner
+
+    from r2.cli import main
+
+    cache = build_cache(videos={"a": 0})
+    path = cache.path / "manifest.json"
+    on_disk = json.loads(path.read_text())
+    path.write_text(json.dumps({"format_version": 1} if isinstance(change, str) else {**on_disk, **change}))
+    with pytest.raises(CacheError, match=re.escape(f"{path} is damaged: {message}")):
+        FeatureCache.open(cache.path)
+    runner = CliRunner()
+    info = runner.invoke(main, ["cache", "info", str(cache.path)])
+    assert info.exit_code == 1 and info.output.startswith(f"Error: {path} is damaged: "), info.output
+    assert field in info.output and "Traceback" not in info.output
+    check = runner.invoke(main, ["cache", "verify", str(cache.path)])
+    assert check.exit_code == 1 and field in check.output and "Traceback" not in check.output, check.output
+    assert isinstance(check.exception, SystemExit)  # a clean exit, not an exception from deep inside
+    if field != "format_version":  # a readable manifest with a bad key: reported by verify itself
+        assert f"PROBLEM manifest.json: {message}" in check.output

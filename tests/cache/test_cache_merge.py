@@ -30,10 +30,13 @@ def test_merge_joins_caches_and_keeps_identical_duplicates_once(build_cache, tmp
     assert "command" not in m and len(m["source_commands"]) == 2
     report = verify(out.path)
     assert report.ok and not report.warnings  # each id once
-    with open(out.video_shard("v2"), "r+b") as fh:  # damaged: both extract commands are quoted
+    # v2 came from b: its merged shard records b's command, which verify quotes (and only
+    # that one) with --out pointing at the merged cache
+    with open(out.video_shard("v2"), "r+b") as fh:
         fh.truncate(10)
     advice = verify(out.path).rebuild_advice()
-    assert "--shard-index 0" in advice and "--shard-index 1" in advice
+    assert f"r2 extract vids --out {out.path.resolve()} --num-shards 2 --shard-index 1" in advice
+    assert "--shard-index 0" not in advice
 
 
 def test_merge_refuses_an_id_with_different_data_and_leaves_nothing(build_cache, tmp_path):
@@ -103,3 +106,41 @@ def test_merge_cli(build_cache, tmp_path):
     assert "Traceback" not in result.output and not (tmp_path / "n").exists()
     result = runner.invoke(main, ["cache", "merge", "--out", str(tmp_path / "z")])
     assert result.exit_code == 2  # usage: no sources
+
+
+def test_merge_output_inside_a_source_is_refused(build_cache, tmp_path):
+    a = build_cache("a", videos={"v0": 0})
+    with pytest.raises(CacheError, match=r"the merge output .*a/sub is inside the source cache .*a; choose a "
+                                         "directory outside every source"):
+        merge([a.path], a.path / "sub")
+    result = CliRunner().invoke(main, ["cache", "merge", str(a.path), "--out", str(a.path / "shards" / "x")])
+    assert result.exit_code == 1 and "is inside the source cache" in result.output
+    assert sorted(p.name for p in a.path.iterdir()) == ["index.json", "locks", "manifest.json", "shards"]
+    assert verify(a.path).ok
+
+
+def test_a_killed_merges_temporary_output_is_removed_by_the_next_merge(build_cache, tmp_path):
+    import fcntl
+    import os
+
+    from r2.cache import CacheWarning
+
+    a = build_cache("a", videos={"v0": 0})
+    stale = tmp_path / ".out.merge-0badf00d.tmp"  # what a SIGKILLed merge into out leaves
+    (stale / "shards").mkdir(parents=True)
+    (stale / "shards" / "videos-x-00000.h5.partial").write_bytes(b"half")
+    live = tmp_path / ".out.merge-1234abcd.tmp"  # a merge into out that is still running
+    live.mkdir()
+    fd = os.open(live, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    other = tmp_path / ".other.merge-0badf00d.tmp"  # another output's: not ours to judge
+    other.mkdir()
+    try:
+        with pytest.warns(CacheWarning, match=r"removed .*\.out\.merge-0badf00d\.tmp, the unfinished output of a "
+                                              "merge into .*out that was stopped"):
+            merge([a.path], tmp_path / "out")
+    finally:
+        os.close(fd)
+    assert not stale.exists() and live.is_dir() and other.is_dir()
+    assert FeatureCache.open(tmp_path / "out").video_ids() == ["v0"]
+    assert list(tmp_path.glob(".out.merge-*.tmp")) == [live]  # the merge's own is gone too

@@ -11,6 +11,7 @@ import pytest
 from r2.cache import (CacheError, FeatureCache, MissingItemError, decode_id, dequantize_int8,
                       encode_id, quantize_int8)
 from r2.cache.fastio import f16_to_f32
+from r2.cache.index import ShardIndex
 from r2.cache.quantize import clip_like_features, int8_error
 
 LAYERS = [9, 10, 11, 12]
@@ -215,9 +216,19 @@ def test_index_follows_the_shards_and_refresh_sees_new_ones(build_cache, feature
     for entry in data["shards"].values():  # lie about the contents; size/mtime still match
         entry["ids"] = ["ghost"]
     (cache.path / "index.json").write_text(json.dumps(data))
-    assert FeatureCache.open(cache.path).video_ids() == ["ghost"]  # trusted while unchanged...
-    shard = cache.video_shard("b")
-    shard.touch()  # ...and dropped as soon as the shard's mtime differs
+    assert FeatureCache.open(cache.path).video_ids() == ["b"]  # the sidecar's checksum fails
+    # a sidecar that lies with a valid checksum: the first read that misses the id in its
+    # shard reads the shard again; the ghost is gone and the real item is back
+    data["checksum"] = ShardIndex._checksum(data["shards"])
+    (cache.path / "index.json").write_text(json.dumps(data))
+    lying = FeatureCache.open(cache.path)
+    assert lying.video_ids() == ["ghost"]
+    with pytest.raises(MissingItemError, match="video 'ghost' is not in the feature cache"):
+        lying.load_video("ghost")
+    assert lying.video_ids() == ["b"] and np.array_equal(lying.load_video("b"), cache.load_video("b"))
+    assert FeatureCache.open(cache.path).video_ids() == ["b"]  # and the sidecar was rewritten
+    (cache.path / "index.json").write_text(json.dumps(data))
+    cache.video_shard("b").touch()  # a shard whose mtime differs is read again at once
     assert FeatureCache.open(cache.path).video_ids() == ["b"]
 
 
@@ -261,3 +272,90 @@ def test_int8_quantisation_and_fast_float16_conversion():
     src = np.random.default_rng(0).standard_normal((4, 5)).astype(np.float16)
     f16_to_f32(src, strided[:, 1])
     assert np.array_equal(strided[:, 1], src.astype(np.float32))
+
+
+def test_an_empty_layer_list_and_non_float_dtypes_are_refused(build_cache):
+    cache = build_cache(videos={"a": 1}, queries={"q": 1})
+    with pytest.raises(CacheError, match=r"layers=\[\] asks for no layer: give layer ids from \[9, 10, 11, 12\]"):
+        cache.load_video("a", layers=[])
+    with pytest.raises(CacheError, match=r"layers=\[\]"):
+        cache.load_query("q", layers=())
+    for dtype in (np.int8, np.int32, bool):
+        with pytest.raises(ValueError, match="dtype must be a float type .* or None for the stored type"):
+            cache.load_video("a", dtype=dtype)
+    with pytest.raises(ValueError, match="dtype must be a float type"):
+        cache.load_query("q", dtype=np.uint8)
+    with pytest.raises(ValueError, match="out must be a float array; got int16"):
+        cache.load_video("a", out=np.zeros((5, 4, 3, 16), np.int16))
+    assert cache.load_video("a", dtype=np.float64).dtype == np.float64  # floats are fine
+
+
+@pytest.mark.parametrize("block", [100, 200, 10**6])
+def test_float16_to_float32_reads_in_blocks_are_exact(build_cache, features, monkeypatch, block):
+    """The float32 default reads a float16 layer in blocks of rows (96 bytes a row here):
+    1 row, 2 rows (the last block shorter) and one block for all."""
+    import r2.cache.reader as reader
+
+    monkeypatch.setattr(reader, "_BLOCK_BYTES", block)
+    video, _ = features
+    cache = build_cache(videos={"a": 1})
+    x16 = video(1).astype(np.float16)
+    got = FeatureCache.open(cache.path).load_video("a", layers=[12, 9, 10])
+    assert np.array_equal(got.view(np.uint32), x16[:, [3, 0, 1]].astype(np.float32).view(np.uint32))
+    batch = np.full((2, 7, 4, 3, 16), -1, np.float32)  # into a slice of a padded batch
+    cache.load_video("a", out=batch[1, :5])
+    assert np.array_equal(batch[1, :5], x16.astype(np.float32)) and (batch[1, 5:] == -1).all()
+
+
+def test_two_writers_of_one_cache_object_see_each_others_pending_ids(build_cache, features):
+    video, _ = features
+    cache = build_cache()
+    w1, w2 = cache.writer(), cache.writer()
+    w1.add_video("x", video(1))
+    with pytest.raises(CacheError, match=r"'x' is already in the feature cache at .* \(added by another "
+                                         r"writer of this cache, not committed yet\)"):
+        w2.add_video("x", video(2))
+    with pytest.raises(CacheError, match="added earlier by this writer"):
+        w1.add_video("x", video(1))
+    w1.flush()
+    with pytest.raises(CacheError, match=r"video 'x' is already in the feature cache at \S+$"):
+        w2.add_video("x", video(2))
+    w1.add_video("y", video(3))
+    w1.abort()  # dropped: the id is free again
+    w2.add_video("y", video(4))
+    w2.close()
+    w1.close()
+    assert cache.video_ids() == ["x", "y"]
+    y = FeatureCache.open(cache.path).load_video("y")
+    assert np.array_equal(y, video(4).astype(np.float16).astype(np.float32))
+
+
+def test_the_first_item_pins_the_shapes(tmp_path, make_manifest, features):
+    video, query = features
+    m = make_manifest()
+    del m["video_width"], m["query_width"]
+    cache = FeatureCache.create(tmp_path / "c", m)
+    with cache.writer() as w:
+        w.add_video("a", video(0, n=3, d=16))
+        with pytest.raises(CacheError, match=r"video 'b': 5 tokens per frame, the manifest says "
+                                             r"tokens_per_frame = 3 \(the cache at .* holds the features"):
+            w.add_video("b", video(1, n=5, d=16))
+        with pytest.raises(CacheError, match="video 'b': width 24, the manifest says video_width = 16"):
+            w.add_video("b", video(1, n=3, d=24))
+        w.add_query("q", *query(0, d=8))
+        with pytest.raises(CacheError, match="query 'r': width 4, the manifest says query_width = 8"):
+            w.add_query("r", *query(1, d=4))
+    on_disk = json.loads((cache.path / "manifest.json").read_text())
+    assert (on_disk["tokens_per_frame"], on_disk["video_width"], on_disk["query_width"]) == (3, 16, 8)
+    # another process's writer reads them from the manifest
+    with FeatureCache.open(cache.path).writer() as w:
+        with pytest.raises(CacheError, match="width 24"):
+            w.add_video("c", video(2, d=24))
+    # a cache written before shapes were pinned: the items already there pin them
+    del on_disk["tokens_per_frame"], on_disk["video_width"], on_disk["query_width"]
+    (cache.path / "manifest.json").write_text(json.dumps(on_disk))
+    with FeatureCache.open(cache.path).writer() as w:
+        with pytest.raises(CacheError, match="5 tokens per frame, the manifest says tokens_per_frame = 3"):
+            w.add_video("c", video(2, n=5))
+    assert json.loads((cache.path / "manifest.json").read_text())["tokens_per_frame"] == 3
+    assert FeatureCache.open(cache.path).video_ids() == ["a"]

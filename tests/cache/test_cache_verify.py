@@ -1,6 +1,7 @@
 """verify names truncated, byte-flipped and inconsistent shards and says how to rebuild;
 through the Python API and the `r2 cache verify` command (exit code and message)."""
 
+import json
 import shlex
 
 import h5py
@@ -57,7 +58,9 @@ def test_truncated_shard_is_named_with_rebuild_advice(cache):
     out = result.output
     assert f"DAMAGED {shard}" in out and "holds 2 videos" in out
     assert f"rm {shlex.quote(str(shard))}" in out
-    assert "r2 extract videos/ --out cache/" in out  # the manifest's command, to rerun
+    # the command that wrote the shard (noted by the index: the file no longer opens), with
+    # --out pointing at this cache wherever it is now
+    assert f"r2 extract videos/ --out {shlex.quote(str(cache.path.resolve()))}\n" in out
     # readers skip the damaged shard (with a warning) and keep serving the others
     with pytest.warns(UserWarning, match="skipping unreadable shard"):
         reopened = FeatureCache.open(cache.path)
@@ -140,3 +143,129 @@ def test_verify_json_output(cache):
     data = json.loads(result.output)
     assert data["ok"] is False and data["problems"][0]["shard"] == str(cache.video_shard("v0"))
     assert "rm " in data["rebuild_advice"]
+
+
+def _without_crc_in_name(shard):
+    """Rename a committed shard to the name of one committed without a file checksum (as an
+    older writer, or a copy by hand, leaves it): verify then checks every dataset."""
+    from r2.cache.shards import parse_shard_name, shard_name
+
+    p = parse_shard_name(shard.name)
+    plain = shard.with_name(shard_name(p.family, p.prefix, p.seq))
+    shard.rename(plain)
+    return plain
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+def test_non_finite_values_are_found(build_cache, bad):
+    cache = build_cache(videos={"a": 0, "b": 1})
+    shard = _without_crc_in_name(cache.video_shard("a"))
+    import zlib
+
+    with open_h5(shard, "r+") as f:  # a forged value with a matching dataset checksum
+        ds = f["videos/b/L11"]
+        data = ds[()]
+        data[2, 1, 3] = bad
+        ds[...] = data
+        ds.attrs["crc32"] = np.uint32(zlib.crc32(data.tobytes()))
+    report = verify(cache.path)
+    assert not report.ok and [p.shard for p in report.problems] == [str(shard)]
+    assert report.problems[0].messages == ["video 'b': L11 has NaN or infinite values"]
+    result = CliRunner().invoke(main, ["cache", "verify", str(cache.path)])
+    assert result.exit_code == 1 and "video 'b': L11 has NaN or infinite values" in result.output
+    assert verify(cache.path, quick=True).ok  # the structure is fine: only the data say so
+
+
+def _two_writers_add(cache_path, item, first, second):
+    """Two writers (separate cache objects, as two processes have) each add ``item``."""
+    video = np.random.default_rng
+    c1, c2 = FeatureCache.open(cache_path), FeatureCache.open(cache_path)
+    w1, w2 = c1.writer(), c2.writer()
+    w1.add_video(item, video(first).standard_normal((5, 4, 3, 16)))
+    w2.add_video(item, video(second).standard_normal((5, 4, 3, 16)))
+    w1.close()
+    w2.close()
+
+
+def test_an_id_in_two_shards_is_a_warning_when_identical_and_a_problem_when_not(build_cache, tmp_path):
+    from r2.cache import merge
+
+    cache = build_cache(videos={"v0": 0})
+    _two_writers_add(cache.path, "same", 5, 5)
+    report = verify(cache.path)
+    assert report.ok and len(report.warnings) == 1
+    assert "video 'same' is in two shards" in report.warnings[0] and "identical data" in report.warnings[0]
+    _two_writers_add(cache.path, "clash", 6, 7)
+    report = verify(cache.path)
+    assert not report.ok and not report.problems and len(report.cache_problems) == 1
+    msg = report.cache_problems[0]
+    assert msg.startswith("video 'clash' is in two shards with different data (") and "reads use" in msg
+    result = CliRunner().invoke(main, ["cache", "verify", str(cache.path)])
+    assert result.exit_code == 1 and "PROBLEM video 'clash' is in two shards with different data" in result.output
+    assert verify(cache.path, quick=True).cache_problems == [msg]  # checksums are metadata: quick sees it
+    with pytest.raises(CacheError, match="video 'clash' is in .* with different data"):  # merge agrees
+        merge([cache.path], tmp_path / "out")
+
+
+def test_rebuild_advice_quotes_the_command_that_wrote_the_damaged_shard(tmp_path, make_manifest, features):
+    video, _ = features
+    root = tmp_path / "cache"
+    for index in range(3):  # three slices of one extraction write into one directory
+        cache = FeatureCache.create(root, make_manifest(
+            command=f"r2 extract vids --out cache/ --num-shards 3 --shard-index {index}"))
+        with cache.writer() as w:
+            w.add_video(f"v{index}", video(index))
+    assert json.loads((root / "manifest.json").read_text())["command"].endswith("--shard-index 0")
+    cache = FeatureCache.open(root)
+    damaged = cache.video_shard("v1")
+    with open(damaged, "r+b") as fh:
+        fh.truncate(100)
+    advice = verify(root).rebuild_advice()
+    here = shlex.quote(str(root.resolve()))
+    assert f"rm {shlex.quote(str(damaged))}\n" in advice
+    assert f"  r2 extract vids --out {here} --num-shards 3 --shard-index 1" in advice
+    assert "--shard-index 0" not in advice and "--shard-index 2" not in advice
+    # a shard that does not record its command (an older writer's): the manifest's command
+    other = cache.video_shard("v2")
+    with open_h5(other, "r+") as f:
+        del f.attrs["command"]
+    damaged.unlink()
+    (root / "index.json").unlink()
+    report = verify(root)
+    assert [p.shard for p in report.problems] == [str(other)] and report.problems[0].command is None
+    assert report.rebuild_advice().endswith(f"  r2 extract vids --out {here} --num-shards 3 --shard-index 0")
+
+
+def test_items_of_another_shape_are_found(build_cache, tmp_path, make_manifest, features):
+    """Shard files copied from a cache of another model (the writer refuses such items)."""
+    import shutil
+
+    video, _ = features
+    m = make_manifest()
+    del m["video_width"]
+    a = FeatureCache.create(tmp_path / "a", m)
+    with a.writer() as w:
+        w.add_video("small", video(0, n=3, d=16))
+    b = FeatureCache.create(tmp_path / "b", m)
+    with b.writer() as w:
+        w.add_video("big", video(1, n=5, d=24))
+    for shard in b.shard_paths():
+        shutil.copy(shard, a.path / "shards")
+    report = verify(a.path)
+    assert not report.ok and len(report.problems) == 1
+    assert report.problems[0].messages == [
+        "video 'big': 5 tokens per frame, the manifest says tokens_per_frame = 3 (one cache holds the "
+        "features of one model)",
+        "video 'big': width 24, the manifest says video_width = 16 (one cache holds the features of one model)"]
+    # a cache whose manifest does not pin them (made before shapes were pinned): the first item's
+    manifest = json.loads((a.path / "manifest.json").read_text())
+    del manifest["tokens_per_frame"], manifest["video_width"]
+    (a.path / "manifest.json").write_text(json.dumps(manifest))
+    problems = verify(a.path).problems
+    assert len(problems) == 1 and len(problems[0].messages) == 2
+    # the shard that sorts second is named; its item is compared with the first one's
+    first, second = ("small", "big") if problems[0].videos == ["big"] else ("big", "small")
+    d = {"small": 16, "big": 24}[first]
+    assert problems[0].messages[1].startswith(f"video '{second}': width {40 - d}, "
+                                              f"video '{first}' (in ")
+    assert problems[0].messages[1].endswith(f") has {d} (one cache holds the features of one model)")
