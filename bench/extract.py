@@ -11,9 +11,15 @@ defaults: 12 layers, width 768, patch 32, 224 px). For each model, side by side,
   size and precision, images/s — ratio pipeline ÷ bare (goal >= 0.90);
 - naive: per frame, decode → PIL image → ``CLIPImageProcessor`` → forward with batch 1 —
   ratio pipeline ÷ naive (goal >= 3);
-- bf16 vs fp32 (CPU autocast): forward speed and the relative error of the kept features.
+- bf16 and fp16 vs fp32 (autocast on the CPU): forward speed and the relative error of the kept
+  features.
 
     python bench/extract.py [--fps 2] [--repeat 4] [--rounds 3] [--batch-size 16] [--workers N]
+
+``--memory 10,60`` instead measures peak memory: ``r2 extract`` (tiny model, 0.5 fps) on a
+generated 10- and a 60-minute video (64x48, 2 fps: cheap to write and decode; the frames are
+224x224 after scaling like any other), peak PSS of the main process and of main + workers,
+side by side: frames are streamed, so an hour costs what ten minutes do, plus its features.
 
 The defaults (2 fps, batch 16: ~190 clips, a dozen batches per run) give the pipeline enough
 batches to overlap decoding with the model on a CPU; at 0.5 fps the four short samples make
@@ -114,12 +120,13 @@ def run_naive(clip, processor, videos, fps, repeat):
 
 
 def precision_check(model, frames, batch_size):
+    """{precision: (images/s, relative L2 error, per-token p99, per-token max)} against fp32."""
     from r2.extract.clip import FrozenCLIP
     from r2.extract.preprocess import normalize
 
     x = normalize(frames[:batch_size])
     out = {}
-    for prec in ("fp32", "bf16"):
+    for prec in ("fp32", "bf16", "fp16"):
         clip = FrozenCLIP(model, precision=prec, truncate=False)
         clip.video_features(x)
         times = []
@@ -128,10 +135,75 @@ def precision_check(model, frames, batch_size):
             f = clip.video_features(x)
             times.append(time.perf_counter() - t0)
         out[prec] = (x.shape[0] / statistics.median(times), f)
-    ref, low = out["fp32"][1], out["bf16"][1]
-    rel = float((low - ref).norm() / ref.norm())
-    per_token = ((low - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten()
-    return out["fp32"][0], out["bf16"][0], rel, float(per_token.quantile(0.99)), float(per_token.max())
+    ref = out["fp32"][1]
+    result = {}
+    for prec, (speed, low) in out.items():
+        per_token = ((low - ref).norm(dim=-1) / ref.norm(dim=-1)).flatten()
+        result[prec] = (speed, float((low - ref).norm() / ref.norm()), float(per_token.quantile(0.99)),
+                        float(per_token.max()))
+    return result
+
+
+def _tree_rss(pid: int) -> tuple[int, int]:
+    """Bytes of ``pid`` and of ``pid`` + its descendants (Linux /proc): proportional set sizes,
+    so that pages shared by processes (a forked child, shared memory) are counted once."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    children.setdefault(int(f.read().rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                pass
+
+    def rss(p):
+        try:
+            with open(f"/proc/{p}/smaps_rollup") as f:
+                return next((int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")), 0)
+        except OSError:
+            return 0
+
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    sizes = [rss(p) for p in tree]
+    return sizes[0], sum(sizes)
+
+
+def memory_check(minutes: list[float], workers: int):
+    """Peak memory (PSS) of `r2 extract` on generated videos of the given lengths, sampled every 20 ms."""
+    import subprocess
+    import sys
+
+    from r2.extract.synthetic import write_video
+    from r2.extract.tiny import make_tiny_clip
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = make_tiny_clip(Path(tmp) / "tiny")
+        print(f"r2 extract --fps 0.5 --workers {workers}, tiny model; peak memory (PSS) sampled every 20 ms")
+        base = None
+        for m in minutes:
+            folder = Path(tmp) / f"{m:g}min"
+            n = int(m * 60 * 2)
+            write_video(folder / "video.mp4", (np.full((48, 64, 3), 40 * (k // 20 % 6), np.uint8) for k in range(n)),
+                        fps=2, codec="libx264", keyframe_interval=20)
+            cmd = [sys.executable, "-m", "r2", "extract", str(folder), "--out", str(Path(tmp) / f"cache{m:g}"),
+                   "--model", str(model), "--fps", "0.5", "--workers", str(workers), "--no-progress"]
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            peak_main = peak_all = 0
+            while proc.poll() is None:
+                main_rss, all_rss = _tree_rss(proc.pid)
+                peak_main, peak_all = max(peak_main, main_rss), max(peak_all, all_rss)
+                time.sleep(0.02)
+            output = proc.stdout.read().decode()
+            assert proc.returncode == 0, output
+            clips = int(m * 30)
+            base = base or peak_all
+            print(f"  {m:5g} min ({clips:5d} clips, {clips * 224 * 224 * 3 / 1e6:6.0f} MB of frames): peak main "
+                  f"{peak_main / 1e9:.3f} GB, main + workers {peak_all / 1e9:.3f} GB ({peak_all / base:.2f}x the "
+                  "first)")
 
 
 def main(argv=None):
@@ -142,7 +214,11 @@ def main(argv=None):
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: CPUs - 1)")
     ap.add_argument("--models", default="tiny,ViT-B/32")
+    ap.add_argument("--memory", metavar="MINUTES", help="measure peak memory on videos of these lengths, e.g. 10,60")
     args = ap.parse_args(argv)
+    if args.memory:
+        memory_check([float(m) for m in args.memory.split(",")], 1 if args.workers is None else args.workers)
+        return
 
     from transformers.utils import logging as hf_logging
 
@@ -190,10 +266,13 @@ def main(argv=None):
                   f"the others decode)")
         print(f"  naive    : {med['naive']:8.1f} images/s   pipeline / naive = {med['pipeline'] / med['naive']:.2f} "
               f"(goal >= 3)")
-        f32, b16, rel, p99, worst = precision_check(model, frames, args.batch_size)
-        print(f"  fp32 {f32:.1f} images/s, bf16 autocast {b16:.1f} images/s: bf16 is {b16 / f32:.2f}x; "
-              f"bf16 feature error: {rel * 100:.2f}% relative (L2 over all kept features), per token "
-              f"p99 {p99 * 100:.2f}%, max {worst * 100:.2f}%")
+        checks = precision_check(model, frames, args.batch_size)
+        f32 = checks["fp32"][0]
+        for prec in ("bf16", "fp16"):
+            speed, rel, p99, worst = checks[prec]
+            print(f"  fp32 {f32:.1f} images/s, {prec} autocast {speed:.1f} images/s: {prec} is {speed / f32:.2f}x; "
+                  f"{prec} feature error: {rel * 100:.3f}% relative (L2 over all kept features), per token "
+                  f"p99 {p99 * 100:.2f}%, max {worst * 100:.2f}%")
 
 
 if __name__ == "__main__":

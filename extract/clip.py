@@ -35,7 +35,9 @@ import torch
 
 __all__ = [
     "FrozenCLIP",
+    "ModelError",
     "ModelNotFoundError",
+    "check_device",
     "config_hash",
     "default_layers",
     "load_tokenizer",
@@ -46,10 +48,16 @@ __all__ = [
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModelNotFoundError(Exception):
-    """A ``--model`` that is neither a local folder nor a hub id available on disk."""
+class ModelError(Exception):
+    """A model that cannot be used as asked: a folder without config or weights, a config that
+    is not CLIP, ``--layers`` it does not have, a ``--device`` torch cannot use."""
 
     user_error = True
+
+
+class ModelNotFoundError(ModelError):
+    """A ``--model`` that is neither a local folder nor a hub id available on disk (or only
+    part of it is)."""
 
 
 def tokenizer_dir() -> Path:
@@ -82,19 +90,47 @@ def load_tokenizer(folder: str | os.PathLike | None = None):
     return _TOKENIZERS[key]
 
 
-def resolve_model(model: str | os.PathLike) -> Path:
-    """A local folder with ``config.json`` for ``model`` (a folder, or a hub id already on disk).
+_WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
-    A hub id that is not cached is downloaded only when the hub is online; offline
-    (``HF_HUB_OFFLINE=1``) or without network this fails at once with a message that names
-    the model and says how to pass a local folder.
+
+def _download_hint(model_id: str) -> str:
+    return (f"pass a local folder instead: --model /path/to/clip (a folder with config.json and "
+            f"model.safetensors, e.g. made on a machine with network by `hf download {model_id} "
+            f"--local-dir /path/to/clip`), or make a small random one with `r2 make-tiny-clip DIR`")
+
+
+def _folder_problem(path: Path) -> str | None:
+    """What keeps ``path`` from being a loadable CLIP folder (one line), or None."""
+    config = path / "config.json"
+    if not config.is_file():
+        return f"no config.json in {path} (a Hugging Face CLIP folder holds config.json and model.safetensors)"
+    try:
+        d = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return f"{config} is not valid JSON ({exc})"
+    if not isinstance(d, dict) or d.get("model_type", "clip") != "clip" or "vision_config" not in d \
+            or "text_config" not in d:
+        kind = d.get("model_type") if isinstance(d, dict) else None
+        return (f"{config} describes {'a ' + repr(kind) + ' model' if kind else 'no model'}, not a CLIP with both "
+                "towers (model_type 'clip', vision_config and text_config)")
+    if not any((path / name).is_file() for name in _WEIGHTS):
+        return f"no weights in {path} (model.safetensors or pytorch_model.bin next to config.json)"
+    return None
+
+
+def resolve_model(model: str | os.PathLike) -> Path:
+    """A local CLIP folder (config.json + weights) for ``model``: a folder, or a hub id on disk.
+
+    A hub id that is not cached (or only partly: an interrupted download) is downloaded only
+    when the hub is online; offline (``HF_HUB_OFFLINE=1``) or without network this fails at
+    once with a message that names the model and says how to pass a local folder.
     """
     text = os.fspath(model)
     path = Path(text).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
-            raise ModelNotFoundError(f"--model {text}: folder has no config.json (expected a Hugging Face CLIP "
-                                     "folder: config.json + model.safetensors)")
+        problem = _folder_problem(path)
+        if problem:
+            raise ModelNotFoundError(f"--model {text}: {problem}")
         return path.resolve()
     if path.exists():
         raise ModelNotFoundError(f"--model {text}: is a file; pass the folder that holds config.json and "
@@ -102,26 +138,49 @@ def resolve_model(model: str | os.PathLike) -> Path:
     looks_like_path = text.startswith((".", "/", "~")) or text.count("/") > 1 or os.sep != "/" and os.sep in text
     if looks_like_path:
         raise ModelNotFoundError(f"--model {text}: no such folder")
-    from huggingface_hub import snapshot_download
+    from huggingface_hub import constants, snapshot_download
 
     patterns = ["*.json", "*.safetensors", "*.txt"]
     try:
-        return Path(snapshot_download(text, local_files_only=True, allow_patterns=patterns))
+        local = Path(snapshot_download(text, local_files_only=True, allow_patterns=patterns))
     except Exception:
-        pass
-    hint = (f"pass a local folder instead: --model /path/to/clip (a folder with config.json and "
-            f"model.safetensors, e.g. made on a machine with network by `huggingface-cli download {text} "
-            f"--local-dir /path/to/clip`), or make a small random one with `r2 make-tiny-clip DIR`")
-    from huggingface_hub import constants
-
+        problem = "is not on disk"
+    else:
+        problem = _folder_problem(local)
+        if problem is None:
+            return local
+        problem = f"is only partly on disk ({problem}: an interrupted download?)"
     if constants.HF_HUB_OFFLINE:
-        raise ModelNotFoundError(f"model '{text}' is not on disk and the Hugging Face hub is offline "
-                                 f"(HF_HUB_OFFLINE=1): {hint}")
+        raise ModelNotFoundError(f"model '{text}' {problem} and the Hugging Face hub is offline (HF_HUB_OFFLINE=1): "
+                                 f"{_download_hint(text)}")
     try:
-        return Path(snapshot_download(text, allow_patterns=patterns, etag_timeout=5))
+        local = Path(snapshot_download(text, allow_patterns=patterns, etag_timeout=5))
     except Exception as exc:
-        raise ModelNotFoundError(f"model '{text}' is not on disk and could not be downloaded "
-                                 f"({type(exc).__name__}): {hint}") from None
+        raise ModelNotFoundError(f"model '{text}' {problem} and could not be downloaded ({type(exc).__name__}): "
+                                 f"{_download_hint(text)}") from None
+    problem = _folder_problem(local)
+    if problem:
+        raise ModelNotFoundError(f"model '{text}': {problem}")
+    return local
+
+
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a torch.device, or a :class:`ModelError` saying why torch cannot use it here."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise ModelError(f"--device {device}: not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch is built without CUDA" if torch.version.cuda is None
+                   else "no CUDA GPU is visible (driver, CUDA_VISIBLE_DEVICES?)")
+            raise ModelError(f"--device {device}: {why} (torch {torch.__version__}); use --device cpu")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ModelError(f"--device {device}: there are {count} CUDA device(s), cuda:0 .. cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ModelError(f"--device {device}: MPS (Apple GPU) is not available to this torch; use --device cpu")
+    return dev
 
 
 _VOLATILE = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "architectures", "_commit_hash",
@@ -158,6 +217,14 @@ class _Info:
     config_hash: str
 
 
+def _first_line(exc: Exception) -> str:
+    return (str(exc).strip().splitlines() or [""])[0][:300]
+
+
+def _layer_text(layers) -> str:
+    return ",".join(str(i) for i in layers) if layers else "(none)"
+
+
 class FrozenCLIP:
     """A frozen CLIP (eval, no grad) that returns the kept hidden states of both towers.
 
@@ -178,37 +245,47 @@ class FrozenCLIP:
 
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+        self.device = check_device(device)  # before anything is loaded
         if isinstance(model, CLIPModel):  # an in-memory model (benchmarks): nothing read from disk
             net, path, config = model, None, model.config
             model_id = config.name_or_path or "in-memory CLIPModel"
         else:
             path = resolve_model(model)
-            config = CLIPConfig.from_pretrained(path)
+            try:
+                config = CLIPConfig.from_pretrained(path)
+            except (OSError, ValueError, TypeError, KeyError) as exc:
+                raise ModelError(f"--model {os.fspath(model)}: cannot read the CLIP config in {path} "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
             net = None
             model_id = str(path) if Path(os.fspath(model)).expanduser().exists() else os.fspath(model)
         n_vis = config.vision_config.num_hidden_layers
         n_txt = config.text_config.num_hidden_layers
         top = min(n_vis, n_txt)
-        layers = [i if i >= 0 else top + 1 + i for i in layers] if layers is not None else default_layers(n_vis)
+        default = default_layers(n_vis)
+        asked = _layer_text(layers) if layers is not None else f"{_layer_text(default)} (the default)"
+        layers = [i if i >= 0 else top + 1 + i for i in layers] if layers is not None else default
         if not layers or sorted(set(layers)) != list(layers):
-            raise ValueError(f"layers must be distinct and ascending, got {layers}")
+            raise ModelError(f"--layers {asked}: give distinct hidden-state indices in ascending "
+                             "order, e.g. 9,10,11,12")
         if layers[0] < 0 or layers[-1] > top:
-            raise ValueError(f"layers {layers} out of range 0..{top} (hidden-state indices; "
-                             f"0 = embeddings, {top} = last block; negative counts from the end)")
+            raise ModelError(f"--layers {asked}: out of range 0..{top} for {model_id} (hidden-state "
+                             f"indices; 0 = embeddings, {top} = last block; negative counts from the end)")
         self.layers = layers
-        self.device = torch.device(device)
         self.precision = precision
         self.info = _Info(model_id, path, config_hash(config))
         if net is None:
-            net = CLIPModel.from_pretrained(path, dtype=torch.float32)
+            try:
+                net = CLIPModel.from_pretrained(path, dtype=torch.float32)
+            except Exception as exc:  # damaged or mismatched weights: OSError, safetensors' own error, ...
+                raise ModelError(f"--model {model_id}: cannot load the weights in {path} "
+                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
         net.eval().requires_grad_(False)
         self.vision = net.vision_model
         self.text = net.text_model
         if truncate:  # blocks after the last kept layer cannot change the kept hidden states
             self.vision.encoder.layers = self.vision.encoder.layers[:layers[-1]]
             self.text.encoder.layers = self.text.encoder.layers[:layers[-1]]
-        self.vision.to(self.device)
-        self.text.to(self.device)
+        self._to_device()
         self.config = config
         self.image_size = config.vision_config.image_size
         self.patch_size = config.vision_config.patch_size
@@ -220,6 +297,14 @@ class FrozenCLIP:
         self.preprocessor_config = self._preprocessor_config(path) if path is not None else {}
 
     # -- set-up helpers -------------------------------------------------------------------
+    def _to_device(self):
+        try:
+            self.vision.to(self.device)
+            self.text.to(self.device)
+        except (RuntimeError, AssertionError) as exc:  # e.g. out of GPU memory
+            raise ModelError(f"--device {self.device}: cannot put the model there ({type(exc).__name__}: "
+                             f"{_first_line(exc)})") from None
+
     @staticmethod
     def _tokenizer(path: Path | None, vocab_size: int):
         if path is not None and (path / "vocab.json").is_file() and (path / "merges.txt").is_file():

@@ -7,8 +7,13 @@
         "cache/", "openai/clip-vit-base-patch32", fps=0.5, batch_size=64, workers=8, device="cuda")
 
 - Decoding runs in ``workers`` loky processes (joblib's process pool), one video per task,
-  at most ``2 * workers`` in flight; each returns the video's frames as ``(T, 224, 224, 3)`` uint8
-  (:func:`r2.extract.video.decode_job`). ``workers=0`` decodes in this process.
+  at most ``2 * workers`` in flight; each streams the video's frames, ``(c, 224, 224, 3)``
+  uint8 chunks (:func:`r2.extract.video.decode_chunks`), through a few slots of shared memory,
+  so memory does not grow with the length of the videos (an hour holds what a minute does,
+  besides its features). ``workers=0`` decodes in this process, streamed the same way.
+- A decode worker that dies (a segfault in FFmpeg, the OOM killer) does not end the run: the
+  workers are restarted, the videos in flight retried one at a time, and the one that kills its
+  worker alone is a failure ("decoder process crashed (exit code 139)").
 - The main process packs frames from any number of videos into batches of ``batch_size``,
   normalises them on the device (only uint8 crosses to a GPU), runs the frozen CLIP
   (:class:`r2.extract.clip.FrozenCLIP`) and hands each finished video to the cache writer.
@@ -18,8 +23,9 @@
 - Resume: ``FeatureCache.create`` reopens a compatible cache; ids already in it are skipped, so
   a rerun after a crash, a kill or failed videos does only what is missing. The cache commits
   shards atomically (a killed run loses at most its open shard).
-- Failures (unreadable, empty, truncated, no video stream, ...) are collected with path and
-  reason, written to ``failures.jsonl`` in the cache folder (one JSON object a line), and
+- Failures (unreadable, empty, truncated, no video stream, crashed decoder, ...) are collected
+  with the absolute path and the reason, written to ``failures.jsonl`` in the cache folder (one
+  JSON object a line), and
   the others are extracted; the caller decides the exit code (``summary.ok``).
 - Scale-out: ``num_shards``/``shard_index`` keep the videos and queries whose id hashes
   (sha1) to this shard: deterministic, independent of the input order and of the other
@@ -28,6 +34,7 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import json
 import os
@@ -41,10 +48,10 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache
-from r2.extract.video import DecodeResult, decode_job
+from r2.extract.video import DecodeResult, decode_chunks
 
-__all__ = ["ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features", "in_shard",
-           "TOKEN_FORM"]
+__all__ = ["ExtractionError", "ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features",
+           "in_shard", "TOKEN_FORM"]
 
 TOKEN_FORM = ("hidden states (raw residual stream: before post_layernorm / final_layer_norm and the "
               "projections) of the kept layers; video: all tokens (CLS + patches) per frame; "
@@ -69,8 +76,17 @@ class QueryJob:
     text: str
 
 
+class ExtractionError(Exception):
+    """The extraction cannot go on (e.g. decode worker processes that cannot start)."""
+
+    user_error = True
+
+
 @dataclass
 class Failure:
+    """A video that was not extracted: ``path`` is the file (absolute), or for a video the
+    annotations name but no file has, the name that was looked for; ``reason`` is one line."""
+
     video_id: str
     path: str
     reason: str
@@ -90,7 +106,9 @@ class ExtractionSummary:
     queries_extracted: int = 0
     queries_skipped: int = 0
     bytes_written: int = 0  # committed shard bytes of this run
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole run
+    startup_seconds: float = 0.0  # model load, cache open, queries: before the first video
+    video_seconds: float = 0.0  # decoding + CLIP + writing the videos (wall clock)
     decode_seconds: float = 0.0  # summed over workers
     model_seconds: float = 0.0  # main process, vision tower incl. normalisation
     failures: list[Failure] = field(default_factory=list)
@@ -101,12 +119,13 @@ class ExtractionSummary:
         return not self.failures
 
     def format(self) -> str:
-        rate = self.clips / self.seconds if self.seconds > 0 else 0.0
+        rate = self.clips / self.video_seconds if self.video_seconds > 0 else 0.0
         lines = [
-            f"extracted into {self.cache_dir} in {self.seconds:.1f} s",
+            f"extracted into {self.cache_dir} in {self.seconds:.1f} s "
+            f"(start-up: model, cache, queries {self.startup_seconds:.1f} s)",
             f"  videos : {self.videos_extracted} extracted, {self.videos_skipped} already cached, "
             f"{len(self.failures)} failed (of {self.videos_total})",
-            f"  clips  : {self.clips} ({rate:.1f} frames/s)",
+            f"  clips  : {self.clips} ({rate:.1f} frames/s decoded and extracted, in {self.video_seconds:.1f} s)",
             f"  queries: {self.queries_extracted} extracted, {self.queries_skipped} already cached "
             f"(of {self.queries_total})",
             f"  written: {self.bytes_written / 1e6:.1f} MB",
@@ -243,6 +262,7 @@ def extract_features(
     with cache.writer(**writer_opts) as writer:
         if todo_queries:
             _extract_queries(clip, todo_queries, writer, summary, batch_size=max(64, batch_size))
+        summary.startup_seconds = time.perf_counter() - t_start
         if todo_videos:
             _extract_videos(clip, todo_videos, writer, summary, prep, fps=fps, batch_size=batch_size,
                             workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype)
@@ -279,51 +299,282 @@ def _default_workers(device: str) -> int:
     return max(1, min(cpus, 32))
 
 
+# --- decode workers ------------------------------------------------------------------------
+_CHUNK_FRAMES = 32  # frames per shared-memory slot: 4.8 MB at 224 px
+_SHM_BUDGET = 64 * 2**20  # bytes of shared memory for the slots, at most
+_BEGIN, _RESTART, _DONE = -1, -2, -3  # control messages in the slot field
+
+
+class _DecodePool:
+    """Decode worker processes (joblib's loky executor) that stream each video's frames in chunks.
+
+    Frames travel through ``slots`` slots of shared memory, ``chunk`` frames each: a worker
+    takes a free slot (waiting while none is free, so decoding never runs ahead of the model by
+    more than the slots), writes up to ``chunk`` frames and sends ``(job, slot, count)``; the
+    main process copies them out and frees the slot. Memory is ``slots x chunk`` frames, however
+    long the videos are. Only such 3-int tuples cross the pipe, one atomic write each, so a worker
+    that dies mid-video (a segfault in FFmpeg, the OOM killer) leaves no half message behind:
+    loky fails the futures with ``TerminatedWorkerError`` and :meth:`restart` starts afresh. A
+    pool is kept for the next run of the same shape (starting workers costs ~0.3 s).
+    """
+
+    def __init__(self, workers: int, frame_shape: tuple[int, int, int]):
+        from multiprocessing import shared_memory
+
+        frame_bytes = int(np.prod(frame_shape))
+        budget = _shm_budget()
+        self.workers, self.frame_shape, self.pid = workers, frame_shape, os.getpid()
+        self.slots = max(2, min(2 * workers, budget // frame_bytes))
+        self.chunk = max(1, min(_CHUNK_FRAMES, budget // (self.slots * frame_bytes)))
+        self.shm = shared_memory.SharedMemory(create=True, size=self.slots * self.chunk * frame_bytes)
+        self.view = np.ndarray((self.slots, self.chunk, *frame_shape), np.uint8, self.shm.buf)
+        self._start()
+
+    def _start(self):
+        from joblib.externals.loky import ProcessPoolExecutor
+        from joblib.externals.loky.backend import get_context
+
+        ctx = get_context("loky")
+        self.free = ctx.SimpleQueue()  # slot numbers; workers wait on it
+        self.messages, self.sender = ctx.Pipe(duplex=False)  # (job, slot or control, count) from the workers
+        for slot in range(self.slots):
+            self.free.put(slot)
+        self.executor = ProcessPoolExecutor(self.workers, timeout=30, initializer=_init_worker,
+                                            initargs=(self.shm.name, self.view.shape, self.free, self.sender))
+
+    def submit(self, key: int, args: tuple):
+        return self.executor.submit(_decode_task, key, args, self.chunk)
+
+    def receive(self, timeout: float):
+        """The next ``(job, slot, count)`` message, or None after ``timeout`` seconds."""
+        return self.messages.recv() if self.messages.poll(timeout) else None
+
+    def take(self, slot: int, count: int) -> np.ndarray:
+        frames = self.view[slot, :count].copy()  # (count, S, S, 3) uint8
+        self.free.put(slot)
+        return frames
+
+    def restart(self) -> set[int]:
+        """Kill the workers, start new ones; returns the jobs that had begun (they may be the cause)."""
+        self.executor.shutdown(wait=True, kill_workers=True)
+        began = set()
+        while self.messages.poll(0):  # every writer is dead: only whole messages are left
+            key, slot, _ = self.messages.recv()
+            if slot == _BEGIN:
+                began.add(key)
+        self._close_channels()
+        self._start()
+        return began
+
+    def _close_channels(self):
+        self.free.close()
+        self.messages.close()
+        self.sender.close()
+
+    def close(self):
+        self.executor.shutdown(wait=True, kill_workers=True)
+        self._close_channels()
+        del self.view  # the buffer must not be exported when the segment closes
+        self.shm.close()
+        self.shm.unlink()
+
+
+_POOL: _DecodePool | None = None
+
+
+def _pool(workers: int, frame_shape: tuple[int, int, int]) -> _DecodePool:
+    global _POOL
+    if _POOL is not None and _POOL.pid != os.getpid():  # inherited by a fork: the parent's
+        _POOL = None
+    if _POOL is not None and (_POOL.workers, _POOL.frame_shape) != (workers, frame_shape):
+        _close_pool()
+    if _POOL is None:
+        _POOL = _DecodePool(workers, frame_shape)
+    return _POOL
+
+
+@atexit.register
+def _close_pool():
+    global _POOL
+    pool, _POOL = _POOL, None
+    if pool is not None and pool.pid == os.getpid():
+        pool.close()
+
+
+def _shm_budget() -> int:
+    """64 MiB, or half of what /dev/shm has free when that is less (a container's /dev/shm is
+    often 64 MB, and writing past its end kills the writer with SIGBUS)."""
+    try:
+        st = os.statvfs("/dev/shm")
+    except OSError:
+        return _SHM_BUDGET
+    return max(1, min(_SHM_BUDGET, st.f_bavail * st.f_frsize // 2))
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(shm_name, shape, free, sender):
+    from multiprocessing import shared_memory
+
+    shm = shared_memory.SharedMemory(name=shm_name)
+    _WORKER.update(shm=shm, view=np.ndarray(shape, np.uint8, shm.buf), free=free, sender=sender)
+
+
+def _decode_task(key: int, args: tuple, chunk: int) -> DecodeResult:
+    """In a worker: decode one video, streaming its frames through the slots; returns its
+    :class:`DecodeResult` (``frames`` None) after the ``_DONE`` message."""
+    view, free, sender = _WORKER["view"], _WORKER["free"], _WORKER["sender"]
+    sender.send((key, _BEGIN, 0))
+    for kind, value in decode_chunks(*args, chunk=chunk):
+        if kind == "frames":
+            slot = free.get()
+            view[slot, :len(value)] = value
+            sender.send((key, slot, len(value)))
+        elif kind == "restart":
+            sender.send((key, _RESTART, 0))
+        else:
+            result = value
+    sender.send((key, _DONE, 0))
+    return result
+
+
+def _exit_codes(exc: Exception) -> str:
+    """loky's "The exit codes of the workers are {EXIT(139)}" → "exit code 139"."""
+    import re
+
+    found = re.search(r"exit codes of the workers are \{([^}]*)\}", str(exc))
+    parts = []
+    for name, code in re.findall(r"(\w+)\((-?\d+)\)", found.group(1) if found else ""):
+        if name == "EXIT":
+            parts.append(f"exit code {code}")
+        elif name == "SIGKILL":
+            parts.append(f"exit code {code}, SIGKILL: killed, e.g. by the out-of-memory killer")
+        else:
+            parts.append(f"exit code {code}, {name}")
+    return "; ".join(dict.fromkeys(parts)) or "exit code unknown"
+
+
 def _decode_results(jobs, fps, size, resize, workers, threads):
-    """Yield :class:`DecodeResult` for every job, in completion order when parallel.
+    """Decode every job; yields, as it happens:
+
+    - ``("frames", i, frames)``: the next ``(c, S, S, 3)`` uint8 frames of job ``i``, in clip order;
+    - ``("restart", i)``: drop the frames of job ``i`` so far, they come again (the skipping
+      decoder fell back to decoding every frame, or a worker died and the job is retried);
+    - ``("done", i, result)``: job ``i`` is complete (:class:`DecodeResult`, ``frames`` None);
+      with ``result.error`` set it failed: drop its frames.
 
     ``workers`` loky processes (joblib's process pool; used directly because joblib runs
-    ``n_jobs=1`` in the calling process, and one decode process next to the model is the
-    right set-up for two cores) with at most ``2 * workers`` videos in flight. Results that
-    finish together are yielded in submission order, so with one worker the order (and so
-    the model's batches, and the features to the last bit) is the same in every run.
+    ``n_jobs=1`` in the calling process, and one decode process next to the model is the right
+    set-up for two cores), at most ``2 * workers`` videos in flight, frames streamed through
+    :class:`_DecodePool`. With one worker the order of the events (so the model's batches, and
+    the features to the last bit) is the same in every run.
+
+    A worker that dies (segfault, OOM kill) fails every job in flight: those that had begun are
+    retried one at a time, the others go back in line; a job that kills its worker while it runs
+    alone is done with ``error`` "decoder process crashed (exit code ...)".
     """
+    from concurrent.futures.process import BrokenProcessPool
+
     args = [(j.video_id, j.path, j.fps if j.fps is not None else fps, j.sample_times, j.num_clips, size, resize,
              threads) for j in jobs]
     if workers == 0:
-        for a in args:
-            yield decode_job(*a)
+        for i, a in enumerate(args):
+            for kind, value in decode_chunks(*a, chunk=_CHUNK_FRAMES):
+                yield (kind, i) if kind == "restart" else (kind, i, value)
         return
-    from concurrent.futures import FIRST_COMPLETED, wait
 
-    from joblib.externals.loky import get_reusable_executor
+    pool = _pool(min(workers, len(args)), (size, size, 3))
+    todo = deque(range(len(args)))
+    alone: deque[int] = deque()  # had begun when a worker died: retried one at a time
+    solo: int | None = None  # the job running alone
+    running: dict = {}  # job -> future
+    began: set[int] = set()
+    started: set[int] = set()  # jobs whose frames went out: a retry restarts them
+    idle_crashes = 0
+    clean = False
 
-    executor = get_reusable_executor(max_workers=min(workers, len(args)), timeout=30)
-    todo = deque(enumerate(args))
-    running: dict = {}  # future -> submission index
+    def crashed(exc) -> list:
+        """Events after a worker died: restarts, and the job found guilty (if it ran alone)."""
+        nonlocal solo, idle_crashes
+        lost = set(running)
+        running.clear()
+        suspects = (began | pool.restart()) & lost
+        began.difference_update(lost)
+        events = [("restart", i) for i in sorted(lost & started)]
+        started.difference_update(lost)
+        guilty, solo = solo, None
+        if guilty is not None:
+            events.append(("done", guilty, DecodeResult(jobs[guilty].video_id, jobs[guilty].path,
+                                                        error=f"decoder process crashed ({_exit_codes(exc)})")))
+            lost.discard(guilty)
+            suspects.discard(guilty)
+        # a worker that dies with no video begun (at start-up) would otherwise be retried forever
+        idle_crashes = 0 if suspects or guilty is not None else idle_crashes + 1
+        if idle_crashes >= 3:
+            raise ExtractionError(f"the decode worker processes die before decoding anything ({_exit_codes(exc)}); "
+                                  "decode in this process with --workers 0")
+        alone.extend(sorted(suspects))
+        todo.extendleft(sorted(lost - suspects, reverse=True))
+        return events
+
     try:
-        while todo or running:
-            while todo and len(running) < 2 * workers:
-                index, a = todo.popleft()
-                running[executor.submit(decode_job, *a)] = index
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in sorted(done, key=running.__getitem__):  # a set: its order is arbitrary
-                del running[future]
-                yield future.result()
+        while todo or alone or running:
+            try:  # (a job leaves its line only once it is submitted: submit fails on a broken pool)
+                if solo is None and alone and not running:
+                    running[alone[0]] = pool.submit(alone[0], args[alone[0]])
+                    solo = alone.popleft()
+                while solo is None and not alone and todo and len(running) < 2 * pool.workers:
+                    running[todo[0]] = pool.submit(todo[0], args[todo[0]])
+                    todo.popleft()
+            except BrokenProcessPool as exc:
+                yield from crashed(exc)
+                continue
+            message = pool.receive(timeout=0.5)
+            if message is None:  # quiet: has a worker died (or a task failed)?
+                failed = next((f for f in running.values() if f.done() and f.exception() is not None), None)
+                if failed is not None:
+                    if not isinstance(failed.exception(), BrokenProcessPool):
+                        raise failed.exception()  # a bug in the task, not in a video
+                    yield from crashed(failed.exception())
+                continue
+            key, slot, count = message
+            if slot >= 0:
+                started.add(key)
+                yield "frames", key, pool.take(slot, count)
+            elif slot == _BEGIN:
+                began.add(key)
+            elif slot == _RESTART:
+                if key in started:
+                    started.discard(key)
+                    yield "restart", key
+            else:  # _DONE: every chunk of this job is in
+                try:
+                    result = running[key].result()
+                except BrokenProcessPool as exc:
+                    yield from crashed(exc)
+                    continue
+                del running[key]
+                began.discard(key)
+                started.discard(key)
+                if key == solo:
+                    solo = None
+                yield "done", key, result
+        clean = True
     finally:
-        for future in running:
-            future.cancel()
+        if not clean:  # stopped half-way: workers may hold slots, start afresh next time
+            _close_pool()
 
 
 class _Pending:
-    """A decoded video waiting for (part of) its features."""
+    """A video whose frames are coming in: its features so far, in clip order."""
 
-    __slots__ = ("result", "features", "filled")
+    __slots__ = ("features", "queued", "result")
 
-    def __init__(self, result: DecodeResult, shape, dtype):
-        self.result = result
-        self.features = np.empty(shape, dtype=dtype)
-        self.filled = 0
+    def __init__(self):
+        self.features: list[np.ndarray] = []  # (c, K, N, D) each
+        self.queued = 0  # frames waiting for the model
+        self.result: DecodeResult | None = None  # set when every frame has come
 
 
 def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, workers, decode_threads, progress,
@@ -334,24 +585,24 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
     from r2.extract.preprocess import normalize
 
     workers = _default_workers(str(clip.device)) if workers is None else workers
-    k, n, d = len(clip.layers), clip.tokens, clip.video_width
     feat_dtype = np.float16 if dtype == "float16" else np.float32
-    queue: deque[tuple[_Pending, int, int]] = deque()  # (video, start, end) frames not yet run
-    queued = 0
-    bar = tqdm(total=len(jobs), unit="video", disable=None if progress is None else not progress, dynamic_ncols=True, file=sys.stderr,
-               mininterval=0.5)
+    pending: dict[int, _Pending] = {}
+    queue: deque[tuple[_Pending, np.ndarray]] = deque()  # frames not yet run, (c, S, S, 3) each
+    queued = done = 0
+    bar = tqdm(total=len(jobs), unit="video", disable=None if progress is None else not progress, dynamic_ncols=True,
+               file=sys.stderr, mininterval=0.5)
     t0 = time.perf_counter()
 
     def run_batch(limit: int):
         nonlocal queued
         parts, frames, taken = [], [], 0
         while queue and taken < limit:
-            item, a, b = queue.popleft()
-            take = min(b - a, limit - taken)
-            parts.append((item, a, a + take))
-            frames.append(item.result.frames[a:a + take])
-            if a + take < b:
-                queue.appendleft((item, a + take, b))
+            item, x = queue.popleft()
+            take = min(len(x), limit - taken)
+            parts.append((item, take))
+            frames.append(x[:take])
+            if take < len(x):
+                queue.appendleft((item, x[take:]))
             taken += take
         queued -= taken
         tm = time.perf_counter()
@@ -360,20 +611,29 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         feats = clip.video_features(x).cpu().numpy()  # (B, K, N, D)
         summary.model_seconds += time.perf_counter() - tm
         pos = 0
-        for item, a, b in parts:
-            item.features[a:b] = feats[pos:pos + b - a]
-            pos += b - a
-            item.filled += b - a
-            if item.filled == item.features.shape[0]:
+        for item, n in parts:
+            item.features.append(feats[pos:pos + n].astype(feat_dtype))
+            item.queued -= n
+            pos += n
+            if item.result is not None and item.queued == 0:
                 finish(item)
+
+    def drop(item: _Pending):
+        nonlocal queued
+        kept = deque(e for e in queue if e[0] is not item)
+        queued -= sum(len(x) for it, x in queue if it is item)
+        queue.clear()
+        queue.extend(kept)
+        item.features.clear()
+        item.queued = 0
 
     def finish(item: _Pending):
         r = item.result
-        writer.add_video(r.video_id, item.features, **r.attrs)
+        features = np.concatenate(item.features) if len(item.features) > 1 else item.features[0]  # (T, K, N, D)
+        item.features = []
+        writer.add_video(r.video_id, features, **r.attrs)
         summary.videos_extracted += 1
-        summary.clips += item.features.shape[0]
-        item.result.frames = None
-        item.features = None
+        summary.clips += features.shape[0]
         bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)
@@ -384,20 +644,38 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         torch.set_num_threads(max(1, _cpu_count() - workers))
     try:
         with torch.inference_mode():
-            for result in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads):
-                summary.decode_seconds += result.seconds
-                if result.error is not None:
-                    summary.failures.append(Failure(result.video_id, result.path, result.error))
-                    bar.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
-                    bar.update(1)
-                    continue
-                t = result.frames.shape[0]
-                queue.append((_Pending(result, (t, k, n, d), feat_dtype), 0, t))
-                queued += t
-                while queued >= batch_size:
-                    run_batch(batch_size)
+            for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads):
+                kind, i = event[0], event[1]
+                if kind == "frames":
+                    item = pending.setdefault(i, _Pending())
+                    queue.append((item, event[2]))
+                    item.queued += len(event[2])
+                    queued += len(event[2])
+                    while queued >= batch_size:
+                        run_batch(batch_size)
+                elif kind == "restart":
+                    if i in pending:
+                        drop(pending[i])
+                else:
+                    result = event[2]
+                    done += 1
+                    summary.decode_seconds += result.seconds
+                    item = pending.pop(i, None)
+                    if result.error is not None:
+                        if item is not None:
+                            drop(item)
+                        summary.failures.append(Failure(result.video_id, os.path.abspath(result.path), result.error))
+                        bar.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
+                        bar.update(1)
+                        continue
+                    item.result = result
+                    if item.queued == 0:
+                        finish(item)
             while queued:
                 run_batch(batch_size)
+        if done != len(jobs) or pending:  # every video is extracted or a failure, never lost
+            raise RuntimeError(f"r2 bug: {len(jobs) - done} video(s) got no result, {len(pending)} unfinished")
     finally:
         torch.set_num_threads(threads)
         bar.close()
+    summary.video_seconds = time.perf_counter() - t0

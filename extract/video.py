@@ -44,8 +44,10 @@ Only the chosen frames are converted, and the conversion scales: they go through
 truncated to an integer, crop at ``int((long − 224) / 2)``): the official script's filters,
 where libswscale does YUV→RGB and the resize in one pass. The frames equal the official
 ones bit for bit (tests/extract compares them with libavfilter's fps→scale→crop chain).
-Frames leave this module as ``(T, 224, 224, 3)`` uint8: memory per clip is 150 kB whatever
-the source resolution, and one GOP of packets is buffered.
+Frames leave this module as ``(T, 224, 224, 3)`` uint8 (:func:`sample_video`), or one at a
+time (:class:`VideoClips`) and in chunks (:func:`decode_chunks`, what the extraction workers
+stream): memory per clip is 150 kB whatever the source resolution, one GOP of packets is
+buffered, and a streamed hour of video holds no more than a minute does.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ import math
 import os
 from bisect import bisect_left
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from typing import Iterator, Sequence
 
@@ -66,11 +68,13 @@ __all__ = [
     "DecodeError",
     "SampledVideo",
     "VIDEO_EXTENSIONS",
+    "VideoClips",
     "clip_count",
     "ffmpeg_rate",
     "official_scale_size",
     "sample_video",
     "decode_job",
+    "decode_chunks",
     "DecodeResult",
     "iter_video_files",
 ]
@@ -96,7 +100,7 @@ class DecodeError(Exception):
 class SampledVideo:
     """The frames of one video, one per clip, and what was learnt about the file."""
 
-    frames: np.ndarray  # (T, S, S, 3) uint8 RGB, S = the crop size
+    frames: np.ndarray | None  # (T, S, S, 3) uint8 RGB, S = the crop size; None from VideoClips.info
     clip_times: np.ndarray  # (T,) float64: output time of clip j (n / fps, or the sample time)
     frame_times: np.ndarray  # (T,) float64: time of the source frame used for clip j
     duration: float  # seconds: end of the last frame (t_end above)
@@ -110,7 +114,7 @@ class SampledVideo:
 
     @property
     def num_clips(self) -> int:
-        return int(self.frames.shape[0])
+        return int(self.clip_times.shape[0])
 
 
 # --- the rule ------------------------------------------------------------------------------
@@ -222,6 +226,7 @@ class _Packet:
     seq: int
     targets: list = field(default_factory=list)  # clip indices that use this frame
     final: bool = False  # the selector has moved past it: targets are complete
+    released: bool = False  # its clips are out and its frame is dropped
 
 
 def _open(path: str):
@@ -310,78 +315,125 @@ def sample_video(
     as FFmpeg wants; 1 suits parallel worker processes). ``converter``: a callable
     ``av.VideoFrame → (S, S, 3) uint8`` used instead of libavfilter's scale + crop (e.g.
     :class:`r2.extract.preprocess.HFResize`). Raises :class:`DecodeError` with the
-    path and a reason for a file that cannot be used.
+    path and a reason for a file that cannot be used. All frames are returned at once;
+    :class:`VideoClips` gives the same frames one at a time, in bounded memory.
     """
-    path = os.fspath(path)
-    if mode not in ("skip", "all"):
-        raise ValueError(f"mode must be 'skip' or 'all', got {mode!r}")
-    if sample_times is None and fps is None:
-        raise ValueError("give fps or sample_times")
-    rate = ffmpeg_rate(fps) if sample_times is None else None
-    try:
-        return _sample(path, rate, sample_times, num_clips, size, crop, interpolation, mode, threads, converter)
-    except _NeedsFullDecode:
-        return _sample(path, rate, sample_times, num_clips, size, crop, interpolation, "all", threads, converter)
+    clips = VideoClips(path, fps, sample_times=sample_times, num_clips=num_clips, size=size, crop=crop,
+                       interpolation=interpolation, mode=mode, threads=threads, converter=converter)
+    frames = []
+    for j, frame in clips:
+        if j == 0:
+            frames.clear()  # decoding started over (see VideoClips)
+        frames.append(frame)
+    return replace(clips.info, frames=np.stack(frames))
 
 
-def _sample(path, rate, sample_times, num_clips, size, crop, interpolation, mode, threads, converter):
-    container = _open(path)
-    try:
-        stream = container.streams.video[0]
-        cc = stream.codec_context
-        if cc.width <= 0 or cc.height <= 0:
-            raise DecodeError(path, "video stream has no frame size (damaged header)")
-        cc.thread_count = threads
-        cc.thread_type = "AUTO" if threads != 1 else "SLICE"
-        time_base = stream.time_base or Fraction(1, 90000)
-        start_us = container.start_time if container.start_time is not None else 0
-        offset = -_round_near_inf(Fraction(start_us, 1_000_000) / time_base)
-        guessed = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
-        default_duration = max(1, _round_near_inf(1 / (Fraction(guessed) * time_base)))
-        rule = _Rule(time_base, rate, sample_times)
-        convert = converter or _Converter(size, crop, interpolation, threads)
-        if mode == "skip":
-            result = _decode_skipping(container, stream, rule, convert, offset, default_duration)
-        else:
-            result = _decode_all(container, stream, rule, convert, offset, default_duration)
-        clips, end_pts, packets, decoded, notes = result
-    finally:
-        container.close()
+class VideoClips:
+    """The frames of one video, one per clip, in clip order, as they are decoded.
 
-    declared = stream.frames or 0
-    if declared and packets < declared - max(2, declared // 100):
-        raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
-    if not clips:
-        if packets == 0:
-            raise DecodeError(path, "no video frames in the file")
-        if rate is not None and end_pts is not None and rule.end(end_pts) <= 0:
-            duration = float(end_pts * time_base)
-            raise DecodeError(path, f"too short: {duration:.3f} s gives no clip at {float(rate):g} fps "
-                                    f"(round(duration x fps) = 0)")
-        raise DecodeError(path, "no decodable video frames")
+    ``for j, frame in VideoClips(path, fps)``: clip index ``j`` and its ``(S, S, 3)`` uint8
+    frame (arguments as :func:`sample_video`). Memory stays at one group of pictures of packets
+    and a few frames, whatever the length of the video. A consumer handles two cases:
 
-    if num_clips is not None and len(clips) != num_clips:
-        notes.append(f"clip count {len(clips)} forced to {num_clips}")
-        if len(clips) > num_clips:
-            clips = clips[:num_clips]
-        else:
-            last_n = clips[-1][0]
-            clips = clips + [(last_n + i + 1, clips[-1][1], clips[-1][2]) for i in range(num_clips - len(clips))]
-    frames = np.stack([c[1] for c in clips])
-    return SampledVideo(
-        frames=frames,
-        clip_times=np.array([rule.clip_time(min(n, len(rule.times) - 1) if rule.times else n)
-                             for n, _, _ in clips], np.float64),
-        frame_times=np.array([float(pts * time_base) for _, _, pts in clips], np.float64),
-        duration=float(end_pts * time_base),
-        fps=float(rate) if rate is not None else None,
-        source_fps=float(guessed),
-        frame_count=packets,
-        width=cc.width,
-        height=cc.height,
-        decoded_frames=decoded,
-        notes=notes,
-    )
+    - ``j`` back to 0: the skipping decoder met data it cannot trust (see the module
+      docstring) after some clips; decoding started over frame by frame: drop the frames so far;
+    - :class:`DecodeError` after frames: some damage (a truncated file) shows only at the end.
+
+    After the loop, :attr:`info` is the :class:`SampledVideo` (``frames`` None).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float | Fraction | None = 0.5, *,
+                 sample_times: Sequence[float] | None = None, num_clips: int | None = None, size: int | None = 224,
+                 crop: bool = True, interpolation: str = "bicubic", mode: str = "skip", threads: int = 1,
+                 converter=None):
+        if mode not in ("skip", "all"):
+            raise ValueError(f"mode must be 'skip' or 'all', got {mode!r}")
+        if sample_times is None and fps is None:
+            raise ValueError("give fps or sample_times")
+        self.path = os.fspath(path)
+        self.rate = ffmpeg_rate(fps) if sample_times is None else None
+        self.sample_times, self.num_clips = sample_times, num_clips
+        self.size, self.crop, self.interpolation = size, crop, interpolation
+        self.mode, self.threads, self.converter = mode, threads, converter
+        self.info: SampledVideo | None = None
+
+    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        try:
+            yield from self._run(self.mode)
+        except _NeedsFullDecode:
+            yield from self._run("all")
+
+    def _run(self, mode: str) -> Iterator[tuple[int, np.ndarray]]:
+        path, rate, num_clips = self.path, self.rate, self.num_clips
+        container = _open(path)
+        try:
+            stream = container.streams.video[0]
+            cc = stream.codec_context
+            if cc.width <= 0 or cc.height <= 0:
+                raise DecodeError(path, "video stream has no frame size (damaged header)")
+            cc.thread_count = self.threads
+            cc.thread_type = "AUTO" if self.threads != 1 else "SLICE"
+            time_base = stream.time_base or Fraction(1, 90000)
+            start_us = container.start_time if container.start_time is not None else 0
+            offset = -_round_near_inf(Fraction(start_us, 1_000_000) / time_base)
+            guessed = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
+            default_duration = max(1, _round_near_inf(1 / (Fraction(guessed) * time_base)))
+            rule = _Rule(time_base, rate, self.sample_times)
+            convert = self.converter or _Converter(self.size, self.crop, self.interpolation, self.threads)
+            decode = _decode_skipping if mode == "skip" else _decode_all
+            clips = decode(container, stream, rule, convert, offset, default_duration)
+
+            def clip_time(n):
+                return rule.clip_time(min(n, len(rule.times) - 1) if rule.times else n)
+
+            clip_times, frame_times, total, last = [], [], 0, None
+            while True:
+                try:
+                    n, rgb, pts = next(clips)
+                except StopIteration as stop:
+                    end_pts, packets, decoded = stop.value
+                    break
+                total += 1
+                if num_clips is not None and total > num_clips:
+                    continue  # cut to num_clips; the rest is still read for the checks below
+                clip_times.append(clip_time(n))
+                frame_times.append(float(pts * time_base))
+                last = (n, rgb, pts)
+                yield len(clip_times) - 1, rgb
+        finally:
+            container.close()
+
+        declared = stream.frames or 0
+        if declared and packets < declared - max(2, declared // 100):
+            raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
+        if not total:
+            if packets == 0:
+                raise DecodeError(path, "no video frames in the file")
+            if rate is not None and end_pts is not None and rule.end(end_pts) <= 0:
+                duration = float(end_pts * time_base)
+                raise DecodeError(path, f"too short: {duration:.3f} s gives no clip at {float(rate):g} fps "
+                                        f"(round(duration x fps) = 0)")
+            raise DecodeError(path, "no decodable video frames")
+        notes = []
+        if num_clips is not None and total != num_clips:
+            notes.append(f"clip count {total} forced to {num_clips}")
+            for i in range(num_clips - total):  # too few: the last frame is repeated
+                clip_times.append(clip_time(last[0] + i + 1))
+                frame_times.append(float(last[2] * time_base))
+                yield len(clip_times) - 1, last[1]
+        self.info = SampledVideo(
+            frames=None,
+            clip_times=np.array(clip_times, np.float64),
+            frame_times=np.array(frame_times, np.float64),
+            duration=float(end_pts * time_base),
+            fps=float(rate) if rate is not None else None,
+            source_fps=float(guessed),
+            frame_count=packets,
+            width=cc.width,
+            height=cc.height,
+            decoded_frames=decoded,
+            notes=notes,
+        )
 
 
 def _demux(container, stream):
@@ -403,10 +455,13 @@ def _decode(cc, packet) -> list:
 
 
 def _decode_all(container, stream, rule, convert, offset, default_duration):
-    """Decode every frame, run the fps rule on the decoded timestamps (the ffmpeg way)."""
+    """Decode every frame, run the fps rule on the decoded timestamps (the ffmpeg way).
+
+    A generator of ``(clip n, rgb, frame pts)`` in clip order; returns ``(end_pts, packets,
+    decoded frames)``."""
     cc = stream.codec_context
     selector = _Selector(rule)
-    clips, cache = [], {}
+    clips, cache = [], {}  # clips: the outbox, emptied after each packet
     packets = decoded = 0
     end_pts = None
     last_pts = None
@@ -438,15 +493,20 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
     for packet in _demux(container, stream):
         packets += 1
         take(_decode(cc, packet))
+        yield from clips
+        clips.clear()
     take(_decode(cc, None))
     if end_pts is not None:
         for n, (fpts, fr) in selector.finish(rule.end(end_pts)):
             emit(n, fpts, fr)
-    return clips, end_pts, packets, decoded, []
+    yield from clips
+    return end_pts, packets, decoded
 
 
 def _decode_skipping(container, stream, rule, convert, offset, default_duration):
-    """Decide the chosen frames from packet timestamps, decode only their GOPs."""
+    """Decide the chosen frames from packet timestamps, decode only their GOPs.
+
+    A generator like :func:`_decode_all`; a frame is dropped once the clips after it are out."""
     cc = stream.codec_context
     selector = _Selector(rule)
     heap: list[tuple[int, int, _Packet]] = []
@@ -456,7 +516,8 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
     resolved: dict[int, tuple[np.ndarray, int]] = {}  # packet seq -> (rgb, pts)
     last_placed: list[_Packet | None] = [None]
     stats = {"decoded": 0}
-    clips: list[tuple[int, np.ndarray, int]] = []
+    clips: list[tuple[int, np.ndarray, int]] = []  # the outbox, emptied after each packet
+    handed: list[_Packet | None] = [None]  # the packet whose frame the last clip used
     packets = 0
     end_pts = None
     seen_pts: set[int] = set()
@@ -495,7 +556,7 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
             # GOP): decode every frame instead, so the result is what ffmpeg gives
             raise _NeedsFullDecode()
         for entry in run:
-            if entry.targets:
+            if entry.targets and not entry.released:  # (an open GOP decodes the previous one again)
                 resolved[entry.seq] = (convert(found[entry.pts]), entry.pts)
 
     def flush_ready(at_eof: bool):
@@ -520,6 +581,11 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
         while assignments and assignments[0][1].seq in resolved:
             n, entry = assignments.popleft()
             rgb, pts = resolved[entry.seq]
+            if handed[0] is not entry:  # clips use frames in presentation order: the previous one is done
+                if handed[0] is not None:
+                    resolved.pop(handed[0].seq, None)
+                    handed[0].released = True
+                handed[0] = entry
             clips.append((n, rgb, pts))
 
     for packet in _demux(container, stream):
@@ -544,6 +610,8 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
             place(heapq.heappop(heap)[2])
         heapq.heappush(heap, (pts, entry.seq, entry))
         flush_ready(at_eof=False)
+        yield from clips
+        clips.clear()
 
     while heap:
         place(heapq.heappop(heap)[2])
@@ -554,13 +622,22 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
             target.targets.append(n)
             assignments.append((n, target))
     flush_ready(at_eof=True)
-    return clips, end_pts, packets, stats["decoded"], []
+    yield from clips
+    return end_pts, packets, stats["decoded"]
 
 
 def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Iterator[str]:
-    """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive)."""
+    """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive).
+
+    Symlinked folders are followed (a link back to a folder already walked is skipped)."""
     exts = {e.lower() for e in extensions}
-    for root, dirs, files in os.walk(folder):
+    seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked
+    for root, dirs, files in os.walk(folder, followlinks=True):
+        st = os.stat(root)
+        if (st.st_dev, st.st_ino) in seen:
+            dirs.clear()  # a symlink loop, or a second link to the same folder
+            continue
+        seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         for name in sorted(files):
             if os.path.splitext(name)[1].lower() in exts:
@@ -585,11 +662,41 @@ def decode_job(video_id: str, path: str, fps: float | None, sample_times: Sequen
                threads: int = 1) -> DecodeResult:
     """Decode one video for extraction; never raises (a failure is returned with its reason).
 
-    Runs in the joblib worker processes (numpy + av; torch only for ``resize="hf"``).
+    All frames at once in ``frames``; :func:`decode_chunks` streams them (what the
+    extraction's worker processes run: numpy + av; torch only for ``resize="hf"``).
+    """
+    chunks = []
+    for kind, value in decode_chunks(video_id, path, fps, sample_times, num_clips, size, resize, threads):
+        if kind == "frames":
+            chunks.append(value)
+        elif kind == "restart":
+            chunks.clear()
+        else:
+            result = value
+    if result.error is None:
+        result.frames = np.concatenate(chunks)
+    return result
+
+
+def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Sequence[float] | None = None,
+                  num_clips: int | None = None, size: int = 224, resize: str = "ffmpeg", threads: int = 1,
+                  chunk: int = 32) -> Iterator[tuple[str, object]]:
+    """:func:`decode_job`, streamed: yields, in this order,
+
+    - ``("frames", (c, S, S, 3) uint8)``: the next ``c <= chunk`` frames, in clip order;
+    - ``("restart", None)``: decoding started over (:class:`VideoClips`): drop the frames so far;
+    - last ``("done", DecodeResult)`` with ``frames`` None; ``error`` set: the video failed, drop
+      its frames (a truncated file is known only at its end).
+
+    Memory: one chunk and what :class:`VideoClips` holds, whatever the video's length. Never
+    raises; ``DecodeResult.seconds`` counts this generator's own time, not its consumer's.
     """
     import time
 
-    t0 = time.perf_counter()
+    spent, t0 = 0.0, time.perf_counter()
+    buf: list[np.ndarray] = []
+    sent = False
+    error = None
     try:
         if resize == "hf":
             from r2.extract.preprocess import HFResize
@@ -597,15 +704,36 @@ def decode_job(video_id: str, path: str, fps: float | None, sample_times: Sequen
             converter = HFResize(size, size)
         else:
             converter = None
-        sv = sample_video(path, fps, sample_times=sample_times, num_clips=num_clips, size=size,
-                          threads=threads, converter=converter)
+        clips = VideoClips(path, fps, sample_times=sample_times, num_clips=num_clips, size=size, threads=threads,
+                           converter=converter)
+        for j, frame in clips:
+            if j == 0 and (buf or sent):
+                buf.clear()
+                if sent:
+                    spent += time.perf_counter() - t0
+                    yield "restart", None
+                    t0, sent = time.perf_counter(), False
+            buf.append(frame)
+            if len(buf) == chunk:
+                spent += time.perf_counter() - t0
+                yield "frames", np.stack(buf)
+                t0, sent = time.perf_counter(), True
+                buf.clear()
+        if buf:
+            spent += time.perf_counter() - t0
+            yield "frames", np.stack(buf)
+            t0 = time.perf_counter()
+        sv = clips.info
     except DecodeError as exc:
-        return DecodeResult(video_id, path, error=exc.reason, seconds=time.perf_counter() - t0)
+        error = exc.reason
     except MemoryError:
-        return DecodeResult(video_id, path, error="out of memory while decoding", seconds=time.perf_counter() - t0)
+        error = "out of memory while decoding"
     except Exception as exc:  # a damaged file can make FFmpeg fail in many ways: report, go on
-        return DecodeResult(video_id, path, error=f"cannot decode ({type(exc).__name__}: {exc})",
-                            seconds=time.perf_counter() - t0)
+        error = f"cannot decode ({type(exc).__name__}: {exc})"
+    spent += time.perf_counter() - t0
+    if error is not None:
+        yield "done", DecodeResult(video_id, path, error=error, seconds=spent)
+        return
     attrs = {
         "source": os.path.abspath(path),
         "duration": round(sv.duration, 6),
@@ -618,4 +746,4 @@ def decode_job(video_id: str, path: str, fps: float | None, sample_times: Sequen
     }
     if sv.notes:
         attrs["notes"] = "; ".join(sv.notes)
-    return DecodeResult(video_id, path, sv.frames, attrs, None, time.perf_counter() - t0, sv.decoded_frames)
+    yield "done", DecodeResult(video_id, path, None, attrs, None, spent, sv.decoded_frames)

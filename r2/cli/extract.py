@@ -32,8 +32,10 @@ def _video_id(path: Path, folder: Path) -> str:
 
 
 def _jobs_from_inputs(inputs: list[Path]):
-    """Folders (recursive) and list files → VideoJobs keyed by relative path without extension."""
+    """Folders (recursive), video files and list files → VideoJobs keyed by relative path
+    without extension (a video file given itself: its name without extension)."""
     from r2.extract.pipeline import VideoJob
+    from r2.extract.video import VIDEO_EXTENSIONS
 
     jobs: dict[str, VideoJob] = {}
 
@@ -50,9 +52,17 @@ def _jobs_from_inputs(inputs: list[Path]):
                 raise InputError(f"{inp}: no video files (looked for mp4, mkv, webm, avi, mov, ... recursively)")
             for f in files:
                 add(_video_id(f, inp), f)
+        elif inp.is_file() and inp.suffix.lower() in VIDEO_EXTENSIONS:
+            add(inp.stem, inp)
         elif inp.is_file():
             base = inp.parent
-            for lineno, line in enumerate(inp.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                text = inp.read_text(encoding="utf-8")
+            except UnicodeDecodeError:
+                raise InputError(f"{inp}: not a list of video paths (not UTF-8 text) and not a video file by its "
+                                 f"extension ({', '.join(VIDEO_EXTENSIONS)}); give folders, video files, or text "
+                                 "files with one path a line") from None
+            for lineno, line in enumerate(text.splitlines(), 1):
                 entry = line.strip()
                 if not entry or entry.startswith("#"):
                     continue
@@ -77,7 +87,11 @@ def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[
     if not samples:
         raise InputError(f"{annotations}: no records")
     ds = samples[0].dataset
-    per_video_rate = ds == "youtube" and fps is None
+    if ds == "youtube" and fps is not None:
+        raise InputError(f"--fps {fps:g} with YouTube Highlights annotations ({annotations}): this benchmark takes one "
+                         "frame per annotated segment (its own rate per video), so the clips would not line up "
+                         "with the annotation; drop --fps")
+    per_video_rate = ds == "youtube"
     # every video file under the input folders, by relative path and by stem
     by_rel, by_stem = {}, {}
     for folder in inputs:
@@ -123,9 +137,10 @@ def _parse_layers(text: str | None):
     try:
         layers = [int(x) for x in text.replace(" ", "").split(",") if x]
     except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers like 9,10,11,12 or -4,-3,-2,-1, got {text!r}")
+        raise click.BadParameter(f"expected comma-separated integers like 9,10,11,12 or -4,-3,-2,-1, got {text!r}",
+                                 param_hint="--layers") from None
     if not layers:
-        raise click.BadParameter("give at least one layer")
+        raise click.BadParameter("give at least one layer", param_hint="--layers")
     return layers
 
 
@@ -140,10 +155,13 @@ def _parse_layers(text: str | None):
                    "jsonl); INPUTS are then the folders holding the videos.")
 @click.option("--dataset", "-d", help="Data set preset (qvhighlights, charades, ego4d, tacos, youtube, tvsum): "
                                       "sets --fps and how the annotation file is read.")
-@click.option("--fps", type=float, help="Clips per second [default: the preset's, else 0.5; YouTube: per video].")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True),
+              help="Clips per second [default: the preset's, else 0.5; YouTube: per video].")
 @click.option("--layers", help="Hidden-state indices to keep, e.g. 9,10,11,12 or -4,-3,-2,-1 [default: last 4].")
-@click.option("--batch-size", "-b", default=64, show_default=True, help="Frames per CLIP forward.")
-@click.option("--workers", "-j", type=int, help="Decode processes [default: CPUs - 1 on CPU, CPUs on GPU; 0 = none].")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Frames per CLIP forward.")
+@click.option("--workers", "-j", type=click.IntRange(min=0),
+              help="Decode processes [default: CPUs - 1 on CPU, CPUs on GPU; 0 = none].")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="CLIP compute precision (fp32 = the official features).")
@@ -151,10 +169,13 @@ def _parse_layers(text: str | None):
               help="Storage dtype in the cache.")
 @click.option("--resize", type=click.Choice(["ffmpeg", "hf"]), default="ffmpeg", show_default=True,
               help="ffmpeg: swscale bicubic while decoding (the official extraction); hf: CLIPImageProcessor's.")
-@click.option("--num-shards", default=1, show_default=True, help="Split the inputs into this many parts ...")
-@click.option("--shard-index", default=0, show_default=True, help="... and extract this one (0-based).")
-@click.option("--decode-threads", default=1, show_default=True, help="FFmpeg threads per decode process.")
-@click.option("--max-shard-items", type=int, hidden=True, help="Commit a cache shard every N items.")
+@click.option("--num-shards", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Split the inputs into this many parts ...")
+@click.option("--shard-index", type=click.IntRange(min=0), default=0, show_default=True,
+              help="... and extract this one (0-based).")
+@click.option("--decode-threads", type=click.IntRange(min=0), default=1, show_default=True,
+              help="FFmpeg threads per decode process (0 = FFmpeg's choice).")
+@click.option("--max-shard-items", type=click.IntRange(min=1), hidden=True, help="Commit a cache shard every N items.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 @click.pass_context
 def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_size, workers, device, precision,
@@ -162,8 +183,9 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     """Run frozen CLIP over videos (and queries) into a feature cache.
 
     \b
-    INPUTS: folders of videos (recursive) or text files listing video paths.
-    Video id = path relative to the folder, without extension (annotations: their vid).
+    INPUTS: folders of videos (recursive, following symlinks), video files, or text files
+    listing video paths. Video id = path relative to the folder (or the list file), without
+    extension; a video file given itself: its name without extension (annotations: their vid).
     A rerun resumes: what is in the cache is skipped, failed videos are retried.
 
     \b
@@ -174,8 +196,9 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     """
     from r2.extract.pipeline import extract_features
 
-    if num_shards < 1 or not 0 <= shard_index < num_shards:
-        raise click.BadParameter(f"--shard-index must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    if shard_index >= num_shards:
+        raise click.BadParameter(f"must be in 0..{num_shards - 1} for --num-shards {num_shards}",
+                                 param_hint="--shard-index")
     inputs = list(inputs)
     failures = []
     if annotations is not None:
@@ -207,11 +230,15 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
 @click.command("make-tiny-clip", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Same seed, same files.")
-@click.option("--width", default=64, show_default=True, help="Hidden width of both towers.")
-@click.option("--layers", default=4, show_default=True, help="Transformer blocks per tower.")
-@click.option("--heads", default=4, show_default=True, help="Attention heads.")
-@click.option("--image-size", default=224, show_default=True, help="Input resolution in pixels (square).")
-@click.option("--patch-size", default=32, show_default=True, help="224/32 → 7x7 patches + CLS = 50 tokens.")
+@click.option("--width", type=click.IntRange(min=1), default=64, show_default=True,
+              help="Hidden width of both towers.")
+@click.option("--layers", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Transformer blocks per tower.")
+@click.option("--heads", type=click.IntRange(min=1), default=4, show_default=True, help="Attention heads.")
+@click.option("--image-size", type=click.IntRange(min=1), default=224, show_default=True,
+              help="Input resolution in pixels (square).")
+@click.option("--patch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="224/32 → 7x7 patches + CLS = 50 tokens.")
 @click.option("--overwrite", is_flag=True, help="Write into a non-empty folder.")
 def make_tiny_clip(out_dir, seed, width, layers, heads, image_size, patch_size, overwrite):
     """Write a tiny random CLIP (config, safetensors, real tokenizer) usable as --model OUT_DIR."""

@@ -36,6 +36,71 @@ def test_offline_hub_id_not_on_disk_fails_fast_with_advice():
     assert time.perf_counter() - t0 < 10
     assert "nobody-r2-test/clip-that-is-not-cached" in msg and "--model" in msg and "local" in msg
     assert getattr(err.value, "user_error", False)
+    # huggingface_hub >= 1 has no `huggingface-cli`: the advice is its `hf download` command
+    assert "`hf download nobody-r2-test/clip-that-is-not-cached --local-dir /path/to/clip`" in msg
+    assert "huggingface-cli" not in msg
+
+
+def _copy_model(src, dst, drop=(), config=None):
+    import shutil
+
+    shutil.copytree(src, dst)
+    for name in drop:
+        (dst / name).unlink()
+    if config is not None:
+        (dst / "config.json").write_text(config)
+    return dst
+
+
+def test_incomplete_or_wrong_model_folders_are_clear_errors(tiny_clip_dir, tmp_path):
+    """No weights, broken or non-CLIP config.json, damaged weights: one line naming the folder and what is wrong."""
+    cases = {
+        "no weights in": _copy_model(tiny_clip_dir, tmp_path / "noweights", drop=["model.safetensors"]),
+        "config.json is not valid JSON": _copy_model(tiny_clip_dir, tmp_path / "badjson", config="{bad"),
+        "describes a 'bert' model, not a CLIP": _copy_model(tiny_clip_dir, tmp_path / "bert",
+                                                             config='{"model_type": "bert"}'),
+    }
+    for expected, folder in cases.items():
+        with pytest.raises(C.ModelNotFoundError) as err:
+            C.FrozenCLIP(folder)
+        assert expected in str(err.value) and str(folder) in str(err.value), str(err.value)
+        assert "\n" not in str(err.value) and err.value.user_error
+    damaged = _copy_model(tiny_clip_dir, tmp_path / "damaged")
+    data = (damaged / "model.safetensors").read_bytes()
+    (damaged / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(C.ModelError, match=r"cannot load the weights in .*damaged \(SafetensorError"):
+        C.FrozenCLIP(damaged)
+
+
+def test_partly_downloaded_hub_snapshot_is_a_clear_error(tiny_clip_dir, tmp_path, monkeypatch):
+    """A hub cache whose snapshot has config.json but no weights (an interrupted download)."""
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    for repo, drop in (("org--full", []), ("org--part", ["model.safetensors"])):
+        root = tmp_path / "hub" / f"models--{repo}"
+        (root / "refs").mkdir(parents=True)
+        (root / "refs" / "main").write_text(commit)
+        _copy_model(tiny_clip_dir, root / "snapshots" / commit, drop=drop)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    assert C.FrozenCLIP("org/full").model_id == "org/full"
+    with pytest.raises(C.ModelNotFoundError) as err:
+        C.FrozenCLIP("org/part")
+    msg = str(err.value)
+    assert "model 'org/part' is only partly on disk" in msg and "no weights in" in msg
+    assert "`hf download org/part --local-dir /path/to/clip`" in msg
+
+
+def test_unusable_device_is_a_clear_error(tiny_clip_dir):
+    n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    cuda = f"cuda:{n}" if n else "cuda"  # a GPU machine: one index past the last device
+    with pytest.raises(C.ModelError, match=f"--device {cuda}: " + ("there are" if n else "")):
+        C.FrozenCLIP(tiny_clip_dir, device=cuda)
+    with pytest.raises(C.ModelError, match="--device gpu0: not a torch device"):
+        C.FrozenCLIP(tiny_clip_dir, device="gpu0")
+    if not torch.backends.mps.is_available():
+        with pytest.raises(C.ModelError, match="--device mps: MPS"):
+            C.FrozenCLIP(tiny_clip_dir, device="mps")
 
 
 def test_missing_local_folder_is_a_clear_error(tmp_path):
@@ -91,10 +156,13 @@ def test_layer_choice_and_truncation(tiny_clip_dir):
     assert len(clip.vision.encoder.layers) == 2  # blocks 3, 4 dropped: they cannot change layers 0..2
     np.testing.assert_allclose(clip.video_features(x).numpy(), direct, rtol=1e-5, atol=1e-5)
     assert C.FrozenCLIP(tiny_clip_dir, layers=[-2, -1]).layers == [3, 4]
-    with pytest.raises(ValueError):
+    # user errors (one line, shown without a traceback by the CLI), not a ValueError from deep inside
+    with pytest.raises(C.ModelError, match=r"--layers 2,1: give distinct hidden-state indices in ascending"):
         C.FrozenCLIP(tiny_clip_dir, layers=[2, 1])
-    with pytest.raises(ValueError):
+    with pytest.raises(C.ModelError, match=r"--layers 5: out of range 0\.\.4 for .*model"):
         C.FrozenCLIP(tiny_clip_dir, layers=[5])
+    with pytest.raises(C.ModelError, match=r"--layers -6: out of range"):
+        C.FrozenCLIP(tiny_clip_dir, layers=[-6])
 
 
 def test_text_features_sot_to_eot_and_independent_of_padding(tiny_clip, tiny_clip_dir):

@@ -223,9 +223,14 @@ def test_cli_help_and_make_tiny_clip(tmp_path):
     assert result.exit_code == 0 and (tmp_path / "m" / "model.safetensors").exists()
     result = runner.invoke(main, ["make-tiny-clip", str(tmp_path / "m")])
     assert result.exit_code != 0 and "not empty" in result.output
+    # offline, a model that is not on disk is a clear error naming it (a video is there, so it is
+    # the model that stops the run, not "no video files")
+    S.write_segment_video(tmp_path / "videos" / "v.mp4", [("red", 2.0)], fps=10)
     result = runner.invoke(main, ["extract", "--out", str(tmp_path / "c"), "--model", "nobody/not-here",
-                                  str(tmp_path)])
-    assert result.exit_code != 0
+                                  str(tmp_path / "videos")])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "model 'nobody/not-here' is not on disk" in result.output and "--model" in result.output
+    assert "hf download nobody/not-here" in result.output and "Traceback" not in result.output
 
 
 def test_cli_list_file_and_dataset_preset(videos, tiny_clip, tmp_path):
@@ -266,3 +271,63 @@ def test_cli_tacos_camera_file_names(tiny_clip, tmp_path):
     cache = FeatureCache.open(out)
     assert cache.video_ids() == ["s30-d52"] and cache.query_ids() == ["s30-d52_0"]
     assert cache.manifest["fps"] == 0.5 and cache.load_video("s30-d52").shape[0] == 3
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--layers", "5"], "--layers 5: out of range 0..4"),
+    (["--layers", "2,1"], "--layers 2,1: give distinct hidden-state indices in ascending order"),
+    (["--layers", "a,b"], "Invalid value for --layers: expected comma-separated integers"),
+    (["--batch-size", "0"], "Invalid value for '--batch-size' / '-b': 0 is not in the range x>=1"),
+    (["--workers", "-1"], "Invalid value for '--workers' / '-j': -1 is not in the range x>=0"),
+    (["--fps", "0"], "Invalid value for '--fps': 0.0 is not in the range x>0"),
+    (["--num-shards", "2", "--shard-index", "2"], "Invalid value for --shard-index: must be in 0..1"),
+    (["--device", "cuda:7" if torch.cuda.device_count() < 8 else "cuda:99"], "--device cuda:"),
+    (["--model", "no/such/folder/"], "--model no/such/folder/: no such folder"),
+])
+def test_cli_bad_options_are_one_line_errors(videos, tiny_clip, tmp_path, args, message):
+    root, _ = videos
+    base = ["extract", str(root), "--out", str(tmp_path / "c"), "--model", str(tiny_clip.info.path), "-j", "0",
+            "--no-progress"]
+    result = CliRunner().invoke(main, base + args)
+    assert result.exit_code in (1, 2) and isinstance(result.exception, SystemExit), result.output
+    assert message in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "c").exists()  # refused before any work
+
+
+def test_cli_single_video_file_and_binary_list_file(videos, tiny_clip, tmp_path):
+    root, _ = videos
+    out = tmp_path / "c"
+    model = str(tiny_clip.info.path)
+    result = CliRunner().invoke(main, ["extract", str(root / "sub" / "green.mkv"), str(root / "red_blue.mp4"),
+                                       "--out", str(out), "--model", model, "-j", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert sorted(FeatureCache.open(out).video_ids()) == ["green", "red_blue"]  # a video file: id = its stem
+    junk = tmp_path / "videos.dat"  # not a video extension, not text: neither a video nor a list
+    junk.write_bytes((root / "red_blue.mp4").read_bytes()[:500])
+    result = CliRunner().invoke(main, ["extract", str(junk), "--out", str(tmp_path / "c2"), "--model", model])
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert f"{junk}: not a list of video paths (not UTF-8 text)" in result.output
+
+
+def test_cli_youtube_annotations_refuse_a_fixed_fps(videos, tiny_clip, tmp_path):
+    root, _ = videos
+    yt = {"red_blue": {"fps": 10.0, "frames": "50", "domain": "dog", "info": ["dog", None, [], 1, "u", "t", "", None],
+                       "clip": [[0.0, 10.0], [5.0, 15.0]], "match": [-1, 1]}}
+    ann = tmp_path / "youtube_anno.json"
+    ann.write_text(json.dumps(yt))
+    result = CliRunner().invoke(main, ["extract", str(root), "-a", str(ann), "-d", "youtube", "--fps", "1",
+                                       "--out", str(tmp_path / "c"), "--model", str(tiny_clip.info.path)])
+    assert result.exit_code == 1 and "--fps 1 with YouTube Highlights annotations" in result.output
+    assert "one frame per annotated segment" in result.output and "drop --fps" in result.output
+
+
+def test_failures_file_has_absolute_paths(videos, tiny_clip, tmp_path, monkeypatch):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "zero.mp4").write_bytes(b"")
+    shutil.copy(videos[0] / "red_blue.mp4", tmp_path / "in")
+    monkeypatch.chdir(tmp_path)  # relative inputs, then read the file from elsewhere
+    result = CliRunner().invoke(main, ["extract", "in", "--out", "c", "--model", str(tiny_clip.info.path), "-j", "0",
+                                       "--no-progress"])
+    assert result.exit_code == 1, result.output
+    (line,) = (tmp_path / "c" / "failures.jsonl").read_text().splitlines()
+    assert json.loads(line)["path"] == str(tmp_path / "in" / "zero.mp4")

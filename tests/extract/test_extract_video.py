@@ -198,3 +198,77 @@ def test_open_gop_and_start_time_offset(tmp_path):
             for mode in ("skip", "all"):
                 got = [S.read_frame_index(f) for f in V.sample_video(path, rate, mode=mode).frames]
                 assert got == ref, (path.name, rate, mode)
+
+
+def test_iter_video_files_follows_symlinked_folders_without_looping(tmp_path):
+    from pathlib import Path
+
+    (tmp_path / "elsewhere" / "deep").mkdir(parents=True)
+    (tmp_path / "elsewhere" / "deep" / "x.mp4").write_bytes(b"x")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"x")
+    (tmp_path / "videos" / "linked").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    (tmp_path / "elsewhere" / "deep" / "loop").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    root = tmp_path / "videos"
+    got = [str(Path(p).relative_to(root)) for p in V.iter_video_files(root)]
+    assert got == ["a.mp4", "linked/deep/x.mp4"]  # followed once; the link back to elsewhere/ is skipped
+
+
+# --- streaming ---------------------------------------------------------------------------
+def test_chunks_stream_the_same_frames(index_videos):
+    path = index_videos["h264_bframes.mp4"].path
+    whole = V.sample_video(path, 3.3)
+    events = list(V.decode_chunks("v", str(path), 3.3, chunk=4))
+    kinds = [k for k, _ in events]
+    assert kinds == ["frames"] * -(-whole.num_clips // 4) + ["done"]
+    frames = np.concatenate([x for k, x in events if k == "frames"])
+    assert all(len(x) <= 4 for k, x in events if k == "frames")
+    assert np.array_equal(frames, whole.frames)
+    result = events[-1][1]
+    assert result.error is None and result.frames is None
+    assert result.attrs["sample_times"] == [round(float(t), 6) for t in whole.frame_times]
+    assert np.array_equal(V.decode_job("v", str(path), 3.3).frames, whole.frames)
+
+
+def test_fallback_to_full_decode_mid_stream_restarts_the_video(index_videos, monkeypatch):
+    """The skipping decoder gives up after some clips (damaged data): the stream says so and starts
+    over frame by frame, so a consumer never mixes frames of the two passes."""
+    path = index_videos["h264_bframes.mp4"].path
+    want = V.sample_video(path, 3.3, mode="all").frames
+    skipping = V._decode_skipping
+
+    def gives_up_after_five(*args):
+        for i, clip in enumerate(skipping(*args)):
+            if i == 5:
+                raise V._NeedsFullDecode()
+            yield clip
+
+    monkeypatch.setattr(V, "_decode_skipping", gives_up_after_five)
+    assert [j for j, _ in V.VideoClips(path, 3.3)][:7] == [0, 1, 2, 3, 4, 0, 1]
+    events = list(V.decode_chunks("v", str(path), 3.3, chunk=2))
+    kinds = [k for k, _ in events]
+    assert kinds[:3] == ["frames", "frames", "restart"] and kinds[-1] == "done"  # 4 frames sent, 1 dropped
+    after = np.concatenate([x for k, x in events[3:] if k == "frames"])
+    assert np.array_equal(after, want)
+    assert np.array_equal(V.sample_video(path, 3.3).frames, want)
+
+
+def test_a_long_video_streams_in_bounded_memory(tmp_path):
+    """An hour of video decodes in chunks: the frames held at any time do not grow with its length."""
+    import tracemalloc
+
+    path = tmp_path / "hour.mp4"
+    S.write_video(path, (np.full((48, 64, 3), 40 * (k // 20 % 6), np.uint8) for k in range(3600 * 2)), fps=2,
+                  codec="libx264", keyframe_interval=20)
+    tracemalloc.start()
+    try:
+        clips = 0
+        for kind, value in V.decode_chunks("hour", str(path), 0.5, chunk=32):
+            if kind == "frames":
+                clips += len(value)
+            del value
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kind == "done" and clips == 1800  # 1800 frames of 224x224x3 = 271 MB if held at once
+    assert peak < 40e6, f"peak {peak / 1e6:.0f} MB"
