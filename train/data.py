@@ -6,9 +6,9 @@ Everything the training loop and ``predict`` need between annotation records
 * **Cache checks** before anything runs: the cache's clip rate must be the preset's
   (:func:`check_cache_fps`), the preset's layers must be in the cache
   (:func:`resolve_layers`), every video and query id of every split must be there
-  (:func:`check_ids`, which lists *all* missing ids with the ``r2 extract`` command that adds
-  them), and a checkpoint's feature spec must match the cache's
-  (:func:`check_feature_spec`).
+  (:func:`check_ids`, which writes *all* missing ids to a file, shows a screenful of them and
+  prints the ``r2 extract`` command that adds them, with the cache's model, fps, layers and
+  dtype), and a checkpoint's feature spec must match the cache's (:func:`check_feature_spec`).
 * :class:`GroundingDataset`: one item per (sample × repeat); loads the video ``(T, K, N, D)``
   and the query ``(K, S, Dt)`` (real tokens only) in the cache's stored dtype (float16 by
   default: half the bytes through the loader and onto the device; the model converts each
@@ -35,6 +35,7 @@ import os
 import random
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
@@ -54,6 +55,7 @@ __all__ = [
     "GroundingDataset",
     "Item",
     "LengthBatchSampler",
+    "MISSING_IDS_NAME",
     "MissingFeaturesError",
     "SPEC_KEYS",
     "available_memory",
@@ -61,6 +63,7 @@ __all__ = [
     "check_cache_fps",
     "check_feature_spec",
     "check_ids",
+    "extract_command",
     "feature_spec",
     "find_missing",
     "resolve_layers",
@@ -248,42 +251,185 @@ def find_missing(cache, samples: Iterable[GroundingSample], name: str = "data",
     return report
 
 
-def _listing(ids: list[str], limit: int = 20) -> str:
-    shown = ", ".join(ids[:limit])
-    return shown + (f", ... ({len(ids) - limit} more)" if len(ids) > limit else "")
+#: lines of ids the message shows (about a screenful with the header and the commands)
+SHOWN_ID_LINES = 12
+#: where ``r2 fit`` writes the complete lists (in the run directory)
+MISSING_IDS_NAME = "missing_ids.txt"
+
+
+def _wrap_ids(ids: Sequence[str], max_lines: int, width: int = 100, indent: str = "    "
+              ) -> tuple[list[str], int]:
+    """``ids`` as comma-separated lines of at most ``width`` characters, at most ``max_lines``
+    of them; returns (lines, number of ids shown)."""
+    lines: list[str] = []
+    line, shown = "", 0
+    for x in ids:
+        if line and len(indent) + len(line) + 2 + len(x) > width:
+            if len(lines) + 1 == max_lines:
+                break
+            lines.append(indent + line + ",")
+            line = ""
+        line = f"{line}, {x}" if line else x
+        shown += 1
+    if line:
+        lines.append(indent + line)
+    return lines, shown
+
+
+def _model_depth(model_id: str) -> int | None:
+    """Vision-tower depth of a CLIP from its ``config.json`` on disk (a local folder or the local
+    Hugging Face cache; never the network), or None when it is not on this machine."""
+    import json
+
+    path = Path(model_id).expanduser()
+    config = path / "config.json" if path.is_dir() else None
+    if config is None:
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            found = try_to_load_from_cache(str(model_id), "config.json")
+        except Exception:  # not a repo id, no hub library: depth unknown
+            found = None
+        config = Path(found) if isinstance(found, str) else None
+    try:
+        vision = json.loads(config.read_text(encoding="utf-8")).get("vision_config") or {}
+        return int(vision.get("num_hidden_layers", 12))  # transformers' CLIPVisionConfig default
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+
+
+def _video_folders(cache, samples: Iterable[GroundingSample], limit: int = 50) -> list[str]:
+    """The folders that the cache's videos of these splits were extracted from (their
+    ``source`` attribute minus the video's relative file stem), most common first; [] when
+    unknown."""
+    from collections import Counter
+
+    folders: Counter = Counter()
+    seen = 0
+    for s in samples:
+        if seen >= limit:
+            break
+        if not cache.has_video(s.vid):
+            continue
+        seen += 1
+        try:
+            source = cache.video_attrs(s.vid).get("source")
+        except Exception:  # an unreadable attribute only costs the guess
+            continue
+        if not source:
+            continue
+        src, stem = Path(source), Path(s.video_file_stem)
+        depth = len(stem.parts)
+        tail = src.with_suffix("").as_posix()
+        folder = src.parents[depth - 1] if tail.endswith("/" + stem.as_posix()) else src.parent
+        folders[str(folder)] += 1
+    return [f for f, _ in folders.most_common() if Path(f).is_dir()]
+
+
+def extract_command(cache, annotations: str | os.PathLike, dataset: str | None = None,
+                    folders: Sequence[str] = ()) -> str:
+    """The ``r2 extract`` command that adds the videos and queries of ``annotations`` to
+    ``cache`` (a rerun skips what the cache has): the cache manifest's model, and its fps,
+    layers, dtype, resize rule and precision wherever extract's defaults would differ (else
+    extract would refuse the cache as holding other features). ``folders``: the video folders
+    (default: a ``<videos folder>`` placeholder)."""
+    m = cache.manifest
+    parts = ["r2", "extract", *(folders or ["<videos folder>"]), "--annotations", str(annotations)]
+    if dataset and dataset != "custom":
+        parts += ["--dataset", dataset]
+    if m.get("model_id"):
+        parts += ["--model", str(m["model_id"])]
+    fps, default_fps = m.get("fps"), 0.5  # extract's rate: the data set preset's, else 0.5
+    if dataset:
+        from .presets import get_preset
+
+        preset_fps = get_preset(dataset).fps
+        default_fps = None if preset_fps == "auto" else float(preset_fps)
+    if fps is not None and (default_fps is None or not math.isclose(float(fps), default_fps)):
+        parts += ["--fps", repr(float(fps))]  # every digit: extract compares the rate exactly
+    layers = [int(x) for x in m.get("layers") or []]
+    depth = _model_depth(str(m["model_id"])) if m.get("model_id") else None
+    if layers and (depth is None or layers != list(range(depth - 3, depth + 1))):
+        parts += ["--layers", ",".join(str(x) for x in layers)]
+    if m.get("dtype", "float16") != "float16":
+        parts += ["--dtype", str(m["dtype"])]
+    resize = (m.get("preprocessing") or {}).get("resize", "ffmpeg")
+    if resize != "ffmpeg":
+        parts += ["--resize", str(resize)]
+    if m.get("precision", "fp32") != "fp32":
+        parts += ["--precision", str(m["precision"])]
+    parts += ["--out", str(cache.path)]
+    return " ".join(p if p.startswith("<") else shlex.quote(p) for p in parts)
+
+
+def _write_missing_list(path: Path, cache, bad: Sequence[MissingReport], purpose: str,
+                        commands: Sequence[str]) -> None:
+    from r2.fileio import atomic_write
+
+    lines = [f"# ids that the feature cache at {cache.path} lacks for {purpose}; one per line: "
+             "split, kind (video or query), id, tab-separated",
+             "# add them with (extract skips what the cache already has):"]
+    lines += [f"#   {c}" for c in commands]
+    for r in bad:
+        lines += [f"{r.name}\tvideo\t{x}" for x in r.videos]
+        lines += [f"{r.name}\tquery\t{x}" for x in r.queries]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write(path, "\n".join(lines) + "\n")
 
 
 def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Sequence[GroundingSample]]],
-              dataset: str | None = None, purpose: str = "training") -> list[MissingReport]:
+              dataset: str | None = None, purpose: str = "training", *,
+              list_file: str | os.PathLike | None = None, write: bool = True) -> list[MissingReport]:
     """Raise :class:`MissingFeaturesError` listing all ids missing from the cache.
 
-    ``splits``: ``(name, annotation file, samples)`` per split. The message shows the first
-    20 ids of each kind per split with the count, and the ``r2 extract`` command that adds
-    them (a rerun of extract skips what the cache has).
+    ``splits``: ``(name, annotation file, samples)`` per split. Every missing id goes to
+    ``list_file`` (default: ``missing_ids.txt`` beside the first incomplete split's annotation
+    file; ``write=False`` only names it, for the other ranks of a DDP run); the message shows
+    about a screenful of them with the counts, names that file, and gives the ``r2 extract``
+    command that adds them (:func:`extract_command`; a rerun of extract skips what the cache
+    has).
     """
     reports = [find_missing(cache, samples, name, path) for name, path, samples in splits]
     bad = [r for r in reports if not r.ok]
     if not bad:
         return reports
+    folders = _video_folders(cache, (s for _, _, samples in splits for s in samples))
+    folders = folders if len(folders) <= 3 else []  # more: the user knows better than a guess
+    commands = list(dict.fromkeys(
+        extract_command(cache, r.path, dataset or (samples[0].dataset if samples else None), folders)
+        for r, (_, _, samples) in zip(reports, splits) if not r.ok and r.path))
+    if list_file is None:
+        first = next((r.path for r in bad if r.path), None)
+        list_file = (Path(first).parent if first else Path.cwd()) / MISSING_IDS_NAME
+    list_file = Path(list_file)
+    written = True
+    if write:
+        try:
+            _write_missing_list(list_file, cache, bad, purpose, commands)
+        except OSError:
+            written = False
+    listings = [(r, kind, ids, total) for r in bad
+                for kind, ids, total in (("videos", r.videos, r.num_videos),
+                                         ("queries", r.queries, r.num_queries)) if ids]
+    # a screenful in all (the file has the rest); everything when the file could not be written
+    per_listing = max(2, SHOWN_ID_LINES // len(listings)) if written else None
     lines = [f"the feature cache at {cache.path} lacks features that {purpose} needs:"]
-    commands = []
-    for r in bad:
+    for r, kind, ids, total in listings:
         where = f" ({r.path})" if r.path else ""
-        if r.videos:
-            lines.append(f"  {r.name}{where}: {len(r.videos)} of {r.num_videos} videos missing: "
-                         f"{_listing(r.videos)}")
-        if r.queries:
-            lines.append(f"  {r.name}{where}: {len(r.queries)} of {r.num_queries} queries missing: "
-                         f"{_listing(r.queries)}")
-        if r.path:
-            ds = f" --dataset {dataset}" if dataset and dataset != "custom" else ""
-            commands.append(f"  r2 extract <videos folder> --annotations {shlex.quote(r.path)}{ds} "
-                            f"--out {shlex.quote(str(cache.path))}")
+        lines.append(f"  {r.name}{where}: {len(ids)} of {total} {kind} missing:")
+        shown_lines, shown = _wrap_ids(ids, per_listing or len(ids))
+        lines += shown_lines
+        if shown < len(ids):
+            lines.append(f"    ... and {len(ids) - shown} more")
+    if written:
+        lines.append(f"Every missing id is listed in {list_file}")
+    else:
+        lines.append(f"(could not write {list_file}: every missing id is listed above)")
     if commands:
         lines.append("Add them with (extract skips what the cache already has):")
-        lines.extend(dict.fromkeys(commands))
+        lines.extend(f"  {c}" for c in commands)
     else:
-        lines.append(f"Add them with: r2 extract <videos folder> --annotations <file> --out {cache.path}")
+        lines.append("Add them with: " + extract_command(cache, "<annotation file>", dataset, folders))
     raise MissingFeaturesError("\n".join(lines))
 
 

@@ -44,14 +44,15 @@ from r2.model import R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
 from .distributed import autocast, resolve_device
-from .data import (Collator, DataError, FeatureSpecError, GroundingDataset, LengthBatchSampler,
-                   cache_widths, check_feature_spec, check_ids, feature_spec, loader_generator,
-                   worker_init_fn)
+from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
+                   LengthBatchSampler, cache_widths, check_feature_spec, check_ids, feature_spec,
+                   loader_generator, worker_init_fn)
 
 __all__ = [
     "PredictError",
     "PredictResult",
     "VideoGrounding",
+    "check_plot_target",
     "format_grounding",
     "infer_clips",
     "load_model",
@@ -310,8 +311,9 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     samples = load_annotations(annotations, dataset=dataset, domain=domain, split=split)
     if not samples:
         raise PredictError(f"{annotations}: no queries")
+    list_file = None if out is None else Path(out).parent / MISSING_IDS_NAME  # beside the output
     check_ids(fc, [("annotations", str(annotations), samples)], dataset=samples[0].dataset,
-              purpose="prediction")
+              purpose="prediction", list_file=list_file)
     fps = model.config.fps
     data = GroundingDataset(samples, fc, layers, None, train=False, fps=fps)
     rows = predict_dataset(model, data, batch_size=batch_size, workers=workers, amp=amp,
@@ -462,15 +464,36 @@ def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
     return "\n".join(lines)
 
 
+_NO_MATPLOTLIB = "--plot needs matplotlib: pip install 'r2-vtg[plot]'"
+
+
+def check_plot_target(path: str | os.PathLike) -> None:
+    """Raise :class:`PredictError` at once, before any extraction, when ``--plot path`` cannot
+    be drawn: matplotlib (an optional extra) is not installed, or it writes no such file type."""
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise PredictError(_NO_MATPLOTLIB)
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+        kinds = FigureCanvasAgg.get_supported_filetypes()
+        if suffix not in kinds:
+            raise PredictError(f"--plot {path}: matplotlib does not write .{suffix} files; name a "
+                               f".png (or .{', .'.join(sorted(kinds))}) file")
+
+
 def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:
-    """Draw the saliency curve of every query with its top moments shaded (matplotlib)."""
+    """Draw the saliency curve of every query with its top moments shaded (matplotlib); one
+    panel per query. Returns ``path`` (written atomically)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise PredictError("--plot needs matplotlib: pip install 'r2-vtg[plot]'") from None
+        raise PredictError(_NO_MATPLOTLIB) from None
     path = Path(path)
     n = len(groundings)
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)

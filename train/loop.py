@@ -24,6 +24,8 @@ The recipe is R²-Tuning's (reference §5) with the preset's numbers (``r2.train
 * Every ``eval_every`` epochs (and after the last) rank 0 predicts the evaluation split
   (:func:`r2.train.inference.predict_dataset`) and scores it with ``r2.evaluate.score``; the
   epoch with the best ``main_metric`` (``main_metric_mode``) is saved as the run's weights.
+  Presets with ``selection_on_test`` (Charades-STA, TACoS: the official code selects on the
+  test loader) say so once in the log and record ``"selected_on": "test"`` in ``best.json``.
 * The run directory (:mod:`r2.train.checkpoint`): best weights + config, ``preset.json``,
   ``best.json``, ``metrics.jsonl``, and ``checkpoints/last`` written atomically at the end of
   every epoch.
@@ -58,7 +60,7 @@ from r2.model import R2Config, R2Model
 
 from . import checkpoint as ckpt
 from .annotations import GroundingSample, load_annotations
-from .data import (Collator, GroundingDataset, cache_widths, check_cache_fps,
+from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
                    check_feature_spec, check_ids, feature_spec, loader_generator, resolve_layers,
                    worker_init_fn)
 from .distributed import DistContext, autocast, setup, teardown
@@ -136,7 +138,9 @@ class FitResult:
     main_metric / mode: the selection metric; best_epoch (1-based), best_value, best_metrics
     (the full ``r2.evaluate`` output of that epoch; None without evaluation); last_epoch and
     last_metrics: the final epoch; history: the ``metrics.jsonl`` records; resumed_from: the
-    number of epochs the run was resumed after (None for a fresh run).
+    number of epochs the run was resumed after (None for a fresh run); selected_on: the split
+    the best epoch was chosen on ("test" for Charades-STA and TACoS, as the official code
+    does; None without evaluation).
     """
 
     run_dir: Path
@@ -152,6 +156,7 @@ class FitResult:
     history: list[dict]
     seconds: float
     resumed_from: int | None = None
+    selected_on: str | None = None
     world_size: int = 1
     num_train: int = 0
     num_val: int = 0
@@ -375,6 +380,10 @@ class _Trainer:
         else:
             val_samples_eval = val_samples
         self.train_samples, self.val_samples = train_samples, val_samples_eval
+        # the split the best epoch is chosen on (best.json "selected_on"); None: no evaluation
+        self.selected_on = None
+        if val_samples_eval:
+            self.selected_on = "test" if preset.selection_on_test else preset.eval_split
 
         # cache
         cache = FeatureCache.open(o.cache)
@@ -385,7 +394,10 @@ class _Trainer:
         splits = [("train", str(train_file), train_samples)]
         if val_samples_eval:
             splits.append((preset.eval_split, str(val_file), val_samples_eval))
-        check_ids(cache, splits, dataset=preset.name)
+        missing_list = self.run_dir / MISSING_IDS_NAME
+        check_ids(cache, splits, dataset=preset.name, list_file=missing_list, write=ctx.is_main)
+        if ctx.is_main:
+            missing_list.unlink(missing_ok=True)  # from an earlier attempt: the cache is complete now
         video_dim, query_dim = cache_widths(cache)
 
         # model
@@ -532,6 +544,11 @@ class _Trainer:
                  f"{per_epoch} iterations, batch {preset.batch_size}"
                  + (f" over {ctx.world_size} ranks" if ctx.distributed else "")
                  + f", device {ctx.device}, amp {self.amp}")
+        if self.selected_on == "test":
+            self.log(f"note: {preset.name} selects the best epoch by {preset.main_metric} on the test "
+                     f"split ({self.val_file}), as R²-Tuning's official code does; that score is then "
+                     "optimistic for the test set (best.json says \"selected_on\": \"test\"; to select "
+                     "on a val split: --val VAL_FILE --set eval_split=val --set selection_on_test=false)")
         bar = tqdm(total=total, initial=min(total, start_epoch * per_epoch), desc="fit", unit="it",
                    disable=not (o.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
         last_metrics, last_value = None, None
@@ -605,7 +622,7 @@ class _Trainer:
                         is_best = better
                     if is_best:
                         best = {"epoch": epoch + 1, "value": value, "metric": preset.main_metric,
-                                "metrics": metrics}
+                                "selected_on": self.selected_on, "metrics": metrics}
                 rng_states = ctx.gather_objects(ckpt.get_rng_state())
                 if ctx.is_main:
                     if is_best:
@@ -654,5 +671,5 @@ class _Trainer:
             best_metrics=None if best is None else best.get("metrics"), last_epoch=done,
             last_metrics=last_metrics, epochs=preset.epochs, history=history,
             seconds=time.perf_counter() - self.t0, resumed_from=resumed_from,
-            world_size=ctx.world_size, num_train=len(self.train_samples),
+            selected_on=self.selected_on, world_size=ctx.world_size, num_train=len(self.train_samples),
             num_val=len(self.val_samples), trainable_parameters=model.num_trainable_parameters())

@@ -21,7 +21,8 @@ validation every epoch, 4 loader workers, no drop_last. Layers: the last 4 hidde
 (``layers = (-4, -3, -2, -1)`` → [9, 10, 11, 12] for ViT-B/32). QVHighlights' training set is
 repeated ×4 per epoch. Model selection: the best epoch by ``main_metric`` on ``eval_split``
 (QVHighlights ``MR-full-mAP`` on val; Charades/TACoS ``MR-full-R1@0.7`` on **test**, as the
-official code monitors the test loader — ``selection_on_test`` flags it; Ego4D
+official code monitors the test loader — ``selection_on_test`` flags it, and ``r2 fit``
+says so in its log and writes ``"selected_on": "test"`` into ``best.json``; Ego4D
 ``MR-full-R1@0.7`` on val; YouTube/TVSum ``mAP`` on the val list of the domain).
 
 Training-time filters (§1.5): samples whose annotated duration is below ``min_duration``
@@ -224,7 +225,8 @@ class Preset:
     # -- evaluation and decoding (r2tuning §3.4, §5.3) -------------------------------------------
     #: the split evaluated each epoch and used for model selection
     eval_split: str = "val"
-    #: True where the reference selects the best epoch on the test split (Charades, TACoS)
+    #: True where the reference selects the best epoch on the test split (Charades, TACoS):
+    #: fit logs a note once and records ``"selected_on": "test"`` in best.json
     selection_on_test: bool = False
     eval_every: int = 1
     #: key of the metrics dict (r2.evaluate / R²-Tuning names) used to pick the best epoch

@@ -73,8 +73,10 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
         return
     click.echo(f"run directory: {result.run_dir}")
     if result.best_epoch is not None and result.best_value is not None:
+        on = (", selected on the test split as the official code does" if result.selected_on == "test"
+              else "")
         click.echo(f"best {result.main_metric}: {result.best_value:.2f} at epoch {result.best_epoch} of "
-                   f"{result.epochs} (weights in {result.run_dir})")
+                   f"{result.epochs} (weights in {result.run_dir}{on})")
     elif result.best_epoch is not None:
         click.echo(f"no evaluation split: the weights of epoch {result.best_epoch} are in {result.run_dir}")
     if result.last_metrics:

@@ -63,6 +63,8 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
         if not queries:
             raise click.UsageError("VIDEO needs at least one --query \"...\"")
+        if plot is not None:
+            inference.check_plot_target(plot)  # before minutes of extraction, not after
         results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
                                           fps=fps, batch_size=max(batch_size, 8), progress=False,
                                           allow_feature_mismatch=allow_feature_mismatch,

@@ -109,26 +109,50 @@ def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
 
 
 def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
+    from r2.cache import FeatureCache
     from r2.train import fit
-    from r2.train.data import MissingFeaturesError
+    from r2.train.annotations import load_annotations
+    from r2.train.data import MissingFeaturesError, check_ids
 
     rows = [json.loads(x) for x in Path(data.val_file).read_text().splitlines()]
-    extra = []
-    for i in range(25):  # 25 videos and 25 queries the cache has never seen
-        row = dict(rows[0], qid=10_000 + i, vid=f"unseen{i:02d}")
-        extra.append(row)
+    unseen = [f"unseen{i:03d}" for i in range(200)]  # 200 videos and queries the cache has never seen
+    extra = [dict(rows[0], qid=10_000 + i, vid=vid) for i, vid in enumerate(unseen)]
     val = tmp_path / "val_plus.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in rows + extra))
+    run = tmp_path / "run"
     with pytest.raises(MissingFeaturesError) as err:
-        fit(_opts(data, tmp_path / "run", val=val, epochs=1), log=lambda m: None)
+        fit(_opts(data, run, val=val, epochs=1), log=lambda m: None)
     msg = str(err.value)
-    n_videos, n_queries = len({r["vid"] for r in rows}) + 25, len(rows) + 25
-    assert f"25 of {n_videos} videos missing" in msg and f"25 of {n_queries} queries missing" in msg
-    assert "unseen00" in msg and "unseen19" in msg and "unseen24" not in msg and "(5 more)" in msg
-    assert f"r2 extract <videos folder> --annotations {val} --out {data.cache_dir}" in msg
+    n_videos, n_queries = len({r["vid"] for r in rows}) + 200, len(rows) + 200
+    assert f"200 of {n_videos} videos missing" in msg and f"200 of {n_queries} queries missing" in msg
+    # about a screenful is shown; every id is in the file the message names
+    assert len(msg.splitlines()) <= 24
+    assert "unseen000" in msg and "unseen199" not in msg and "... and " in msg
+    listed = run / "missing_ids.txt"
+    assert f"Every missing id is listed in {listed}" in msg
+    entries = [line.split("\t") for line in listed.read_text().splitlines() if not line.startswith("#")]
+    assert [e[2] for e in entries if e[:2] == ["val", "video"]] == unseen
+    assert [e[2] for e in entries if e[:2] == ["val", "query"]] == [str(10_000 + i) for i in range(200)]
+    assert len(entries) == 400
+    # the command names the cache's model and its non-default layers (synthetic: 3 of them)
+    command = (f"r2 extract <videos folder> --annotations {val} --model synthetic-clip --layers 1,2,3 "
+               f"--out {data.cache_dir}")
+    assert command in msg and f"#   {command}" in listed.read_text()
     assert str(data.train_file) not in msg  # the training split is complete
-    assert not (tmp_path / "run").exists()  # nothing written
+    assert sorted(p.name for p in run.iterdir()) == ["missing_ids.txt"]  # no weights, no checkpoint
     assert getattr(err.value, "user_error", False)
+    # with the ids back, the run starts and the stale list goes
+    fit(_opts(data, run, epochs=1), log=lambda m: None)
+    assert not listed.exists() and (run / "model.safetensors").is_file()
+
+    # the other DDP ranks name the file without writing it; a small list is shown whole
+    cache = FeatureCache.open(data.cache_dir)
+    samples = load_annotations(val, dataset="custom")[:len(rows) + 3]
+    with pytest.raises(MissingFeaturesError) as err:
+        check_ids(cache, [("val", str(val), samples)], "custom", list_file=tmp_path / "x" / "ids.txt",
+                  write=False)
+    assert not (tmp_path / "x").exists() and "unseen002" in str(err.value)
+    assert "... and" not in str(err.value)
 
 
 def test_cache_and_checkpoint_mismatches_are_refused(data, tmp_path):
@@ -296,3 +320,55 @@ def test_highlight_presets_train_per_domain_from_a_data_root(tmp_path, dataset, 
 
     cfg = R2Model.from_pretrained(tmp_path / "run").config
     assert not cfg.coord_head and cfg.cls_loss == "dynamic_bce" and cfg.features["fps"] == fps
+
+
+@pytest.mark.parametrize("dataset", ["qvhighlights", "charades", "ego4d", "tacos"])
+def test_benchmark_presets_train_end_to_end(tmp_path, dataset):
+    """Each moment-retrieval preset as it is (focal loss, its saliency target, NMS, rounding
+    unit, clip rate, evaluation split) on a tiny synthetic cache: 2 epochs, its data set's
+    scorer, its main metric, checkpoints; Charades/TACoS say they select on test."""
+    from r2.cache import FeatureCache
+    from r2.model import R2Model
+    from r2.train import fit
+    from r2.train.annotations import load_annotations
+    from r2.train.data import GroundingDataset
+    from r2.train.presets import get_preset
+
+    preset = get_preset(dataset)
+    data = make_synthetic_dataset(tmp_path / "data", train_videos=8, val_videos=4, concepts=4, seed=2,
+                                  fps=preset.fps)
+    overrides = {**TINY_OVERRIDES, "warmup_iters": 4}
+    messages = []
+    result = fit(dataset=dataset, cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                 run_dir=tmp_path / "run", epochs=2, workers=0, overrides=overrides, progress=False,
+                 log=messages.append)
+
+    main = {"qvhighlights": "MR-full-mAP"}.get(dataset, "MR-full-R1@0.7")
+    assert result.main_metric == preset.main_metric == main
+    assert result.best_value == result.best_metrics["brief"][main] and 0 <= result.best_value <= 100
+    run = tmp_path / "run"
+    records = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    assert all(r["main_metric"] == main and main in r["metrics"] for r in records)
+    assert {"cls", "reg", "sal"} <= set(records[-1]["loss"])
+    # training repeats the split ×4 for QVHighlights only
+    assert records[0]["samples"] == data.num_train * preset.repeat
+    for name in ("model.safetensors", "config.json", "preset.json", "best.json",
+                 "checkpoints/last/model.safetensors", "checkpoints/last/trainer.pt"):
+        assert (run / name).is_file(), name
+    on_test = dataset in ("charades", "tacos")
+    best = json.loads((run / "best.json").read_text())
+    assert best["selected_on"] == result.selected_on == ("test" if on_test else "val")
+    notes = [m for m in messages if "selects the best epoch" in m]
+    assert len(notes) == (1 if on_test else 0)
+    if on_test:
+        assert "on the test split" in notes[0] and str(data.val_file) in notes[0]
+    cfg = R2Model.from_pretrained(run).config
+    assert (cfg.cls_loss, cfg.nms, cfg.unit, cfg.fps) == ("focal", preset.nms, preset.unit, preset.fps)
+    assert cfg.nms == ("normal" if dataset == "qvhighlights" else "linear")
+    # saliency targets: the annotators' scores for QVHighlights, the windows for the others
+    samples = load_annotations(data.train_file, dataset=dataset)
+    ds = GroundingDataset(samples, FeatureCache.open(data.cache_dir), [1, 2, 3],
+                          get_preset(dataset, overrides=overrides), train=True)
+    levels = {float(x) for i in range(len(samples)) for x in ds[i].targets.saliency}
+    assert (levels <= {0.0, 1.0}) == (dataset != "qvhighlights"), levels

@@ -93,6 +93,10 @@ def test_predict_refuses_a_cache_with_other_features(trained, tmp_path):
                                     "--annotations", str(extra), "--out", str(tmp_path / "q.jsonl")])
     assert res.exit_code == 1 and "not-there" in res.output and "99999" in res.output
     assert "r2 extract" in res.output and not (tmp_path / "q.jsonl").exists()
+    listed = tmp_path / "missing_ids.txt"  # the complete list goes beside --out
+    assert f"listed in {listed}" in res.output
+    assert "annotations\tvideo\tnot-there" in listed.read_text()
+    assert "annotations\tquery\t99999" in listed.read_text()
     # usage errors
     res = CliRunner().invoke(main, ["predict", "--checkpoint", str(run), "--cache", str(data.cache_dir)])
     assert res.exit_code == 2 and "--annotations" in res.output
@@ -202,3 +206,72 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.mp4"), "--query", "x",
                                     "--checkpoint", str(tmp_path / "run")])
     assert res.exit_code == 1 and "no such video file" in res.output
+
+
+def _groundings(moments: bool = True):
+    from r2.train.inference import VideoGrounding
+
+    saliency = [0.1] * 5 + [0.9] * 4 + [0.2] * 11  # 20 clips of 2 s, the peak at 10-18 s
+    return [VideoGrounding(video="v.mp4", query=q, duration=40.0, fps=0.5, num_clips=20,
+                           moments=[[10.0, 18.0, 0.9], [30.0, 34.0, 0.2]] if moments else None,
+                           saliency=saliency) for q in ("a red screen", "a green screen")]
+
+
+def _light_orange(img) -> int:
+    """Pixels of the top moment's shading: tab:orange at alpha 0.35 over white, (1, .82, .67)."""
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return int(((r > 0.95) & (abs(g - 0.82) < 0.05) & (abs(b - 0.67) < 0.05)).sum())
+
+
+def test_plot_grounding_draws_one_panel_per_query_with_the_moments_shaded(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.image import imread
+
+    from r2.train.inference import plot_grounding
+
+    path = plot_grounding(_groundings(), tmp_path / "sub" / "curve.png")
+    assert path == tmp_path / "sub" / "curve.png"
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in path.parent.iterdir()) == ["curve.png"]  # no partial file left
+    img = imread(path)
+    assert img.shape[:2] == (520, 1000)  # 10 x 2.6 inches per query at 100 dpi
+    shaded = _light_orange(img)
+    assert shaded > 1000
+    bare = imread(plot_grounding(_groundings(moments=False), tmp_path / "bare.png"))
+    assert _light_orange(bare) == 0
+    # the shading of the best moment spans both panels' height over 10-18 s of the 40-s axis
+    # (the legend's small swatch has the same colour: count columns, not pixels)
+    orange = (img[..., 0] > 0.95) & (abs(img[..., 1] - 0.82) < 0.05) & (abs(img[..., 2] - 0.67) < 0.05)
+    cols = np.nonzero(orange.sum(0) > 200)[0]
+    axis = np.nonzero((bare[..., :3] < 0.2).all(-1).sum(0) > 200)[0]  # the axes' vertical spines
+    left, right = axis.min(), axis.max()
+    span = (cols.min() - left) / (right - left) * 40, (cols.max() - left) / (right - left) * 40
+    assert span == pytest.approx((10.0, 18.0), abs=0.5)
+    with pytest.raises(Exception, match="matplotlib does not write .txt"):
+        from r2.train.inference import check_plot_target
+
+        check_plot_target(tmp_path / "curve.txt")
+
+
+def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
+    import sys
+
+    from r2.cli import main
+    from r2.train import inference
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
+    with pytest.raises(inference.PredictError, match=r"pip install 'r2-vtg\[plot\]'"):
+        inference.plot_grounding(_groundings(), tmp_path / "curve.png")
+    assert not (tmp_path / "curve.png").exists()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("predict_video ran before the --plot check")
+
+    monkeypatch.setattr(inference, "predict_video", no_work)
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"not looked at")
+    res = CliRunner().invoke(main, ["predict", str(video), "--query", "x", "--checkpoint", str(tmp_path / "run"),
+                                    "--plot", str(tmp_path / "curve.png")])
+    assert res.exit_code == 1, res.output
+    assert "Error: --plot needs matplotlib: pip install 'r2-vtg[plot]'" in res.output
+    assert "Traceback" not in res.output

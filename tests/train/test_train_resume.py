@@ -150,6 +150,22 @@ def test_resume_adds_epochs_and_refuses_changed_settings(data, tmp_path):
         torch.set_num_threads(threads)
 
 
+def test_resume_with_loader_workers_gives_the_weights_of_a_serial_run(data, tmp_path, one_torch_thread):
+    """Loader worker processes (training and evaluation) change nothing: a run with 2 workers,
+    stopped after epoch 1 and resumed, ends with the weights of an uninterrupted serial run."""
+    from r2.train import fit
+
+    common = dict(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                  overrides=dict(TINY_OVERRIDES), progress=False, log=lambda m: None)
+    serial = fit(run_dir=tmp_path / "serial", epochs=2, workers=0, **common)
+    fit(run_dir=tmp_path / "workers", epochs=1, workers=2, **common)
+    resumed = fit(run_dir=tmp_path / "workers", epochs=2, workers=2, resume=True, **common)
+    assert resumed.resumed_from == 1
+    for name in ("checkpoints/last/model.safetensors", "model.safetensors"):
+        _assert_same_weights(tmp_path / "serial" / name, tmp_path / "workers" / name)
+    assert [h["value"] for h in resumed.history] == [h["value"] for h in serial.history]
+
+
 def test_checkpoint_swap_survives_a_crash_between_the_renames(tmp_path):
     from r2.model import R2Config, R2Model
     from r2.train import checkpoint as ckpt
