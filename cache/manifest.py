@@ -7,6 +7,11 @@ Keys supplied by the caller of :meth:`FeatureCache.create`:
 ``model_config_hash`` str: hash of the model configuration
 ``layers``            list of int, ascending, unique: the hidden-state indices kept
                       (e.g. ``[9, 10, 11, 12]``); ``load_*(layers=...)`` takes these ids
+``query_layers``      optional list of int, one per ``layers`` entry: the text tower's
+                      hidden state stored with each kept layer (absent = ``layers``; differs
+                      when the towers differ in depth, e.g. ViT-L/14: vision 21-24 with text
+                      9-12, the same distance from the top). Query features are stored and
+                      selected by the ``layers`` ids.
 ``fps``               float, or ``None`` when the sampling is per video (YouTube Highlights)
 ``preprocessing``     dict (size, crop, interpolation, mean, std, ...)
 ``dtype``             ``"float16"`` (default), ``"float32"`` or ``"int8"`` (per-token scale)
@@ -29,8 +34,8 @@ first item written records them (:func:`pin_manifest`), and every later item mus
 
 Two manifests are *compatible* (same features, safe to mix in one cache or merge) when the
 fields that say what the features mean are equal (:data:`COMPAT_FIELDS`): ``format_version``,
-``model_id``, ``model_config_hash``, ``layers``, ``fps``, ``dtype``, ``preprocessing``,
-``precision`` (absent = ``"fp32"``), ``token_form`` and ``sampling`` (absent = absent), and
+``model_id``, ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``),
+``fps``, ``dtype``, ``preprocessing``, ``precision`` (absent = ``"fp32"``), ``token_form`` and ``sampling`` (absent = absent), and
 the pinned shapes ``tokens_per_frame``, ``video_width`` and ``query_width`` when both
 manifests have them. The other keys (``command``, ...) are informative.
 """
@@ -54,7 +59,7 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32", "int8")
 PINNED_FIELDS = ("tokens_per_frame", "video_width", "query_width")  # compared when both have them
-COMPAT_FIELDS = ("format_version", "model_id", "model_config_hash", "layers", "fps", "dtype",
+COMPAT_FIELDS = ("format_version", "model_id", "model_config_hash", "layers", "query_layers", "fps", "dtype",
                  "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
 DEFAULTS = {"dtype": "float16", "precision": "fp32"}  # the value of an absent field
 REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
@@ -101,6 +106,19 @@ def normalize_manifest(manifest: dict) -> dict:
         if any(x < 0 for x in layers) or layers != sorted(set(layers)):
             problems.append(f"layers must be ascending, unique and >= 0, got {layers!r}")
         m["layers"] = layers
+        query_layers = m.get("query_layers")
+        if query_layers is not None:
+            try:
+                qok = (not isinstance(query_layers, (str, bytes, dict)) and len(query_layers) == len(layers)
+                       and all(not isinstance(x, (bool, str, bytes)) and int(x) == x and int(x) >= 0
+                               for x in query_layers))
+            except (TypeError, ValueError, OverflowError):
+                qok = False
+            if not qok:
+                problems.append(f"query_layers must be a list of {len(layers)} int >= 0 (one per layer), "
+                                f"got {query_layers!r}")
+            else:
+                m["query_layers"] = [int(x) for x in query_layers]
     fps = m["fps"]
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
@@ -146,6 +164,9 @@ def differences(existing: dict, requested: dict) -> list[tuple[str, object, obje
     out = []
     for key in COMPAT_FIELDS:
         a, b = existing.get(key, DEFAULTS.get(key)), requested.get(key, DEFAULTS.get(key))
+        if key == "query_layers":  # absent: the text layers are the vision layers
+            a = existing.get(key) or existing.get("layers")
+            b = requested.get(key) or requested.get("layers")
         if key in PINNED_FIELDS and (a is None or b is None):
             continue
         if key == "fps" and a is not None and b is not None:

@@ -260,17 +260,25 @@ class FrozenCLIP:
             model_id = str(path) if Path(os.fspath(model)).expanduser().exists() else os.fspath(model)
         n_vis = config.vision_config.num_hidden_layers
         n_txt = config.text_config.num_hidden_layers
-        top = min(n_vis, n_txt)
         default = default_layers(n_vis)
         asked = _layer_text(layers) if layers is not None else f"{_layer_text(default)} (the default)"
-        layers = [i if i >= 0 else top + 1 + i for i in layers] if layers is not None else default
+        layers = [i if i >= 0 else n_vis + 1 + i for i in layers] if layers is not None else default
         if not layers or sorted(set(layers)) != list(layers):
             raise ModelError(f"--layers {asked}: give distinct hidden-state indices in ascending "
                              "order, e.g. 9,10,11,12")
-        if layers[0] < 0 or layers[-1] > top:
-            raise ModelError(f"--layers {asked}: out of range 0..{top} for {model_id} (hidden-state "
-                             f"indices; 0 = embeddings, {top} = last block; negative counts from the end)")
+        if layers[0] < 0 or layers[-1] > n_vis:
+            raise ModelError(f"--layers {asked}: out of range 0..{n_vis} for {model_id} (hidden-state "
+                             f"indices of the vision tower; 0 = embeddings, {n_vis} = last block; "
+                             "negative counts from the end)")
+        # The text tower's layers: the same distance from its top (the official extraction keeps
+        # the last k of each tower), so ViT-L/14's vision 21..24 go with text 9..12.
+        query_layers = [i + n_txt - n_vis for i in layers]
+        if query_layers[0] < 0:
+            raise ModelError(f"--layers {asked}: the text tower of {model_id} has {n_txt} blocks, so "
+                             f"vision layers below {n_vis - n_txt} have no text layer at the same depth "
+                             f"from the top; keep layers {n_vis - n_txt}..{n_vis}")
         self.layers = layers
+        self.query_layers = query_layers
         self.precision = precision
         self.info = _Info(model_id, path, config_hash(config))
         if net is None:
@@ -284,7 +292,7 @@ class FrozenCLIP:
         self.text = net.text_model
         if truncate:  # blocks after the last kept layer cannot change the kept hidden states
             self.vision.encoder.layers = self.vision.encoder.layers[:layers[-1]]
-            self.text.encoder.layers = self.text.encoder.layers[:layers[-1]]
+            self.text.encoder.layers = self.text.encoder.layers[:query_layers[-1]]
         self._to_device()
         self.config = config
         self.image_size = config.vision_config.image_size
@@ -364,6 +372,6 @@ class FrozenCLIP:
         mask = enc["attention_mask"].to(self.device)
         with self.autocast():
             out = self.text(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        hs = torch.stack([out.hidden_states[i] for i in self.layers], dim=1).float()  # (B, K, L, Dt)
+        hs = torch.stack([out.hidden_states[i] for i in self.query_layers], dim=1).float()  # (B, K, L, Dt)
         lengths = mask.sum(dim=1).tolist()
         return [hs[b, :, :n].cpu().numpy() for b, n in enumerate(lengths)], lengths

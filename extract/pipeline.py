@@ -221,6 +221,7 @@ def extract_features(
         "model_id": clip.model_id,
         "model_config_hash": clip.config_hash,
         "layers": list(clip.layers),
+        "query_layers": list(clip.query_layers),
         "fps": float(fps) if fps is not None else None,
         "preprocessing": prep.to_dict(),
         "dtype": dtype,

@@ -91,6 +91,8 @@ def test_open_and_create_refuse_what_is_not_a_cache(tmp_path, make_manifest):
     ({"dtype": "bfloat16"}, "dtype must be one of float16, float32, int8"),
     ({"preprocessing": "clip"}, "preprocessing must be a dict"),
     ({"video_width": "768"}, "video_width must be a positive int"),
+    ({"query_layers": [1, 2]}, "query_layers must be a list of 4 int >= 0"),
+    ({"query_layers": [1, 2, 3, -4]}, "query_layers must be a list of 4 int"),
     ({"model_id": ""}, "model_id must be a non-empty str"),
     ({"extra": object()}, "JSON-serialisable"),
 ])
@@ -135,6 +137,7 @@ def test_concurrent_creates_of_one_cache_all_succeed(tmp_path):
     ("tokens_per_frame", 3, 257),
     ("video_width", 16, 768),
     ("query_width", 8, 512),
+    ("query_layers", [1, 2, 3, 4], [9, 10, 11, 12]),
 ])
 def test_every_field_that_changes_the_features_is_compared(build_cache, make_manifest, tmp_path,
                                                            field, ours, theirs):
@@ -202,3 +205,12 @@ def test_a_damaged_manifest_is_a_clear_error_naming_the_file_and_field(build_cac
     assert isinstance(check.exception, SystemExit)  # a clean exit, not an exception from deep inside
     if field != "format_version":  # a readable manifest with a bad key: reported by verify itself
         assert f"PROBLEM manifest.json: {message}" in check.output
+
+
+def test_absent_query_layers_are_the_layers(build_cache, make_manifest):
+    a = build_cache("a", videos={"v0": 0})  # an older cache: no query_layers in its manifest
+    assert "query_layers" not in a.manifest
+    same = make_manifest(query_layers=list(make_manifest()["layers"]))
+    assert FeatureCache.create(a.path, same).video_ids() == ["v0"]
+    with pytest.raises(CacheError, match="query_layers: the cache has"):
+        FeatureCache.create(a.path, make_manifest(query_layers=[0, 1, 2, 3]))

@@ -210,3 +210,43 @@ def test_config_hash_ignores_runtime_keys(tiny_clip_dir, tmp_path):
 
     assert variant("same", lambda d: d.update(transformers_version="0.0.0", _name_or_path="x")) == h
     assert variant("deeper", lambda d: d["vision_config"].update(num_hidden_layers=3)) != h
+
+
+def test_towers_of_different_depth_pair_layers_by_distance_from_the_top(tmp_path, sample_videos):
+    """ViT-L/14 has 24 vision and 12 text blocks: the last 4 of each tower go together (vision
+    21..24 with text 9..12). Here a tiny CLIP with 6 vision and 4 text blocks."""
+    from transformers import CLIPConfig, CLIPModel
+
+    from r2.cache import FeatureCache
+    from r2.extract.pipeline import QueryJob, VideoJob, extract_features
+    from r2.extract.tiny import tiny_clip_config
+
+    cfg = tiny_clip_config(width=64, layers=4, text_width=32).to_dict()
+    cfg["vision_config"]["num_hidden_layers"] = 6
+    torch.manual_seed(0)
+    folder = tmp_path / "deep-vision"
+    CLIPModel(CLIPConfig(**cfg)).save_pretrained(folder)
+
+    clip = C.FrozenCLIP(folder)
+    assert clip.layers == [3, 4, 5, 6] and clip.query_layers == [1, 2, 3, 4]
+    assert len(clip.vision.encoder.layers) == 6 and len(clip.text.encoder.layers) == 4
+    feats, _ = clip.text_features(["a dog"])
+    model = CLIPModel.from_pretrained(folder).eval()
+    ids = C.load_tokenizer()("a dog", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        hs = model.text_model(input_ids=ids, output_hidden_states=True).hidden_states
+    np.testing.assert_allclose(feats[0], torch.stack([hs[i][0] for i in (1, 2, 3, 4)]).numpy(),
+                               rtol=1e-5, atol=1e-5)
+    assert C.FrozenCLIP(folder, layers=[-2, -1]).query_layers == [3, 4]
+    with pytest.raises(C.ModelError, match=r"text tower of .* has 4 blocks.*keep layers 2\.\.6"):
+        C.FrozenCLIP(folder, layers=[1, 2])
+
+    summary = extract_features([VideoJob("v", str(sample_videos[0]))], [QueryJob("q", "a dog")],
+                               tmp_path / "cache", folder, workers=0, clip=clip, progress=False,
+                               log=lambda msg: None)
+    assert summary.ok
+    cache = FeatureCache.open(tmp_path / "cache")
+    assert cache.manifest["layers"] == [3, 4, 5, 6] and cache.manifest["query_layers"] == [1, 2, 3, 4]
+    q, mask = cache.load_query("q", layers=[5, 6])  # stored and selected by the vision layer ids
+    np.testing.assert_allclose(q[:, mask], feats[0][2:], rtol=2e-3, atol=2e-3)  # float16 storage
+    assert cache.load_video("v").shape[1:] == (4, 50, 64)
