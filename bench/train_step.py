@@ -135,6 +135,10 @@ def run_variant(args) -> dict:
             torch.cuda.synchronize()
         return float(loss.total)
 
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as flop_counter:  # one step, forward + backward
+        step()
     times = []
     for i in range(args.warmup + args.steps):
         t0 = time.perf_counter()
@@ -142,7 +146,8 @@ def run_variant(args) -> dict:
         if i >= args.warmup:
             times.append(time.perf_counter() - t0)
     result = {"variant": args.variant, "step_s": statistics.median(times), "steps": times,
-              "peak_rss_mb": peak_mb(), "torch_rss_mb": base, "threads": torch.get_num_threads()}
+              "peak_rss_mb": peak_mb(), "torch_rss_mb": base,
+              "gflop": flop_counter.get_total_flops() / 1e9, "threads": torch.get_num_threads()}
     if device.type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
@@ -180,14 +185,18 @@ def main():
     frames = args.batch * args.clips
     print(f"one training step, batch {args.batch} x {args.clips} clips ({frames} frames), R² model "
           f"C=256 K=4, ViT-B/32 shapes, device {args.device}, {c['threads']} threads")
-    print(f"{'variant':<28}{'step (median)':>15}{'peak RSS':>12}{'RSS - torch':>14}")
+    print(f"{'variant':<28}{'step (median)':>15}{'GFLOP':>9}{'GFLOP/s':>9}{'peak RSS':>12}{'RSS - torch':>14}")
     for name, r in (("from the cache", c), ("CLIP on frames in the loop", k)):
-        print(f"{name:<28}{r['step_s']:>13.3f} s{r['peak_rss_mb']:>9.0f} MB"
-              f"{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB")
+        print(f"{name:<28}{r['step_s']:>13.3f} s{r['gflop']:>9.1f}{r['gflop'] / r['step_s']:>9.1f}"
+              f"{r['peak_rss_mb']:>9.0f} MB{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB")
     speed = k["step_s"] / c["step_s"]
+    # Matrix-multiply FLOPs (torch's FlopCounterMode: matmuls, convolutions, attention) of one
+    # step: their ratio is the speed-up a device would give at equal FLOP/s in both variants.
+    flop_ratio = k["gflop"] / c["gflop"]
     mem = c["peak_rss_mb"] / k["peak_rss_mb"]
     mem_net = (c["peak_rss_mb"] - c["torch_rss_mb"]) / (k["peak_rss_mb"] - k["torch_rss_mb"])
-    print(f"speed-up from the cache: {speed:.1f}x  (goal >= 20x: {'met' if speed >= 20 else 'NOT met'})")
+    print(f"speed-up from the cache: {speed:.1f}x  (goal >= 20x: {'met' if speed >= 20 else 'NOT met'}); "
+          f"FLOP ratio {flop_ratio:.1f}x (the speed-up at equal FLOP/s)")
     print(f"memory of the cache variant: {mem:.2f} of CLIP's peak RSS  ({1 / mem:.1f}x less; "
           f"goal <= 0.20: {'met' if mem <= 0.2 else 'NOT met'}); above the torch import: {mem_net:.2f}")
     if "peak_cuda_mb" in c:

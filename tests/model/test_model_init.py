@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from r2.model import R2Config, R2Model
-from r2.model.block import DropPath
+from r2.model.block import Dropout, DropPath, InputMLP, bernoulli_mask
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,35 @@ def test_droppath_drops_whole_samples_and_keeps_the_expected_value():
 def test_the_decoder_layer_uses_the_configured_droppath():
     model = R2Model(R2Config(hidden_dim=32, num_heads=4, droppath=0.3))
     assert isinstance(model.block.temporal.droppath, DropPath) and model.block.temporal.droppath.p == 0.3
+
+
+@pytest.mark.parametrize("p", [0.5, 0.35, 0.3, 0.9])
+def test_dropout_keeps_each_element_with_probability_1_minus_p(p):
+    torch.manual_seed(0)
+    drop = Dropout(p).train()
+    x = torch.ones(2000, 770, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    n, keep = kept.numel(), 1 - p
+    # the kept fraction within 5 standard errors of 1 - p; kept values scaled by 1 / (1 - p)
+    assert abs(kept.float().mean().item() - keep) < 5 * math.sqrt(keep * p / n)
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 1 / keep))
+    # independent elements: neighbours are uncorrelated (no repeated bits across the mask)
+    a, b = kept[:, :-1].float().flatten(), kept[:, 1:].float().flatten()
+    corr = ((a - a.mean()) * (b - b.mean())).mean() / (a.std() * b.std())
+    assert abs(corr.item()) < 5 / math.sqrt(a.numel())
+    y.sum().backward()  # the gradient is the same mask and scale
+    torch.testing.assert_close(x.grad, y.detach())
+
+
+def test_dropout_is_seeded_and_the_identity_in_eval_and_at_p_0():
+    x = torch.randn(64, 770)
+    torch.manual_seed(3)
+    a = Dropout(0.5).train()(x)
+    torch.manual_seed(3)
+    b = Dropout(0.5).train()(x)
+    torch.testing.assert_close(a, b)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert bernoulli_mask(torch.Size([3, 5]), 1.0).all() and not bernoulli_mask(torch.Size([7]), 0.0).any()
+    assert isinstance(InputMLP(770, 32, 0.5).dropout, Dropout)
