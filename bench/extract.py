@@ -262,8 +262,8 @@ def main(argv=None):
               f"(goal >= 0.90; bare on all {torch.get_num_threads()} threads)")
         if pipe_threads != torch.get_num_threads():
             print(f"  bare     : {med['bare_same']:8.1f} images/s   pipeline / bare  = "
-                  f"{med['pipeline'] / med['bare_same']:.2f} (bare on the pipeline's {pipe_threads} thread(s), "
-                  f"the others decode)")
+                  f"{med['pipeline'] / med['bare_same']:.2f} (bare on {pipe_threads} thread(s), what the model starts "
+                  f"with beside the decoders; it gets every core when it is the bottleneck)")
         print(f"  naive    : {med['naive']:8.1f} images/s   pipeline / naive = {med['pipeline'] / med['naive']:.2f} "
               f"(goal >= 3)")
         checks = precision_check(model, frames, args.batch_size)

@@ -570,12 +570,42 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
 class _Pending:
     """A video whose frames are coming in: its features so far, in clip order."""
 
-    __slots__ = ("features", "queued", "result")
+    __slots__ = ("features", "queued", "received", "result")
 
     def __init__(self):
         self.features: list[np.ndarray] = []  # (c, K, N, D) each
         self.queued = 0  # frames waiting for the model
+        self.received = 0  # frames that came from the decoder so far
         self.result: DecodeResult | None = None  # set when every frame has come
+
+
+class _CPUThreads:
+    """Torch threads for CLIP on the CPU next to ``workers`` decode processes.
+
+    It starts with the cores the decoders do not use (an oversubscribed OpenMP pool is many
+    times slower while the decoders are busy). Once a few batches and videos are done it
+    compares the costs per clip: when the model takes more than twice as long as the decoders
+    need (a real CLIP: ViT-B/32 ~100 ms a clip on one core, decoding ~10 ms), the decoders sit
+    idle most of the time and the model gets every core (measured on 2 cores, ViT-B/32:
+    8.6 -> 12 images/s). A decode-bound run (the tiny CLIP) keeps the split.
+    """
+
+    def __init__(self, cpus: int, workers: int):
+        self.cpus, self.workers = cpus, workers
+        self.model_threads = max(1, cpus - workers)
+        self.decided = self.model_threads >= cpus
+
+    def revise(self, model_seconds: float, modelled_clips: int, decode_seconds: float, decoded_clips: int) -> bool:
+        """True when the model's thread count changed."""
+        if self.decided or modelled_clips < 32 or decoded_clips == 0 or decode_seconds <= 0:
+            return False
+        self.decided = True
+        model_per_clip = model_seconds / modelled_clips  # wall s at model_threads
+        decode_per_clip = decode_seconds / decoded_clips / self.workers  # wall s, workers in parallel
+        if model_per_clip > 2 * decode_per_clip:
+            self.model_threads = self.cpus
+            return True
+        return False
 
 
 def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, workers, decode_threads, progress,
@@ -593,6 +623,8 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
     bar = tqdm(total=len(jobs), unit="video", disable=None if progress is None else not progress, dynamic_ncols=True,
                file=sys.stderr, mininterval=0.5)
     t0 = time.perf_counter()
+    modelled = [0]  # clips through the model so far
+    decoded_clips = 0  # clips of the videos whose decoding is done (summary.decode_seconds)
 
     def run_batch(limit: int):
         nonlocal queued
@@ -611,6 +643,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                       device=clip.device)
         feats = clip.video_features(x).cpu().numpy()  # (B, K, N, D)
         summary.model_seconds += time.perf_counter() - tm
+        modelled[0] += taken
         pos = 0
         for item, n in parts:
             item.features.append(feats[pos:pos + n].astype(feat_dtype))
@@ -640,20 +673,24 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)
 
     threads = torch.get_num_threads()
-    if clip.device.type == "cpu" and workers > 0:
-        # the decode processes need their cores: an oversubscribed OpenMP pool is many times slower
-        torch.set_num_threads(max(1, _cpu_count() - workers))
+    plan = _CPUThreads(_cpu_count(), workers) if clip.device.type == "cpu" and workers > 0 else None
+    if plan is not None:
+        torch.set_num_threads(plan.model_threads)
     try:
         with torch.inference_mode():
             for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads):
                 kind, i = event[0], event[1]
                 if kind == "frames":
                     item = pending.setdefault(i, _Pending())
+                    item.received += len(event[2])
                     queue.append((item, event[2]))
                     item.queued += len(event[2])
                     queued += len(event[2])
                     while queued >= batch_size:
                         run_batch(batch_size)
+                        if plan is not None and plan.revise(summary.model_seconds, modelled[0],
+                                                            summary.decode_seconds, decoded_clips):
+                            torch.set_num_threads(plan.model_threads)
                 elif kind == "restart":
                     if i in pending:
                         drop(pending[i])
@@ -662,6 +699,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                     done += 1
                     summary.decode_seconds += result.seconds
                     item = pending.pop(i, None)
+                    decoded_clips += item.received if item is not None else 0
                     if result.error is not None:
                         if item is not None:
                             drop(item)

@@ -331,3 +331,20 @@ def test_failures_file_has_absolute_paths(videos, tiny_clip, tmp_path, monkeypat
     assert result.exit_code == 1, result.output
     (line,) = (tmp_path / "c" / "failures.jsonl").read_text().splitlines()
     assert json.loads(line)["path"] == str(tmp_path / "in" / "zero.mp4")
+
+
+def test_cpu_threads_go_to_the_model_only_when_it_is_the_bottleneck():
+    from r2.extract.pipeline import _CPUThreads
+
+    # ViT-B/32 on one core: ~0.1 s a clip; decoding ~0.01 s a clip in one worker -> every core
+    plan = _CPUThreads(cpus=2, workers=1)
+    assert plan.model_threads == 1
+    assert not plan.revise(0.5, 16, 0.1, 10)  # too early: fewer than 32 clips through the model
+    assert plan.revise(3.2, 32, 0.3, 30) and plan.model_threads == 2
+    assert not plan.revise(3.2, 64, 0.3, 30)  # decided once
+    # the tiny CLIP: 1 ms a clip against 7 ms of decoding -> the decoders keep their core
+    plan = _CPUThreads(cpus=2, workers=1)
+    assert not plan.revise(0.064, 32, 0.44, 31) and plan.model_threads == 1
+    # 8 cores, 2 decoders: the model starts on 6 and gets 8 when it is 10x the decoding
+    plan = _CPUThreads(cpus=8, workers=2)
+    assert plan.model_threads == 6 and plan.revise(1.0, 32, 0.2, 32) and plan.model_threads == 8
