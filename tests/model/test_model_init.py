@@ -87,7 +87,7 @@ def test_the_decoder_layer_uses_the_configured_droppath():
     assert isinstance(model.block.temporal.droppath, DropPath) and model.block.temporal.droppath.p == 0.3
 
 
-@pytest.mark.parametrize("p", [0.5, 0.35, 0.3, 0.9])
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.35, 0.3, 0.9])  # 8-bit path (p·256 integer) and 32-bit path
 def test_dropout_keeps_each_element_with_probability_1_minus_p(p):
     torch.manual_seed(0)
     drop = Dropout(p).train()
