@@ -27,7 +27,8 @@ Reading (training, prediction)::
 Modules: ``manifest`` (keys, compatibility), ``shards`` (file names, HDF5 layout, id
 encoding, writer locks), ``index`` (id -> shard), ``reader`` (:class:`FeatureCache`),
 ``writer`` (:class:`CacheWriter`, atomic commits), ``quantize`` (int8, measured error),
-``verify`` (:func:`verify`), ``merge`` (:func:`merge`). The ``r2 cache`` command
+``verify`` (:func:`verify`), ``merge`` (:func:`merge`), ``locking`` (the ``flock`` helpers of
+the writer locks and of ``merge``). The ``r2 cache`` command
 (``info``, ``verify``, ``merge``) calls these functions.
 """
 

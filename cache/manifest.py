@@ -47,10 +47,9 @@ import datetime as _dt
 import json
 import math
 import os
-import secrets
 from pathlib import Path
 
-from r2.fileio import fsync_dir
+from r2.fileio import atomic_write, fsync_dir, temporary_sibling
 
 from .errors import CacheError
 from .shards import LOCKS_DIR
@@ -93,32 +92,20 @@ def normalize_manifest(manifest: dict) -> dict:
         problems.append(f"model_id must be a non-empty str, got {m['model_id']!r}")
     if not isinstance(m["model_config_hash"], str) or not m["model_config_hash"]:
         problems.append(f"model_config_hash must be a non-empty str, got {m['model_config_hash']!r}")
-    layers = m["layers"]
-    try:
-        ok = (not isinstance(layers, (str, bytes, dict)) and len(layers) > 0
-              and all(not isinstance(x, (bool, str, bytes)) and int(x) == x for x in layers))
-    except (TypeError, ValueError, OverflowError):
-        ok = False
-    if not ok:
-        problems.append(f"layers must be a non-empty list of int, got {layers!r}")
+    layers = _int_list(m["layers"])
+    if not layers:
+        problems.append(f"layers must be a non-empty list of int, got {m['layers']!r}")
     else:
-        layers = [int(x) for x in layers]
         if any(x < 0 for x in layers) or layers != sorted(set(layers)):
             problems.append(f"layers must be ascending, unique and >= 0, got {layers!r}")
         m["layers"] = layers
-        query_layers = m.get("query_layers")
-        if query_layers is not None:
-            try:
-                qok = (not isinstance(query_layers, (str, bytes, dict)) and len(query_layers) == len(layers)
-                       and all(not isinstance(x, (bool, str, bytes)) and int(x) == x and int(x) >= 0
-                               for x in query_layers))
-            except (TypeError, ValueError, OverflowError):
-                qok = False
-            if not qok:
+        if m.get("query_layers") is not None:
+            query_layers = _int_list(m["query_layers"])
+            if query_layers is None or len(query_layers) != len(layers) or any(x < 0 for x in query_layers):
                 problems.append(f"query_layers must be a list of {len(layers)} int >= 0 (one per layer), "
-                                f"got {query_layers!r}")
+                                f"got {m['query_layers']!r}")
             else:
-                m["query_layers"] = [int(x) for x in query_layers]
+                m["query_layers"] = query_layers
     fps = m["fps"]
     if fps is not None:
         if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not math.isfinite(fps) or fps <= 0:
@@ -145,6 +132,22 @@ def normalize_manifest(manifest: dict) -> dict:
         return json.loads(json.dumps(m, allow_nan=False))
     except (TypeError, ValueError) as exc:
         raise CacheError(f"the cache manifest must be JSON-serialisable: {exc}") from None
+
+
+def _int_list(value) -> list[int] | None:
+    """``value`` as a list of int when it is a sequence of whole numbers (not bools, not
+    strings), else None."""
+    if isinstance(value, (str, bytes, dict)):
+        return None
+    out = []
+    try:
+        for x in value:
+            if isinstance(x, (bool, str, bytes)) or int(x) != x:
+                return None
+            out.append(int(x))
+    except (TypeError, ValueError, OverflowError):
+        return None
+    return out
 
 
 def new_manifest(manifest: dict) -> dict:
@@ -223,20 +226,6 @@ def read_manifest(root: str | os.PathLike) -> dict:
     return m
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(6)}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    fsync_dir(path.parent)
-
-
 @contextlib.contextmanager
 def _manifest_mutex(root: Path):
     """An exclusive ``flock`` on ``root/locks/manifest.mutex`` (not a ``*.lock`` writer lock):
@@ -264,7 +253,7 @@ def pin_manifest(root: str | os.PathLike, values: dict) -> dict:
         missing = {k: v for k, v in values.items() if m.get(k) is None}
         if missing:
             m.update(missing)
-            _write_atomic(root / MANIFEST_NAME, _encode(m))
+            atomic_write(root / MANIFEST_NAME, _encode(m))
     return m
 
 
@@ -273,31 +262,23 @@ def _encode(manifest: dict) -> bytes:
 
 
 def write_manifest_exclusive(root: Path, manifest: dict) -> bool:
-    """Write ``root/manifest.json`` only if it does not exist yet, atomically (temporary file,
-    fsync, then a hard link that fails when another process got there first).
-    Returns True when this call wrote it."""
+    """Write ``root/manifest.json`` only if it does not exist yet, atomically (a complete,
+    fsynced temporary file, then a hard link that fails when another process got there
+    first). Returns True when this call wrote it."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / MANIFEST_NAME
-    tmp = root / f".{MANIFEST_NAME}.{secrets.token_hex(6)}.tmp"
-    data = _encode(manifest)
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
+    tmp = atomic_write(temporary_sibling(final), _encode(manifest))
     try:
         try:
             os.link(tmp, final)
         except FileExistsError:
             return False
-        except OSError:  # file system without hard links: exclusive create instead
+        except OSError:  # file system without hard links: claim the name, then move the file in
             try:
-                fd = os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+                os.close(os.open(final, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             except FileExistsError:
                 return False
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
+            os.replace(tmp, final)
         fsync_dir(root)
         return True
     finally:

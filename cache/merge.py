@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CacheError, CacheWarning
+from .locking import create_locked, try_flock
 from .manifest import describe_differences, differences, r2_version, utc_now, write_manifest_exclusive
 from .reader import FeatureCache
 from .shards import encode_id
@@ -47,27 +48,16 @@ def _same_data(g1, g2) -> bool:
     return True
 
 
-def _lock_dir(path: Path) -> int | None:
-    """An exclusive ``flock`` on a directory: the descriptor, or None when another process
-    holds it."""
-    import fcntl
-
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
-
-
 def _remove_stale_temporaries(out: Path) -> None:
     """Delete the temporary directories of killed merges into ``out`` (a running merge
     holds the lock of its own, which is left alone)."""
     for tmp in sorted(out.parent.glob(f".{glob.escape(out.name)}.merge-*.tmp")):
         if not tmp.is_dir() or tmp.is_symlink():
             continue
-        fd = _lock_dir(tmp)
+        try:
+            fd = try_flock(tmp, os.O_RDONLY)
+        except FileNotFoundError:
+            continue  # removed meanwhile by another merge into the same output
         if fd is None:
             continue  # a merge into the same output is running
         try:
@@ -76,6 +66,19 @@ def _remove_stale_temporaries(out: Path) -> None:
             os.close(fd)
         warnings.warn(f"removed {tmp}, the unfinished output of a merge into {out} that was stopped",
                       CacheWarning, stacklevel=3)
+
+
+def _new_locked_dir(path: Path) -> int:
+    """Make the directory ``path`` and lock it (see ``locking.create_locked``: another merge
+    into the same output may take it for a killed merge's before it is locked)."""
+    def create(p: Path) -> int:
+        p.mkdir()
+        try:
+            return os.open(p, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except BaseException:
+            p.rmdir()
+            raise
+    return create_locked(path, create)
 
 
 def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
@@ -94,7 +97,23 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
         raise CacheError("merge needs at least one source cache")
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise CacheError(f"the merge output {out} already exists and is not empty; choose a new directory")
-    caches = [FeatureCache.open(s) for s in sources]
+    options = {k: v for k, v in (("max_shard_bytes", max_shard_bytes),
+                                 ("max_shard_items", max_shard_items)) if v is not None}
+    caches: list[FeatureCache] = []
+    try:  # the sources' shard files are closed however the merge ends
+        for s in sources:
+            caches.append(FeatureCache.open(s))
+        summary = _merge(sources, caches, out, progress, options)
+    finally:
+        for c in caches:
+            c.close()
+    with FeatureCache.open(out) as result:
+        info = result.info()
+        summary.update(out=str(result.path), shards=info["shards"], bytes=info["bytes"])
+    return summary
+
+
+def _merge(sources: list[Path], caches: list[FeatureCache], out: Path, progress, options) -> dict:
     out_path = Path(os.path.abspath(out)).resolve()
     for s, c in zip(sources, caches):
         if out_path == c.path.resolve():
@@ -127,13 +146,11 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
     out.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_temporaries(out)
     tmp = out.parent / f".{out.name}.merge-{secrets.token_hex(4)}.tmp"
-    options = {k: v for k, v in (("max_shard_bytes", max_shard_bytes),
-                                 ("max_shard_items", max_shard_items)) if v is not None}
-    writer = tmp_lock = None
+    writer = target = None
     summary = {"videos": 0, "queries": 0, "duplicates_identical": 0}
+    # locked until the end: tells a later merge into the same output that this one runs
+    tmp_lock = _new_locked_dir(tmp)
     try:
-        tmp.mkdir()
-        tmp_lock = _lock_dir(tmp)  # held until the end: tells a later merge that this one runs
         write_manifest_exclusive(tmp, manifest)
         (tmp / "shards").mkdir()
         target = FeatureCache.open(tmp)
@@ -165,20 +182,16 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
                 progress(done, len(jobs))
         writer.close()
         target.close()
-        for c in caches:
-            c.close()
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.rename(tmp, out)
     except BaseException:
         if writer is not None:
             writer.abort()
+        if target is not None:
+            target.close()
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     finally:
-        if tmp_lock is not None:
-            os.close(tmp_lock)
-    result = FeatureCache.open(out)
-    info = result.info()
-    summary.update(out=str(result.path), shards=info["shards"], bytes=info["bytes"])
+        os.close(tmp_lock)
     return summary

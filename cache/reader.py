@@ -113,11 +113,17 @@ class FeatureCache:
     @classmethod
     def create(cls, path, manifest: dict) -> "FeatureCache":
         """Create a cache at ``path`` with ``manifest`` (keys: see ``r2.cache.manifest``), or
-        open the one already there when its manifest is compatible (same model id, model
-        config hash, layers, fps, dtype, preprocessing): extraction calls this on every run,
-        resumed runs included. An incompatible existing cache raises :class:`CacheError`
-        naming each differing field with both values; a non-empty directory that is not a
-        cache is refused. Safe against several processes creating the same cache at once.
+        open the one already there when its manifest is compatible: extraction calls this on
+        every run, resumed runs included. Compatible means equal in every field of
+        :data:`r2.cache.manifest.COMPAT_FIELDS` (compared by
+        :func:`r2.cache.manifest.differences`): ``format_version``, ``model_id``,
+        ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``), ``fps``,
+        ``dtype``, ``preprocessing``, ``precision`` (absent = ``"fp32"``), ``token_form``,
+        ``sampling``, and the pinned shapes ``tokens_per_frame``, ``video_width`` and
+        ``query_width`` where both manifests have them. An incompatible existing cache raises
+        :class:`CacheError` naming each differing field with both values; a non-empty
+        directory that is not a cache is refused. Safe against several processes creating the
+        same cache at once.
         """
         root = Path(path)
         requested = new_manifest(manifest)
@@ -310,7 +316,9 @@ class FeatureCache:
         loc = self._locs.get((family, item_id))
         if loc is not None and loc[0] == shard:
             return loc
-        group, _ = self._group(family, item_id)
+        # _group may find the index stale and rescan it: the item is then in another shard,
+        # and the offsets read below belong to that one
+        group, shard = self._group(family, item_id)
         datasets = {}
         with self._reading(family, item_id, shard):
             for name in group:

@@ -59,6 +59,7 @@ import h5py
 import numpy as np
 
 from .errors import CacheError
+from .locking import create_locked, try_flock
 
 SHARDS_DIR = "shards"
 LOCKS_DIR = "locks"
@@ -75,6 +76,11 @@ LIBVER = ("v108", "v110")  # metadata checksums; readable by HDF5 >= 1.10
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _SHARD_RE = re.compile(r"^(videos|queries)-(.+)-(\d{5,})(?:-c([0-9a-f]{8}))?\.h5(\.partial)?$")
+
+
+def describe_pinned(key: str, value: int) -> str:
+    """A pinned axis (:data:`PINNED_AXES`) of an item in words: ``"width 768"`` or ``"50 tokens per frame"``."""
+    return f"width {value}" if key.endswith("width") else f"{value} tokens per frame"
 
 
 # --------------------------------------------------------------------------- ids
@@ -265,16 +271,16 @@ class WriterLock:
     writer tells a dead writer's partial shards from a live one's."""
 
     def __init__(self, root: Path, prefix: str):
-        import fcntl
-
         self.path = lock_path(root, prefix)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Locked under a temporary name, then renamed: a lock file visible under its final
         # name is always held by a live writer, so a cleaner can never take it for a dead one.
+        # A cleaner may delete the temporary file before it is locked (it cannot tell it from
+        # one a killed writer left): create_locked makes it again then.
         tmp = self.path.with_name(f".{self.path.name}{LOCK_TMP_SUFFIX}")
-        self._fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        self._fd = create_locked(tmp, lambda p: os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL
+                                                        | getattr(os, "O_CLOEXEC", 0), 0o644))
         try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.write(self._fd, f"{socket.gethostname()} {os.getpid()}\n".encode())
             os.rename(tmp, self.path)
         except BaseException:
@@ -295,33 +301,22 @@ class WriterLock:
 def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:
     """``(dead, fd)``: try the owner's lock; when we get it the owner is gone and we keep
     the lock (``fd``) until its leftovers are removed."""
-    import fcntl
-
     try:
-        fd = os.open(lock_path(root, prefix), os.O_RDWR)
+        fd = try_flock(lock_path(root, prefix))
     except FileNotFoundError:
         return True, None  # no lock file: its writer finished or never got that far
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return False, None
-    return True, fd
+    return fd is not None, fd
 
 
 def _remove_if_unlocked(path: Path) -> bool:
     """Delete ``path`` unless a live process holds a ``flock`` on it."""
-    import fcntl
-
     try:
-        fd = os.open(path, os.O_RDWR)
+        fd = try_flock(path)
     except OSError:
         return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    if fd is None:
         return False  # held: its writer is alive and about to rename it
-    else:
+    try:
         path.unlink(missing_ok=True)
         return True
     finally:

@@ -33,9 +33,9 @@ import numpy as np
 from .index import ShardIndex
 from .manifest import ADDED_BY_CACHE, load_manifest, normalize_manifest
 from .errors import CacheError
-from .shards import (PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32, decode_id, encode_id,
-                     file_crc32, get_text_attr, layer_name, list_partials, list_shards, open_h5, parse_shard_name,
-                     scale_name)
+from .shards import (PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32, decode_id, describe_pinned,
+                     encode_id, file_crc32, get_text_attr, layer_name, list_partials, list_shards,
+                     open_h5, parse_shard_name, scale_name)
 
 _STORED = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "int8": np.dtype("i1")}
 _MAX_MESSAGES = 5
@@ -231,9 +231,8 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
                 value = shape[axis]
                 ref = pinned.setdefault(key, (value, f"{word} {item_id!r} (in {name}) has {value}"))
                 if value != ref[0]:
-                    what = f"width {value}" if key.endswith("width") else f"{value} tokens per frame"
-                    _note(messages, f"{word} {item_id!r}: {what}, {ref[1]} (one cache holds the "
-                                    "features of one model)")
+                    _note(messages, f"{word} {item_id!r}: {describe_pinned(key, value)}, {ref[1]} "
+                                    "(one cache holds the features of one model)")
         if messages:
             if not ids and name in known:
                 ids = known[name].ids

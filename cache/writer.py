@@ -45,8 +45,8 @@ from .manifest import pin_manifest
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, WriterLock, attrs_to_json,
-                     encode_id, file_crc32, layer_name, new_prefix, open_h5, remove_stale_partials,
-                     set_text_attr, shard_name, write_item)
+                     describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
+                     remove_stale_partials, set_text_attr, shard_name, write_item)
 
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
@@ -153,10 +153,9 @@ class CacheWriter:
         for key, axis in PINNED_AXES[family]:
             expected, got = manifest.get(key), int(shape[axis])
             if got != expected:
-                what = f"width {got}" if key.endswith("width") else f"{got} tokens per frame"
-                raise CacheError(f"{_WORD[family]} {item_id!r}: {what}, the manifest says {key} = {expected} "
-                                 f"(the cache at {self.root} holds the features of one model; write "
-                                 "these to another directory)")
+                raise CacheError(f"{_WORD[family]} {item_id!r}: {describe_pinned(key, got)}, the manifest "
+                                 f"says {key} = {expected} (the cache at {self.root} holds the features "
+                                 "of one model; write these to another directory)")
 
     def _pin(self, family, shape) -> None:
         """Record the pinned axes missing from the manifest: those of an item already in the

@@ -169,3 +169,55 @@ def test_a_writer_that_fails_while_taking_its_lock_leaves_no_lock_file(tmp_path,
             assert names == [".host-2-live.lock.tmp", w._lock.path.name], names
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("cleaner", ["deletes it first", "holds it while deleting"])
+def test_a_cleaner_that_deletes_a_lock_being_taken_does_not_break_its_writer(tmp_path, monkeypatch, cleaner):
+    # A writer creates locks/.<prefix>.lock.tmp, then flocks it: in between, another writer's
+    # cleanup sees an unlocked temporary lock (it looks like one a killed writer left) and
+    # deletes it. The writer must notice, take its lock again and work; it used to fail with an
+    # OSError from the rename (or from its non-blocking flock while the cleaner held the lock).
+    import fcntl
+    import threading
+
+    from r2.cache.shards import remove_stale_partials
+
+    root = tmp_path / "cache"
+    cache = FeatureCache.create(root, {"model_id": "m", "model_config_hash": "h", "layers": [1],
+                                       "fps": 1.0, "preprocessing": {}})
+    real_flock = fcntl.flock
+    struck = []
+
+    def flock(fd, op):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if not struck and target.endswith(".lock.tmp"):  # the writer's first flock of its lock
+            struck.append(target)
+            if cleaner == "deletes it first":
+                remove_stale_partials(root)  # what a writer starting now runs
+            else:  # the cleaner has locked it and is about to delete it while the writer asks
+                cfd = os.open(target, os.O_RDWR)
+                real_flock(cfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+                def finish():
+                    os.unlink(target)
+                    os.close(cfd)
+                threading.Timer(0.3, finish).start()
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CacheWarning)
+        w = cache.writer()
+    assert struck and not os.path.exists(struck[0])
+    try:
+        # its lock is held under its final name (so no cleaner takes it for a dead writer's)
+        assert sorted(p.name for p in (root / "locks").iterdir()) == [w._lock.path.name]
+        fd = os.open(w._lock.path, os.O_RDWR)
+        with pytest.raises(BlockingIOError):
+            real_flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(fd)
+        w.add_video("v0", _video(0)[:, :1])
+    finally:
+        w.close()
+    assert FeatureCache.open(root).video_ids() == ["v0"] and verify(root).ok
+    assert list((root / "locks").glob("*.lock*")) == []

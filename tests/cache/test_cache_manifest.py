@@ -214,3 +214,15 @@ def test_absent_query_layers_are_the_layers(build_cache, make_manifest):
     assert FeatureCache.create(a.path, same).video_ids() == ["v0"]
     with pytest.raises(CacheError, match="query_layers: the cache has"):
         FeatureCache.create(a.path, make_manifest(query_layers=[0, 1, 2, 3]))
+
+
+def test_the_docs_name_every_field_that_create_compares():
+    # FeatureCache.create and the manifest module document COMPAT_FIELDS, the one list that
+    # differences() compares: a field added there must be added to both docstrings
+    from r2.cache import COMPAT_FIELDS, manifest as manifest_mod
+
+    for doc in (FeatureCache.create.__doc__, manifest_mod.__doc__):
+        text = " ".join(doc.split())
+        assert "COMPAT_FIELDS" in text
+        missing = [f for f in COMPAT_FIELDS if f"``{f}``" not in text]
+        assert missing == [], missing

@@ -144,3 +144,76 @@ def test_a_killed_merges_temporary_output_is_removed_by_the_next_merge(build_cac
     assert not stale.exists() and live.is_dir() and other.is_dir()
     assert FeatureCache.open(tmp_path / "out").video_ids() == ["v0"]
     assert list(tmp_path.glob(".out.merge-*.tmp")) == [live]  # the merge's own is gone too
+
+
+def test_a_merge_whose_new_temporary_output_is_cleaned_away_keeps_it_locked(build_cache, tmp_path, monkeypatch):
+    # A merge makes .<out>.merge-<random>.tmp, then locks it. Another merge into the same
+    # output that cleans up in between takes the unlocked directory for a killed merge's and
+    # deletes it. The first merge must lock a directory that exists: it used to carry on in a
+    # re-created, unlocked one, which a third merge then deleted under it.
+    import fcntl
+    import importlib
+    import os
+    import warnings
+
+    merge_mod = importlib.import_module("r2.cache.merge")  # (r2.cache.merge is also the function)
+
+    a = build_cache("a", videos={"v0": 0, "v1": 1}, writer_options={"max_shard_items": 1})
+    out = tmp_path / "out"
+    real_flock = fcntl.flock
+    struck = []
+
+    def flock(fd, op):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if not struck and ".out.merge-" in target:  # the merge's first lock of its directory
+            struck.append(target)
+            merge_mod._remove_stale_temporaries(out)  # another merge into out, starting now
+        return real_flock(fd, op)
+
+    def another_merge_starts(done, total):
+        merge_mod._remove_stale_temporaries(out)  # must leave the running merge's alone
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the cleaner's "removed ... that was stopped"
+        summary = merge([a.path], out, progress=another_merge_starts)
+    monkeypatch.undo()
+    assert struck and summary["videos"] == 2
+    merged = FeatureCache.open(out)
+    assert merged.video_ids() == ["v0", "v1"] and verify(out).ok
+    assert np.array_equal(merged.load_video("v1"), a.load_video("v1"))
+    assert list(tmp_path.glob(".out.merge-*")) == []
+
+
+def _open_files_under(path):
+    import os
+
+    out = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(str(path)):
+            out.append(target)
+    return out
+
+
+@pytest.mark.parametrize("failure", ["different data", "different manifests", "a missing source"])
+def test_a_failed_merge_closes_its_sources(build_cache, tmp_path, failure):
+    a = build_cache("a", videos={"dup": 1, "v0": 0})
+    if failure == "different data":
+        b = build_cache("b", videos={"dup": 2})
+    elif failure == "different manifests":
+        b = build_cache("b", videos={"v1": 1}, fps=1.0)
+    else:
+        b = build_cache("b", videos={"v1": 1})
+    a.close()
+    b.close()
+    sources = [a.path, b.path] + ([tmp_path / "nowhere"] if failure == "a missing source" else [])
+    with pytest.raises(CacheError) as failed:  # (its traceback keeps the merge's objects alive)
+        merge(sources, tmp_path / "out")
+    assert _open_files_under(tmp_path) == [], failed.value
+    assert not (tmp_path / "out").exists()
+    summary = merge([a.path], tmp_path / "ok")
+    assert summary["videos"] == 2 and _open_files_under(tmp_path) == []

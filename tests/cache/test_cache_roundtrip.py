@@ -232,6 +232,35 @@ def test_index_follows_the_shards_and_refresh_sees_new_ones(build_cache, feature
     assert FeatureCache.open(cache.path).video_ids() == ["b"]
 
 
+@pytest.mark.parametrize("dtype", ["float16", "float32", "int8"])
+def test_a_stale_sidecar_that_puts_an_id_in_the_wrong_shard_still_reads_the_right_data(
+        build_cache, features, dtype):
+    # a sidecar with a valid checksum claims the first shard holds "x" too; the first read
+    # finds "x" missing there, rescans, and must read the offsets AND the bytes of the shard
+    # that really holds it (it used to read shard B's offsets from shard A's file: garbage)
+    video, _ = features
+    cache = build_cache(videos={"a": 0, "x": 1}, writer_options={"max_shard_items": 1}, dtype=dtype)
+    truth = {vid: cache.load_video(vid) for vid in ("a", "x")}
+    shard_a, shard_x = cache.video_shard("a").name, cache.video_shard("x").name
+    assert shard_a < shard_x  # the lie must win the lookup: its shard sorts first
+    data = json.loads((cache.path / "index.json").read_text())
+    data["shards"][shard_a]["ids"] = ["a", "x"]
+    data["checksum"] = ShardIndex._checksum(data["shards"])
+    (cache.path / "index.json").write_text(json.dumps(data))
+    for first in ("load", "shape", "attrs"):  # whichever read meets the lie first
+        lying = FeatureCache.open(cache.path)
+        assert lying.video_shard("x").name == shard_a
+        if first == "shape":
+            assert lying.video_shape("x") == truth["x"].shape
+        elif first == "attrs":
+            assert lying.video_attrs("x")["source"] == "/data/x.mp4"
+        assert np.array_equal(lying.load_video("x"), truth["x"])
+        assert np.array_equal(lying.load_video("x", layers=[12]), truth["x"][:, -1:])
+        assert np.array_equal(lying.load_video("a"), truth["a"])
+        assert lying.video_shard("x").name == shard_x
+        (cache.path / "index.json").write_text(json.dumps(data))  # lie again for the next round
+
+
 def test_has_video_is_cheap_for_thousands_of_ids(build_cache):
     import time
 
