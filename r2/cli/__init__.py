@@ -96,8 +96,9 @@ def main():
 
     \b
     Typical flow:
-      r2 extract videos/ --out cache/            # frozen CLIP, once per video
-      r2 fit --dataset charades --cache cache/   # trains the R² Block from the cache
+      r2 extract videos/ -a train.jsonl -d charades --out cache/  # frozen CLIP, once per video
+      r2 extract videos/ -a val.jsonl -d charades --out cache/    # same cache: adds the val split
+      r2 fit --dataset charades --cache cache/ --train train.jsonl --val val.jsonl --run-dir runs/x
       r2 predict --checkpoint runs/x --cache cache/ --annotations val.jsonl --out preds.jsonl
       r2 score preds.jsonl --gt val.jsonl        # the benchmark's exact metrics
     """

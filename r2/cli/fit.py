@@ -21,8 +21,9 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
               help="Evaluation annotations, scored every epoch; the best epoch by the preset's "
                    "main metric is kept (Charades/TACoS: their test file, as the reference does).")
 @click.option("--run-dir", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Output folder: best weights (config.json + model.safetensors), preset.json, "
-                   "metrics.jsonl, checkpoints/last.")
+              help="Output folder: best weights (config.json + model.safetensors), best.json (the "
+                   "epoch, its metrics and the split it was selected on), preset.json, metrics.jsonl, "
+                   "checkpoints/last; missing_ids.txt when the cache lacks ids the splits need.")
 @click.option("--data-root", type=click.Path(file_okay=False, path_type=Path),
               help="Folder holding the benchmark's standard annotation files (used for --train/--val "
                    "when they are not given; a missing file is named with where to get it).")

@@ -20,7 +20,7 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum")
                    "pickle: only for files from a source you trust.")
 @click.option("--force", is_flag=True, help="Replace a model already in --out.")
 def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, force):
-    """Convert an official R²-Tuning CHECKPOINT (.pth) into an r2 run directory.
+    """Convert an official R²-Tuning CHECKPOINT (.pth, or .safetensors) into an r2 run directory.
 
     The result works wherever an r2 run does: `r2 predict --checkpoint RUN_DIR`,
     `r2 fit --init RUN_DIR`, `R2Model.from_pretrained(RUN_DIR)`.

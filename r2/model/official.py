@@ -30,6 +30,7 @@ import json
 import math
 import pickle
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -84,17 +85,31 @@ def load_checkpoint(path, trust_checkpoint: bool = False):
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         reason = _weights_only_reason(exc)
+        if not _looks_like_torch_save(path):  # random bytes also fail the unpickler: say so, not "trust it"
+            raise OfficialCheckpointError(
+                f"cannot read {path}: not a torch.save file, or a damaged one ({reason}); download the "
+                "checkpoint again") from exc
         if not trust_checkpoint:
             raise OfficialCheckpointError(
                 f"{path}: torch.load(weights_only=True) refused this file ({reason}). Checkpoints are "
                 "pickles and loading one fully can execute code stored in it. If you trust the source "
                 "of this file, re-run with --trust-checkpoint (trust_checkpoint=True)") from exc
     except Exception as exc:
-        raise OfficialCheckpointError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+        raise OfficialCheckpointError(
+            f"cannot read {path}: not a torch.save file, or a damaged one ({type(exc).__name__}: {exc}); "
+            "download the checkpoint again") from exc
     try:  # explicitly trusted by the caller
         return torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:
         raise OfficialCheckpointError(f"cannot read {path} as a PyTorch checkpoint: {exc}") from exc
+
+
+def _looks_like_torch_save(path: Path) -> bool:
+    """A zip archive (torch.save since 1.6) or a pickle stream (the legacy format, opcode PROTO)."""
+    if zipfile.is_zipfile(path):
+        return True
+    with open(path, "rb") as fh:
+        return fh.read(1) == b"\x80"
 
 
 # The unpickler's own refusal inside torch's message ("Unsupported global: GLOBAL
@@ -314,22 +329,23 @@ def dataset_from_filename(path) -> str | None:
     return match.group(1) if match else None
 
 
-def _resolve_dataset(path, dataset: str | None) -> str:
-    """`dataset` if given, else the one in the released file name; an error otherwise.
+def _resolve_dataset(path, dataset: str | None) -> tuple[str, str]:
+    """(`dataset` if given, else the one in the released file name; where it came from:
+    "given" or "file name"); an error otherwise.
 
     The weights cannot tell: the QVHighlights, Charades-STA, Ego4D and TACoS models have the
     same keys and shapes (so have YouTube and TVSum), yet their fps, rounding unit and NMS
     differ, and a silent default would decode every data set but one wrongly.
     """
     if dataset is not None:
-        return dataset.lower()
+        return dataset.lower(), "given"
     found = dataset_from_filename(path)
     if found is None:
         raise OfficialCheckpointError(
             f"{path}: cannot tell which data set this checkpoint was trained on (its weights do not say "
             "and its name is not a released one, r2_tuning_<dataset>-<hash>.pth); pass --dataset (dataset=...), "
             f"one of {', '.join(OFFICIAL_DATASETS)}: it sets fps, rounding unit and NMS")
-    return found
+    return found, "file name"
 
 
 # --------------------------------------------------------------------------- conversion
@@ -375,14 +391,19 @@ def load_official_model(path, dataset: str | None = None, trust_checkpoint: bool
     dataset: the data set it was trained on (sets fps, rounding unit, NMS); None = read from
     the released file name (``r2_tuning_<dataset>-<hash>.pth``), an error if it is not one.
     """
+    return _load_official(path, dataset, trust_checkpoint)[0]
+
+
+def _load_official(path, dataset: str | None, trust_checkpoint: bool):
+    """(model, data set, where the data set came from) of an official checkpoint."""
     from .model import R2Model
 
     state = extract_state_dict(load_checkpoint(path, trust_checkpoint=trust_checkpoint))
     weights = from_official_state_dict(state, infer_config(state))  # the file's own errors first
-    config = infer_config(state, dataset=_resolve_dataset(path, dataset))
-    model = R2Model(config)
+    dataset, dataset_source = _resolve_dataset(path, dataset)
+    model = R2Model(infer_config(state, dataset=dataset))
     model.load_state_dict_strict(weights, source=str(path))
-    return model.eval()
+    return model.eval(), dataset, dataset_source
 
 
 def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_checkpoint: bool = False,
@@ -398,9 +419,7 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
     out_dir = Path(out_dir)
     if (out_dir / WEIGHTS_NAME).exists() and not overwrite:
         raise OfficialCheckpointError(f"{out_dir / WEIGHTS_NAME} exists; pass --force (overwrite=True) to replace it")
-    model = load_official_model(checkpoint, dataset=dataset, trust_checkpoint=trust_checkpoint)
-    dataset_source = "given" if dataset is not None else "file name"
-    dataset = _resolve_dataset(checkpoint, dataset)
+    model, dataset, dataset_source = _load_official(checkpoint, dataset, trust_checkpoint)
     model.save_pretrained(out_dir)
     sha = hashlib.sha256()
     with open(checkpoint, "rb") as fh:

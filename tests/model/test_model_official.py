@@ -12,6 +12,7 @@ import math
 import os
 import shlex
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -287,6 +288,18 @@ def test_unknown_missing_and_misshaped_keys_are_listed(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint at all")
     with pytest.raises(OfficialCheckpointError):
         R2Model.from_official(tmp_path / "junk.pth")
+
+
+@pytest.mark.parametrize("damage", ["random bytes", "text", "truncated"])
+def test_a_damaged_file_is_called_damaged_not_untrusted(tmp_path, damage):
+    good = _save({"state_dict": official_state()}, tmp_path / "good.pth").read_bytes()
+    path = tmp_path / "r2_tuning_qvhighlights-ed516355.pth"
+    path.write_bytes({"random bytes": np.random.default_rng(0).bytes(4000), "text": b"hello world\n" * 50,
+                      "truncated": good[:len(good) // 2]}[damage])
+    for trust in (False, True):
+        with pytest.raises(OfficialCheckpointError, match="not a torch.save file, or a damaged one") as err:
+            R2Model.from_official(path, trust_checkpoint=trust)
+        assert str(path) in str(err.value) and "--trust-checkpoint" not in str(err.value)
 
 
 def test_pickled_objects_need_explicit_trust(tmp_path):
