@@ -144,7 +144,7 @@ def precision_check(model, frames, batch_size):
     return result
 
 
-def _tree_rss(pid: int) -> tuple[int, int]:
+def _tree_pss(pid: int) -> tuple[int, int]:
     """Bytes of ``pid`` and of ``pid`` + its descendants (Linux /proc): proportional set sizes,
     so that pages shared by processes (a forked child, shared memory) are counted once."""
     children: dict[int, list[int]] = {}
@@ -156,7 +156,7 @@ def _tree_rss(pid: int) -> tuple[int, int]:
             except (OSError, IndexError, ValueError):
                 pass
 
-    def rss(p):
+    def pss(p):
         try:
             with open(f"/proc/{p}/smaps_rollup") as f:
                 return next((int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:")), 0)
@@ -168,7 +168,7 @@ def _tree_rss(pid: int) -> tuple[int, int]:
         p = todo.pop()
         tree.append(p)
         todo.extend(children.get(p, []))
-    sizes = [rss(p) for p in tree]
+    sizes = [pss(p) for p in tree]
     return sizes[0], sum(sizes)
 
 
@@ -194,8 +194,8 @@ def memory_check(minutes: list[float], workers: int):
             proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
             peak_main = peak_all = 0
             while proc.poll() is None:
-                main_rss, all_rss = _tree_rss(proc.pid)
-                peak_main, peak_all = max(peak_main, main_rss), max(peak_all, all_rss)
+                main_pss, all_pss = _tree_pss(proc.pid)
+                peak_main, peak_all = max(peak_main, main_pss), max(peak_all, all_pss)
                 time.sleep(0.02)
             output = proc.stdout.read().decode()
             assert proc.returncode == 0, output

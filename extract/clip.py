@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -77,17 +78,79 @@ def load_tokenizer(folder: str | os.PathLike | None = None):
     """
     from transformers import CLIPTokenizer
 
+    shipped = folder is None
     folder = Path(folder) if folder is not None else tokenizer_dir()
     key = str(folder.resolve())
     if key not in _TOKENIZERS:
-        vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-        lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-        merges = [tuple(line.split()) for line in lines if line.strip() and not line.startswith("#version")]
-        tok = CLIPTokenizer(vocab=vocab, merges=merges)
+        vocab = _read_json(folder / "vocab.json", shipped)
+        if not vocab or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                for k, v in vocab.items()):
+            raise _damaged(folder / "vocab.json", "not a CLIP vocabulary: expected a JSON object of token -> id",
+                           shipped)
+        merges = []
+        for lineno, line in enumerate(_read_text(folder / "merges.txt", shipped).splitlines(), 1):
+            if not line.strip() or line.startswith("#version"):
+                continue
+            pair = tuple(line.split())
+            if len(pair) != 2:
+                raise _damaged(folder / "merges.txt", f"line {lineno} is not a pair of tokens: {line[:60]!r}",
+                               shipped)
+            merges.append(pair)
+        try:
+            tok = CLIPTokenizer(vocab=vocab, merges=merges)
+        except Exception as exc:  # the tokenizers library refuses them (a merge of unknown tokens, ...)
+            raise _damaged(folder, f"vocab.json and merges.txt do not make a tokenizer ({type(exc).__name__}: "
+                           f"{_first_line(exc)})", shipped) from None
         if len(tok) != len(vocab):
             raise RuntimeError(f"CLIP tokenizer from {folder} has {len(tok)} tokens, expected {len(vocab)}")
         _TOKENIZERS[key] = tok
     return _TOKENIZERS[key]
+
+
+def _damaged(file: Path, what: str, shipped: bool = False) -> "ModelError":
+    """The error for a damaged file of a model folder (or of the shipped tokenizer): the file,
+    what is wrong with it, and how to get a good copy."""
+    if shipped:
+        return ModelError(f"{file} is damaged ({what}): this file ships with r2; reinstall it "
+                          "(pip install --force-reinstall r2-vtg, or `pip install -e .` in a checkout)")
+    folder = file if file.is_dir() else file.parent
+    hub_id = _hub_id_of_snapshot(folder)
+    if hub_id is not None:
+        return ModelError(f"{file} is damaged ({what}): download the model again with `hf download {hub_id} "
+                          "--force-download`")
+    return ModelError(f"{file} is damaged ({what}): download the model into {folder} again (`hf download "
+                      f"<hub id> --local-dir {folder}`), or, for a tiny test model, make it again with "
+                      f"`r2 make-tiny-clip {folder} --overwrite`")
+
+
+def _hub_id_of_snapshot(folder: Path) -> str | None:
+    """``org/name`` when ``folder`` is a snapshot in the Hugging Face cache
+    (``.../models--org--name/snapshots/<commit>``), else None."""
+    parts = folder.resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--"):].replace("--", "/")
+    return None
+
+
+def _read_text(file: Path, shipped: bool = False) -> str:
+    try:
+        return file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise _damaged(file, f"not UTF-8 text: {exc.reason} at byte {exc.start}", shipped) from None
+    except OSError as exc:
+        raise _damaged(file, f"cannot be read: {exc.strerror or exc}", shipped) from None
+
+
+def _read_json(file: Path, shipped: bool = False) -> dict:
+    """A JSON object from ``file``, or a :class:`ModelError` naming the file and the damage."""
+    text = _read_text(file, shipped)
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise _damaged(file, f"not valid JSON: {exc}", shipped) from None
+    if not isinstance(data, dict):
+        raise _damaged(file, f"a JSON {type(data).__name__}, not an object", shipped)
+    return data
 
 
 _WEIGHTS = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
@@ -281,6 +344,9 @@ class FrozenCLIP:
         self.query_layers = query_layers
         self.precision = precision
         self.info = _Info(model_id, path, config_hash(config))
+        # the small files first: a damaged one is reported before seconds of loading weights
+        self.tokenizer = self._tokenizer(path, config.text_config.vocab_size)
+        self.preprocessor_config = self._preprocessor_config(path) if path is not None else {}
         if net is None:
             try:
                 net = CLIPModel.from_pretrained(path, dtype=torch.float32)
@@ -301,8 +367,6 @@ class FrozenCLIP:
         self.video_width = config.vision_config.hidden_size
         self.query_width = config.text_config.hidden_size
         self.context_length = config.text_config.max_position_embeddings
-        self.tokenizer = self._tokenizer(path, config.text_config.vocab_size)
-        self.preprocessor_config = self._preprocessor_config(path) if path is not None else {}
 
     # -- set-up helpers -------------------------------------------------------------------
     def _to_device(self):
@@ -327,8 +391,25 @@ class FrozenCLIP:
 
     @staticmethod
     def _preprocessor_config(path: Path) -> dict:
+        """``preprocessor_config.json`` of the model folder ({} when it has none); its
+        ``image_mean``/``image_std`` (when given) as 3 numbers, RGB."""
         file = path / "preprocessor_config.json"
-        return json.loads(file.read_text()) if file.is_file() else {}
+        if not file.is_file():
+            return {}
+        pc = _read_json(file)
+        for key in ("image_mean", "image_std"):
+            if key not in pc:
+                continue
+            v = pc[key]
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                v = [v] * 3  # one value for every channel (as CLIPImageProcessor allows)
+            if not (isinstance(v, list) and len(v) == 3 and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)) \
+                    or key == "image_std" and not all(x > 0 for x in v):
+                raise _damaged(file, f"{key} must be 3 {'positive ' if key == 'image_std' else ''}numbers (R, G, "
+                                     f"B), got {json.dumps(pc[key])[:80]}")
+            pc[key] = [float(x) for x in v]
+        return pc
 
     @property
     def model_id(self) -> str:

@@ -23,10 +23,10 @@
 - Resume: ``FeatureCache.create`` reopens a compatible cache; ids already in it are skipped, so
   a rerun after a crash, a kill or failed videos does only what is missing. The cache commits
   shards atomically (a killed run loses at most its open shard).
-- Failures (unreadable, empty, truncated, no video stream, crashed decoder, ...) are collected
-  with the absolute path and the reason, written to ``failures.jsonl`` in the cache folder (one
-  JSON object a line), and
-  the others are extracted; the caller decides the exit code (``summary.ok``).
+- Failures (unreadable, empty, truncated, no video stream, crashed decoder, features the cache
+  refuses: NaN, beyond the float16 range, ...) are collected with the absolute path and the
+  reason, written (atomically) to ``failures.jsonl`` in the cache folder (one JSON object a
+  line), and the others are extracted; the caller decides the exit code (``summary.ok``).
 - Scale-out: ``num_shards``/``shard_index`` keep the videos and queries whose id hashes
   (sha1) to this shard: deterministic, independent of the input order and of the other
   shards' lists; the shard caches join with ``r2 cache merge``.
@@ -49,13 +49,19 @@ import numpy as np
 
 from r2.cache import CacheError, FeatureCache
 from r2.extract.video import DecodeResult, decode_chunks
+from r2.fileio import atomic_write
 
 __all__ = ["ExtractionError", "ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features",
-           "in_shard", "TOKEN_FORM"]
+           "in_shard", "SAMPLING", "TOKEN_FORM"]
 
+# TOKEN_FORM and SAMPLING go into the cache manifest, and the cache compares them character for
+# character when a run resumes or caches merge: changing this text makes existing caches
+# incompatible (they refuse to resume or merge). Change it only when the features change.
 TOKEN_FORM = ("hidden states (raw residual stream: before post_layernorm / final_layer_norm and the "
               "projections) of the kept layers; video: all tokens (CLS + patches) per frame; "
               "query: tokens SOT..EOT")
+SAMPLING = ("ffmpeg fps filter rule: clip n = last frame with round(t*fps) <= n; "
+            "round(duration*fps) clips")
 
 
 @dataclass
@@ -191,7 +197,7 @@ def extract_features(
     ``fps``: the run's sampling rate (None: every video brings its own ``fps``,
     ``sample_times``; the manifest then says fps = None). ``layers``: hidden-state indices
     (default: the last four). ``workers``: decode processes (default: CPU count − 1 when the
-    model runs on the CPU, CPU count on a GPU; 0 = decode in this process). ``clip``: an
+    model runs on the CPU, CPU count but at most 32 on a GPU; 0 = decode in this process). ``clip``: an
     already loaded :class:`~r2.extract.clip.FrozenCLIP` (tests, benchmarks).
     ``known_failures``: videos the caller could not even find (reported with the others).
     ``progress``: a progress bar on stderr (None: only on a terminal). Returns an
@@ -230,16 +236,11 @@ def extract_features(
         "query_width": clip.query_width,
         "tokens_per_frame": clip.tokens,
         "precision": clip.precision,
-        "sampling": "ffmpeg fps filter rule: clip n = last frame with round(t*fps) <= n; "
-                    "round(duration*fps) clips",
+        "sampling": SAMPLING,
     }
     if command:
         manifest["command"] = command
-    cache = FeatureCache.create(cache_dir, manifest)
-    if cache.manifest.get("precision", "fp32") != clip.precision:  # never mix fp32 and bf16 features
-        raise CacheError(f"the feature cache at {cache_dir} was computed with --precision "
-                         f"{cache.manifest.get('precision', 'fp32')}, this run uses {clip.precision}: use the "
-                         "same precision, or another directory")
+    cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)
     summary = ExtractionSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries))
     summary.failures.extend(f for f in known_failures if in_shard(f.video_id, num_shards, shard_index))
     summary.videos_total += len(summary.failures)
@@ -270,14 +271,17 @@ def extract_features(
 
     failures_path = Path(cache_dir) / _failures_name(num_shards, shard_index)
     if summary.failures:
-        with open(failures_path, "w", encoding="utf-8") as fh:
-            for f in summary.failures:
-                fh.write(json.dumps(f.to_dict(), ensure_ascii=False) + "\n")
+        atomic_write(failures_path, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
+                                            for f in summary.failures))
         summary.failures_file = str(failures_path)
     elif failures_path.exists():
         failures_path.unlink()  # everything that failed before is in the cache now
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def _extract_queries(clip, queries, writer, summary, batch_size):
@@ -570,13 +574,14 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
 class _Pending:
     """A video whose frames are coming in: its features so far, in clip order."""
 
-    __slots__ = ("features", "queued", "received", "result")
+    __slots__ = ("features", "queued", "received", "result", "overflow")
 
     def __init__(self):
         self.features: list[np.ndarray] = []  # (c, K, N, D) each
         self.queued = 0  # frames waiting for the model
         self.received = 0  # frames that came from the decoder so far
         self.result: DecodeResult | None = None  # set when every frame has come
+        self.overflow = 0.0  # the largest |feature| that float16 storage cannot hold (0: none)
 
 
 class _CPUThreads:
@@ -646,7 +651,14 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         modelled[0] += taken
         pos = 0
         for item, n in parts:
-            item.features.append(feats[pos:pos + n].astype(feat_dtype))
+            part = feats[pos:pos + n]
+            try:
+                with np.errstate(over="raise"):  # float32 -> float16: overflow is free to detect here
+                    item.features.append(part.astype(feat_dtype))
+            except FloatingPointError:
+                with np.errstate(over="ignore", invalid="ignore"):
+                    item.features.append(part.astype(feat_dtype))
+                    item.overflow = max(item.overflow, float(np.abs(part[np.isfinite(part)]).max()))
             item.queued -= n
             pos += n
             if item.result is not None and item.queued == 0:
@@ -660,12 +672,26 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         queue.extend(kept)
         item.features.clear()
         item.queued = 0
+        item.overflow = 0.0
+
+    def fail(result: DecodeResult, reason: str):
+        summary.failures.append(Failure(result.video_id, os.path.abspath(result.path), reason))
+        bar.write(f"failed: {result.path}: {reason}", file=sys.stderr)
+        bar.update(1)
 
     def finish(item: _Pending):
         r = item.result
         features = np.concatenate(item.features) if len(item.features) > 1 else item.features[0]  # (T, K, N, D)
         item.features = []
-        writer.add_video(r.video_id, features, **r.attrs)
+        if item.overflow:  # the float16 copy has inf where the model gave a finite value
+            fail(r, f"features not stored: values up to {item.overflow:.4g}, beyond the float16 range (+-65504); "
+                    "extract with --dtype float32")
+            return
+        try:
+            writer.add_video(r.video_id, features, **r.attrs)
+        except CacheError as exc:  # this video's features (NaN, beyond float16, a shape): the others go on
+            fail(r, f"features not stored: {_one_line(exc)}")
+            return
         summary.videos_extracted += 1
         summary.clips += features.shape[0]
         bar.update(1)
@@ -703,9 +729,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                     if result.error is not None:
                         if item is not None:
                             drop(item)
-                        summary.failures.append(Failure(result.video_id, os.path.abspath(result.path), result.error))
-                        bar.write(f"failed: {result.path}: {result.error}", file=sys.stderr)
-                        bar.update(1)
+                        fail(result, result.error)
                         continue
                     item.result = result
                     if item.queued == 0:

@@ -161,7 +161,7 @@ def _parse_layers(text: str | None):
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
               help="Frames per CLIP forward.")
 @click.option("--workers", "-j", type=click.IntRange(min=0),
-              help="Decode processes [default: CPUs - 1 on CPU, CPUs on GPU; 0 = none].")
+              help="Decode processes [default: CPUs - 1 on CPU, CPUs (at most 32) on GPU; 0 = decode in the main process].")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1, ...")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
               help="CLIP compute precision (fp32 = the official features).")

@@ -250,3 +250,57 @@ def test_towers_of_different_depth_pair_layers_by_distance_from_the_top(tmp_path
     q, mask = cache.load_query("q", layers=[5, 6])  # stored and selected by the vision layer ids
     np.testing.assert_allclose(q[:, mask], feats[0][2:], rtol=2e-3, atol=2e-3)  # float16 storage
     assert cache.load_video("v").shape[1:] == (4, 50, 64)
+
+
+@pytest.mark.parametrize("name,content,what", [
+    ("preprocessor_config.json", '{"crop_size": 224, "image_mean": [0.48,', "not valid JSON: Expecting value"),
+    ("preprocessor_config.json", '["not", "an", "object"]', "a JSON list, not an object"),
+    ("preprocessor_config.json", '{"image_mean": "red"}', 'image_mean must be 3 numbers (R, G, B), got "red"'),
+    ("preprocessor_config.json", '{"image_std": [0.2, 0.0, 0.2]}', "image_std must be 3 positive numbers"),
+    ("vocab.json", '{"a": 0, "b"', "not valid JSON: Expecting ':' delimiter"),
+    ("vocab.json", '{"a": "zero"}', "not a CLIP vocabulary: expected a JSON object of token -> id"),
+    ("merges.txt", b"#version: 0.2\nt h\n\xff\xfe\x00garbage\n", "not UTF-8 text: invalid start byte at byte 18"),
+    ("merges.txt", "#version: 0.2\nt h\n\nthree parts here\n", "line 4 is not a pair of tokens: 'three parts here'"),
+])
+def test_damaged_small_files_of_a_model_folder_are_clear_errors(tiny_clip_dir, tmp_path, name, content, what):
+    """`r2 extract` with a model folder whose preprocessor config or tokenizer files are damaged (an
+    interrupted copy): one line that names the file, says what is wrong and how to get it again."""
+    from click.testing import CliRunner
+
+    from r2.cli import main
+    from r2.extract import synthetic as S
+
+    model = _copy_model(tiny_clip_dir, tmp_path / "model")
+    file = model / name
+    file.write_bytes(content if isinstance(content, bytes) else content.encode())
+    S.write_segment_video(tmp_path / "videos" / "v.mp4", [("red", 1.0)], fps=10, size=(64, 48))
+    result = CliRunner().invoke(main, ["extract", str(tmp_path / "videos"), "--out", str(tmp_path / "c"),
+                                       "--model", str(model), "--workers", "0", "--no-progress"])
+    assert result.exit_code == 1 and isinstance(result.exception, SystemExit), result.output
+    assert "Traceback" not in result.output and "JSONDecodeError" not in result.output, result.output
+    assert f"Error: {file} is damaged ({what}" in result.output, result.output
+    assert f"`r2 make-tiny-clip {model} --overwrite`" in result.output and "hf download" in result.output
+    assert not (tmp_path / "c").exists()  # refused before anything was written
+
+
+def test_damaged_file_of_a_hub_snapshot_says_to_download_it_again(tiny_clip_dir, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    root = tmp_path / "hub" / "models--org--damaged"
+    (root / "refs").mkdir(parents=True)
+    (root / "refs" / "main").write_text(commit)
+    snapshot = _copy_model(tiny_clip_dir, root / "snapshots" / commit)
+    (snapshot / "preprocessor_config.json").write_text("{")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(C.ModelError) as err:
+        C.FrozenCLIP("org/damaged")
+    msg = str(err.value)
+    assert msg.startswith(f"{snapshot / 'preprocessor_config.json'} is damaged (not valid JSON"), msg
+    assert msg.endswith("download the model again with `hf download org/damaged --force-download`"), msg
+
+
+def test_preprocessor_config_mean_and_std_are_read(tiny_clip_dir, tmp_path):
+    model = _copy_model(tiny_clip_dir, tmp_path / "model")
+    (model / "preprocessor_config.json").write_text('{"image_mean": 0.5, "image_std": [0.25, 0.5, 1]}')
+    assert C.FrozenCLIP(model).image_stats() == ((0.5, 0.5, 0.5), (0.25, 0.5, 1.0))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 from r2.cache import FeatureCache, merge, verify
 from r2.cli import main
 from r2.extract import synthetic as S
-from r2.extract.pipeline import QueryJob, VideoJob, extract_features, in_shard
+from r2.extract.pipeline import SAMPLING, TOKEN_FORM, QueryJob, VideoJob, extract_features, in_shard
 from r2.extract.preprocess import CLIP_MEAN, CLIP_STD
 from r2.extract.video import clip_count, sample_video
 
@@ -76,6 +77,7 @@ def test_cached_features_equal_direct_clip(videos, tiny_clip, tiny_clip_dir, tmp
     m = cache.manifest
     assert m["layers"] == [1, 2, 3, 4] and m["fps"] == 1.0 and m["dtype"] == "float16"
     assert m["video_width"] == 64 and m["preprocessing"]["size"] == 224 and m["model_config_hash"]
+    assert m["token_form"] == TOKEN_FORM and m["sampling"] == SAMPLING and m["precision"] == "fp32"
     assert sorted(cache.video_ids()) == sorted(GOOD)
     model = CLIPModel.from_pretrained(tiny_clip_dir).eval()
     total = 0
@@ -210,8 +212,117 @@ def test_incompatible_cache_is_refused(videos, tiny_clip, tmp_path):
     from r2.extract.clip import FrozenCLIP
 
     bf16 = FrozenCLIP(tiny_clip.info.path, precision="bf16")
-    with pytest.raises(CacheError, match="precision"):
+    with pytest.raises(CacheError, match='precision: the cache has "fp32", requested "bf16"'):
         extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=bf16, progress=False)
+    # a cache written before the manifest recorded the precision holds fp32 features
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["precision"]
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match='precision: the cache has "fp32", requested "bf16"'):
+        extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=bf16, progress=False)
+    s = extract_features(jobs[:2], [], out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    assert s.ok and s.videos_skipped == 1 and s.videos_extracted == 1
+    bf16_out = tmp_path / "bf16"  # and the other way round: a bf16 cache refuses fp32 features
+    extract_features(jobs[:1], [], bf16_out, None, fps=0.5, workers=0, clip=bf16, progress=False)
+    with pytest.raises(CacheError, match='precision: the cache has "bf16", requested "fp32"'):
+        extract_features(jobs[:2], [], bf16_out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+
+
+def test_manifest_texts_that_caches_compare_are_pinned():
+    """The cache compares token_form and sampling character for character when a run resumes or
+    caches merge: a rewording would make every existing cache refuse to resume."""
+    why = ("changing this text makes existing caches incompatible (they refuse to resume or merge); "
+           "change it only when the features change")
+    assert TOKEN_FORM == ("hidden states (raw residual stream: before post_layernorm / final_layer_norm and the "
+                          "projections) of the kept layers; video: all tokens (CLS + patches) per frame; "
+                          "query: tokens SOT..EOT"), why
+    assert SAMPLING == ("ffmpeg fps filter rule: clip n = last frame with round(t*fps) <= n; "
+                        "round(duration*fps) clips"), why
+
+
+@pytest.mark.parametrize("value,reason", [
+    (1e5, "features not stored: values up to 1e+05, beyond the float16 range (+-65504); extract with --dtype "
+          "float32"),
+    (float("nan"), "features not stored: video 'white' has NaN or infinite values"),  # the cache refuses them
+])
+def test_a_video_whose_features_the_cache_refuses_is_a_failure_and_the_others_are_extracted(
+        tiny_clip, tmp_path, monkeypatch, value, reason):
+    """Features the cache cannot store for one video (beyond the float16 range, NaN) make that video a
+    failure with its path and the reason; the run goes on, and a rerun retries only that one."""
+    colours = ("red", "white", "blue")
+    jobs = [VideoJob(c, str(S.write_segment_video(tmp_path / "in" / f"{c}.mp4", [(c, 3.0)], fps=10,
+                                                  size=(64, 48)).path)) for c in colours]
+    video_features = tiny_clip.video_features
+
+    def overflowing_on_white(x):  # (B, 3, H, W) normalised: a white frame is ~2 everywhere
+        out = video_features(x)
+        out[x.float().mean(dim=(1, 2, 3)) > 1.5] = value
+        return out
+
+    monkeypatch.setattr(tiny_clip, "video_features", overflowing_on_white)
+    out = tmp_path / "cache"
+    summary = extract_features(jobs, [], out, None, fps=2, batch_size=4, workers=0, clip=tiny_clip, progress=False)
+    assert not summary.ok and summary.videos_extracted == 2 and summary.clips == 12
+    (failure,) = summary.failures
+    assert failure.video_id == "white" and failure.path == str(tmp_path / "in" / "white.mp4")
+    assert failure.reason == reason
+    assert [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()] == [failure.to_dict()]
+    assert f"{failure.path}: features not stored" in summary.format()
+    assert sorted(FeatureCache.open(out).video_ids()) == ["blue", "red"] and verify(out).ok
+
+    monkeypatch.undo()
+    again = extract_features(jobs, [], out, None, fps=2, batch_size=4, workers=0, clip=tiny_clip, progress=False)
+    assert again.ok and again.videos_extracted == 1 and again.videos_skipped == 2
+    assert not (out / "failures.jsonl").exists()
+    assert FeatureCache.open(out).load_video("white").shape == (6, 4, 50, 64)
+
+
+def test_a_failed_write_of_the_failures_list_keeps_the_previous_one(tiny_clip, tmp_path, monkeypatch):
+    """failures.jsonl is replaced atomically: a write that fails half-way (a full disk) leaves the
+    previous list whole and no temporary file."""
+    import builtins
+    import errno
+
+    (tmp_path / "in").mkdir()
+    jobs = []
+    for name in ("zero", "empty"):
+        (tmp_path / "in" / f"{name}.mp4").write_bytes(b"")
+        jobs.append(VideoJob(name, str(tmp_path / "in" / f"{name}.mp4")))
+    out = tmp_path / "cache"
+    assert len(extract_features(jobs, [], out, None, workers=0, clip=tiny_clip, progress=False).failures) == 2
+    before = (out / "failures.jsonl").read_text()
+    assert len(before.splitlines()) == 2
+    real_open = builtins.open
+
+    class DiskFull:
+        def __init__(self, fh):
+            self.fh = fh
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.fh.close()
+
+        def write(self, data):
+            self.fh.write(data[:len(data) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+        def __getattr__(self, name):
+            return getattr(self.fh, name)
+
+    def fills_the_disk(file, mode="r", *args, **kwargs):
+        fh = real_open(file, mode, *args, **kwargs)
+        is_list = "failures" in os.path.basename(os.fspath(file)) if not isinstance(file, int) else False
+        return DiskFull(fh) if is_list and ("w" in mode or "a" in mode) else fh
+
+    monkeypatch.setattr(builtins, "open", fills_the_disk)
+    with pytest.raises(OSError, match="No space left"):
+        extract_features(jobs, [], out, None, workers=0, clip=tiny_clip, progress=False)
+    monkeypatch.undo()
+    assert (out / "failures.jsonl").read_text() == before
+    assert sorted(p.name for p in out.iterdir() if "failures" in p.name) == ["failures.jsonl"]
 
 
 def test_cli_help_and_make_tiny_clip(tmp_path):

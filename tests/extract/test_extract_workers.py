@@ -181,3 +181,106 @@ def test_summary_rate_leaves_out_start_up(tiny_clip_dir, tmp_path):
     assert f"({summary.clips / summary.video_seconds:.1f} frames/s decoded and extracted" in text
     assert f"start-up: model, cache, queries {summary.startup_seconds:.1f} s" in text
     assert Path(text.splitlines()[0].split()[2]) == tmp_path / "c"
+
+
+# Loaded by the decode workers (PYTHONPATH): the skipping decoder of a file named restart* gives up
+# after 40 clips (a chunk of 32 frames has gone to the model by then) and decoding starts over, as it
+# does for a stream whose timestamps turn out unusable; a file in $R2_TEST_MARKS records that it did.
+RESTART_HOOK = '''
+import os
+
+import r2.extract.video as V
+
+_skipping = V._decode_skipping
+
+
+def _gives_up_after_40(container, *args):
+    name = os.path.basename(str(container.name))
+    clips = _skipping(container, *args)
+    if not name.startswith("restart"):
+        return (yield from clips)
+    for i, clip in enumerate(clips):
+        if i == 40:
+            open(os.path.join(os.environ["R2_TEST_MARKS"], name), "w").close()
+            raise V._NeedsFullDecode()
+        yield clip
+
+
+V._decode_skipping = _gives_up_after_40
+'''
+
+
+def test_a_decoder_that_starts_over_in_a_worker_process_gives_the_right_features(tiny_clip, tmp_path, monkeypatch):
+    """The same as above with the decoding in a worker process: its restart message makes the main
+    process drop the features of the frames it had already run."""
+    from r2.extract import pipeline as P
+
+    names = ("restart_a", "plain_b", "restart_c")
+    paths = [S.write_index_video(tmp_path / f"{n}.mp4", 120, fps=10, keyframe_interval=10, bframes=2,
+                                 size=(64, 48)).path for n in names]
+    jobs = [VideoJob(p.stem, str(p)) for p in paths]
+    ref = tmp_path / "ref"
+    extract_features(jobs, [], ref, None, fps=5, batch_size=8, workers=0, clip=tiny_clip, progress=False)
+    hook, marks = tmp_path / "hook", tmp_path / "marks"
+    hook.mkdir()
+    marks.mkdir()
+    (hook / "sitecustomize.py").write_text(RESTART_HOOK)
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    monkeypatch.setenv("R2_TEST_MARKS", str(marks))
+    P._close_pool()  # workers started before this test do not have the hook
+    try:
+        out = tmp_path / "out"
+        summary = extract_features(jobs, [], out, None, fps=5, batch_size=8, workers=1, clip=tiny_clip,
+                                   progress=False)
+    finally:
+        P._close_pool()  # nor may the next tests get these
+    assert sorted(p.name for p in marks.iterdir()) == ["restart_a.mp4", "restart_c.mp4"]  # the workers started over
+    assert summary.ok and summary.clips == 3 * 60, summary.format()
+    a, b = FeatureCache.open(ref), FeatureCache.open(out)
+    for job in jobs:
+        np.testing.assert_array_equal(a.load_video(job.video_id), b.load_video(job.video_id))
+    assert verify(out).ok
+
+
+def test_the_model_runs_on_the_cores_the_decoders_leave_and_gets_them_all_when_it_is_the_bottleneck(
+        tiny_clip, tmp_path, monkeypatch):
+    """Observed inside the model's forward: 4 CPUs and 1 decode worker give the model 3 threads; when
+    the plan hands the model every core, the next batches run on 4; the caller's count comes back."""
+    import torch
+
+    from r2.extract import pipeline as P
+
+    paths = [S.write_segment_video(tmp_path / f"v{i}.mp4", [(COLOURS[i], 2.0)], fps=10, size=(64, 48)).path
+             for i in range(2)]
+    jobs = [VideoJob(p.stem, str(p)) for p in paths]  # 2 x 10 clips: fewer than the 32 the plan waits for
+    seen: list[int] = []
+    video_features = tiny_clip.video_features
+
+    def recording(x):
+        seen.append(torch.get_num_threads())
+        return video_features(x)
+
+    class DecidesAfterTwoBatches(P._CPUThreads):
+        def revise(self, model_seconds, modelled_clips, decode_seconds, decoded_clips):
+            if self.decided or modelled_clips < 8:
+                return False
+            self.decided, self.model_threads = True, self.cpus
+            return True
+
+    monkeypatch.setattr(tiny_clip, "video_features", recording)
+    monkeypatch.setattr(P, "_cpu_count", lambda: 4)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        summary = extract_features(jobs, [], tmp_path / "split", None, fps=5, batch_size=4, workers=1,
+                                   clip=tiny_clip, progress=False)
+        assert torch.get_num_threads() == 1  # given back
+        split, seen[:] = list(seen), []
+        monkeypatch.setattr(P, "_CPUThreads", DecidesAfterTwoBatches)
+        handed = extract_features(jobs, [], tmp_path / "handed", None, fps=5, batch_size=4, workers=1,
+                                  clip=tiny_clip, progress=False)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(threads)
+    assert summary.ok and summary.clips == 20 and split == [3] * 5
+    assert handed.ok and seen == [3, 3] + [4] * 3
