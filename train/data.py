@@ -66,6 +66,7 @@ __all__ = [
     "extract_command",
     "feature_spec",
     "find_missing",
+    "remove_missing_list",
     "resolve_layers",
     "worker_init_fn",
 ]
@@ -333,6 +334,8 @@ def extract_command(cache, annotations: str | os.PathLike, dataset: str | None =
     layers, dtype, resize rule and precision wherever extract's defaults would differ (else
     extract would refuse the cache as holding other features). ``folders``: the video folders
     (default: a ``<videos folder>`` placeholder)."""
+    from r2.extract.clip import default_layers  # pure; r2.extract.clip imports only numpy and torch
+
     m = cache.manifest
     parts = ["r2", "extract", *(folders or ["<videos folder>"]), "--annotations", str(annotations)]
     if dataset and dataset != "custom":
@@ -345,11 +348,19 @@ def extract_command(cache, annotations: str | os.PathLike, dataset: str | None =
 
         preset_fps = get_preset(dataset).fps
         default_fps = None if preset_fps == "auto" else float(preset_fps)
-    if fps is not None and (default_fps is None or not math.isclose(float(fps), default_fps)):
+    # fps "auto" (YouTube): extract takes one frame per annotated clip and refuses --fps with
+    # such annotations, so no rate is added (a cache at a fixed rate cannot take them at all;
+    # extract then says which manifest field differs)
+    per_video = bool(dataset) and default_fps is None
+    if fps is not None and not per_video and not math.isclose(float(fps), default_fps):
         parts += ["--fps", repr(float(fps))]  # every digit: extract compares the rate exactly
     layers = [int(x) for x in m.get("layers") or []]
     depth = _model_depth(str(m["model_id"])) if m.get("model_id") else None
-    if layers and (depth is None or layers != list(range(depth - 3, depth + 1))):
+    try:  # extract's default: the last 4 hidden states of the vision tower
+        default = default_layers(depth) if depth is not None else None
+    except ValueError:  # fewer than 4 hidden states: extract needs --layers
+        default = None
+    if layers and layers != default:
         parts += ["--layers", ",".join(str(x) for x in layers)]
     if m.get("dtype", "float16") != "float16":
         parts += ["--dtype", str(m["dtype"])]
@@ -362,32 +373,54 @@ def extract_command(cache, annotations: str | os.PathLike, dataset: str | None =
     return " ".join(p if p.startswith("<") else shlex.quote(p) for p in parts)
 
 
+_LIST_HEADER = "# ids that the feature cache at "
+
+
 def _write_missing_list(path: Path, cache, bad: Sequence[MissingReport], purpose: str,
                         commands: Sequence[str]) -> None:
     from r2.fileio import atomic_write
 
-    lines = [f"# ids that the feature cache at {cache.path} lacks for {purpose}; one per line: "
+    lines = [f"{_LIST_HEADER}{cache.path} lacks for {purpose}; one per line: "
              "split, kind (video or query), id, tab-separated",
              "# add them with (extract skips what the cache already has):"]
     lines += [f"#   {c}" for c in commands]
     for r in bad:
         lines += [f"{r.name}\tvideo\t{x}" for x in r.videos]
         lines += [f"{r.name}\tquery\t{x}" for x in r.queries]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(path, "\n".join(lines) + "\n")
+    atomic_write(path, "\n".join(lines) + "\n")  # into an existing folder only: no mkdir
+
+
+def remove_missing_list(path: str | os.PathLike, purpose: str) -> bool:
+    """Delete a list that :func:`check_ids` wrote for ``purpose`` (an earlier failed attempt)
+    now that the cache is complete; a file of that name that r2 did not write is left alone.
+    Returns True when a list was removed."""
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fh:
+            head = fh.readline()
+    except (OSError, UnicodeDecodeError):
+        return False
+    if not (head.startswith(_LIST_HEADER) and f" lacks for {purpose}; " in head):
+        return False
+    path.unlink(missing_ok=True)
+    return True
 
 
 def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Sequence[GroundingSample]]],
               dataset: str | None = None, purpose: str = "training", *,
-              list_file: str | os.PathLike | None = None, write: bool = True) -> list[MissingReport]:
+              list_file: str | os.PathLike | None = None, write: bool = True,
+              make_folder: bool = False) -> list[MissingReport]:
     """Raise :class:`MissingFeaturesError` listing all ids missing from the cache.
 
     ``splits``: ``(name, annotation file, samples)`` per split. Every missing id goes to
-    ``list_file`` (default: ``missing_ids.txt`` beside the first incomplete split's annotation
-    file; ``write=False`` only names it, for the other ranks of a DDP run); the message shows
-    about a screenful of them with the counts, names that file, and gives the ``r2 extract``
-    command that adds them (:func:`extract_command`; a rerun of extract skips what the cache
-    has).
+    ``list_file`` when it is given and its folder exists (``make_folder=True`` creates the
+    folder, as fit does for its run directory; otherwise a failed check makes no folder;
+    ``write=False`` only names the file, for the other ranks of a DDP run); the message then
+    shows about a screenful of them with the counts and names that file. Without a file
+    (``list_file=None``, its folder missing, or a failed write) the message lists every id.
+    Either way it gives the ``r2 extract`` command that adds them (:func:`extract_command`; a
+    rerun of extract skips what the cache has). A caller whose check passes removes a list
+    left by an earlier attempt (fit; predict through :func:`remove_missing_list`).
     """
     reports = [find_missing(cache, samples, name, path) for name, path, samples in splits]
     bad = [r for r in reports if not r.ok]
@@ -398,16 +431,21 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
     commands = list(dict.fromkeys(
         extract_command(cache, r.path, dataset or (samples[0].dataset if samples else None), folders)
         for r, (_, _, samples) in zip(reports, splits) if not r.ok and r.path))
-    if list_file is None:
-        first = next((r.path for r in bad if r.path), None)
-        list_file = (Path(first).parent if first else Path.cwd()) / MISSING_IDS_NAME
-    list_file = Path(list_file)
-    written = True
-    if write:
-        try:
-            _write_missing_list(list_file, cache, bad, purpose, commands)
-        except OSError:
+    list_file = Path(list_file) if list_file is not None else None
+    written, failure = list_file is not None, None
+    if list_file is not None and write:
+        if make_folder:
+            try:
+                list_file.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                pass  # told below: not a folder, or not writable
+        if not list_file.parent.is_dir():
             written = False
+        else:
+            try:
+                _write_missing_list(list_file, cache, bad, purpose, commands)
+            except OSError as exc:
+                written, failure = False, exc.strerror or type(exc).__name__
     listings = [(r, kind, ids, total) for r in bad
                 for kind, ids, total in (("videos", r.videos, r.num_videos),
                                          ("queries", r.queries, r.num_queries)) if ids]
@@ -423,8 +461,8 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
             lines.append(f"    ... and {len(ids) - shown} more")
     if written:
         lines.append(f"Every missing id is listed in {list_file}")
-    else:
-        lines.append(f"(could not write {list_file}: every missing id is listed above)")
+    elif failure is not None:
+        lines.append(f"(could not write {list_file}: {failure}; every missing id is listed above)")
     if commands:
         lines.append("Add them with (extract skips what the cache already has):")
         lines.extend(f"  {c}" for c in commands)

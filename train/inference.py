@@ -46,7 +46,7 @@ from r2.model.decoding import Prediction, postprocess_windows, raw_windows, stri
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
                    LengthBatchSampler, cache_widths, check_feature_spec, check_ids, feature_spec,
-                   loader_generator, worker_init_fn)
+                   loader_generator, remove_missing_list, worker_init_fn)
 
 __all__ = [
     "PredictError",
@@ -291,7 +291,10 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
         cache: the feature cache directory.
         annotations: any annotation file ``r2.train`` reads (the data set is detected unless
             ``dataset`` is given; ``domain``/``split`` select YouTube/TVSum videos).
-        out: write the rows there (jsonl, atomically) when given.
+        out: write the rows there (jsonl, atomically) when given. When ids are missing from
+            the cache, every one is listed in ``missing_ids.txt`` beside ``out`` if that folder
+            exists (removed again by a later successful run); without ``out`` no file is
+            written and the error lists them all.
         allow_feature_mismatch: warn instead of refusing a cache whose feature spec differs
             from the checkpoint's.
     Raises:
@@ -311,9 +314,13 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     samples = load_annotations(annotations, dataset=dataset, domain=domain, split=split)
     if not samples:
         raise PredictError(f"{annotations}: no queries")
-    list_file = None if out is None else Path(out).parent / MISSING_IDS_NAME  # beside the output
+    # every missing id goes to a file beside --out (when its folder exists; without ``out``
+    # no file is written: the error lists them all)
+    list_file = None if out is None else Path(out).parent / MISSING_IDS_NAME
     check_ids(fc, [("annotations", str(annotations), samples)], dataset=samples[0].dataset,
               purpose="prediction", list_file=list_file)
+    if list_file is not None:  # from an earlier attempt: the cache is complete now
+        remove_missing_list(list_file, "prediction")
     fps = model.config.fps
     data = GroundingDataset(samples, fc, layers, None, train=False, fps=fps)
     rows = predict_dataset(model, data, batch_size=batch_size, workers=workers, amp=amp,
@@ -469,12 +476,15 @@ _NO_MATPLOTLIB = "--plot needs matplotlib: pip install 'r2-vtg[plot]'"
 
 def check_plot_target(path: str | os.PathLike) -> None:
     """Raise :class:`PredictError` at once, before any extraction, when ``--plot path`` cannot
-    be drawn: matplotlib (an optional extra) is not installed, or it writes no such file type."""
+    be drawn: matplotlib (an optional extra) is not installed, it writes no such file type,
+    or the file cannot be written there (a folder, or a folder that is not writable; a folder
+    that does not exist yet is created by :func:`plot_grounding` and must be creatable)."""
     import importlib.util
 
     if importlib.util.find_spec("matplotlib") is None:
         raise PredictError(_NO_MATPLOTLIB)
-    suffix = Path(path).suffix.lower().lstrip(".")
+    path = Path(path)
+    suffix = path.suffix.lower().lstrip(".")
     if suffix:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
 
@@ -482,6 +492,19 @@ def check_plot_target(path: str | os.PathLike) -> None:
         if suffix not in kinds:
             raise PredictError(f"--plot {path}: matplotlib does not write .{suffix} files; name a "
                                f".png (or .{', .'.join(sorted(kinds))}) file")
+    if path.is_dir():
+        raise PredictError(f"--plot {path}: is a folder; name the image file, e.g. {path / 'plot.png'}")
+    folder = path.absolute().parent
+    existing = folder
+    while not existing.exists() and existing != existing.parent:  # the folder plot_grounding makes
+        existing = existing.parent
+    if not existing.is_dir():
+        raise PredictError(f"--plot {path}: {existing} is not a folder")
+    # the image is written to a temporary file in its folder, then renamed: the folder (or,
+    # when it is still to be made, its nearest existing parent) must be writable
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PredictError(f"--plot {path}: cannot write into {existing} (permission denied); "
+                           "choose another file")
 
 
 def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:
@@ -497,19 +520,24 @@ def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike
     path = Path(path)
     n = len(groundings)
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), squeeze=False)
-    for ax, g in zip(axes[:, 0], groundings):
-        times = np.asarray(g.clip_times()) + 0.5 / g.fps
-        ax.plot(times, g.saliency, color="tab:blue", lw=1.5, label="saliency")
-        for rank, (s, e, score) in enumerate((g.moments or [])[:top_k]):
-            ax.axvspan(s, e, color="tab:orange", alpha=0.35 if rank == 0 else 0.15,
-                       label=f"moment {rank + 1} ({score:.2f})")
-        ax.set_xlim(0, g.duration)
-        ax.set_title(g.query, fontsize=10)
-        ax.set_xlabel("seconds")
-        ax.legend(loc="upper right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp)
-    plt.close(fig)
+    try:
+        for ax, g in zip(axes[:, 0], groundings):
+            times = np.asarray(g.clip_times()) + 0.5 / g.fps
+            ax.plot(times, g.saliency, color="tab:blue", lw=1.5, label="saliency")
+            for rank, (s, e, score) in enumerate((g.moments or [])[:top_k]):
+                ax.axvspan(s, e, color="tab:orange", alpha=0.35 if rank == 0 else 0.15,
+                           label=f"moment {rank + 1} ({score:.2f})")
+            ax.set_xlim(0, g.duration)
+            ax.set_title(g.query, fontsize=10)
+            ax.set_xlabel("seconds")
+            ax.legend(loc="upper right", fontsize=8)
+        fig.tight_layout()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path) as tmp:
+                fig.savefig(tmp)
+        except OSError as exc:  # checked up front by check_plot_target; still a message, not a traceback
+            raise PredictError(f"--plot {path}: cannot write it ({exc.strerror or exc})") from None
+    finally:  # a failed write does not leave the figure open in pyplot's registry
+        plt.close(fig)
     return path

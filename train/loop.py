@@ -24,8 +24,9 @@ The recipe is R²-Tuning's (reference §5) with the preset's numbers (``r2.train
 * Every ``eval_every`` epochs (and after the last) rank 0 predicts the evaluation split
   (:func:`r2.train.inference.predict_dataset`) and scores it with ``r2.evaluate.score``; the
   epoch with the best ``main_metric`` (``main_metric_mode``) is saved as the run's weights.
-  Presets with ``selection_on_test`` (Charades-STA, TACoS: the official code selects on the
-  test loader) say so once in the log and record ``"selected_on": "test"`` in ``best.json``.
+  ``best.json`` records the split it was chosen on (``"selected_on"``: ``eval_split``); a run
+  that selects on test (Charades-STA and TACoS by default: the official code selects on the
+  test loader) says so once in the log; ``--set eval_split=val --val VAL_FILE`` opts out.
 * The run directory (:mod:`r2.train.checkpoint`): best weights + config, ``preset.json``,
   ``best.json``, ``metrics.jsonl``, and ``checkpoints/last`` written atomically at the end of
   every epoch.
@@ -64,7 +65,7 @@ from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, c
                    check_feature_spec, check_ids, feature_spec, loader_generator, resolve_layers,
                    worker_init_fn)
 from .distributed import DistContext, autocast, setup, teardown
-from .presets import Preset, get_preset
+from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
 
 __all__ = ["FitError", "FitOptions", "FitResult", "LRSchedule", "fit", "metric_value"]
@@ -139,8 +140,8 @@ class FitResult:
     (the full ``r2.evaluate`` output of that epoch; None without evaluation); last_epoch and
     last_metrics: the final epoch; history: the ``metrics.jsonl`` records; resumed_from: the
     number of epochs the run was resumed after (None for a fresh run); selected_on: the split
-    the best epoch was chosen on ("test" for Charades-STA and TACoS, as the official code
-    does; None without evaluation).
+    the best epoch was chosen on, the preset's ``eval_split`` ("test" for Charades-STA and
+    TACoS by default, as the official code does; None without evaluation).
     """
 
     run_dir: Path
@@ -267,7 +268,7 @@ def _preset_differences(saved: dict, current: Preset) -> list[str]:
     now = current.to_dict()
     out = []
     for key in sorted(set(saved) | set(now)):
-        if key in RESUMABLE_CHANGES:
+        if key in RESUMABLE_CHANGES or key in DERIVED_FIELDS:  # derived: saved by older runs
             continue
         if json.dumps(saved.get(key), sort_keys=True) != json.dumps(now.get(key), sort_keys=True):
             out.append(f"{key}: the run has {json.dumps(saved.get(key))}, now {json.dumps(now.get(key))}")
@@ -380,10 +381,9 @@ class _Trainer:
         else:
             val_samples_eval = val_samples
         self.train_samples, self.val_samples = train_samples, val_samples_eval
-        # the split the best epoch is chosen on (best.json "selected_on"); None: no evaluation
-        self.selected_on = None
-        if val_samples_eval:
-            self.selected_on = "test" if preset.selection_on_test else preset.eval_split
+        # the split the best epoch is chosen on, the one evaluated (best.json "selected_on");
+        # None: no evaluation
+        self.selected_on = preset.eval_split if val_samples_eval else None
 
         # cache
         cache = FeatureCache.open(o.cache)
@@ -395,7 +395,8 @@ class _Trainer:
         if val_samples_eval:
             splits.append((preset.eval_split, str(val_file), val_samples_eval))
         missing_list = self.run_dir / MISSING_IDS_NAME
-        check_ids(cache, splits, dataset=preset.name, list_file=missing_list, write=ctx.is_main)
+        check_ids(cache, splits, dataset=preset.name, list_file=missing_list, write=ctx.is_main,
+                  make_folder=True)  # RUN_DIR/missing_ids.txt, even before the run's first file
         if ctx.is_main:
             missing_list.unlink(missing_ok=True)  # from an earlier attempt: the cache is complete now
         video_dim, query_dim = cache_widths(cache)
@@ -545,10 +546,13 @@ class _Trainer:
                  + (f" over {ctx.world_size} ranks" if ctx.distributed else "")
                  + f", device {ctx.device}, amp {self.amp}")
         if self.selected_on == "test":
+            official = PRESETS[preset.name].eval_split == "test"
             self.log(f"note: {preset.name} selects the best epoch by {preset.main_metric} on the test "
-                     f"split ({self.val_file}), as R²-Tuning's official code does; that score is then "
-                     "optimistic for the test set (best.json says \"selected_on\": \"test\"; to select "
-                     "on a val split: --val VAL_FILE --set eval_split=val --set selection_on_test=false)")
+                     f"split ({self.val_file})"
+                     + (", as R²-Tuning's official code does" if official else "")
+                     + "; that score is then optimistic for the test set (best.json says "
+                     "\"selected_on\": \"test\"; to select on a val split: --val VAL_FILE --set "
+                     "eval_split=val)")
         bar = tqdm(total=total, initial=min(total, start_epoch * per_epoch), desc="fit", unit="it",
                    disable=not (o.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
         last_metrics, last_value = None, None

@@ -21,8 +21,9 @@ validation every epoch, 4 loader workers, no drop_last. Layers: the last 4 hidde
 (``layers = (-4, -3, -2, -1)`` → [9, 10, 11, 12] for ViT-B/32). QVHighlights' training set is
 repeated ×4 per epoch. Model selection: the best epoch by ``main_metric`` on ``eval_split``
 (QVHighlights ``MR-full-mAP`` on val; Charades/TACoS ``MR-full-R1@0.7`` on **test**, as the
-official code monitors the test loader — ``selection_on_test`` flags it, and ``r2 fit``
-says so in its log and writes ``"selected_on": "test"`` into ``best.json``; Ego4D
+official code monitors the test loader — ``r2 fit`` says so in its log and writes
+``"selected_on": "test"`` into ``best.json``; ``selection_on_test`` is the read-only
+``eval_split == "test"``, and ``--set eval_split=val --val VAL_FILE`` selects on val; Ego4D
 ``MR-full-R1@0.7`` on val; YouTube/TVSum ``mAP`` on the val list of the domain).
 
 Training-time filters (§1.5): samples whose annotated duration is below ``min_duration``
@@ -223,11 +224,9 @@ class Preset:
     seed: int = 42
 
     # -- evaluation and decoding (r2tuning §3.4, §5.3) -------------------------------------------
-    #: the split evaluated each epoch and used for model selection
+    #: the split evaluated each epoch and used for model selection ("test" for Charades and
+    #: TACoS, as the reference: fit logs a note once; best.json records ``"selected_on"``)
     eval_split: str = "val"
-    #: True where the reference selects the best epoch on the test split (Charades, TACoS):
-    #: fit logs a note once and records ``"selected_on": "test"`` in best.json
-    selection_on_test: bool = False
     eval_every: int = 1
     #: key of the metrics dict (r2.evaluate / R²-Tuning names) used to pick the best epoch
     main_metric: str = "MR-full-mAP"
@@ -259,6 +258,13 @@ class Preset:
         return self.task == "hd"
 
     @property
+    def selection_on_test(self) -> bool:
+        """True when the best epoch is chosen on the test split (``eval_split == "test"``:
+        Charades-STA and TACoS, as R²-Tuning's official code does). Derived, not a setting:
+        ``--set eval_split=val`` (with ``--val VAL_FILE``) selects on a val split."""
+        return self.eval_split == "test"
+
+    @property
     def clip_length(self) -> float | None:
         """Seconds per clip (1 / fps), None for fps "auto"."""
         return None if self.fps == "auto" else 1.0 / float(self.fps)
@@ -288,21 +294,29 @@ class Preset:
 
         Values may be typed (``{"lr": 1e-4}``) or strings as given on the command line
         (``{"lr": "1e-4", "lr_milestones": "10,20", "unit": "none"}``). Unknown keys raise
-        :class:`PresetError` naming the closest field names.
+        :class:`PresetError` naming the closest field names. ``selection_on_test`` is derived
+        from ``eval_split``: accepted when it agrees, refused otherwise.
         """
         merged = dict(overrides or {})
         merged.update(kwargs)
         if not merged:
             return self
         hints = _hints()
-        changes = {}
+        changes, derived = {}, {}
         for key, value in merged.items():
+            if key in DERIVED_FIELDS:
+                derived[key] = _coerce(value, bool, key)
+                continue
             if key not in hints:
                 raise PresetError(_unknown_key_message(key))
             if key == "name" and value != self.name:
                 raise PresetError("'name' cannot be overridden (pick another preset instead)")
             changes[key] = _coerce(value, hints[key], key)
-        return dataclasses.replace(self, **changes)
+        out = dataclasses.replace(self, **changes) if changes else self
+        for key, value in derived.items():  # accepted when it agrees with eval_split, else refused
+            if value != getattr(out, key):
+                raise PresetError(_derived_key_message(key, out))
+        return out
 
     def override_from_file(self, path: str | Path) -> "Preset":
         """:meth:`override` with the mapping read by :func:`load_overrides`."""
@@ -335,6 +349,9 @@ class Preset:
         if "name" not in data:
             raise PresetError("a preset needs a 'name'")
         hints = _hints()
+        # preset.json of runs written when selection_on_test was a field: it only echoed
+        # eval_split (the split fit evaluated), which stays the truth
+        data = {k: v for k, v in data.items() if k not in DERIVED_FIELDS}
         unknown = [k for k in data if k not in hints]
         if unknown:
             raise PresetError(_unknown_key_message(unknown[0]))
@@ -409,6 +426,19 @@ def _unknown_key_message(key: str) -> str:
     close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.6)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return f"unknown preset field {key!r}{hint}; fields: {', '.join(names)}"
+
+
+#: read-only properties that earlier versions stored as fields: ignored in a saved preset;
+#: as an override, accepted when it agrees with the other fields, else refused naming the
+#: setting to change instead
+DERIVED_FIELDS = ("selection_on_test",)
+
+
+def _derived_key_message(key: str, preset: "Preset") -> str:
+    return (f"{key} follows eval_split, the split that is evaluated and selected on: eval_split is "
+            f"{preset.eval_split!r}, so {key} is {str(preset.selection_on_test).lower()}; to select "
+            "on a val split give --val VAL_FILE --set eval_split=val, on the test split --set "
+            "eval_split=test")
 
 
 class _Mismatch(Exception):
@@ -668,7 +698,7 @@ PRESETS: dict[str, Preset] = {
         description="Charades-STA: 1-s clips, MR; trained on train, selected and reported on "
                     "test (no val split)",
         fps=1.0, epochs=50, lr_milestones=(30,), dropout=0.35, sal_weight=0.01, unit=0.1,
-        eval_split="test", selection_on_test=True,
+        eval_split="test",
         data_files={
             "train": ("charades_train.jsonl", "charades_sta_train_tvr_format.jsonl",
                       "charades_train_release.jsonl", "charades_sta_train.txt"),
@@ -695,7 +725,7 @@ PRESETS: dict[str, Preset] = {
         description="TACoS: 2-s clips, MR; trained on train, selected and reported on test "
                     "(val unused)",
         fps=0.5, epochs=100, lr_milestones=(50,), dropout=0.5, sal_weight=0.05,
-        eval_split="test", selection_on_test=True,
+        eval_split="test",
         data_files={
             "train": ("train.jsonl", "tacos_train_release.jsonl", "train.json"),
             "val": ("val.jsonl", "tacos_val_release.jsonl", "val.json"),

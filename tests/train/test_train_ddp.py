@@ -1,16 +1,22 @@
-"""``torchrun --nproc_per_node=2 -m r2 fit``: DDP on CPU with the gloo backend, 2 real processes."""
+"""``torchrun --nproc_per_node=2 -m r2 fit``: DDP on CPU with the gloo backend, 2 real processes;
+killed with SIGKILL and resumed, it ends with the weights of an uninterrupted 2-rank run."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
+
+EPOCHS = 3
 
 
 @pytest.fixture(scope="module")
@@ -20,17 +26,26 @@ def data(tmp_path_factory):
                                   concepts=4, seed=5)
 
 
-def _torchrun(data, run_dir, *extra):
+def _command(data, run_dir, *extra) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes=1",
            "--nproc_per_node=2", "-m", "r2", "fit", "--dataset", "custom", "--cache", str(data.cache_dir),
            "--train", str(data.train_file), "--val", str(data.val_file), "--run-dir", str(run_dir),
-           "--workers", "0", "--device", "cpu", *extra]
+           "--workers", "0", "--device", "cpu", "--epochs", str(EPOCHS), *extra]
     for key, value in TINY_OVERRIDES.items():
         cmd += ["--set", f"{key}={value}"]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return cmd
+
+
+def _env(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TMPDIR=str(tmp_path))
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return env
+
+
+def _torchrun(data, run_dir, tmp_path, *extra):
+    done = subprocess.run(_command(data, run_dir, *extra), env=_env(tmp_path), capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     # rank 0 alone logs and saves: one summary, one training line
     assert done.stdout.count("run directory:") == 1, done.stdout
@@ -38,29 +53,71 @@ def _torchrun(data, run_dir, *extra):
     return done
 
 
-def test_torchrun_two_gloo_processes_then_resume(data, tmp_path):
-    """1 epoch, then ``--resume`` to 3: the RNG states of both ranks come back from the
-    checkpoint (no reseeding) and the run goes on where it stopped."""
-    run_dir = tmp_path / "run"
-    _torchrun(data, run_dir, "--epochs", "1")
-    first = json.loads((run_dir / "metrics.jsonl").read_text().splitlines()[0])
-    done = _torchrun(data, run_dir, "--epochs", "3", "--resume")
-    assert done.stderr.count(f"resuming {run_dir} after epoch 1 (iteration 6)") == 1, done.stderr[-3000:]
+def _state_epoch(run_dir) -> int:
+    try:
+        return int(json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _assert_same_weights(a, b):
+    wa, wb = load_file(str(a)), load_file(str(b))
+    assert wa.keys() == wb.keys()
+    for key in wa:
+        assert torch.equal(wa[key], wb[key]), f"{key} differs between {a} and {b}"
+
+
+def test_torchrun_two_gloo_processes_killed_then_resumed_give_the_uninterrupted_weights(data, tmp_path):
+    """An uninterrupted 2-rank run, and the same run killed with SIGKILL (every process of it)
+    once its first epoch is checkpointed, then ``--resume``d: the RNG states of both ranks come
+    back from the checkpoint (no reseeding), and the final and best weights, the losses and the
+    metrics are the uninterrupted run's, bit for bit."""
+    ref_dir = tmp_path / "uninterrupted"
+    _torchrun(data, ref_dir, tmp_path)
+
+    run_dir = tmp_path / "killed"
+    proc = subprocess.Popen(_command(data, run_dir), env=_env(tmp_path), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)  # its own process group
+    deadline = time.monotonic() + 120
+    try:
+        while _state_epoch(run_dir) < 1:
+            if proc.poll() is not None:
+                pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
+                            + proc.stderr.read().decode()[-3000:])
+            if time.monotonic() > deadline:
+                pytest.fail("no checkpoint after 120 s")
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once, as a lost node
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stderr.close()
+    killed_at = _state_epoch(run_dir)
+    assert 1 <= killed_at < EPOCHS, "the kill must land before the end of training"
+
+    done = _torchrun(data, run_dir, tmp_path, "--resume")
+    iterations = 6 * killed_at  # global batch 8 -> 4 per rank: ceil(23 / 4) = 6 per epoch
+    assert done.stderr.count(f"resuming {run_dir} after epoch {killed_at} (iteration {iterations})") == 1, \
+        done.stderr[-3000:]
     assert "reseeding" not in done.stderr
 
-    records = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in records] == [1, 2, 3] and records[0] == first
-    for r in records:
-        assert r["world_size"] == 2
+    _assert_same_weights(ref_dir / "checkpoints" / "last" / "model.safetensors",
+                         run_dir / "checkpoints" / "last" / "model.safetensors")
+    _assert_same_weights(ref_dir / "model.safetensors", run_dir / "model.safetensors")
+    ref = [json.loads(x) for x in (ref_dir / "metrics.jsonl").read_text().splitlines()]
+    got = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in got] == list(range(1, EPOCHS + 1))  # no duplicated epoch lines
+    for r, g in zip(ref, got):
+        assert (r["loss"], r["value"], r["iteration"], r["best"]) == (g["loss"], g["value"], g["iteration"],
+                                                                      g["best"])
+        assert g["world_size"] == 2
         # the DistributedSampler shards cover the whole split once per epoch (46 = 2 x 23)
-        assert r["samples"] == data.num_train
-        assert r["value"] is not None
-    # global batch 8 -> 4 per rank: ceil(23 / 4) = 6 iterations per epoch on every rank
-    assert records[-1]["iteration"] == 18
+        assert g["samples"] == data.num_train and g["value"] is not None
+    assert got[-1]["iteration"] == 6 * EPOCHS
     state = json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())
-    assert state["world_size"] == 2 and state["epoch"] == 3
-    import torch
-
+    assert state["world_size"] == 2 and state["epoch"] == EPOCHS
     trainer = torch.load(run_dir / "checkpoints" / "last" / "trainer.pt", weights_only=True)
     assert len(trainer["rng"]) == 2  # the RNG states of both ranks
     assert not torch.equal(trainer["rng"][0]["torch"], trainer["rng"][1]["torch"])
@@ -69,5 +126,4 @@ def test_torchrun_two_gloo_processes_then_resume(data, tmp_path):
     from r2.model import R2Model
 
     model = R2Model.from_pretrained(run_dir)
-    weights = load_file(str(run_dir / "model.safetensors"))
-    assert set(weights) == set(model.state_dict())
+    assert set(load_file(str(run_dir / "model.safetensors"))) == set(model.state_dict())

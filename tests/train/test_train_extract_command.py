@@ -64,3 +64,67 @@ def test_the_printed_extract_command_adds_the_missing_ids(tmp_path):
     assert {"v4", "v5"} <= set(cache.video_ids()) and {"8", "9", "10", "11"} <= set(cache.query_ids())
     result = fit(**options)
     assert result.last_epoch == 1 and not (tmp_path / "run" / "missing_ids.txt").exists()
+
+
+def test_the_printed_command_for_youtube_has_no_fps_and_adds_the_missing_ids(tmp_path, monkeypatch):
+    """YouTube Highlights (preset fps "auto"): extract takes one frame per annotated clip and
+    refuses --fps with its annotations, so the printed command never carries one, whatever the
+    cache's rate; run as printed it adds the missing val videos of a per-video cache. Layers
+    are compared with extract's own default (``r2.extract.clip.default_layers``)."""
+    from r2.cache import FeatureCache
+    from r2.cli import main
+    from r2.extract.synthetic import write_segment_video
+    from r2.extract.tiny import make_tiny_clip
+    from r2.train import fit
+    from r2.train.data import MissingFeaturesError, extract_command
+    from r2.train.splits import YOUTUBE_SPLITS
+
+    domain = "parkour"
+    clip_dir = make_tiny_clip(tmp_path / "clip", seed=0)
+    train_ids, val_ids = YOUTUBE_SPLITS[domain]["train"][:3], YOUTUBE_SPLITS[domain]["val"][:2]
+    colours = ["red", "blue", "green", "yellow"]
+    anno = {}
+    for i, vid in enumerate(train_ids + val_ids):
+        a, b = colours[i % 4], colours[(i + 1) % 4]
+        write_segment_video(tmp_path / "videos" / f"{vid}.mp4", [(a, 4.0), ("black", 2.0), (b, 4.0)],
+                            fps=4, size=(64, 48))
+        # 5 annotated clips of 8 frames (2 s) over 40 frames at 4 fps: 0.5 clips/s for this video
+        anno[vid] = {"fps": 4.0, "frames": "40", "domain": domain,
+                     "info": [f'{domain}"x"relevance', None, ["E"], 32, "U", f"a {a} screen", "d", None],
+                     "clip": [[8 * k, 8 * k + 8] for k in range(5)], "match": [1, 1, -1, 0, 0]}
+    full = tmp_path / "youtube_anno.json"
+    full.write_text(json.dumps(anno))
+    part = tmp_path / "part" / "youtube_anno.json"
+    part.parent.mkdir()
+    part.write_text(json.dumps({vid: anno[vid] for vid in train_ids}))
+    cache_dir = tmp_path / "cache"
+    res = CliRunner().invoke(main, ["extract", str(tmp_path / "videos"), "--annotations", str(part),
+                                    "--model", str(clip_dir), "--layers", "2,3", "--workers", "0",
+                                    "--out", str(cache_dir)])
+    assert res.exit_code == 0, res.output
+    assert FeatureCache.open(cache_dir).manifest["fps"] is None  # per-video sampling
+
+    options = dict(dataset="youtube", domain=domain, cache=cache_dir, train=full, val=full,
+                   run_dir=tmp_path / "run", epochs=1, workers=0, progress=False, log=lambda m: None,
+                   overrides={**TINY_OVERRIDES, "layers": "-2,-1", "batch_size": 2, "warmup_iters": 2})
+    with pytest.raises(MissingFeaturesError) as err:
+        fit(**options)
+    printed = [line.strip() for line in str(err.value).splitlines() if line.strip().startswith("r2 extract ")]
+    assert printed == [f"r2 extract {tmp_path / 'videos'} --annotations {full} --dataset youtube "
+                       f"--model {clip_dir} --layers 2,3 --out {cache_dir}"]
+    res = CliRunner().invoke(main, shlex.split(printed[0])[1:])
+    assert res.exit_code == 0, res.output
+    assert set(val_ids) <= set(FeatureCache.open(cache_dir).video_ids())
+    assert fit(**options).last_epoch == 1
+
+    # a cache at a fixed rate: still no --fps for YouTube annotations (extract refuses it there)
+    fixed = FeatureCache.create(tmp_path / "fixed", dict(FeatureCache.open(cache_dir).manifest, fps=0.5))
+    command = extract_command(fixed, full, "youtube")
+    assert "--fps" not in command and "--dataset youtube" in command
+    assert "--fps 0.5" in extract_command(fixed, tmp_path / "rows.jsonl", "charades")  # charades: 1.0
+    # the layers extract would keep by default come from extract itself
+    assert "--layers 2,3" in command
+    import r2.extract.clip
+
+    monkeypatch.setattr(r2.extract.clip, "default_layers", lambda n, k=4: [2, 3])
+    assert "--layers" not in extract_command(fixed, full, "youtube")

@@ -372,3 +372,41 @@ def test_benchmark_presets_train_end_to_end(tmp_path, dataset):
                           get_preset(dataset, overrides=overrides), train=True)
     levels = {float(x) for i in range(len(samples)) for x in ds[i].targets.saliency}
     assert (levels <= {0.0, 1.0}) == (dataset != "qvhighlights"), levels
+
+
+def test_selected_on_is_the_split_evaluated(tmp_path):
+    """best.json's "selected_on" is the split fit evaluated: Charades opted out of test selection
+    (``--set eval_split=val``) says "val" and logs no test note; QVHighlights asked to select on
+    test says "test" without claiming that the official code does. A preset.json of an older run
+    that still holds selection_on_test resumes."""
+    from r2.train import fit
+
+    overrides = {**TINY_OVERRIDES, "warmup_iters": 4}
+    data = make_synthetic_dataset(tmp_path / "data1", train_videos=6, val_videos=3, concepts=4, seed=2,
+                                  fps=1.0)
+    run = tmp_path / "charades-val"
+    common = dict(dataset="charades", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                  run_dir=run, workers=0, progress=False)
+    messages = []
+    result = fit(**common, epochs=1, overrides={**overrides, "eval_split": "val"}, log=messages.append)
+    best = json.loads((run / "best.json").read_text())
+    assert best["selected_on"] == result.selected_on == "val"
+    assert not [m for m in messages if "selects the best epoch" in m or "on the test split" in m]
+    assert "selection_on_test" not in json.loads((run / "preset.json").read_text())
+
+    state_path = run / "checkpoints" / "last" / "state.json"
+    state = json.loads(state_path.read_text())
+    state["preset"]["selection_on_test"] = True  # what the older runs saved
+    state_path.write_text(json.dumps(state))
+    resumed = fit(**common, epochs=2, resume=True, overrides={**overrides, "eval_split": "val"},
+                  log=lambda m: None)
+    assert resumed.resumed_from == 1 and resumed.last_epoch == 2 and resumed.selected_on == "val"
+
+    data = make_synthetic_dataset(tmp_path / "data2", train_videos=6, val_videos=3, concepts=4, seed=2)
+    messages = []
+    result = fit(dataset="qvhighlights", cache=data.cache_dir, train=data.train_file, val=data.val_file,
+                 run_dir=tmp_path / "qvh-test", epochs=1, workers=0, progress=False,
+                 overrides={**overrides, "eval_split": "test"}, log=messages.append)
+    assert json.loads((tmp_path / "qvh-test" / "best.json").read_text())["selected_on"] == "test"
+    notes = [m for m in messages if "selects the best epoch" in m]
+    assert len(notes) == 1 and "official code" not in notes[0] and "--set eval_split=val" in notes[0]

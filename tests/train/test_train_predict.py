@@ -102,6 +102,50 @@ def test_predict_refuses_a_cache_with_other_features(trained, tmp_path):
     assert res.exit_code == 2 and "--annotations" in res.output
 
 
+def test_predict_missing_ids_list_is_written_beside_out_only_and_removed_on_success(trained, tmp_path):
+    """The list of missing ids goes beside ``--out`` when its folder exists; a later successful
+    run removes it (as fit does); the Python API without ``out`` and an ``--out`` in a folder
+    that does not exist write no file and make no folder: the error lists every id."""
+    from r2.train.data import MissingFeaturesError
+    from r2.train.inference import predict
+
+    data, run = trained
+    row = _rows(data.val_file)[0]
+    ids = [f"absent{i:03d}" for i in range(60)]  # more than a screenful
+    data_dir = tmp_path / "data"  # the user's annotation folder
+    data_dir.mkdir()
+    extra = data_dir / "more.jsonl"
+    extra.write_text("".join(json.dumps(dict(row, qid=50_000 + i, vid=v)) + "\n" for i, v in enumerate(ids)))
+
+    # the Python API without out: no file anywhere, every id and the command in the message
+    with pytest.raises(MissingFeaturesError) as err:
+        predict(run, data.cache_dir, extra, progress=False)
+    msg = str(err.value)
+    assert all(v in msg for v in ids) and "50059" in msg and "... and" not in msg
+    assert "r2 extract" in msg and "listed in" not in msg and "could not write" not in msg
+    assert sorted(p.name for p in data_dir.iterdir()) == ["more.jsonl"]
+
+    # --out in a folder that does not exist: not created for a failed run
+    with pytest.raises(MissingFeaturesError) as err:
+        predict(run, data.cache_dir, extra, out=tmp_path / "new" / "deeper" / "p.jsonl", progress=False)
+    assert not (tmp_path / "new").exists() and all(v in str(err.value) for v in ids)
+
+    # --out in an existing folder: the list goes there, and the next good run removes it
+    out_dir = tmp_path / "preds"
+    out_dir.mkdir()
+    listed = out_dir / "missing_ids.txt"
+    with pytest.raises(MissingFeaturesError, match=f"listed in {listed}"):
+        predict(run, data.cache_dir, extra, out=out_dir / "p.jsonl", progress=False)
+    assert listed.read_text().count("annotations\tvideo\tabsent") == 60
+    result = predict(run, data.cache_dir, data.val_file, out=out_dir / "p.jsonl", progress=False)
+    assert result.out == out_dir / "p.jsonl" and not listed.exists()
+    assert sorted(p.name for p in out_dir.iterdir()) == ["p.jsonl"]
+    # a file of that name that r2 did not write is left alone
+    listed.write_text("my own notes\n")
+    predict(run, data.cache_dir, data.val_file, out=out_dir / "p.jsonl", progress=False)
+    assert listed.read_text() == "my own notes\n"
+
+
 def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
     from r2.cache import FeatureCache
     from r2.model import R2Model
@@ -247,10 +291,53 @@ def test_plot_grounding_draws_one_panel_per_query_with_the_moments_shaded(tmp_pa
     left, right = axis.min(), axis.max()
     span = (cols.min() - left) / (right - left) * 40, (cols.max() - left) / (right - left) * 40
     assert span == pytest.approx((10.0, 18.0), abs=0.5)
-    with pytest.raises(Exception, match="matplotlib does not write .txt"):
-        from r2.train.inference import check_plot_target
+    from r2.train.inference import PredictError, check_plot_target
 
+    with pytest.raises(PredictError, match="matplotlib does not write .txt"):
         check_plot_target(tmp_path / "curve.txt")
+
+
+def test_plot_target_must_be_writable_and_a_failed_write_closes_the_figure(tmp_path, monkeypatch):
+    """``check_plot_target`` (run before any extraction) refuses a folder, a path under a file
+    and a folder it cannot write into; ``plot_grounding`` turns a failed write into a
+    PredictError and leaves no figure open."""
+    pytest.importorskip("matplotlib")
+    import os
+
+    import matplotlib.pyplot as plt
+
+    from r2.train import inference
+    from r2.train.inference import PredictError, check_plot_target, plot_grounding
+
+    check_plot_target(tmp_path / "a" / "b" / "curve.png")  # folders still to be made: fine
+    assert not (tmp_path / "a").exists()
+    with pytest.raises(PredictError, match="is a folder"):
+        check_plot_target(tmp_path)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(PredictError, match=f"{blocker} is not a folder"):
+        check_plot_target(blocker / "sub" / "curve.png")
+
+    real_access = os.access
+    locked = tmp_path / "locked"
+    locked.mkdir()
+
+    def access(path, mode, *args, **kwargs):  # a read-only folder (tests may run as root)
+        if Path(path) == locked and mode & os.W_OK:
+            return False
+        return real_access(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(inference.os, "access", access)
+    for target in (locked / "curve.png", locked / "new" / "curve.png"):
+        with pytest.raises(PredictError, match=f"cannot write into {locked}"):
+            check_plot_target(target)
+    monkeypatch.undo()
+
+    plt.close("all")
+    with pytest.raises(PredictError, match="cannot write it"):
+        plot_grounding(_groundings(), blocker / "curve.png")  # its folder cannot be made
+    assert plt.get_fignums() == []
+    assert blocker.read_text() == "x"
 
 
 def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):

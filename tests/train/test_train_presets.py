@@ -190,6 +190,28 @@ def test_json_round_trip(name):
         Preset.from_dict({**p.to_dict(), "extra": 1})
 
 
+def test_selection_on_test_follows_eval_split():
+    """``selection_on_test`` is derived from ``eval_split`` (the split fit evaluates and selects
+    on), so the two can never disagree: an override that contradicts it is refused."""
+    charades = get_preset("charades")
+    assert charades.eval_split == "test" and charades.selection_on_test
+    opted_out = charades.override({"eval_split": "val"})
+    assert opted_out.eval_split == "val" and not opted_out.selection_on_test
+    # the pair the older log note suggested still works; the value is checked, not stored
+    both = charades.override({"eval_split": "val", "selection_on_test": "false"})
+    assert both == opted_out and "selection_on_test" not in both.to_dict()
+    qvh_on_test = get_preset("qvhighlights", overrides={"eval_split": "test"})
+    assert qvh_on_test.selection_on_test
+    for preset, value in ((charades, "false"), (get_preset("qvhighlights"), True), (opted_out, "true")):
+        with pytest.raises(PresetError, match=r"selection_on_test follows eval_split.*--set eval_split=val"):
+            preset.override({"selection_on_test": value})
+    with pytest.raises(PresetError, match="selection_on_test: expected true or false"):
+        charades.override({"selection_on_test": "maybe"})
+    # preset.json written when it was a field still loads (eval_split stays the truth)
+    old = {**opted_out.to_dict(), "selection_on_test": True}
+    assert Preset.from_dict(old) == opted_out
+
+
 def test_resolve_layers():
     p = get_preset("qvhighlights")
     assert p.resolve_layers(24) == [21, 22, 23, 24]
