@@ -19,7 +19,8 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
               help="Training annotations (any layout r2 reads, or a custom jsonl).")
 @click.option("--val", "val", type=click.Path(dir_okay=False, path_type=Path),
               help="Evaluation annotations, scored every epoch; the best epoch by the preset's "
-                   "main metric is kept (Charades/TACoS: their test file, as the reference does).")
+                   "main metric is kept (Charades/TACoS: their test file, as the reference does; "
+                   "--set eval_split=val to select on a val file instead).")
 @click.option("--run-dir", "-o", required=True, type=click.Path(file_okay=False, path_type=Path),
               help="Output folder: best weights (config.json + model.safetensors), best.json (the "
                    "epoch, its metrics and the split it was selected on), preset.json, metrics.jsonl, "
@@ -74,8 +75,7 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
         return
     click.echo(f"run directory: {result.run_dir}")
     if result.best_epoch is not None and result.best_value is not None:
-        on = (", selected on the test split as the official code does" if result.selected_on == "test"
-              else "")
+        on = f", selected on the {result.selected_on} split" if result.selected_on else ""
         click.echo(f"best {result.main_metric}: {result.best_value:.2f} at epoch {result.best_epoch} of "
                    f"{result.epochs} (weights in {result.run_dir}{on})")
     elif result.best_epoch is not None:

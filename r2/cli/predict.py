@@ -18,7 +18,9 @@ import click
 @click.option("--annotations", "-a", type=click.Path(dir_okay=False, path_type=Path),
               help="Annotation file whose queries are predicted (any layout r2 reads).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
-              help="Prediction file to write (QVHighlights-layout jsonl, what `r2 score` reads).")
+              help="Prediction file to write (QVHighlights-layout jsonl, what `r2 score` reads); ids "
+                   "missing from the cache are listed in missing_ids.txt beside it (removed by the next "
+                   "successful run).")
 @click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
 @click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")
 @click.option("--split", help="YouTube/TVSum: the split list to predict (train or val) [default: all].")
@@ -29,7 +31,8 @@ import click
                    "checkpoint's config, else openai/clip-vit-base-patch32].")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
               help="With VIDEO: draw the saliency curve and the top moments into this PNG "
-                   "(needs matplotlib: pip install 'r2-vtg[plot]').")
+                   "(needs matplotlib: pip install 'r2-vtg[plot]'; checked, with its folder's "
+                   "permissions, before extraction).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="With VIDEO: moments to print per query.")
 @click.option("--fps", type=float, help="With VIDEO: clip rate, for checkpoints trained on per-video "

@@ -401,7 +401,14 @@ def _load_official(path, dataset: str | None, trust_checkpoint: bool):
     state = extract_state_dict(load_checkpoint(path, trust_checkpoint=trust_checkpoint))
     weights = from_official_state_dict(state, infer_config(state))  # the file's own errors first
     dataset, dataset_source = _resolve_dataset(path, dataset)
-    model = R2Model(infer_config(state, dataset=dataset))
+    try:
+        config = infer_config(state, dataset=dataset)
+    except OfficialCheckpointError as exc:
+        if dataset_source != "file name":
+            raise
+        raise OfficialCheckpointError(f"{path}: {exc} (data set {dataset!r} read from the file name "
+                                      f"{Path(path).name}; pass --dataset to choose)") from exc
+    model = R2Model(config)
     model.load_state_dict_strict(weights, source=str(path))
     return model.eval(), dataset, dataset_source
 

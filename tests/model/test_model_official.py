@@ -302,6 +302,16 @@ def test_a_damaged_file_is_called_damaged_not_untrusted(tmp_path, damage):
         assert str(path) in str(err.value) and "--trust-checkpoint" not in str(err.value)
 
 
+def test_a_file_name_naming_the_wrong_kind_of_data_set_says_where_the_name_came_from(tmp_path):
+    path = _save({"state_dict": official_state()}, tmp_path / "r2_tuning_youtube_dog-0a1b2c3d.pth")
+    with pytest.raises(OfficialCheckpointError, match="(?s)not one for youtube.*read from the file name "
+                       "r2_tuning_youtube_dog-0a1b2c3d.pth; pass --dataset"):
+        R2Model.from_official(path)
+    with pytest.raises(OfficialCheckpointError) as err:  # given explicitly: no file-name remark
+        R2Model.from_official(path, dataset="tvsum")
+    assert "not one for tvsum" in str(err.value) and "file name" not in str(err.value)
+
+
 def test_pickled_objects_need_explicit_trust(tmp_path):
     path = _save({"state_dict": official_state(), "meta": argparse.Namespace(lr=5e-4)}, tmp_path / "p.pth")
     with pytest.raises(OfficialCheckpointError, match="(?s)refused.*argparse.Namespace.*--trust-checkpoint"):
