@@ -106,6 +106,33 @@ def test_dropout_keeps_each_element_with_probability_1_minus_p(p):
     torch.testing.assert_close(x.grad, y.detach())
 
 
+@pytest.mark.parametrize("p", [0.5, 0.35])
+def test_dropout_after_norm_equals_dropout_of_norm(p):
+    """The scale folded into the LayerNorm's weight and bias: the same mask, the same values
+    (bit for bit when 1 / (1 - p) is a power of two) and the same gradients."""
+    norm = torch.nn.LayerNorm(770)
+    with torch.no_grad():
+        norm.weight.normal_()
+        norm.bias.normal_()
+    drop = Dropout(p).train()
+    x = torch.randn(300, 770)
+    torch.manual_seed(7)
+    plain = drop(norm(x))
+    (plain * torch.arange(770.0)).sum().backward()
+    grads = [norm.weight.grad.clone(), norm.bias.grad.clone()]
+    norm.zero_grad()
+    torch.manual_seed(7)
+    folded = drop.after_norm(norm, x)
+    (folded * torch.arange(770.0)).sum().backward()
+    assert torch.equal(folded != 0, plain != 0)  # the same mask
+    if p == 0.5:
+        assert torch.equal(folded, plain)
+    torch.testing.assert_close(folded, plain)
+    for got, want in zip((norm.weight.grad, norm.bias.grad), grads):  # sums of 300 terms, rounded apart
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+    assert torch.equal(drop.eval().after_norm(norm, x), norm(x))
+
+
 def test_dropout_is_seeded_and_the_identity_in_eval_and_at_p_0():
     x = torch.randn(64, 770)
     torch.manual_seed(3)
