@@ -19,7 +19,9 @@ defaults: 12 layers, width 768, patch 32, 224 px). For each model, side by side,
 ``--memory 10,60`` instead measures peak memory: ``r2 extract`` (tiny model, 0.5 fps) on a
 generated 10- and a 60-minute video (64x48, 2 fps: cheap to write and decode; the frames are
 224x224 after scaling like any other), peak PSS of the main process and of main + workers,
-side by side: frames are streamed, so an hour costs what ten minutes do, plus its features.
+side by side: frames and features are streamed (features spill to disk beyond 256 MiB a video),
+so an hour costs what ten minutes do. ``--width 768`` gives ViT-B/32-sized features (0.31 MB a
+clip: 550 MB for the hour) to show the features' part.
 
 The defaults (2 fps, batch 16: ~190 clips, a dozen batches per run) give the pipeline enough
 batches to overlap decoding with the model on a CPU; at 0.5 fps the four short samples make
@@ -172,7 +174,7 @@ def _tree_pss(pid: int) -> tuple[int, int]:
     return sizes[0], sum(sizes)
 
 
-def memory_check(minutes: list[float], workers: int):
+def memory_check(minutes: list[float], workers: int, width: int = 64):
     """Peak memory (PSS) of `r2 extract` on generated videos of the given lengths, sampled every 20 ms."""
     import subprocess
     import sys
@@ -181,8 +183,10 @@ def memory_check(minutes: list[float], workers: int):
     from r2.extract.tiny import make_tiny_clip
 
     with tempfile.TemporaryDirectory() as tmp:
-        model = make_tiny_clip(Path(tmp) / "tiny")
-        print(f"r2 extract --fps 0.5 --workers {workers}, tiny model; peak memory (PSS) sampled every 20 ms")
+        model = make_tiny_clip(Path(tmp) / "tiny", width=width, heads=max(4, width // 64))
+        clip_mb = 4 * 50 * width * 2 / 1e6  # 4 layers x 50 tokens x width, float16
+        print(f"r2 extract --fps 0.5 --workers {workers}, tiny model of width {width} ({clip_mb:.2f} MB of features "
+              "a clip); peak memory (PSS) sampled every 20 ms")
         base = None
         for m in minutes:
             folder = Path(tmp) / f"{m:g}min"
@@ -201,7 +205,8 @@ def memory_check(minutes: list[float], workers: int):
             assert proc.returncode == 0, output
             clips = int(m * 30)
             base = base or peak_all
-            print(f"  {m:5g} min ({clips:5d} clips, {clips * 224 * 224 * 3 / 1e6:6.0f} MB of frames): peak main "
+            print(f"  {m:5g} min ({clips:5d} clips, {clips * 224 * 224 * 3 / 1e6:6.0f} MB of frames, "
+                  f"{clips * clip_mb:6.0f} MB of features): peak main "
                   f"{peak_main / 1e9:.3f} GB, main + workers {peak_all / 1e9:.3f} GB ({peak_all / base:.2f}x the "
                   "first)")
 
@@ -215,9 +220,12 @@ def main(argv=None):
     ap.add_argument("--workers", type=int, default=None, help="decode processes (default: CPUs - 1)")
     ap.add_argument("--models", default="tiny,ViT-B/32")
     ap.add_argument("--memory", metavar="MINUTES", help="measure peak memory on videos of these lengths, e.g. 10,60")
+    ap.add_argument("--width", type=int, default=64, help="--memory: width of the tiny model (768: ViT-B/32-sized "
+                    "features, 0.31 MB a clip, that the cache spills to disk beyond 256 MiB a video)")
     args = ap.parse_args(argv)
     if args.memory:
-        memory_check([float(m) for m in args.memory.split(",")], 1 if args.workers is None else args.workers)
+        memory_check([float(m) for m in args.memory.split(",")], 1 if args.workers is None else args.workers,
+                     args.width)
         return
 
     from transformers.utils import logging as hf_logging

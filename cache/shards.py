@@ -6,6 +6,7 @@ Directory layout of a cache::
     DIR/shards/videos-<prefix>-<seq>-c<crc>.h5   committed video shards (immutable)
     DIR/shards/queries-<prefix>-<seq>-c<crc>.h5  committed query shards
     DIR/shards/*.h5.partial                 being written (readers never look at them)
+    DIR/shards/<prefix>-s<seq>.spill.partial    raw parts of a large video not committed yet
     DIR/locks/<prefix>.lock                 held (flock) by the live writer of <prefix>
     DIR/index.json                          optional sidecar index, validated on every open
 
@@ -67,6 +68,7 @@ INDEX_NAME = "index.json"
 FAMILIES = ("videos", "queries")
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
+SPILL_SUFFIX = ".spill.partial"  # <prefix>-s<seq>.spill.partial: a video too large for RAM, being written
 SHARD_FORMAT = 1
 # the pinned axes of a stored layer, (T, N, D) of a video and (S, Dt) of a query: the manifest
 # key that holds the cache's value and the axis
@@ -75,6 +77,7 @@ LOCK_TMP_SUFFIX = ".tmp"  # locks/.<prefix>.lock.tmp: a lock being taken (see Wr
 LIBVER = ("v108", "v110")  # metadata checksums; readable by HDF5 >= 1.10
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
+_SPILL_RE = re.compile(r"^(.+)-s(\d{5,})\.spill\.partial$")
 _SHARD_RE = re.compile(r"^(videos|queries)-(.+)-(\d{5,})(?:-c([0-9a-f]{8}))?\.h5(\.partial)?$")
 
 
@@ -157,11 +160,27 @@ def list_shards(root: Path) -> dict[str, os.stat_result]:
     return out
 
 
+def spill_name(prefix: str, seq: int) -> str:
+    """``<prefix>-s<seq>.spill.partial``: raw parts of a video a writer has not committed yet
+    (see ``VideoSink``); removed on commit or abort, or with the partials of a dead writer."""
+    return f"{prefix}-s{seq:05d}{SPILL_SUFFIX}"
+
+
+def partial_prefix(name: str) -> str | None:
+    """The writer prefix of a partial shard or spill file name (None: neither)."""
+    m = _SPILL_RE.match(name)
+    if m:
+        return m.group(1)
+    parsed = parse_shard_name(name)
+    return parsed.prefix if parsed and parsed.partial else None
+
+
 def list_partials(root: Path) -> list[Path]:
+    """Partial shards and spill files (what a running or a killed writer has not committed)."""
     d = Path(root) / SHARDS_DIR
     if not d.is_dir():
         return []
-    return sorted(p for p in d.iterdir() if p.name.endswith(PARTIAL_SUFFIX))
+    return sorted(p for p in d.iterdir() if p.name.endswith((PARTIAL_SUFFIX, SPILL_SUFFIX)))
 
 
 # --------------------------------------------------------------------------- HDF5 files
@@ -254,6 +273,53 @@ def write_item(h5file, family: str, item_id: str, layers, arrays, scales, mask, 
         raise
 
 
+def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, int8: bool, blocks,
+                       attrs_json: str) -> int:
+    """Write one video group from ``blocks``: ``(data (c, K, N, D), scales (c, K, N) | None)`` in
+    clip order, ``sum(c) == shape[0]``, already in the stored ``dtype``; each layer is one
+    contiguous ``shape = (T, N, D)`` dataset (as :func:`write_item` writes it), filled block by
+    block, its crc32 computed on the way. On any failure the half-written group is removed."""
+    path = f"{family}/{encode_id(item_id)}"
+    if path in h5file:
+        raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
+    t_total = int(shape[0])
+    group = h5file.require_group(family).create_group(encode_id(item_id))
+    try:
+        set_text_attr(group, "attrs", attrs_json)
+        data_sets, scale_sets = [], []
+        for layer in layers:
+            data_sets.append(group.create_dataset(layer_name(layer), shape=tuple(shape), dtype=dtype))
+            if int8:
+                scale_sets.append(group.create_dataset(scale_name(layer), shape=tuple(shape[:2]), dtype=np.float32))
+        crcs = [0] * len(data_sets)
+        scale_crcs = [0] * len(scale_sets)
+        t = 0
+        for data, scales in blocks:
+            c = len(data)
+            if t + c > t_total:
+                raise CacheError(f"{family[:-1]} {item_id!r}: more clips than announced ({t_total})")
+            for k, ds in enumerate(data_sets):
+                a = np.ascontiguousarray(data[:, k])
+                ds[t:t + c] = a
+                crcs[k] = zlib.crc32(a.view(np.uint8).reshape(-1), crcs[k])
+                if int8:
+                    s = np.ascontiguousarray(scales[:, k])
+                    scale_sets[k][t:t + c] = s
+                    scale_crcs[k] = zlib.crc32(s.view(np.uint8).reshape(-1), scale_crcs[k])
+            t += c
+        if t != t_total:
+            raise CacheError(f"{family[:-1]} {item_id!r}: {t} clips written, {t_total} announced")
+        nbytes = 0
+        for ds, crc in zip(data_sets + scale_sets, crcs + scale_crcs):
+            ds.attrs["crc32"] = np.uint32(crc)
+            nbytes += ds.nbytes
+        return nbytes
+    except BaseException:
+        with contextlib.suppress(Exception):
+            del h5file[path]
+        raise
+
+
 def read_ids(h5file, family: str) -> list[str]:
     if family not in h5file:
         return []
@@ -329,9 +395,9 @@ def remove_stale_partials(root: Path, own_prefix: str | None = None) -> list[Pat
     root = Path(root)
     by_prefix: dict[str, list[Path]] = {}
     for p in list_partials(root):
-        parsed = parse_shard_name(p.name)
-        if parsed and parsed.prefix != own_prefix:
-            by_prefix.setdefault(parsed.prefix, []).append(p)
+        prefix = partial_prefix(p.name)
+        if prefix is not None and prefix != own_prefix:
+            by_prefix.setdefault(prefix, []).append(p)
     locks = root / LOCKS_DIR
     if locks.is_dir():
         for lk in locks.glob("*.lock"):

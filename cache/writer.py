@@ -15,6 +15,16 @@ lifetime. When a writer starts, it deletes the partial shards of writers whose l
 of live writers are left alone. Readers never delete anything. (``flock`` must work on the
 file system; on Linux NFS it is emulated with POSIX locks.)
 
+A video can be written in parts, in clip order, without ever holding it whole
+(:meth:`CacheWriter.begin_video` gives a :class:`VideoSink`; ``add_video`` is begin + append +
+commit). Each part is checked and encoded (finiteness, float16 range, int8 quantisation) as it
+arrives, in blocks of at most ``CHUNK_BYTES``; the encoded parts stay in RAM until a video's
+exceed ``SPILL_BYTES``, then go to a spill file ``shards/<prefix>-s<seq>.spill.partial``. On
+commit the contiguous per-layer datasets are filled block by block, so memory beyond the parts
+held in RAM is O(one block), however long the video. A spill file is removed on commit or abort;
+one left by a killed writer is removed with its partial shards. Nothing of an uncommitted video
+is ever in a shard.
+
 Shapes are pinned: N (``tokens_per_frame``) and D (``video_width``) of the videos, and Dt
 (``query_width``) of the queries, are the manifest's when it gives them; otherwise the first
 item ever written records them in ``manifest.json`` (atomically, the first writer wins), and
@@ -31,6 +41,7 @@ writers made from one cache object see each other's uncommitted ids.
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 import warnings
@@ -46,8 +57,11 @@ from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, WriterLock, attrs_to_json,
                      describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
-                     remove_stale_partials, set_text_attr, shard_name, write_item)
+                     remove_stale_partials, set_text_attr, shard_name, spill_name, write_item,
+                     write_video_blocks)
 
+SPILL_BYTES = 256 * 2**20  # a video's encoded parts beyond this go to a spill file (read at run time)
+CHUNK_BYTES = 16 * 2**20  # parts are encoded, and videos written at commit, in blocks of about this size
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
 _WORD = {"videos": "video", "queries": "query"}
@@ -94,6 +108,8 @@ class CacheWriter:
         self._partials: dict[str, _Partial] = {}
         self._seq = {f: 0 for f in FAMILIES}
         self._closed = False
+        self._sinks: set = set()  # open VideoSinks (aborted on close/abort)
+        self._spill_seq = itertools.count()
         (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root, self.prefix)
         removed = remove_stale_partials(self.root, own_prefix=self.prefix)
@@ -112,9 +128,26 @@ class CacheWriter:
         shape or width, non-finite values (also values beyond the float16 range when storing
         float16)."""
         x = self._as_float_array(features, 4, "video", video_id, "(T, K, N, D)")
-        self._check_shape("videos", video_id, x[:, 0].shape)
-        arrays, scales = self._encode([x[:, k] for k in range(x.shape[1])], "video", video_id)
-        self._add("videos", video_id, arrays, scales, None, attrs)
+        sink = self.begin_video(video_id)
+        try:
+            sink._append(x, copy=False)  # x outlives the commit: no need to copy it
+            sink.commit(**attrs)
+        finally:
+            sink.abort()  # no-op once committed
+
+    def begin_video(self, video_id: str) -> "VideoSink":
+        """Start writing a video in parts: ``sink.append(part)`` with ``part (c, K, N, D)`` in clip
+        order, then ``sink.commit(**attrs)`` (or ``sink.abort()``). The id is claimed at once (a
+        duplicate is refused here). Several sinks may be open at once; an open sink is aborted
+        when the writer closes. See :class:`VideoSink`."""
+        if not isinstance(video_id, str) or not video_id:
+            raise CacheError(f"video ids are non-empty str, got {video_id!r}")
+        with self._mutex:
+            self._check_usable()
+            self._reserve("videos", video_id)
+            sink = VideoSink(self, video_id)
+            self._sinks.add(sink)
+        return sink
 
     def add_query(self, query_id: str, features, mask, **attrs) -> None:
         """Add a query: ``features (K, S, Dt)``, ``mask (S,)`` bool (True = a real token);
@@ -177,6 +210,22 @@ class CacheWriter:
         for key in values:
             self.cache.manifest[key] = on_disk[key]
 
+    def _encode_block(self, x, item_id):
+        """A block of video clips ``(c, K, N, D)`` -> the stored array ``(c, K, N, D)`` and the int8
+        scales ``(c, K, N)`` (None unless int8), with the checks of :meth:`add_video`."""
+        dtype = self.cache.dtype
+        if dtype == "int8":
+            if not np.isfinite(x).all():
+                raise CacheError(f"video {item_id!r} has NaN or infinite values")
+            return quantize_int8(x)
+        with np.errstate(over="ignore"):  # overflow is reported below
+            b = np.ascontiguousarray(x, dtype=np.float16 if dtype == "float16" else np.float32)
+        if not np.isfinite(b).all():
+            extra = (" (or values beyond the float16 range, +-65504: use dtype float32)"
+                     if dtype == "float16" and np.isfinite(x).all() else "")
+            raise CacheError(f"video {item_id!r} has NaN or infinite values{extra}")
+        return b, None
+
     def _encode(self, layers, word, item_id):
         """Per layer: the stored array (and the int8 scales)."""
         dtype = self.cache.dtype
@@ -219,13 +268,14 @@ class CacheWriter:
             return sum(ds.nbytes for ds in src_group.values())
         self._insert(family, item_id, write, command)
 
-    def _insert(self, family, item_id, write, command=None):
+    def _insert(self, family, item_id, write, command=None, reserved=False):
         if not isinstance(item_id, str) or not item_id:
             raise CacheError(f"{_WORD[family]} ids are non-empty str, got {item_id!r}")
         command = self.command if command is None else command
         with self._mutex:
             self._check_usable()
-            self._reserve(family, item_id)
+            if not reserved:
+                self._reserve(family, item_id)
             try:
                 part = self._partials.get(family)
                 if part is not None and part.command != command:
@@ -320,6 +370,7 @@ class CacheWriter:
             if os.getpid() != self._pid:
                 return  # a forked copy: the parent owns the files and the lock
             try:
+                self._abort_sinks()  # a video not committed is not kept
                 for family in list(self._partials):
                     self._commit(family)
             finally:
@@ -332,6 +383,7 @@ class CacheWriter:
         with self._mutex:
             if self._closed or os.getpid() != self._pid:
                 return
+            self._abort_sinks()
             for family, part in self._partials.items():
                 try:
                     part.file.close()
@@ -342,6 +394,10 @@ class CacheWriter:
             self._partials.clear()
             self._closed = True
             self._lock.release()
+
+    def _abort_sinks(self):
+        for sink in list(self._sinks):
+            sink.abort()
 
     def __enter__(self):
         return self
@@ -355,3 +411,194 @@ class CacheWriter:
             self.close()
         except Exception:
             self.abort()
+
+
+class _Spill:
+    """A raw file of rows ``row_shape`` of ``dtype``, appended to and read back in ranges."""
+
+    def __init__(self, path: Path, row_shape, dtype):
+        self.path, self.row_shape, self.dtype = path, tuple(row_shape), np.dtype(dtype)
+        self.row_bytes = int(np.prod(self.row_shape)) * self.dtype.itemsize
+        self.rows = 0
+        self.fh = open(path, "xb+")
+
+    def write(self, a: np.ndarray) -> None:
+        a = np.ascontiguousarray(a, dtype=self.dtype)
+        self.fh.write(a.view(np.uint8).reshape(-1).data)
+        self.rows += len(a)
+
+    def read(self, t0: int, t1: int) -> np.ndarray:
+        out = np.empty((t1 - t0,) + self.row_shape, self.dtype)
+        view = memoryview(out.view(np.uint8).reshape(-1))
+        self.fh.flush()
+        pos, done = t0 * self.row_bytes, 0
+        while done < len(view):
+            n = os.preadv(self.fh.fileno(), [view[done:]], pos + done)
+            if n <= 0:
+                raise CacheError(f"spill file {self.path} is shorter than written")
+            done += n
+        return out
+
+    def remove(self) -> None:
+        try:
+            self.fh.close()
+        except Exception:
+            pass
+        self.path.unlink(missing_ok=True)
+
+
+class VideoSink:
+    """One video being written in parts (from :meth:`CacheWriter.begin_video`).
+
+    ``append(part)``: ``part (c, K, N, D)``, the next ``c`` clips; it is checked (layers, pinned
+    N and D, finiteness, float16 range) and encoded to the cache's dtype at once, block by block
+    (``CHUNK_BYTES``), and kept: in RAM while this video's encoded parts stay within
+    ``SPILL_BYTES``, else in a spill file next to the partial shards. A part the cache refuses
+    raises :class:`CacheError` and aborts the sink. ``commit(**attrs)`` writes the video into the
+    writer's partial shard, block by block (same layout and checks as ``add_video``) and returns
+    the number of clips; any failure aborts the sink and leaves nothing in the shard.
+    ``abort()`` drops what was appended and frees the id (idempotent, also after a commit,
+    where it does nothing). ``clips``: clips appended so far; ``spilled``: whether a spill file
+    is in use. Also a context manager: leaving the block without a commit aborts.
+    """
+
+    def __init__(self, writer: CacheWriter, video_id: str):
+        self.writer, self.video_id = writer, video_id
+        self.clips = 0
+        self.state = "open"  # open | committed | aborted
+        self._shape = None  # (K, N, D)
+        self._parts: list = []  # (data, scales) in RAM
+        self._ram = 0
+        self._spill: list | None = None  # [_Spill data, _Spill scales (int8)]
+
+    @property
+    def spilled(self) -> bool:
+        return self._spill is not None
+
+    @property
+    def spill_paths(self) -> list[Path]:
+        return [s.path for s in self._spill or ()]
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        self.abort()
+
+    def _check_open(self):
+        if self.state != "open":
+            raise CacheError(f"video {self.video_id!r}: this sink is {self.state}")
+        self.writer._check_usable()
+
+    def append(self, part) -> None:
+        """Add the next clips, ``part (c, K, N, D)`` float (copied: the caller may reuse it)."""
+        self._append(part, copy=True)
+
+    def _append(self, part, copy: bool) -> None:
+        self._check_open()
+        try:
+            w = self.writer
+            x = w._as_float_array(part, 4, "video", self.video_id, "(c, K, N, D)")
+            w._check_shape("videos", self.video_id, x[:, 0].shape)  # the manifest's N and D
+            if self._shape is None:
+                self._shape = tuple(x.shape[1:])
+            elif tuple(x.shape[1:]) != self._shape:
+                raise CacheError(f"video {self.video_id!r}: a part of shape {x.shape} after parts of "
+                                 f"(c, {', '.join(map(str, self._shape))})")
+            # clips per block: a block's encoding temporaries stay within about CHUNK_BYTES (int8
+            # quantisation makes ~3 float32 copies of its block, a dtype conversion at most one)
+            per_value = 4 * (4 if w.cache.dtype == "int8" else 1) if x.dtype.itemsize <= 4 else 8
+            rows = max(1, CHUNK_BYTES // max(1, x[0].size * per_value))
+            for t0 in range(0, len(x), rows):
+                block = x[t0:t0 + rows]
+                data, scales = w._encode_block(block, self.video_id)
+                if copy and np.may_share_memory(data, block):
+                    data = data.copy()
+                self._keep(data, scales)
+        except BaseException:
+            self.abort()
+            raise
+
+    def _keep(self, data, scales) -> None:
+        nbytes = data.nbytes + (0 if scales is None else scales.nbytes)
+        if self._spill is None and self._ram + nbytes > SPILL_BYTES:
+            self._start_spill(scales is not None)
+        if self._spill is None:
+            self._parts.append((data, scales))
+            self._ram += nbytes
+        else:
+            self._spill[0].write(data)
+            if scales is not None:
+                self._spill[1].write(scales)
+        self.clips += len(data)
+
+    def _start_spill(self, int8: bool) -> None:
+        w = self.writer
+        shards = w.root / SHARDS_DIR
+        k, n, d = self._shape
+        stored = np.int8 if int8 else np.dtype(np.float16 if w.cache.dtype == "float16" else np.float32)
+        spill = []
+        try:
+            with w._mutex:
+                spill.append(_Spill(shards / spill_name(w.prefix, next(w._spill_seq)), (k, n, d), stored))
+                if int8:
+                    spill.append(_Spill(shards / spill_name(w.prefix, next(w._spill_seq)), (k, n), np.float32))
+            for data, scales in self._parts:
+                spill[0].write(data)
+                if int8:
+                    spill[1].write(scales)
+        except BaseException:
+            for s in spill:
+                s.remove()
+            raise
+        self._spill = spill
+        self._parts, self._ram = [], 0
+
+    def _blocks(self):
+        """The encoded clips in order, in blocks of about ``CHUNK_BYTES``."""
+        if self._spill is None:
+            yield from self._parts
+            return
+        data, scales = self._spill[0], self._spill[1] if len(self._spill) > 1 else None
+        rows = max(1, CHUNK_BYTES // (data.row_bytes + (scales.row_bytes if scales else 0)))
+        for t0 in range(0, data.rows, rows):
+            t1 = min(t0 + rows, data.rows)
+            yield data.read(t0, t1), (scales.read(t0, t1) if scales else None)
+
+    def commit(self, **attrs) -> int:
+        """Write the video into the shard (attributes as for ``add_video``); returns its clips."""
+        self._check_open()
+        w = self.writer
+        try:
+            attrs_json = attrs_to_json(attrs)
+            if not self.clips:
+                raise CacheError(f"video {self.video_id!r}: empty features, no clips were appended")
+            k, n, d = self._shape
+            int8 = w.cache.dtype == "int8"
+            stored = np.int8 if int8 else (np.float16 if w.cache.dtype == "float16" else np.float32)
+            w._insert("videos", self.video_id,
+                      lambda f: write_video_blocks(f, "videos", self.video_id, w.cache.layers, (self.clips, n, d),
+                                                   stored, int8, self._blocks(), attrs_json),
+                      reserved=True)
+        except BaseException:
+            self.abort()
+            raise
+        self.state = "committed"  # the id stays claimed until its shard is committed
+        self._free()
+        return self.clips
+
+    def abort(self) -> None:
+        """Drop the appended clips and release the id (nothing when committed or aborted)."""
+        if self.state != "open":
+            return
+        self.state = "aborted"
+        self._free()
+        self.writer._release("videos", [self.video_id])
+
+    def _free(self) -> None:
+        for s in self._spill or ():
+            s.remove()
+        self._spill = None
+        self._parts, self._ram = [], 0
+        with self.writer._mutex:
+            self.writer._sinks.discard(self)

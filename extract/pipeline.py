@@ -9,8 +9,11 @@
 - Decoding runs in ``workers`` loky processes (joblib's process pool), one video per task,
   at most ``2 * workers`` in flight; each streams the video's frames, ``(c, 224, 224, 3)``
   uint8 chunks (:func:`r2.extract.video.decode_chunks`), through a few slots of shared memory,
-  so memory does not grow with the length of the videos (an hour holds what a minute does,
-  besides its features). ``workers=0`` decodes in this process, streamed the same way.
+  so memory does not grow with the length of the videos. Features are streamed too: each
+  batch's part of a video goes to the video's cache sink (``writer.begin_video``), which keeps
+  it in RAM up to ``r2.cache.writer.SPILL_BYTES`` (256 MiB) a video and spills the rest to a
+  file next to the partial shard, so an hour holds what a minute does, features included.
+  ``workers=0`` decodes in this process, streamed the same way.
 - A decode worker that dies (a segfault in FFmpeg, the OOM killer) does not end the run: the
   workers are restarted, the videos in flight retried one at a time, and the one that kills its
   worker alone is a failure ("decoder process crashed (exit code 139)").
@@ -572,12 +575,14 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
 
 
 class _Pending:
-    """A video whose frames are coming in: its features so far, in clip order."""
+    """A video whose frames are coming in: its features so far, in clip order, in its cache sink."""
 
-    __slots__ = ("features", "queued", "received", "result", "overflow")
+    __slots__ = ("video_id", "sink", "error", "queued", "received", "result", "overflow")
 
-    def __init__(self):
-        self.features: list[np.ndarray] = []  # (c, K, N, D) each
+    def __init__(self, video_id: str):
+        self.video_id = video_id
+        self.sink = None  # the writer's VideoSink, opened with the first part
+        self.error: str | None = None  # the cache refused a part (the sink is aborted)
         self.queued = 0  # frames waiting for the model
         self.received = 0  # frames that came from the decoder so far
         self.result: DecodeResult | None = None  # set when every frame has come
@@ -654,11 +659,23 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
             part = feats[pos:pos + n]
             try:
                 with np.errstate(over="raise"):  # float32 -> float16: overflow is free to detect here
-                    item.features.append(part.astype(feat_dtype))
+                    stored = part.astype(feat_dtype)
             except FloatingPointError:
+                stored = None
                 with np.errstate(over="ignore", invalid="ignore"):
-                    item.features.append(part.astype(feat_dtype))
                     item.overflow = max(item.overflow, float(np.abs(part[np.isfinite(part)]).max()))
+            if item.overflow or item.error is not None:  # not stored: drop what it has
+                if item.sink is not None:
+                    item.sink.abort()
+                    item.sink = None
+            else:
+                try:
+                    if item.sink is None:
+                        item.sink = writer.begin_video(item.video_id)
+                    item.sink.append(stored)
+                except CacheError as exc:  # NaN, a shape...: this video fails at its end, the others go on
+                    item.error = _one_line(exc)  # (the sink aborted itself)
+                    item.sink = None
             item.queued -= n
             pos += n
             if item.result is not None and item.queued == 0:
@@ -670,7 +687,10 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         queued -= sum(len(x) for it, x in queue if it is item)
         queue.clear()
         queue.extend(kept)
-        item.features.clear()
+        if item.sink is not None:
+            item.sink.abort()
+            item.sink = None
+        item.error = None
         item.queued = 0
         item.overflow = 0.0
 
@@ -681,19 +701,25 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
 
     def finish(item: _Pending):
         r = item.result
-        features = np.concatenate(item.features) if len(item.features) > 1 else item.features[0]  # (T, K, N, D)
-        item.features = []
+        sink, item.sink = item.sink, None
         if item.overflow:  # the float16 copy has inf where the model gave a finite value
+            if sink is not None:
+                sink.abort()
             fail(r, f"features not stored: values up to {item.overflow:.4g}, beyond the float16 range (+-65504); "
                     "extract with --dtype float32")
             return
+        if item.error is not None:
+            fail(r, f"features not stored: {item.error}")
+            return
         try:
-            writer.add_video(r.video_id, features, **r.attrs)
+            if sink is None:
+                sink = writer.begin_video(r.video_id)  # no frames: commit refuses it
+            clips = sink.commit(**r.attrs)
         except CacheError as exc:  # this video's features (NaN, beyond float16, a shape): the others go on
-            fail(r, f"features not stored: {_one_line(exc)}")
+            fail(r, f"features not stored: {_one_line(exc)}")  # (the sink aborted itself)
             return
         summary.videos_extracted += 1
-        summary.clips += features.shape[0]
+        summary.clips += clips
         bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)
@@ -707,7 +733,9 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
             for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads):
                 kind, i = event[0], event[1]
                 if kind == "frames":
-                    item = pending.setdefault(i, _Pending())
+                    item = pending.get(i)
+                    if item is None:
+                        item = pending[i] = _Pending(jobs[i].video_id)
                     item.received += len(event[2])
                     queue.append((item, event[2]))
                     item.queued += len(event[2])
