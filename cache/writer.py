@@ -210,35 +210,28 @@ class CacheWriter:
         for key in values:
             self.cache.manifest[key] = on_disk[key]
 
-    def _encode_block(self, x, item_id):
-        """A block of video clips ``(c, K, N, D)`` -> the stored array ``(c, K, N, D)`` and the int8
-        scales ``(c, K, N)`` (None unless int8), with the checks of :meth:`add_video`."""
+    def _encode_block(self, x, item_id, word="video"):
+        """A block of video clips ``(c, K, N, D)`` (or one query layer ``(S, Dt)``) -> the stored
+        array of the same shape and the int8 scales ``(c, K, N)`` (None unless int8), with the
+        checks of :meth:`add_video`."""
         dtype = self.cache.dtype
         if dtype == "int8":
             if not np.isfinite(x).all():
-                raise CacheError(f"video {item_id!r} has NaN or infinite values")
+                raise CacheError(f"{word} {item_id!r} has NaN or infinite values")
             return quantize_int8(x)
         with np.errstate(over="ignore"):  # overflow is reported below
             b = np.ascontiguousarray(x, dtype=np.float16 if dtype == "float16" else np.float32)
         if not np.isfinite(b).all():
             extra = (" (or values beyond the float16 range, +-65504: use dtype float32)"
                      if dtype == "float16" and np.isfinite(x).all() else "")
-            raise CacheError(f"video {item_id!r} has NaN or infinite values{extra}")
+            raise CacheError(f"{word} {item_id!r} has NaN or infinite values{extra}")
         return b, None
 
     def _encode(self, layers, word, item_id):
-        """Per layer: the stored array (and the int8 scales)."""
-        dtype = self.cache.dtype
-        arrays, scales = [], None
-        if dtype == "int8":
-            scales = []
-            for a in layers:
-                if not np.isfinite(a).all():
-                    raise CacheError(f"{word} {item_id!r} has NaN or infinite values")
-                q, s = quantize_int8(a)
-                arrays.append(q)
-                scales.append(s)
-            return arrays, scales
+        """Per layer: the stored array (and the int8 scales, else None)."""
+        encoded = [self._encode_block(a, item_id, word) for a in layers]
+        arrays = [b for b, _ in encoded]
+        return arrays, ([q for _, q in encoded] if self.cache.dtype == "int8" else None)
         for a in layers:
             with np.errstate(over="ignore"):  # overflow is reported below
                 b = np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16" else np.float32)
