@@ -10,7 +10,8 @@ Two patterns, each in one place:
   locking it; a cleaner that comes in that moment takes the lock and deletes the new name. So
   the creator waits for the lock (a cleaner holds it only while it deletes) and then checks
   that the name still refers to what it locked; when it does not, it creates it again. Once
-  that check passes, no cleaner can delete it: a cleaner deletes only what it has locked.
+  that check passes, no cleaner can delete it: a cleaner deletes a name only while it holds
+  the lock of the file that name refers to (:func:`lock_if_current`).
 """
 
 from __future__ import annotations
@@ -40,6 +41,17 @@ def try_flock(path, flags: int = os.O_RDWR) -> int | None:
     return fd
 
 
+def lock_if_current(path, flags: int = os.O_RDWR) -> int | None:
+    """:func:`try_flock`, and only while ``path`` still names the file locked: a cleaner that
+    opened a name just before another cleaner deleted it (and its creator made it anew) must
+    not delete the new one. Returns the descriptor, or None (held, or no longer that file)."""
+    fd = try_flock(path, flags)
+    if fd is not None and not _names(fd, Path(path)):
+        os.close(fd)
+        return None
+    return fd
+
+
 def _names(fd: int, path: Path) -> bool:
     """Whether ``path`` still names the file open as ``fd``."""
     try:
@@ -59,7 +71,10 @@ def create_locked(path, create: Callable[[Path], int]) -> int:
 
     path = Path(path)
     for _ in range(_ATTEMPTS):
-        fd = create(path)
+        try:
+            fd = create(path)
+        except FileNotFoundError:  # a cleaner removed it between its creation and opening
+            continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)  # a cleaner holds it only while it deletes the name
             if _names(fd, path):

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CacheError, CacheWarning
-from .locking import create_locked, try_flock
+from .locking import create_locked, lock_if_current
 from .manifest import describe_differences, differences, r2_version, utc_now, write_manifest_exclusive
 from .reader import FeatureCache
 from .shards import encode_id
@@ -55,11 +55,11 @@ def _remove_stale_temporaries(out: Path) -> None:
         if not tmp.is_dir() or tmp.is_symlink():
             continue
         try:
-            fd = try_flock(tmp, os.O_RDONLY)
+            fd = lock_if_current(tmp, os.O_RDONLY)
         except FileNotFoundError:
             continue  # removed meanwhile by another merge into the same output
         if fd is None:
-            continue  # a merge into the same output is running
+            continue  # a merge into the same output is running (or just made it anew)
         try:
             shutil.rmtree(tmp, ignore_errors=True)
         finally:

@@ -60,7 +60,7 @@ import h5py
 import numpy as np
 
 from .errors import CacheError
-from .locking import create_locked, try_flock
+from .locking import create_locked, lock_if_current, try_flock
 
 SHARDS_DIR = "shards"
 LOCKS_DIR = "locks"
@@ -377,11 +377,11 @@ def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:
 def _remove_if_unlocked(path: Path) -> bool:
     """Delete ``path`` unless a live process holds a ``flock`` on it."""
     try:
-        fd = try_flock(path)
+        fd = lock_if_current(path)
     except OSError:
         return False
     if fd is None:
-        return False  # held: its writer is alive and about to rename it
+        return False  # held (its writer is alive and about to rename it), or made anew
     try:
         path.unlink(missing_ok=True)
         return True

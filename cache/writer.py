@@ -129,8 +129,9 @@ class CacheWriter:
         float16)."""
         x = self._as_float_array(features, 4, "video", video_id, "(T, K, N, D)")
         sink = self.begin_video(video_id)
+        sink.spill_allowed = False  # the caller holds all of x anyway: a spill would only add I/O
         try:
-            sink._append(x, copy=False)  # x outlives the commit: no need to copy it
+            sink.append(x, copy=False)  # x outlives the commit: no need to copy it
             sink.commit(**attrs)
         finally:
             sink.abort()  # no-op once committed
@@ -232,15 +233,6 @@ class CacheWriter:
         encoded = [self._encode_block(a, item_id, word) for a in layers]
         arrays = [b for b, _ in encoded]
         return arrays, ([q for _, q in encoded] if self.cache.dtype == "int8" else None)
-        for a in layers:
-            with np.errstate(over="ignore"):  # overflow is reported below
-                b = np.ascontiguousarray(a, dtype=np.float16 if dtype == "float16" else np.float32)
-            if not np.isfinite(b).all():
-                extra = (" (or values beyond the float16 range, +-65504: use dtype float32)"
-                         if dtype == "float16" and np.isfinite(a).all() else "")
-                raise CacheError(f"{word} {item_id!r} has NaN or infinite values{extra}")
-            arrays.append(b)
-        return arrays, scales
 
     def _add(self, family, item_id, arrays, scales, mask, attrs):
         attrs_json = attrs_to_json(attrs)
@@ -437,7 +429,10 @@ class _Spill:
             self.fh.close()
         except Exception:
             pass
-        self.path.unlink(missing_ok=True)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError:  # left for the next writer's clean-up of this prefix
+            pass
 
 
 class VideoSink:
@@ -463,6 +458,7 @@ class VideoSink:
         self._parts: list = []  # (data, scales) in RAM
         self._ram = 0
         self._spill: list | None = None  # [_Spill data, _Spill scales (int8)]
+        self.spill_allowed = True  # False: everything stays in RAM (add_video's whole arrays)
 
     @property
     def spilled(self) -> bool:
@@ -483,9 +479,10 @@ class VideoSink:
             raise CacheError(f"video {self.video_id!r}: this sink is {self.state}")
         self.writer._check_usable()
 
-    def append(self, part) -> None:
-        """Add the next clips, ``part (c, K, N, D)`` float (copied: the caller may reuse it)."""
-        self._append(part, copy=True)
+    def append(self, part, copy: bool = True) -> None:
+        """Add the next clips, ``part (c, K, N, D)`` float. ``copy=True``: what is kept never
+        shares memory with ``part`` (the caller may reuse it); False: the caller hands it over."""
+        self._append(part, copy=copy)
 
     def _append(self, part, copy: bool) -> None:
         self._check_open()
@@ -514,7 +511,7 @@ class VideoSink:
 
     def _keep(self, data, scales) -> None:
         nbytes = data.nbytes + (0 if scales is None else scales.nbytes)
-        if self._spill is None and self._ram + nbytes > SPILL_BYTES:
+        if self._spill is None and self.spill_allowed and self._ram + nbytes > SPILL_BYTES:
             self._start_spill(scales is not None)
         if self._spill is None:
             self._parts.append((data, scales))
@@ -585,8 +582,10 @@ class VideoSink:
         if self.state != "open":
             return
         self.state = "aborted"
-        self._free()
-        self.writer._release("videos", [self.video_id])
+        try:
+            self._free()
+        finally:
+            self.writer._release("videos", [self.video_id])
 
     def _free(self) -> None:
         for s in self._spill or ():

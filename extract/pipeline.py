@@ -672,7 +672,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                 try:
                     if item.sink is None:
                         item.sink = writer.begin_video(item.video_id)
-                    item.sink.append(stored)
+                    item.sink.append(stored, copy=False)  # a new array of this batch
                 except CacheError as exc:  # NaN, a shape...: this video fails at its end, the others go on
                     item.error = _one_line(exc)  # (the sink aborted itself)
                     item.sink = None

@@ -221,3 +221,44 @@ def test_a_cleaner_that_deletes_a_lock_being_taken_does_not_break_its_writer(tmp
         w.close()
     assert FeatureCache.open(root).video_ids() == ["v0"] and verify(root).ok
     assert list((root / "locks").glob("*.lock*")) == []
+
+
+def test_a_cleaner_whose_name_was_made_anew_before_it_locked_leaves_the_new_file(tmp_path, monkeypatch):
+    """Cleaner 2 opens a stale lock file; cleaner 1 deletes it and its creator makes it anew;
+    then cleaner 2 gets the (free) lock of the deleted file: it must not delete the new one."""
+    import fcntl
+
+    from r2.cache.locking import create_locked, lock_if_current
+
+    path = tmp_path / "w.lock"
+    path.write_text("old")
+    real_flock = fcntl.flock
+    swapped = []
+
+    def flock(fd, op):  # between cleaner 2's open and its flock: the name gets a new file
+        if not swapped:
+            swapped.append(1)
+            path.unlink()
+            path.write_text("new")
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    assert lock_if_current(path) is None
+    assert path.read_text() == "new"
+    fd = lock_if_current(path)  # the current file, free: locked
+    assert fd is not None
+    os.close(fd)
+
+    # a creator whose new name vanished before it could open it simply makes it again
+    monkeypatch.setattr(fcntl, "flock", real_flock)
+    calls = []
+
+    def create(p):
+        calls.append(1)
+        if len(calls) == 1:
+            raise FileNotFoundError(p)
+        return os.open(p, os.O_RDWR | os.O_CREAT | os.O_EXCL)
+
+    fd = create_locked(tmp_path / "d.lock", create)
+    assert len(calls) == 2 and (tmp_path / "d.lock").exists()
+    os.close(fd)

@@ -93,7 +93,9 @@ def test_parts_store_exactly_what_add_video_of_the_whole_stores(tmp_path, monkey
     assert verify(tmp_path / "parts").ok
 
 
-def test_add_video_of_a_long_video_spills_and_leaves_no_spill_file(tmp_path, monkeypatch):
+def test_add_video_of_a_long_video_never_spills_but_a_sink_does_and_leaves_no_spill_file(tmp_path, monkeypatch):
+    """add_video's caller holds the whole array: a spill would only add disk I/O. Parts
+    appended to a sink beyond SPILL_BYTES do spill, and the file is gone after the commit."""
     monkeypatch.setattr(writer_mod, "SPILL_BYTES", 4096)
     monkeypatch.setattr(writer_mod, "CHUNK_BYTES", 1024)
     cache = FeatureCache.create(tmp_path / "c", manifest())
@@ -109,9 +111,17 @@ def test_add_video_of_a_long_video_spills_and_leaves_no_spill_file(tmp_path, mon
     monkeypatch.setattr(writer_mod.VideoSink, "_start_spill", spying)
     with cache.writer() as w:
         w.add_video("long", x)
-        w.add_video("short", x[:2])  # 2 clips: stays in RAM
+        assert seen == []
+        sink = w.begin_video("parts")
+        for t0 in range(0, len(x), 5):
+            sink.append(x[t0:t0 + 5])
+        assert sink.spilled
+        sink.commit()
+        w.add_video("short", x[:2])
     assert len(seen) == 1 and _spills(cache.path) == []
-    assert np.array_equal(FeatureCache.open(cache.path).load_video("long"), x.astype(np.float16).astype(np.float32))
+    reader = FeatureCache.open(cache.path)
+    for vid in ("long", "parts"):
+        assert np.array_equal(reader.load_video(vid), x.astype(np.float16).astype(np.float32))
     assert verify(cache.path).ok
 
 
