@@ -200,8 +200,9 @@ def open_h5(path, mode="r"):
     return h5py.File(path, mode, **kw)
 
 
-def crc32(a: np.ndarray) -> int:
-    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1))
+def crc32(a: np.ndarray, value: int = 0) -> int:
+    """The crc32 of ``a``'s bytes; ``value``: the crc32 of the bytes before them (running crc)."""
+    return zlib.crc32(np.ascontiguousarray(a).view(np.uint8).reshape(-1), value)
 
 
 def layer_name(layer: int) -> str:
@@ -251,14 +252,25 @@ def attrs_from_group(group) -> dict:
     return {} if raw is None else json.loads(raw)
 
 
-def write_item(h5file, family: str, item_id: str, layers, arrays, scales, mask, attrs_json: str) -> int:
-    """Write one item group; on any failure the half-written group is removed. Returns bytes."""
+@contextlib.contextmanager
+def _new_item_group(h5file, family: str, item_id: str, attrs_json: str):
+    """The new group of one item, with its ``attrs``; removed again if the block fails."""
     path = f"{family}/{encode_id(item_id)}"
     if path in h5file:
         raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
     group = h5file.require_group(family).create_group(encode_id(item_id))
     try:
         set_text_attr(group, "attrs", attrs_json)
+        yield group
+    except BaseException:
+        with contextlib.suppress(Exception):
+            del h5file[path]
+        raise
+
+
+def write_item(h5file, family: str, item_id: str, layers, arrays, scales, mask, attrs_json: str) -> int:
+    """Write one item group; on any failure the half-written group is removed. Returns bytes."""
+    with _new_item_group(h5file, family, item_id, attrs_json) as group:
         nbytes = 0
         for k, layer in enumerate(layers):
             nbytes += _put(group, layer_name(layer), arrays[k])
@@ -267,10 +279,6 @@ def write_item(h5file, family: str, item_id: str, layers, arrays, scales, mask, 
         if mask is not None:
             nbytes += _put(group, "mask", mask)
         return nbytes
-    except BaseException:
-        with contextlib.suppress(Exception):
-            del h5file[path]
-        raise
 
 
 def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, int8: bool, blocks,
@@ -279,13 +287,8 @@ def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, 
     clip order, ``sum(c) == shape[0]``, already in the stored ``dtype``; each layer is one
     contiguous ``shape = (T, N, D)`` dataset (as :func:`write_item` writes it), filled block by
     block, its crc32 computed on the way. On any failure the half-written group is removed."""
-    path = f"{family}/{encode_id(item_id)}"
-    if path in h5file:
-        raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
     t_total = int(shape[0])
-    group = h5file.require_group(family).create_group(encode_id(item_id))
-    try:
-        set_text_attr(group, "attrs", attrs_json)
+    with _new_item_group(h5file, family, item_id, attrs_json) as group:
         data_sets, scale_sets = [], []
         for layer in layers:
             data_sets.append(group.create_dataset(layer_name(layer), shape=tuple(shape), dtype=dtype))
@@ -301,11 +304,11 @@ def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, 
             for k, ds in enumerate(data_sets):
                 a = np.ascontiguousarray(data[:, k])
                 ds[t:t + c] = a
-                crcs[k] = zlib.crc32(a.view(np.uint8).reshape(-1), crcs[k])
+                crcs[k] = crc32(a, crcs[k])
                 if int8:
-                    s = np.ascontiguousarray(scales[:, k])
-                    scale_sets[k][t:t + c] = s
-                    scale_crcs[k] = zlib.crc32(s.view(np.uint8).reshape(-1), scale_crcs[k])
+                    sc = np.ascontiguousarray(scales[:, k])
+                    scale_sets[k][t:t + c] = sc
+                    scale_crcs[k] = crc32(sc, scale_crcs[k])
             t += c
         if t != t_total:
             raise CacheError(f"{family[:-1]} {item_id!r}: {t} clips written, {t_total} announced")
@@ -314,10 +317,6 @@ def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, 
             ds.attrs["crc32"] = np.uint32(crc)
             nbytes += ds.nbytes
         return nbytes
-    except BaseException:
-        with contextlib.suppress(Exception):
-            del h5file[path]
-        raise
 
 
 def read_ids(h5file, family: str) -> list[str]:

@@ -141,8 +141,7 @@ class CacheWriter:
         order, then ``sink.commit(**attrs)`` (or ``sink.abort()``). The id is claimed at once (a
         duplicate is refused here). Several sinks may be open at once; an open sink is aborted
         when the writer closes. See :class:`VideoSink`."""
-        if not isinstance(video_id, str) or not video_id:
-            raise CacheError(f"video ids are non-empty str, got {video_id!r}")
+        self._check_id("videos", video_id)
         with self._mutex:
             self._check_usable()
             self._reserve("videos", video_id)
@@ -211,6 +210,11 @@ class CacheWriter:
         for key in values:
             self.cache.manifest[key] = on_disk[key]
 
+    @property
+    def _stored_dtype(self) -> type:
+        """The numpy dtype of the stored layers (int8 also stores float32 scales)."""
+        return {"int8": np.int8, "float16": np.float16}.get(self.cache.dtype, np.float32)
+
     def _encode_block(self, x, item_id, word="video"):
         """A block of video clips ``(c, K, N, D)`` (or one query layer ``(S, Dt)``) -> the stored
         array of the same shape and the int8 scales ``(c, K, N)`` (None unless int8), with the
@@ -221,7 +225,7 @@ class CacheWriter:
                 raise CacheError(f"{word} {item_id!r} has NaN or infinite values")
             return quantize_int8(x)
         with np.errstate(over="ignore"):  # overflow is reported below
-            b = np.ascontiguousarray(x, dtype=np.float16 if dtype == "float16" else np.float32)
+            b = np.ascontiguousarray(x, dtype=self._stored_dtype)
         if not np.isfinite(b).all():
             extra = (" (or values beyond the float16 range, +-65504: use dtype float32)"
                      if dtype == "float16" and np.isfinite(x).all() else "")
@@ -253,9 +257,13 @@ class CacheWriter:
             return sum(ds.nbytes for ds in src_group.values())
         self._insert(family, item_id, write, command)
 
-    def _insert(self, family, item_id, write, command=None, reserved=False):
+    @staticmethod
+    def _check_id(family, item_id) -> None:
         if not isinstance(item_id, str) or not item_id:
             raise CacheError(f"{_WORD[family]} ids are non-empty str, got {item_id!r}")
+
+    def _insert(self, family, item_id, write, command=None, reserved=False):
+        self._check_id(family, item_id)
         command = self.command if command is None else command
         with self._mutex:
             self._check_usable()
@@ -482,9 +490,6 @@ class VideoSink:
     def append(self, part, copy: bool = True) -> None:
         """Add the next clips, ``part (c, K, N, D)`` float. ``copy=True``: what is kept never
         shares memory with ``part`` (the caller may reuse it); False: the caller hands it over."""
-        self._append(part, copy=copy)
-
-    def _append(self, part, copy: bool) -> None:
         self._check_open()
         try:
             w = self.writer
@@ -526,7 +531,7 @@ class VideoSink:
         w = self.writer
         shards = w.root / SHARDS_DIR
         k, n, d = self._shape
-        stored = np.int8 if int8 else np.dtype(np.float16 if w.cache.dtype == "float16" else np.float32)
+        stored = w._stored_dtype
         spill = []
         try:
             with w._mutex:
@@ -564,11 +569,10 @@ class VideoSink:
             if not self.clips:
                 raise CacheError(f"video {self.video_id!r}: empty features, no clips were appended")
             k, n, d = self._shape
-            int8 = w.cache.dtype == "int8"
-            stored = np.int8 if int8 else (np.float16 if w.cache.dtype == "float16" else np.float32)
             w._insert("videos", self.video_id,
                       lambda f: write_video_blocks(f, "videos", self.video_id, w.cache.layers, (self.clips, n, d),
-                                                   stored, int8, self._blocks(), attrs_json),
+                                                   w._stored_dtype, w.cache.dtype == "int8", self._blocks(),
+                                                   attrs_json),
                       reserved=True)
         except BaseException:
             self.abort()

@@ -36,6 +36,14 @@ def _split(x, sizes=(1, 5, 2, 11)):
     return parts
 
 
+def _sink_of(writer, video_id, x):
+    """A sink of ``writer`` for ``video_id`` holding all of ``x``, appended in the parts of ``_split``."""
+    sink = writer.begin_video(video_id)
+    for p in _split(x):
+        sink.append(p)
+    return sink
+
+
 def _stored(root, video_id):
     """{dataset name: (bytes, crc32 attribute)} of a committed video, straight from its shard."""
     cache = FeatureCache.open(root)
@@ -65,9 +73,7 @@ def test_parts_store_exactly_what_add_video_of_the_whole_stores(tmp_path, monkey
     with whole.writer() as w:
         w.add_video("v", x, source="/data/v.mp4", duration=74.0)
     with parts.writer() as w:
-        sink = w.begin_video("v")
-        for p in _split(x):
-            sink.append(p)
+        sink = _sink_of(w, "v", x)
         assert sink.clips == len(x) and sink.spilled == spill
         if spill:
             assert [p.name for p in _spills(parts.path)] == [p.name for p in sink.spill_paths]
@@ -161,9 +167,7 @@ def test_abort_and_refused_parts_leave_nothing(tmp_path, monkeypatch):
     x = _long(3)
     with cache.writer() as w:
         w.add_video("kept", x[:4])
-        sink = w.begin_video("aborted")
-        for p in _split(x):
-            sink.append(p)
+        sink = _sink_of(w, "aborted", x)
         assert sink.spilled and all(p.exists() for p in sink.spill_paths)
         paths = sink.spill_paths
         sink.abort()
@@ -173,9 +177,7 @@ def test_abort_and_refused_parts_leave_nothing(tmp_path, monkeypatch):
             sink.append(x[:1])
         # a refused part (NaN; beyond the float16 range) aborts the sink, spill file and all
         for bad, msg in ((np.nan, "NaN or infinite"), (1e6, "beyond the float16 range")):
-            sink = w.begin_video("refused")
-            for p in _split(x):
-                sink.append(p)
+            sink = _sink_of(w, "refused", x)
             assert sink.spilled
             paths = sink.spill_paths
             y = x[:3].copy()
@@ -195,9 +197,7 @@ def test_abort_and_refused_parts_leave_nothing(tmp_path, monkeypatch):
         with pytest.raises(CacheError, match="empty"):
             w.begin_video("empty").commit()
         # an open sink when the writer closes is aborted
-        left_open = w.begin_video("left open")
-        for p in _split(x):
-            left_open.append(p)
+        left_open = _sink_of(w, "left open", x)
         paths = left_open.spill_paths
     assert left_open.state == "aborted" and not any(p.exists() for p in paths)
     assert _visible(cache.path) == ["kept"] and _spills(cache.path) == [] and verify(cache.path).ok
@@ -222,9 +222,7 @@ def test_a_failure_at_commit_leaves_nothing_visible(tmp_path, monkeypatch):
     x = _long(4)
     with cache.writer() as w:
         w.add_video("before", x[:3])
-        sink = w.begin_video("broken")
-        for p in _split(x):
-            sink.append(p)
+        sink = _sink_of(w, "broken", x)
         paths = sink.spill_paths
         assert paths
         monkeypatch.setattr(writer_mod, "write_video_blocks", fails_half_way)

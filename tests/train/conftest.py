@@ -11,3 +11,28 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def state_epoch(run_dir) -> int:
+    """The epoch of ``run_dir``'s last checkpoint (0: none yet, or being written)."""
+    import json
+
+    try:
+        return int(json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())["epoch"])
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def wait_for_checkpoint(proc, run_dir, epoch: int = 1, timeout: float = 120.0) -> None:
+    """Wait until the ``r2 fit`` process ``proc`` has checkpointed ``epoch`` (to kill it then);
+    the test fails if it ends before that or nothing comes within ``timeout`` seconds."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while state_epoch(run_dir) < epoch:
+        if proc.poll() is not None:
+            pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
+                        + proc.stderr.read().decode()[-3000:])
+        if time.monotonic() > deadline:
+            pytest.fail(f"no checkpoint after {timeout:.0f} s")
+        time.sleep(0.01)

@@ -8,13 +8,14 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
+
+from .conftest import state_epoch, wait_for_checkpoint
 
 EPOCHS = 3
 
@@ -53,13 +54,6 @@ def _torchrun(data, run_dir, tmp_path, *extra):
     return done
 
 
-def _state_epoch(run_dir) -> int:
-    try:
-        return int(json.loads((run_dir / "checkpoints" / "last" / "state.json").read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
-
-
 def _assert_same_weights(a, b):
     wa, wb = load_file(str(a)), load_file(str(b))
     assert wa.keys() == wb.keys()
@@ -78,15 +72,8 @@ def test_torchrun_two_gloo_processes_killed_then_resumed_give_the_uninterrupted_
     run_dir = tmp_path / "killed"
     proc = subprocess.Popen(_command(data, run_dir), env=_env(tmp_path), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)  # its own process group
-    deadline = time.monotonic() + 120
     try:
-        while _state_epoch(run_dir) < 1:
-            if proc.poll() is not None:
-                pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
-                            + proc.stderr.read().decode()[-3000:])
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint after 120 s")
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, run_dir)
         os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once, as a lost node
         proc.wait(30)
     finally:
@@ -94,7 +81,7 @@ def test_torchrun_two_gloo_processes_killed_then_resumed_give_the_uninterrupted_
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
         proc.stderr.close()
-    killed_at = _state_epoch(run_dir)
+    killed_at = state_epoch(run_dir)
     assert 1 <= killed_at < EPOCHS, "the kill must land before the end of training"
 
     done = _torchrun(data, run_dir, tmp_path, "--resume")

@@ -17,6 +17,8 @@ from safetensors.torch import load_file
 
 from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
 
+from .conftest import state_epoch, wait_for_checkpoint
+
 EPOCHS = 4
 
 
@@ -40,14 +42,6 @@ def _env():
     env.pop("WORLD_SIZE", None)
     env.pop("RANK", None)
     return env
-
-
-def _state_epoch(run_dir: Path) -> int:
-    path = run_dir / "checkpoints" / "last" / "state.json"
-    try:
-        return int(json.loads(path.read_text())["epoch"])
-    except (OSError, ValueError, KeyError):
-        return 0
 
 
 def _weights(path: Path) -> dict:
@@ -81,15 +75,8 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
     run_dir = tmp_path / "killed"
     cmd = [sys.executable, "-m", "r2", *_args(data, run_dir)]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
     try:
-        while _state_epoch(run_dir) < 1:
-            if proc.poll() is not None:
-                pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
-                            + proc.stderr.read().decode()[-3000:])
-            if time.monotonic() > deadline:
-                pytest.fail("no checkpoint after 120 s")
-            time.sleep(0.01)
+        wait_for_checkpoint(proc, run_dir)
         time.sleep(0.15)  # into the next epoch
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
@@ -99,7 +86,7 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
             proc.wait()
         proc.stderr.close()
     assert proc.returncode == -signal.SIGKILL
-    killed_at = _state_epoch(run_dir)
+    killed_at = state_epoch(run_dir)
     assert 1 <= killed_at < EPOCHS, "the kill must land before the end of training"
     lines_before = (run_dir / "metrics.jsonl").read_text().splitlines()
     assert len(lines_before) >= killed_at
