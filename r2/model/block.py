@@ -17,62 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
-
-def bernoulli_mask(shape: torch.Size, keep: float, device=None) -> torch.Tensor:
-    """A bool mask, each element True with probability ``keep``, independently.
-
-    Random bits come 64 at a time from torch's generator (seeded by ``torch.manual_seed``,
-    saved with ``torch.get_rng_state``), as few per element as ``keep`` needs: 8 when
-    ``keep * 256`` is an integer (p = 0.5, 0.25, ...: exact), else 32 (exact to 2^-32).
-    On the CPU this is 4x (32 bits) to 16x (8 bits) faster than ``bernoulli_``, which draws
-    one random number per element.
-    """
-    n = math.prod(shape)
-    if round(keep * 256) == keep * 256:  # 8 bits: P(byte < keep * 256) = keep exactly
-        threshold, bits, dtype = int(keep * 256), 8, torch.uint8
-    else:  # 32 bits: P(bits < threshold) = keep to 2^-32, for uniform int32 bits
-        threshold, bits, dtype = round(keep * 2**32) - 2**31, 32, torch.int32
-    lowest = 0 if bits == 8 else -2**31
-    if threshold >= lowest + 2**bits:  # keep within 2^-33 of 1
-        return torch.ones(shape, dtype=torch.bool, device=device)
-    if threshold <= lowest:
-        return torch.zeros(shape, dtype=torch.bool, device=device)
-    per_word = 64 // bits
-    words = torch.randint(-2**63, 2**63 - 1, (-(-n // per_word),), dtype=torch.int64, device=device)
-    return words.view(dtype)[:n].view(shape) < threshold  # uniform over the 2^bits values
-
-
-class Dropout(nn.Dropout):
-    """``nn.Dropout`` (zero with probability p, scale the rest by 1 / (1 - p)); on the CPU the
-    mask comes from :func:`bernoulli_mask`, elsewhere the fused kernel of ``nn.Dropout``.
-
-    The CPU path matters: the dropout after the input LayerNorm runs over all N tokens of K
-    layers at the CLIP width, and torch's CPU ``bernoulli_`` made it ~30% of a training step.
-    A multiply by the bool mask (autograd keeps the 1-byte mask; ``torch.where`` is 2-3x
-    slower on the CPU).
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0.0 or x.device.type != "cpu" or self.inplace:
-            return super().forward(x)
-        keep = 1.0 - self.p
-        if keep == 0.0:
-            return torch.zeros_like(x)
-        return (x * bernoulli_mask(x.shape, keep, x.device)).mul_(1.0 / keep)
-
-    def after_norm(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-        """``self(norm(x))``; on the CPU in training with the 1 / (1 - p) scale folded into the
-        norm's weight and bias (C values, not every element: one pass less each way, exact
-        when 1 / (1 - p) is a power of two, as for p = 0.5). Same random mask as ``self``."""
-        if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu" or self.inplace:
-            return self(norm(x))
-        if norm.weight is None:  # no affine parameters to fold the scale into
-            return self(norm(x))
-        keep = 1.0 - self.p
-        bias = norm.bias / keep if norm.bias is not None else None
-        h = F.layer_norm(x, norm.normalized_shape, norm.weight / keep, bias, norm.eps)
-        return h * bernoulli_mask(h.shape, keep, x.device)
+from .dropout import Dropout, bernoulli_mask
+from .lean_input import norm_dropout_linear
 
 
 class InputMLP(nn.Module):
@@ -89,10 +37,16 @@ class InputMLP(nn.Module):
         self.fc_out = nn.Linear(hidden_dim, hidden_dim)
         self.dropout = Dropout(dropout)
 
+    def hidden(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., C)
+        """Everything but the last Linear: ``forward(x) == fc_out(hidden(x))``."""
+        return self.middle(self.fc_in(self.dropout.after_norm(self.norm_in, x)))
+
+    def middle(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
+        """ReLU -> LN(C) -> Dropout: from the output of ``fc_in`` to the input of ``fc_out``."""
+        return self.dropout.after_norm(self.norm_hidden, F.relu(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., C)
-        x = self.fc_in(self.dropout.after_norm(self.norm_in, x))
-        x = F.relu(x)
-        return self.fc_out(self.dropout.after_norm(self.norm_hidden, x))
+        return self.fc_out(self.hidden(x))
 
 
 class DropPath(nn.Module):
@@ -282,35 +236,38 @@ class R2Block(nn.Module):
         padded_clip = ~video_mask[:, :, None, None]  # (B, T, 1, 1)
         qmask_tok = query_mask[:, :, None]  # (B, S, 1)
 
+        # On the CPU the video MLP's first stage (at the CLIP width, over every token) runs a
+        # block of clips at a time and is recomputed in backward (r2.model.lean_input), and the
+        # cheap rest of the spatial pooling is recomputed in backward too (no FLOPs to speak of).
+        lean = self._lean_input(video)
+        recompute = lean and torch.is_grad_enabled()
         layer_v, layer_q, last = [], [], None
         # r2tuning.md §10 #2: recommendation taken, layers stored ascending and walked in reverse
         # (last CLIP layer first); gate[i] and pool_scale[i] belong to stored layer i.
         for i in range(self.num_layers - 1, -1, -1):
             # Padded positions are zeroed (the official collate pads with inf, then zeroes);
             # r2tuning.md §10 #20: recommendation taken, explicit masks instead of +inf padding.
-            # The layer in float32 with the TEF appended, written into one new buffer (autograd
-            # keeps it for the LayerNorm): no float copy before the mask, no cat after it.
-            v_in = video.new_empty((b, t, n, d + 2 if tef is not None else d), dtype=torch.float32)
-            v_in[..., :d].copy_(video[:, :, i]).masked_fill_(padded_clip, 0.0)  # (B, T, N, D)
-            if tef is not None:
-                v_in[..., d:] = tef  # (B, T, N, D+2)
+            if lean:
+                u = self._lean_first_stage(video, i, video_mask, tef)  # (B, T, N, C)
+            else:
+                # The layer in float32 with the TEF appended, written into one new buffer
+                # (autograd keeps it for the LayerNorm): no float copy before the mask, no cat.
+                v_in = video.new_empty((b, t, n, d + 2 if tef is not None else d), dtype=torch.float32)
+                v_in[..., :d].copy_(video[:, :, i]).masked_fill_(padded_clip, 0.0)  # (B, T, N, D)
+                if tef is not None:
+                    v_in[..., d:] = tef  # (B, T, N, D+2)
+                mlp = self.video_mlp
+                u = mlp.fc_in(mlp.dropout.after_norm(mlp.norm_in, v_in))  # (B, T, N, C)
             q_in = torch.where(qmask_tok, query[:, i].float(), 0.0)  # (B, S, Dt)
-
-            v_emb = self.video_mlp(v_in)  # (B, T, N, C)
             q_emb = self.query_mlp(q_in)  # (B, S, C)
-            layer_v.append(v_emb[:, :, 0])  # mapped CLS token per clip, (B, T, C)
             layer_q.append(q_emb)  # (B, S, C)
 
-            # Query-modulated spatial pooling, independently per clip; no mask over N.
-            keys = self.pool_key(v_emb)  # (B, T, N, C)
-            queries = self.pool_query(q_emb)  # (B, S, C)
-            att = torch.einsum("bsc,btnc->btsn", queries, keys) / math.sqrt(c)  # (B, T, S, N)
-            att = att.softmax(dim=-1)
-            pooled = torch.einsum("btsn,btnc->btsc", att, v_emb) + q_emb[:, None]  # (B, T, S, C)
-            if pool_mask is not None:
-                pooled = pooled.masked_fill(pool_mask, float("-inf"))
-            pooled = pooled.amax(dim=2)  # (B, T, C)
-            e = v_emb[:, :, 0] + pooled * self.pool_scale[i].tanh()  # (B, T, C)
+            if recompute:
+                cls, pooled = checkpoint(self._spatial_pool, u, q_emb, pool_mask, use_reentrant=False)
+            else:
+                cls, pooled = self._spatial_pool(u, q_emb, pool_mask)
+            layer_v.append(cls)  # mapped CLS token per clip, (B, T, C)
+            e = cls + pooled * self.pool_scale[i].tanh()  # (B, T, C)
 
             if last is not None:  # recurrent gating (every step but the first)
                 g = self.gate[i].sigmoid()
@@ -320,6 +277,48 @@ class R2Block(nn.Module):
 
         return R2BlockOutput(hidden=last, query_tokens=q_emb, layer_video_cls=torch.stack(layer_v),
                              layer_query_tokens=torch.stack(layer_q))
+
+    def _spatial_pool(self, u: torch.Tensor, q_emb: torch.Tensor,
+                      pool_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The rest of the video MLP and the query-modulated spatial pooling of one step.
+
+        u: (B, T, N, C) output of ``video_mlp.fc_in``; q_emb: (B, S, C) mapped query tokens;
+        pool_mask: (B, 1, S, 1) True = padded token, or None -> (mapped CLS token (B, T, C),
+        pooled token (B, T, C)).
+
+        With v_emb = fc_out(h) the mapped tokens: att = softmax_N(pool_query(q_emb) .
+        pool_key(v_emb) / sqrt(C)), pooled = max_S(att @ v_emb + q_emb), independently per clip,
+        no mask over N. Computed with the two Linears moved onto the S query tokens instead of
+        the N tokens of every clip (the same function; S < N, and two of the three Linears over
+        all tokens are gone): q . (Wk (Wo h + bo) + bk) = (q Wk Wo) . h + q . (Wk bo + bk), and
+        att @ (Wo h + bo) = Wo (att @ h) + bo because each row of att sums to 1.
+        """
+        fc_out = self.video_mlp.fc_out
+        h = self.video_mlp.middle(u)  # (B, T, N, C), v_emb = fc_out(h)
+        cls = fc_out(h[:, :, 0])  # (B, T, C)
+        queries = self.pool_query(q_emb)  # (B, S, C)
+        q_key = queries @ self.pool_key.weight  # (B, S, C)
+        offset = q_key @ fc_out.bias + queries @ self.pool_key.bias  # (B, S): one logit for all N
+        logits = torch.einsum("bsc,btnc->btsn", q_key @ fc_out.weight, h) + offset[:, None, :, None]
+        att = (logits / math.sqrt(self.hidden_dim)).softmax(dim=-1)  # (B, T, S, N)
+        pooled = fc_out(torch.einsum("btsn,btnc->btsc", att, h)) + q_emb[:, None]  # (B, T, S, C)
+        if pool_mask is not None:
+            pooled = pooled.masked_fill(pool_mask, float("-inf"))
+        return cls, pooled.amax(dim=2)  # (B, T, C) each
+
+    def _lean_input(self, video: torch.Tensor) -> bool:
+        """Whether the video MLP's first stage takes the memory-lean path: on the CPU, in float32
+        (not under autocast), for features without gradient."""
+        return (video.device.type == "cpu" and not torch.is_autocast_enabled("cpu")
+                and not video.requires_grad and not self.video_mlp.dropout.inplace)
+
+    def _lean_first_stage(self, video: torch.Tensor, layer: int, video_mask: torch.Tensor,
+                          tef: torch.Tensor | None) -> torch.Tensor:
+        """``video_mlp.fc_in(dropout(norm_in(v_in)))`` of one layer, -> (B, T, N, C)."""
+        mlp = self.video_mlp
+        keep = 1.0 - mlp.dropout.p if mlp.dropout.training else 1.0
+        flat_tef = tef[:, :, 0] if tef is not None else None  # (B, T, 2)
+        return norm_dropout_linear(video, layer, video_mask, flat_tef, mlp.norm_in, keep, mlp.fc_in)
 
 
 __all__ = ["Dropout", "InputMLP", "DropPath", "bernoulli_mask", "MultiHeadAttention", "FeedForward", "TemporalDecoderLayer",

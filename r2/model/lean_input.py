@@ -1,0 +1,138 @@
+"""The first stage of the video MLP, LayerNorm -> dropout -> Linear, over one cached CLIP layer,
+computed a block of clips at a time and recomputed in the backward pass instead of kept.
+
+This stage runs at the CLIP width (D + 2 with the TEF) over all N tokens of every clip, so the
+plain composition builds and keeps, per recurrent step, a float32 copy of the layer (for the
+LayerNorm's backward), the dropped-out LayerNorm output (for the Linear's backward) and the
+dropout mask: 2 x 4 + 1 bytes per element, about 45 MB a step for 4 x 32 clips of ViT-B/32
+features, most of what a training step keeps. Here nothing of that size is kept: the backward
+pass rebuilds the float32 rows from the cached features (which the batch holds anyway),
+recomputes the LayerNorm, redraws the dropout mask from the generator state the forward pass
+started from, and accumulates the weight gradients block by block. The features get no
+gradient (they come from the frozen CLIP), so none is computed for them.
+
+Dropout masks are drawn block after block from torch's generator (:func:`block_masks`), so the
+generator advances as for any other dropout and a seeded run is reproducible and resumable.
+
+Shape letters as in :mod:`r2.model.block`: B batch, T clips, K layers, N tokens, D video width,
+C hidden width; D' = D + 2 with the TEF, else D.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+import torch.nn as nn
+
+from .dropout import bernoulli_mask
+
+#: float32 bytes of one block of rows (the layer's float32 copy, its LayerNorm output and the
+#: gradient of that output exist for one block at a time); a few MB keeps them in cache
+BLOCK_BYTES = 4 * 2**20
+
+
+def _layer_rows(video: torch.Tensor, layer: int, clip_mask: torch.Tensor, tef: torch.Tensor | None,
+                start: int, stop: int) -> torch.Tensor:
+    """Clips ``start:stop`` of the flattened (B·T) clip axis of one layer as float32 rows with the
+    TEF appended and padded clips zeroed (the TEF is kept there, as in the plain composition).
+
+    video: (B, T, K, N, D); clip_mask: (B·T,) bool; tef: (B·T, 2) or None -> (m, N, D').
+    """
+    b, t, _, n, d = video.shape
+    src = video[:, :, layer].reshape(b * t, n, d)[start:stop]  # a view: B and T merge
+    rows = torch.empty((stop - start, n, d + (2 if tef is not None else 0)), dtype=torch.float32,
+                       device=video.device)
+    rows[..., :d].copy_(src).masked_fill_(~clip_mask[start:stop, None, None], 0.0)
+    if tef is not None:
+        rows[..., d:] = tef[start:stop, None, :]
+    return rows
+
+
+def clips_per_block(tokens: int, dims: int) -> int:
+    """Clips of ``tokens`` rows of ``dims`` float32 values in one block of :data:`BLOCK_BYTES`."""
+    return max(1, BLOCK_BYTES // (4 * tokens * dims))
+
+
+def block_masks(clips: int, tokens: int, dims: int, keep: float, generator: torch.Generator | None = None,
+                device=None) -> Iterator[tuple[int, int, torch.Tensor | None]]:
+    """``(start, stop, mask)`` for each block of :func:`clips_per_block` clips of ``clips``, in
+    order; ``mask`` (stop - start, N, D') bool is the block's dropout keep mask, drawn from
+    ``generator`` (torch's default one when None), or None when ``keep`` is 1 (no dropout)."""
+    step = clips_per_block(tokens, dims)
+    for start in range(0, clips, step):
+        stop = min(start + step, clips)
+        mask = None
+        if keep < 1.0:
+            mask = bernoulli_mask((stop - start, tokens, dims), keep, device, generator)
+        yield start, stop, mask
+
+
+class _NormDropoutLinear(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, video, layer, clip_mask, tef, keep, norm_weight, norm_bias, eps, weight, bias):
+        b, t, _, n, _ = video.shape
+        hidden, dims = weight.shape
+        ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the masks start
+        # the dropout's 1 / keep folded into the LayerNorm's affine parameters (as Dropout.after_norm)
+        w, beta = norm_weight / keep, norm_bias / keep
+        out = torch.empty((b * t, n, hidden), dtype=torch.float32, device=video.device)
+        for start, stop, mask in block_masks(b * t, n, dims, keep, device=video.device):
+            y = torch.native_layer_norm(_layer_rows(video, layer, clip_mask, tef, start, stop),
+                                        (dims,), w, beta, eps)[0]  # (m, N, D')
+            if mask is not None:
+                y.mul_(mask)
+            torch.addmm(bias, y.view(-1, dims), weight.t(), out=out[start:stop].view(-1, hidden))
+        ctx.save_for_backward(video, clip_mask, tef, norm_weight, norm_bias, weight)
+        ctx.layer, ctx.keep, ctx.eps = layer, keep, eps
+        return out.view(b, t, n, hidden)  # (B, T, N, C)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out: (B, T, N, C)
+        video, clip_mask, tef, norm_weight, norm_bias, weight = ctx.saved_tensors
+        b, t, _, n, _ = video.shape
+        hidden, dims = weight.shape
+        keep = ctx.keep
+        w, beta = norm_weight / keep, norm_bias / keep
+        generator = None
+        if ctx.rng_state is not None:  # the forward pass's masks, without touching torch's generator
+            generator = torch.Generator(device=video.device)
+            generator.set_state(ctx.rng_state)
+        grad = grad_out.reshape(b * t, n, hidden)
+        grad_weight = torch.zeros_like(weight)
+        grad_w = torch.zeros_like(norm_weight)
+        grad_beta = torch.zeros_like(norm_bias)
+        for start, stop, mask in block_masks(b * t, n, dims, keep, generator, video.device):
+            rows = _layer_rows(video, ctx.layer, clip_mask, tef, start, stop)  # (m, N, D')
+            y, mean, rstd = torch.native_layer_norm(rows, (dims,), w, beta, ctx.eps)
+            g = grad[start:stop].reshape(-1, hidden)  # (m·N, C)
+            if mask is not None:
+                y.mul_(mask)
+            torch.addmm(grad_weight, g.t(), y.view(-1, dims), out=grad_weight)  # (C, D')
+            grad_y = (g @ weight).view_as(rows)  # (m, N, D')
+            if mask is not None:
+                grad_y.mul_(mask)
+            _, gw, gbeta = torch.ops.aten.native_layer_norm_backward(
+                grad_y, rows, (dims,), mean, rstd, w, beta, [False, True, True])
+            grad_w += gw
+            grad_beta += gbeta
+        grad_bias = grad.sum(dim=(0, 1))
+        return (None, None, None, None, None, grad_w / keep, grad_beta / keep, None, grad_weight, grad_bias)
+
+
+def norm_dropout_linear(video: torch.Tensor, layer: int, clip_mask: torch.Tensor, tef: torch.Tensor | None,
+                        norm: nn.LayerNorm, keep: float, linear: nn.Linear) -> torch.Tensor:
+    """``linear(dropout(norm(x)))`` for x = layer ``layer`` of ``video`` in float32, padded clips
+    zeroed, the TEF appended; ``keep`` = 1 - p is the dropout's keep probability (1: none), its
+    masks drawn by :func:`block_masks` from torch's generator.
+
+    video: (B, T, K, N, D) without gradient, on the CPU; clip_mask: (B, T) bool; tef: (B, T, 2)
+    float32 or None -> (B, T, N, C) float32.
+    """
+    b, t = clip_mask.shape
+    flat_tef = tef.reshape(b * t, 2) if tef is not None else None
+    return _NormDropoutLinear.apply(video, layer, clip_mask.reshape(b * t), flat_tef, float(keep),
+                                    norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
+
+
+__all__ = ["BLOCK_BYTES", "block_masks", "clips_per_block", "norm_dropout_linear"]
