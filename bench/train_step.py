@@ -2,8 +2,7 @@
 
 The same batch (B videos of T clips, one query each), the same R² model (the official size:
 C = 256, K = 4 layers, ViT-B/32 features: N = 50 tokens of width 768, queries of width 512),
-the same AdamW step. Two variants, each in its own fresh subprocess so that its peak memory
-(``ru_maxrss``) is its own:
+the same AdamW step. Two variants:
 
 * ``cache``: the batch is read from an r2 feature cache (fp16 HDF5 shards, written once
   here) through ``GroundingDataset`` + ``Collator`` — what ``r2 fit`` does every step;
@@ -12,7 +11,11 @@ the same AdamW step. Two variants, each in its own fresh subprocess so that its 
   ViT-B/32-sized ``CLIPModel`` (random weights built from ``CLIPConfig()``, no download) runs
   on them in inference mode (fp32) to produce the same hidden states, then the same step.
 
-Printed: median step time and peak RSS of each, and the ratios (issue goals: cache >= 20x
+Step times come from one process running both, their steps interleaved (so that each pair
+sees the same load on a shared machine); memory from one fresh process per variant: peak RSS
+(``ru_maxrss``) and the peak of live heap allocations (glibc ``mallinfo2``, sampled).
+
+Printed: median step time, FLOPs, peak RSS and live heap of each, and the ratios (issue goals: cache >= 20x
 faster, <= 1/5 of the memory). CPU by default (``--device cuda`` where there is a GPU).
 
     python bench/train_step.py                     # B=4, T=32: a few minutes on 2 CPU cores
@@ -68,7 +71,9 @@ class HeapPeak:
             self._mallinfo2 = None
         self.peak_mb = None
 
-    def in_use_mb(self) -> float:
+    def in_use_mb(self) -> float | None:
+        if self._mallinfo2 is None:
+            return None
         info = self._mallinfo2()
         return (info.uordblks + info.hblkhd) / 2**20
 
@@ -119,10 +124,10 @@ def make_cache(root: Path, batch: int, clips: int, seed: int = 0) -> tuple[Path,
     return root / "cache", ann
 
 
-def run_variant(args) -> dict:
+def make_step(args, variant: str):
+    """Build one variant (model, optimiser, data; CLIP for "clip") and return its training step."""
     import torch
 
-    base = rss_mb()
     torch.manual_seed(0)
     device = torch.device(args.device)
     from r2.cache import FeatureCache
@@ -142,7 +147,7 @@ def run_variant(args) -> dict:
     collate = Collator()
 
     clip = None
-    if args.variant == "clip":
+    if variant == "clip":
         from transformers import CLIPConfig, CLIPModel
         from transformers.utils import logging as hf_logging
 
@@ -181,24 +186,45 @@ def run_variant(args) -> dict:
             torch.cuda.synchronize()
         return float(loss.total.detach())
 
+    return step
+
+
+def run_timing(args) -> dict:
+    """Both variants in this process, their steps interleaved (cache, CLIP, cache, ...): each
+    pair runs under the same machine load, which on a shared machine swings by tens of percent
+    over a minute. Step times only; memory comes from :func:`run_memory`, one process each."""
+    import torch
+
+    steps = {"cache": make_step(args, "cache"), "clip": make_step(args, "clip")}
+    times = {name: [] for name in steps}
+    for i in range(args.warmup + args.steps):
+        for name, step in steps.items():
+            t0 = time.perf_counter()
+            step()
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t0)
+    return {"times": times, "threads": torch.get_num_threads()}
+
+
+def run_memory(args) -> dict:
+    """One variant in a fresh process: FLOPs of a step, then peak RSS and peak live heap."""
+    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    base = rss_mb()
+    torch_heap = HeapPeak().in_use_mb()  # None without mallinfo2
+    step = make_step(args, args.variant)
     with FlopCounterMode(display=False) as flop_counter:  # one step, forward + backward
         step()
-    times = []
-    for i in range(args.warmup + args.steps):
-        t0 = time.perf_counter()
+    for _ in range(args.warmup + 1):
         step()
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t0)
     peak_rss = peak_mb()
-    with HeapPeak() as heap:  # two more steps, not timed: the sampling thread takes some CPU
+    with HeapPeak() as heap:  # two more steps: the sampling thread takes some CPU
         step()
         step()
-    result = {"variant": args.variant, "step_s": statistics.median(times), "steps": times,
-              "peak_rss_mb": peak_rss, "torch_rss_mb": base, "peak_heap_mb": heap.peak_mb,
-              "gflop": flop_counter.get_total_flops() / 1e9, "threads": torch.get_num_threads()}
-    if device.type == "cuda":
+    result = {"variant": args.variant, "peak_rss_mb": max(peak_rss, peak_mb()), "torch_rss_mb": base,
+              "peak_heap_mb": heap.peak_mb, "torch_heap_mb": torch_heap, "gflop": flop_counter.get_total_flops() / 1e9}
+    if torch.device(args.device).type == "cuda":
         result["peak_cuda_mb"] = torch.cuda.max_memory_allocated() / 2**20
     return result
 
@@ -207,53 +233,60 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--batch", type=int, default=4, help="videos (queries) per batch")
     ap.add_argument("--clips", type=int, default=32, help="clips per video (QVHighlights: 75)")
-    ap.add_argument("--steps", type=int, default=3, help="measured steps per variant")
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (interleaved)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--variant", choices=["cache", "clip"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=["cache", "clip", "timing"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--annotations", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.clips < 5 or args.batch < 1 or args.steps < 1:
+        ap.error("--clips must be at least 5 (each query has a 4-clip window), --batch and --steps at least 1")
     if args.variant:
-        print(json.dumps(run_variant(args)))
+        print(json.dumps(run_timing(args) if args.variant == "timing" else run_memory(args)))
         return
 
     with tempfile.TemporaryDirectory(prefix="r2-bench-step-") as tmp:
         cache, ann = make_cache(Path(tmp), args.batch, args.clips)
         results = {}
-        for variant in ("cache", "clip"):
+        for variant in ("timing", "cache", "clip"):
             cmd = [sys.executable, __file__, "--variant", variant, "--cache", str(cache), "--annotations",
                    str(ann), "--batch", str(args.batch), "--clips", str(args.clips), "--steps",
                    str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
-            t0 = time.perf_counter()
             done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
             if done.returncode != 0:
-                sys.exit(f"{variant} variant failed:\n{done.stderr[-3000:]}")
+                sys.exit(f"{variant} run failed:\n{done.stderr[-3000:]}")
             results[variant] = json.loads(done.stdout.strip().splitlines()[-1])
-            results[variant]["wall_s"] = time.perf_counter() - t0
-    c, k = results["cache"], results["clip"]
+    times, c, k = results["timing"]["times"], results["cache"], results["clip"]
+    c["step_s"], k["step_s"] = statistics.median(times["cache"]), statistics.median(times["clip"])
+    pairs = sorted(b / a for a, b in zip(times["cache"], times["clip"]))
     frames = args.batch * args.clips
     print(f"one training step, batch {args.batch} x {args.clips} clips ({frames} frames), R² model "
-          f"C=256 K=4, ViT-B/32 shapes, device {args.device}, {c['threads']} threads")
-    print(f"{'variant':<28}{'step (median)':>15}{'GFLOP':>9}{'GFLOP/s':>9}{'peak RSS':>12}{'RSS - torch':>14}")
+          f"C=256 K=4, ViT-B/32 shapes, device {args.device}, {results['timing']['threads']} threads")
+    print(f"{'variant':<28}{'step (median)':>15}{'GFLOP':>9}{'GFLOP/s':>9}{'peak RSS':>12}{'RSS - torch':>14}"
+          f"{'live heap':>12}")
     for name, r in (("from the cache", c), ("CLIP on frames in the loop", k)):
+        heap = f"{r['peak_heap_mb']:>9.0f} MB" if r["peak_heap_mb"] is not None else f"{'n/a':>12}"
         print(f"{name:<28}{r['step_s']:>13.3f} s{r['gflop']:>9.1f}{r['gflop'] / r['step_s']:>9.1f}"
-              f"{r['peak_rss_mb']:>9.0f} MB{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB")
+              f"{r['peak_rss_mb']:>9.0f} MB{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB{heap}")
     speed = k["step_s"] / c["step_s"]
     # Matrix-multiply FLOPs (torch's FlopCounterMode: matmuls, convolutions, attention) of one
     # step: their ratio is the speed-up a device would give at equal FLOP/s in both variants.
     flop_ratio = k["gflop"] / c["gflop"]
+    print(f"speed-up from the cache: {speed:.1f}x (ratio of the medians of {args.steps} interleaved steps; "
+          f"per pair {pairs[0]:.1f}x to {pairs[-1]:.1f}x; goal >= 20x: {'met' if speed >= 20 else 'NOT met'}); "
+          f"FLOP ratio {flop_ratio:.1f}x (the speed-up at equal FLOP/s)")
     mem = c["peak_rss_mb"] / k["peak_rss_mb"]
     mem_net = (c["peak_rss_mb"] - c["torch_rss_mb"]) / (k["peak_rss_mb"] - k["torch_rss_mb"])
-    print(f"speed-up from the cache: {speed:.1f}x  (goal >= 20x: {'met' if speed >= 20 else 'NOT met'}); "
-          f"FLOP ratio {flop_ratio:.1f}x (the speed-up at equal FLOP/s)")
-    print(f"memory of the cache variant: {mem:.2f} of CLIP's peak RSS  ({1 / mem:.1f}x less; "
+    print(f"memory of the cache variant: {mem:.2f} of CLIP's peak RSS ({1 / mem:.1f}x less; "
           f"goal <= 0.20: {'met' if mem <= 0.2 else 'NOT met'}); above the torch import: {mem_net:.2f}")
     if c["peak_heap_mb"] is not None:
         heap = c["peak_heap_mb"] / k["peak_heap_mb"]
-        print(f"peak of live heap allocations (glibc mallinfo2, without the allocator's kept free "
-              f"pages): cache {c['peak_heap_mb']:.0f} MB, CLIP {k['peak_heap_mb']:.0f} MB: {heap:.2f} "
-              f"(goal <= 0.20: {'met' if heap <= 0.2 else 'NOT met'})")
+        torch_heap = c["torch_heap_mb"]
+        heap_net = (c["peak_heap_mb"] - torch_heap) / (k["peak_heap_mb"] - torch_heap)
+        print(f"peak of live heap allocations (glibc mallinfo2; RSS adds the free pages the allocator "
+              f"keeps): {heap:.3f} of CLIP's (goal <= 0.20: {'met' if heap <= 0.2 else 'NOT met'}); "
+              f"above the {torch_heap:.0f} MB of the torch import: {heap_net:.3f}")
     if "peak_cuda_mb" in c:
         print(f"peak CUDA memory: cache {c['peak_cuda_mb']:.0f} MB, CLIP {k['peak_cuda_mb']:.0f} MB "
               f"({c['peak_cuda_mb'] / k['peak_cuda_mb']:.2f})")

@@ -1,0 +1,34 @@
+"""bench/train_step.py runs as documented on a tiny batch (timing, FLOPs and both memory
+measures printed for both variants), and refuses sizes it cannot build."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+BENCH = ROOT / "bench" / "train_step.py"
+
+
+def test_a_tiny_run_prints_both_variants_and_the_ratios():
+    done = subprocess.run([sys.executable, str(BENCH), "--batch", "1", "--clips", "5", "--steps", "1",
+                           "--warmup", "0"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    rows = {}
+    for name in ("from the cache", "CLIP on frames in the loop"):
+        line = next(line for line in done.stdout.splitlines() if line.startswith(name))
+        rows[name] = [float(x) for x in re.findall(r"\d+\.\d+|\d+", line[len(name):])]
+    cache, clip = rows["from the cache"], rows["CLIP on frames in the loop"]
+    assert len(cache) == len(clip) == 6  # step, GFLOP, GFLOP/s, RSS, RSS - torch, live heap
+    assert clip[1] > 10 * cache[1]  # CLIP's forward on 5 frames dwarfs the R² step's FLOPs
+    assert clip[3] > cache[3] and clip[5] > cache[5]  # CLIP's weights alone are 600 MB
+    flop = float(re.search(r"FLOP ratio (\d+\.\d)x", done.stdout).group(1))
+    assert abs(flop / (clip[1] / cache[1]) - 1) < 0.05  # the table rounds GFLOP to 0.1
+    assert "ratio of the medians of 1 interleaved steps" in done.stdout
+    assert re.search(r"peak of live heap allocations .*: \d\.\d{3} of CLIP's", done.stdout)
+
+
+def test_sizes_without_a_query_window_are_refused():
+    done = subprocess.run([sys.executable, str(BENCH), "--clips", "3"], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "--clips must be at least 5" in done.stderr
