@@ -4,6 +4,8 @@ Keys supplied by the caller of :meth:`FeatureCache.create`:
 
 ==================== ======================================================================
 ``model_id``          str: hub id or local directory of the CLIP model
+``model_weights_hash`` optional str: hash of the model's weight files, its identity wherever
+                      its folder lies (``r2 extract`` records it)
 ``model_config_hash`` str: hash of the model configuration
 ``layers``            list of int, ascending, unique: the hidden-state indices kept
                       (e.g. ``[9, 10, 11, 12]``); ``load_*(layers=...)`` takes these ids
@@ -34,7 +36,8 @@ first item written records them (:func:`pin_manifest`), and every later item mus
 
 Two manifests are *compatible* (same features, safe to mix in one cache or merge) when the
 fields that say what the features mean are equal (:data:`COMPAT_FIELDS`): ``format_version``,
-``model_id``, ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``),
+``model_id`` (or, when both manifests have it, ``model_weights_hash`` instead: the same weights
+in folders at other paths, or on other machines, are the same model), ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``),
 ``fps``, ``dtype``, ``preprocessing``, ``precision`` (absent = ``"fp32"``), ``token_form`` and ``sampling`` (absent = absent), and
 the pinned shapes ``tokens_per_frame``, ``video_width`` and ``query_width`` when both
 manifests have them. The other keys (``command``, ...) are informative.
@@ -58,8 +61,8 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32", "int8")
 PINNED_FIELDS = ("tokens_per_frame", "video_width", "query_width")  # compared when both have them
-COMPAT_FIELDS = ("format_version", "model_id", "model_config_hash", "layers", "query_layers", "fps", "dtype",
-                 "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
+COMPAT_FIELDS = ("format_version", "model_id", "model_weights_hash", "model_config_hash", "layers", "query_layers",
+                 "fps", "dtype", "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
 DEFAULTS = {"dtype": "float16", "precision": "fp32"}  # the value of an absent field
 REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
 ADDED_BY_CACHE = ("format_version", "r2_version", "created")
@@ -90,6 +93,8 @@ def normalize_manifest(manifest: dict) -> dict:
     problems = []
     if not isinstance(m["model_id"], str) or not m["model_id"]:
         problems.append(f"model_id must be a non-empty str, got {m['model_id']!r}")
+    if "model_weights_hash" in m and (not isinstance(m["model_weights_hash"], str) or not m["model_weights_hash"]):
+        problems.append(f"model_weights_hash must be a non-empty str, got {m['model_weights_hash']!r}")
     if not isinstance(m["model_config_hash"], str) or not m["model_config_hash"]:
         problems.append(f"model_config_hash must be a non-empty str, got {m['model_config_hash']!r}")
     layers = _int_list(m["layers"])
@@ -162,10 +167,16 @@ def utc_now() -> str:
 
 def differences(existing: dict, requested: dict) -> list[tuple[str, object, object]]:
     """``(field, existing value, requested value)`` for each compatibility field that differs
-    (:data:`COMPAT_FIELDS`; an absent field has its :data:`DEFAULTS` value, and a pinned
-    shape is compared only when both manifests have it)."""
+    (:data:`COMPAT_FIELDS`; an absent field has its :data:`DEFAULTS` value, a pinned shape is
+    compared only when both manifests have it, and ``model_weights_hash`` replaces
+    ``model_id`` when both have it)."""
     out = []
+    hashes = existing.get("model_weights_hash"), requested.get("model_weights_hash")
     for key in COMPAT_FIELDS:
+        if key == "model_weights_hash" and not all(hashes):
+            continue  # compared when both manifests have it ...
+        if key == "model_id" and all(hashes) and hashes[0] == hashes[1]:
+            continue  # ... and then the same weights are the same model, under any name or path
         a, b = existing.get(key, DEFAULTS.get(key)), requested.get(key, DEFAULTS.get(key))
         if key == "query_layers":  # absent: the text layers are the vision layers
             a = existing.get(key) or existing.get("layers")

@@ -116,8 +116,8 @@ class FeatureCache:
         open the one already there when its manifest is compatible: extraction calls this on
         every run, resumed runs included. Compatible means equal in every field of
         :data:`r2.cache.manifest.COMPAT_FIELDS` (compared by
-        :func:`r2.cache.manifest.differences`): ``format_version``, ``model_id``,
-        ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``), ``fps``,
+        :func:`r2.cache.manifest.differences`): ``format_version``, ``model_id`` (or
+        ``model_weights_hash`` instead, when both manifests have it), ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``), ``fps``,
         ``dtype``, ``preprocessing``, ``precision`` (absent = ``"fp32"``), ``token_form``,
         ``sampling``, and the pinned shapes ``tokens_per_frame``, ``video_width`` and
         ``query_width`` where both manifests have them. An incompatible existing cache raises
@@ -500,6 +500,7 @@ class FeatureCache:
             "r2_version": m.get("r2_version"),
             "created": m.get("created"),
             "model_id": m.get("model_id"),
+            "model_weights_hash": m.get("model_weights_hash"),
             "model_config_hash": m.get("model_config_hash"),
             "layers": self.layers,
             "dtype": self.dtype,

@@ -23,6 +23,7 @@ loaded as ``CLIPTokenizer(vocab=dict, merges=list)``; transformers 5.x silently 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -40,6 +41,7 @@ __all__ = [
     "ModelNotFoundError",
     "check_device",
     "config_hash",
+    "weights_hash",
     "default_layers",
     "load_tokenizer",
     "resolve_model",
@@ -266,6 +268,35 @@ def config_hash(config) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def weights_hash(path: Path) -> str | None:
+    """sha256 (first 16 hex digits) of the weight file(s) transformers loads from the CLIP folder
+    ``path``: ``model.safetensors`` (``sha256sum model.safetensors`` gives the same digits), else
+    the shards its index lists, concatenated in name order, else ``pytorch_model.bin`` (...).
+    The identity of the model wherever the folder lies; None when there are no weights."""
+    for name in _WEIGHTS:
+        file = path / name
+        if not file.is_file():
+            continue
+        files = [file]
+        if name.endswith(".index.json"):
+            try:
+                shards = json.loads(file.read_text(encoding="utf-8"))["weight_map"].values()
+                files = [path / shard for shard in sorted(set(shards))]
+            except (OSError, UnicodeDecodeError, ValueError, KeyError, AttributeError, TypeError) as exc:
+                raise ModelError(f"{file} is damaged ({type(exc).__name__}: {_first_line(exc)}): it should "
+                                 "map every weight to its shard file") from None
+        digest = hashlib.sha256()
+        for f in files:
+            try:
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(8 << 20):
+                        digest.update(chunk)
+            except OSError as exc:
+                raise ModelError(f"cannot read the weights {f} ({exc.strerror or exc})") from None
+        return digest.hexdigest()[:16]
+    return None
+
+
 def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
     """The last ``k`` hidden-state indices: 9, 10, 11, 12 for a 12-layer tower."""
     if not 1 <= k <= num_hidden_layers + 1:
@@ -418,6 +449,12 @@ class FrozenCLIP:
     @property
     def config_hash(self) -> str:
         return self.info.config_hash
+
+    @functools.cached_property
+    def weights_hash(self) -> str | None:
+        """:func:`weights_hash` of the model folder (computed once, when first asked: reading
+        the weights takes a moment); None for an in-memory model."""
+        return weights_hash(self.info.path) if self.info.path is not None else None
 
     def image_stats(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
         """mean/std from the model's ``preprocessor_config.json``, else CLIP's."""

@@ -241,6 +241,8 @@ def extract_features(
         "precision": clip.precision,
         "sampling": SAMPLING,
     }
+    if clip.weights_hash is not None:  # the model's identity wherever its folder lies
+        manifest["model_weights_hash"] = clip.weights_hash
     if command:
         manifest["command"] = command
     cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)

@@ -72,7 +72,7 @@ __all__ = [
 ]
 
 #: the manifest keys that define what the features are (the model's ``config.features``)
-SPEC_KEYS = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
+SPEC_KEYS = ("model_id", "model_weights_hash", "model_config_hash", "layers", "fps", "preprocessing")
 
 
 class DataError(ValueError):
@@ -123,8 +123,9 @@ def resolve_layers(preset_layers: Sequence[int], cache_layers: Sequence[int]) ->
 
 
 def feature_spec(manifest: Mapping[str, Any], layers: Sequence[int] | None = None) -> dict:
-    """The feature spec of a cache: the manifest's ``model_id``, ``model_config_hash``,
-    ``fps``, ``preprocessing`` and ``layers`` (the layers used, when given)."""
+    """The feature spec of a cache: the manifest's ``model_id``, ``model_weights_hash`` (when
+    recorded), ``model_config_hash``, ``fps``, ``preprocessing`` and ``layers`` (the layers used,
+    when given)."""
     spec = {k: manifest.get(k) for k in SPEC_KEYS if k in manifest}
     if layers is not None:
         spec["layers"] = [int(x) for x in layers]
@@ -143,7 +144,9 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
                        expected_name: str, cache_name: str, *, cache_layers=None,
                        allow_mismatch: bool = False, warn: Callable[[str], None] | None = None
                        ) -> list[str]:
-    """Compare a checkpoint's ``config.features`` with a cache's spec (keys present in both).
+    """Compare a checkpoint's ``config.features`` with a cache's spec (keys present in both;
+    ``model_weights_hash`` instead of ``model_id`` when both have it: the same weights from a
+    folder at another path, or on another machine, are the same model).
 
     ``layers``: every layer the checkpoint uses must be in ``cache_layers`` (the cache may keep
     more). Returns the differences; raises :class:`FeatureSpecError` listing them unless
@@ -152,8 +155,10 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
     if not expected:
         return []
     diffs = []
+    hashes = expected.get("model_weights_hash"), cache_spec.get("model_weights_hash")
+    same_weights = all(hashes) and hashes[0] == hashes[1]
     for key in SPEC_KEYS:
-        if key not in expected or key not in cache_spec:
+        if key not in expected or key not in cache_spec or key == "model_id" and same_weights:
             continue
         a, b = expected[key], cache_spec[key]
         if key == "layers" and cache_layers is not None:

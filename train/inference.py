@@ -395,7 +395,15 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
         raise PredictError("this checkpoint was trained on per-video sampling (YouTube Highlights: one "
                            "frame per annotated clip); give the clip rate for a new video with --fps")
     layers = features.get("layers") or list(range(-cfg.num_layers, 0))
-    clip_model = clip_model or features.get("model_id") or DEFAULT_CLIP
+    if clip_model is None:
+        clip_model = features.get("model_id") or DEFAULT_CLIP
+        recorded = Path(str(clip_model)).expanduser()
+        if recorded.is_absolute() and not recorded.is_dir():  # trained where the CLIP lay elsewhere
+            weights = features.get("model_weights_hash")
+            raise PredictError(
+                f"the checkpoint's features came from the CLIP model in {clip_model}, which is not on this "
+                "machine: pass --model with the folder that holds the same model here"
+                + (f" (the sha256 of its model.safetensors starts with {weights})" if weights else ""))
     resize = (features.get("preprocessing") or {}).get("resize", "ffmpeg")
     with tempfile.TemporaryDirectory(prefix="r2-predict-", dir=workdir) as tmp:
         cache_dir = Path(tmp) / "cache"

@@ -41,8 +41,8 @@ duration, for a jsonl of QVHighlights-layout rows; and padding-invariant trainin
 (``official_batch_quirks=False``). The official training batch normalises the temporal
 endpoint features and positions by the padded batch length, so a short video never sees its
 true end in training while evaluation (batch size 1) does: moments that end at the end of
-their video come out short. Measured on ``r2 demo`` (seeds 0 and 3): val R1@0.7 97.39 and
-92.17 with the quirks, 100.00 and 98.26 without; the six benchmark presets keep the quirks,
+their video come out short. Measured on ``r2 demo`` (seeds 0 and 3): val R1@0.7 98.26 and
+96.52 with the quirks, 100.00 and 99.13 without; the six benchmark presets keep the quirks,
 as their published numbers were trained with them (``--set official_batch_quirks=false``
 turns them off there too).
 

@@ -59,7 +59,8 @@ def info(directory, as_json):
     fps = summary["fps"]
     rows = [
         ("path", summary["path"]),
-        ("model", f"{summary['model_id']} (config {summary['model_config_hash']})"),
+        ("model", f"{summary['model_id']} (" + (f"weights {summary['model_weights_hash']}, "
+                   if summary.get("model_weights_hash") else "") + f"config {summary['model_config_hash']})"),
         ("layers", ", ".join(map(str, summary["layers"]))),
         ("dtype", f"{summary['dtype']} (computed in {summary['precision']})"),
         ("fps", "per video" if fps is None else f"{fps:g}"),

@@ -33,6 +33,10 @@ def test_info_text_and_json(build_cache):
     assert data["layers"] == [9, 10, 11, 12] and data["dtype"] == "float16"
     assert data["bytes"] == sum(p.stat().st_size for p in cache.shard_paths()) > 0
     assert data["partial_shards"] == [] and data["unreadable_shards"] == []
+    assert data["model_weights_hash"] is None  # a manifest without it (older r2)
+    hashed = build_cache("hashed", model_weights_hash="0123456789abcdef")
+    result = runner.invoke(main, ["cache", "info", str(hashed.path)])
+    assert "test/tiny-clip (weights 0123456789abcdef, config cfg-0001)" in result.output
 
 
 def test_info_on_a_directory_that_is_not_a_cache(tmp_path):

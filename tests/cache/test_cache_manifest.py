@@ -226,3 +226,25 @@ def test_the_docs_name_every_field_that_create_compares():
         assert "COMPAT_FIELDS" in text
         missing = [f for f in COMPAT_FIELDS if f"``{f}``" not in text]
         assert missing == [], missing
+
+
+def test_the_same_weights_at_another_path_are_the_same_model(build_cache, make_manifest, tmp_path):
+    from r2.cache import merge
+
+    here = dict(model_id="/home/a/clip", model_weights_hash="0123456789abcdef")
+    a = build_cache("a", videos={"v0": 0}, **here)
+    there = dict(model_id="/data/models/clip-b32", model_weights_hash="0123456789abcdef")
+    assert FeatureCache.create(a.path, make_manifest(**there)).video_ids() == ["v0"]
+    b = build_cache("b", videos={"v1": 1}, **there)
+    merge([a.path, b.path], tmp_path / "out")
+    assert FeatureCache.open(tmp_path / "out").video_ids() == ["v0", "v1"]
+    # other weights: refused, naming the hash and the path
+    other = dict(model_id="/data/models/clip-b32", model_weights_hash="fedcba9876543210")
+    with pytest.raises(CacheError, match="model_id: .*\n  model_weights_hash: the cache has \"0123456789abcdef\""):
+        FeatureCache.create(a.path, make_manifest(**other))
+    # a manifest without the hash (older r2, or an in-memory model): the model_id decides
+    with pytest.raises(CacheError, match="model_id: the cache has \"/home/a/clip\""):
+        FeatureCache.create(a.path, make_manifest(model_id="/data/models/clip-b32"))
+    assert FeatureCache.create(a.path, make_manifest(model_id="/home/a/clip")).video_ids() == ["v0"]
+    with pytest.raises(CacheError, match="model_weights_hash must be a non-empty str"):
+        FeatureCache.create(tmp_path / "c", make_manifest(model_weights_hash=""))

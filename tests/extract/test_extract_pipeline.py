@@ -228,6 +228,31 @@ def test_incompatible_cache_is_refused(videos, tiny_clip, tmp_path):
         extract_features(jobs[:2], [], bf16_out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
 
 
+def test_the_same_model_in_another_folder_extends_the_cache_and_other_weights_are_refused(
+        videos, tiny_clip, tiny_clip_dir, tmp_path):
+    import hashlib
+
+    from r2.cache import CacheError
+    from r2.extract.clip import FrozenCLIP
+    from r2.extract.tiny import make_tiny_clip
+
+    root, jobs = videos
+    out = tmp_path / "c"
+    extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    manifest = json.loads((out / "manifest.json").read_text())
+    weights = (tiny_clip_dir / "model.safetensors").read_bytes()
+    assert manifest["model_weights_hash"] == hashlib.sha256(weights).hexdigest()[:16]  # = sha256sum
+    assert manifest["model_id"] == str(tiny_clip_dir)
+    # the folder copied elsewhere (another machine, another path): the same model
+    moved = shutil.copytree(tiny_clip_dir, tmp_path / "elsewhere" / "clip")
+    s = extract_features(jobs[:2], [], out, None, fps=0.5, workers=0, clip=FrozenCLIP(moved), progress=False)
+    assert s.ok and s.videos_skipped == 1 and s.videos_extracted == 1
+    # the same config with other weights: refused, naming the weights
+    other = make_tiny_clip(tmp_path / "other", seed=1)
+    with pytest.raises(CacheError, match="model_weights_hash: the cache has"):
+        extract_features(jobs[:3], [], out, None, fps=0.5, workers=0, clip=FrozenCLIP(other), progress=False)
+
+
 def test_manifest_texts_that_caches_compare_are_pinned():
     """The cache compares token_form and sampling character for character when a run resumes or
     caches merge: a rewording would make every existing cache refuse to resume."""

@@ -155,6 +155,22 @@ def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
     assert "... and" not in str(err.value)
 
 
+def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():
+    from r2.train.data import FeatureSpecError, check_feature_spec, feature_spec
+
+    trained = {"model_id": "/home/a/clip", "model_weights_hash": "0123456789abcdef", "model_config_hash": "c",
+               "layers": [9, 10, 11, 12], "fps": 0.5, "preprocessing": {"size": 224}}
+    moved = feature_spec(dict(trained, model_id="/data/clip-b32", created="2026-01-01"))
+    assert moved == dict(trained, model_id="/data/clip-b32")
+    assert check_feature_spec(trained, moved, "run", "cache") == []
+    with pytest.raises(FeatureSpecError, match="model_weights_hash: run has \"0123456789abcdef\""):
+        check_feature_spec(trained, dict(moved, model_weights_hash="fedcba9876543210"), "run", "cache")
+    legacy = {k: v for k, v in trained.items() if k != "model_weights_hash"}  # a run of an older r2
+    with pytest.raises(FeatureSpecError, match="model_id: run has \"/home/a/clip\", cache has \"/data/clip-b32\""):
+        check_feature_spec(legacy, moved, "run", "cache")
+    assert check_feature_spec(legacy, dict(moved, model_id="/home/a/clip"), "run", "cache") == []
+
+
 def test_cache_and_checkpoint_mismatches_are_refused(data, tmp_path):
     from r2.model import R2Model
     from r2.train import fit

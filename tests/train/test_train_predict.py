@@ -250,6 +250,18 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path):
     res = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.mp4"), "--query", "x",
                                     "--checkpoint", str(tmp_path / "run")])
     assert res.exit_code == 1 and "no such video file" in res.output
+    # on a machine where the CLIP lies elsewhere: the recorded folder is missing, the same model
+    # passed from its new folder is recognised by its weights
+    (tmp_path / "models").mkdir()
+    moved = clip_dir.rename(tmp_path / "models" / "clip-tiny")
+    res = CliRunner().invoke(main, args[:-2])
+    assert res.exit_code == 1 and f"came from the CLIP model in {clip_dir}, which is not on this machine" in res.output
+    assert "pass --model with the folder that holds the same model" in res.output
+    res = CliRunner().invoke(main, args[:-2] + ["--model", str(moved)])
+    assert res.exit_code == 0 and "top 5 moments:" in res.output, res.output
+    other = make_tiny_clip(tmp_path / "other-clip", seed=1)  # the same config, other weights
+    res = CliRunner().invoke(main, args[:-2] + ["--model", str(other)])
+    assert res.exit_code == 1 and "model_weights_hash" in res.output
 
 
 def _groundings(moments: bool = True):
