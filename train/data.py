@@ -729,14 +729,17 @@ class Collator:
         kq, _, dt = items[0].query.shape
         vdtype = torch.from_numpy(items[0].video[:0]).dtype
         qdtype = torch.from_numpy(items[0].query[:0]).dtype
-        video = torch.zeros((b, t_max, k, n, d), dtype=vdtype)  # (B, T, K, N, D)
-        query = torch.zeros((b, kq, s_max, dt), dtype=qdtype)  # (B, K, S, Dt)
+        # empty, then zeros only in the padding: the batch is written once, not twice
+        video = torch.empty((b, t_max, k, n, d), dtype=vdtype)  # (B, T, K, N, D)
+        query = torch.empty((b, kq, s_max, dt), dtype=qdtype)  # (B, K, S, Dt)
         vmask = torch.zeros((b, t_max), dtype=torch.bool)
         qmask = torch.zeros((b, s_max), dtype=torch.bool)
         for i, it in enumerate(items):
             t, s = it.video.shape[0], it.query.shape[1]
             video[i, :t] = torch.from_numpy(np.ascontiguousarray(it.video))
+            video[i, t:] = 0
             query[i, :, :s] = torch.from_numpy(np.ascontiguousarray(it.query))
+            query[i, :, s:] = 0
             vmask[i, :t] = True
             qmask[i, :s] = True
         targets = None

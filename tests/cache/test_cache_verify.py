@@ -117,7 +117,7 @@ def test_flipped_structure_bytes_are_found(cache, where):
 def test_inconsistent_items_are_named(build_cache, make_manifest):
     cache = build_cache(videos={"a": 0, "b": 1})
     with open_h5(cache.video_shard("a"), "r+") as f:
-        del f[f"videos/a/L10"]
+        del f["videos/a/L10"]
         f["videos/b/L12"].attrs["crc32"] = np.uint32(0)
     report = verify(cache.path)
     text = report.format()

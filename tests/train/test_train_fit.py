@@ -426,3 +426,22 @@ def test_selected_on_is_the_split_evaluated(tmp_path):
     assert json.loads((tmp_path / "qvh-test" / "best.json").read_text())["selected_on"] == "test"
     notes = [m for m in messages if "selects the best epoch" in m]
     assert len(notes) == 1 and "official code" not in notes[0] and "--set eval_split=val" in notes[0]
+
+
+def test_the_collator_pads_with_zeros_and_masks_the_padding():
+    from r2.train.data import Collator, Item
+
+    rng = np.random.default_rng(0)
+    items = [Item(i, (rng.standard_normal((t, 2, 3, 4)) + 5).astype(np.float16),
+                  (rng.standard_normal((2, s, 6)) + 5).astype(np.float16), None)
+             for i, (t, s) in enumerate([(5, 2), (2, 4), (3, 1)])]
+    for _ in range(3):  # reused memory of earlier batches must not show through the padding
+        batch = Collator()(items)
+        assert batch.video.shape == (3, 5, 2, 3, 4) and batch.query.shape == (3, 2, 4, 6)
+        assert batch.video.dtype == torch.float16
+        for i, it in enumerate(items):
+            t, s = it.video.shape[0], it.query.shape[1]
+            assert np.array_equal(batch.video[i, :t].numpy(), it.video) and not batch.video[i, t:].any()
+            assert np.array_equal(batch.query[i, :, :s].numpy(), it.query) and not batch.query[i, :, s:].any()
+            assert batch.video_mask[i].tolist() == [True] * t + [False] * (5 - t)
+            assert batch.query_mask[i].tolist() == [True] * s + [False] * (4 - s)
