@@ -68,7 +68,7 @@ class Dropout(nn.Dropout):
         keep = 1.0 - self.p
         bias = norm.bias / keep if norm.bias is not None else None
         h = F.layer_norm(x, norm.normalized_shape, norm.weight / keep, bias, norm.eps)
-        return h * bernoulli_mask(h.shape, keep, x.device).view(torch.uint8)
+        return h.mul_(bernoulli_mask(h.shape, keep, x.device).view(torch.uint8))  # h is not kept by autograd
 
 
 __all__ = ["Dropout", "bernoulli_mask"]
