@@ -14,6 +14,17 @@ class CacheError(Exception):
     user_error = True
 
 
+class ShardDiscardedError(CacheError):
+    """A writer dropped its open partial shard: an item that failed half-way (an I/O error, a
+    full disk) could not be removed from it, so nothing in it can be trusted. The items added to
+    that shard since its last commit are gone too (``dropped``: their ids); the writer is closed.
+    Not one item's failure: whoever counted those items as written must count them again."""
+
+    def __init__(self, message: str, dropped=()):
+        super().__init__(message)
+        self.dropped = list(dropped)
+
+
 class MissingItemError(CacheError, KeyError):
     """A video or query id that the cache does not hold (also a ``KeyError``)."""
 

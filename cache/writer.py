@@ -41,6 +41,7 @@ writers made from one cache object see each other's uncommitted ids.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import threading
@@ -50,7 +51,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CacheError, CacheWarning
+from .errors import CacheError, CacheWarning, ShardDiscardedError
 from .index import ShardEntry
 from .manifest import pin_manifest
 from r2.fileio import fsync_dir
@@ -75,6 +76,15 @@ class _Partial:
     command: str | None = None
     ids: list = field(default_factory=list)
     nbytes: int = 0
+
+
+def _group_in(part: _Partial, family: str, item_id: str) -> bool:
+    """Whether the open partial shard holds a group for the item (True also when the file cannot
+    even say: after an I/O error it is in doubt)."""
+    try:
+        return f"{family}/{encode_id(item_id)}" in part.file
+    except Exception:
+        return True
 
 
 class CacheWriter:
@@ -269,19 +279,49 @@ class CacheWriter:
             self._check_usable()
             if not reserved:
                 self._reserve(family, item_id)
+            part, started = None, False
             try:
                 part = self._partials.get(family)
                 if part is not None and part.command != command:
                     self._commit(family)  # one command per shard
                     part = None
                 part = part or self._start(family, command)
+                if f"{family}/{encode_id(item_id)}" in part.file:  # (the reservation makes this unreachable)
+                    raise CacheError(f"{_WORD[family]} {item_id!r} was already added to {part.path.name}")
+                started = True
                 part.nbytes += write(part.file)
-            except BaseException:
+            except BaseException as exc:
                 self._release(family, [item_id])
+                if started and self._partials.get(family) is part and _group_in(part, family, item_id):
+                    self._discard(family, item_id, exc)  # the half-written group is still in it
                 raise
             part.ids.append(item_id)
             if len(part.ids) >= self.max_shard_items or part.nbytes >= self.max_shard_bytes:
                 self._commit(family)
+
+    def _discard(self, family, item_id, exc) -> None:
+        """The failed item's group could not be removed from the open partial shard: drop the
+        shard (it never becomes visible), with the items added to it since its last commit, and
+        close this writer; raises :class:`ShardDiscardedError` (a ``KeyboardInterrupt`` or the
+        like stays what it is)."""
+        part = self._partials.pop(family)
+        with contextlib.suppress(Exception):
+            part.file.close()
+        with contextlib.suppress(OSError):
+            part.path.unlink(missing_ok=True)
+        self._release(family, part.ids)
+        try:
+            self.close()  # commits the other family's shard, which is whole
+        except Exception:
+            self.abort()  # it could not be committed either: dropped too, never visible
+        if not isinstance(exc, Exception):
+            return  # Ctrl-C and the like go on as they are (the caller re-raises them)
+        dropped = list(part.ids)
+        raise ShardDiscardedError(
+            f"{_WORD[family]} {item_id!r} failed half-way ({type(exc).__name__}: {exc}) and could not be "
+            f"removed from {part.path.name}; that shard was dropped with the {len(dropped)} item(s) added to "
+            "it since its last commit, and this writer is closed. Free disk space and rerun: what was "
+            "committed is kept, the rest is added again", dropped) from exc
 
     def _reserve(self, family, item_id) -> None:
         """Claim an id for this writer; refused when the cache has it, or a writer of this
@@ -456,6 +496,10 @@ class VideoSink:
     ``abort()`` drops what was appended and frees the id (idempotent, also after a commit,
     where it does nothing). ``clips``: clips appended so far; ``spilled``: whether a spill file
     is in use. Also a context manager: leaving the block without a commit aborts.
+
+    A sink belongs to one thread at a time: its own state is not locked (the writer's is, so
+    several threads may each fill their own sinks of one writer); close or abort the writer
+    only once no thread is still appending to one of its sinks.
     """
 
     def __init__(self, writer: CacheWriter, video_id: str):

@@ -50,7 +50,7 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
-from r2.cache import CacheError, FeatureCache
+from r2.cache import CacheError, FeatureCache, ShardDiscardedError
 from r2.extract.video import DecodeResult, decode_chunks
 from r2.fileio import atomic_write
 
@@ -675,6 +675,8 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                     if item.sink is None:
                         item.sink = writer.begin_video(item.video_id)
                     item.sink.append(stored, copy=False)  # a new array of this batch
+                except ShardDiscardedError:
+                    raise  # not this video's failure: the writer dropped a shard and closed
                 except CacheError as exc:  # NaN, a shape...: this video fails at its end, the others go on
                     item.error = _one_line(exc)  # (the sink aborted itself)
                     item.sink = None
@@ -717,6 +719,8 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
             if sink is None:
                 sink = writer.begin_video(r.video_id)  # no frames: commit refuses it
             clips = sink.commit(**r.attrs)
+        except ShardDiscardedError:
+            raise  # videos counted as extracted were dropped with a shard: the run stops, a rerun adds them
         except CacheError as exc:  # this video's features (NaN, beyond float16, a shape): the others go on
             fail(r, f"features not stored: {_one_line(exc)}")  # (the sink aborted itself)
             return

@@ -262,3 +262,48 @@ def test_a_cleaner_whose_name_was_made_anew_before_it_locked_leaves_the_new_file
     fd = create_locked(tmp_path / "d.lock", create)
     assert len(calls) == 2 and (tmp_path / "d.lock").exists()
     os.close(fd)
+
+
+def test_a_half_written_item_that_cannot_be_removed_drops_its_shard_and_closes_the_writer(
+        build_cache, make_manifest, features, monkeypatch):
+    """A full disk: the third layer of v1 fails, and so does deleting v1's group. The partial
+    shard then holds a half-written item, so it is dropped (never committed) with v0, the other
+    item added since its last commit; the query's shard is whole and committed."""
+    import h5py
+
+    from r2.cache import ShardDiscardedError
+
+    video, query = features
+    cache = FeatureCache.create(build_cache("c").path, make_manifest())
+    writer = cache.writer()
+    writer.add_video("v0", video(0))
+    writer.add_query("q0", *query(0))
+    real_create, made = h5py.Group.create_dataset, []
+
+    def create_dataset(group, name, *args, **kwargs):  # v1's third layer finds the disk full
+        if group.name.startswith("/videos/"):
+            made.append(name)
+            if len(made) > 2:
+                raise OSError(28, "No space left on device")
+        return real_create(group, name, *args, **kwargs)
+
+    def no_delete(self, name):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(h5py.Group, "create_dataset", create_dataset)
+    monkeypatch.setattr(h5py.Group, "__delitem__", no_delete)
+    with pytest.raises(ShardDiscardedError, match=r"video 'v1' failed half-way \(OSError: .*No space left"
+                                                  r".*dropped with the 1 item\(s\).*this writer is closed") as err:
+        writer.add_video("v1", video(1))
+    assert err.value.dropped == ["v0"]
+    monkeypatch.undo()
+    with pytest.raises(Exception, match="closed"):
+        writer.add_video("v2", video(2))
+    reopened = FeatureCache.open(cache.path)
+    assert reopened.video_ids() == [] and reopened.query_ids() == ["q0"]
+    assert not list((cache.path / "shards").glob("*.partial"))
+    assert verify(cache.path).ok
+    with reopened.writer() as again:  # a rerun adds them again
+        again.add_video("v0", video(0))
+        again.add_video("v1", video(1))
+    np.testing.assert_allclose(FeatureCache.open(cache.path).load_video("v1"), video(1), rtol=1e-3, atol=1e-3)

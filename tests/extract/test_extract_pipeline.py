@@ -484,3 +484,24 @@ def test_cpu_threads_go_to_the_model_only_when_it_is_the_bottleneck():
     # 8 cores, 2 decoders: the model starts on 6 and gets 8 when it is 10x the decoding
     plan = _CPUThreads(cpus=8, workers=2)
     assert plan.model_threads == 6 and plan.revise(1.0, 32, 0.2, 32) and plan.model_threads == 8
+
+
+def test_a_shard_dropped_by_the_writer_stops_the_run_instead_of_failing_one_video(
+        videos, tiny_clip, tmp_path, monkeypatch):
+    from r2.cache import ShardDiscardedError
+    from r2.cache.writer import VideoSink
+
+    root, jobs = videos
+    real_commit = VideoSink.commit
+
+    def commit(sink, **attrs):
+        if sink.video_id == jobs[1].video_id:
+            raise ShardDiscardedError("dropped with the 1 item(s)", dropped=[jobs[0].video_id])
+        return real_commit(sink, **attrs)
+
+    monkeypatch.setattr(VideoSink, "commit", commit)
+    with pytest.raises(ShardDiscardedError, match="dropped"):
+        extract_features(jobs[:3], [], tmp_path / "c", None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    monkeypatch.undo()
+    s = extract_features(jobs[:3], [], tmp_path / "c", None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    assert s.ok and s.videos_extracted + s.videos_skipped == 3
