@@ -278,11 +278,10 @@ def main():
           f"goal <= 0.20: {'met' if mem <= 0.2 else 'NOT met'}); above the torch import: {mem_net:.2f}")
     if c["peak_heap_mb"] is not None:
         heap = c["peak_heap_mb"] / k["peak_heap_mb"]
-        torch_heap = c["torch_heap_mb"]
-        heap_net = (c["peak_heap_mb"] - torch_heap) / (k["peak_heap_mb"] - torch_heap)
+        heap_net = (c["peak_heap_mb"] - c["torch_heap_mb"]) / (k["peak_heap_mb"] - k["torch_heap_mb"])
         print(f"peak of live heap allocations (glibc mallinfo2; RSS adds the free pages the allocator "
               f"keeps): {heap:.3f} of CLIP's (goal <= 0.20: {'met' if heap <= 0.2 else 'NOT met'}); "
-              f"above the {torch_heap:.0f} MB of the torch import: {heap_net:.3f}")
+              f"above the {c['torch_heap_mb']:.0f} MB of the torch import: {heap_net:.3f}")
     if "peak_cuda_mb" in c:
         print(f"peak CUDA memory: cache {c['peak_cuda_mb']:.0f} MB, CLIP {k['peak_cuda_mb']:.0f} MB "
               f"({c['peak_cuda_mb'] / k['peak_cuda_mb']:.2f})")

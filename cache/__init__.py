@@ -33,7 +33,7 @@ the writer locks and of ``merge``). The ``r2 cache`` command
 """
 
 from .errors import CacheError, CacheWarning, MissingItemError, ShardDiscardedError
-from .manifest import COMPAT_FIELDS, FORMAT_VERSION
+from .manifest import COMPAT_FIELDS, FORMAT_VERSION, same_weights
 from .merge import merge
 from .quantize import dequantize_int8, quantize_int8
 from .reader import FeatureCache
@@ -44,5 +44,5 @@ from .writer import CacheWriter
 __all__ = [
     "FeatureCache", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "ShardDiscardedError",
     "verify", "VerifyReport", "merge", "quantize_int8", "dequantize_int8",
-    "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS",
+    "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "same_weights",
 ]

@@ -165,18 +165,25 @@ def utc_now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
 
 
+def same_weights(a, b) -> bool:
+    """Whether the manifests (or feature specs) ``a`` and ``b`` both record a
+    ``model_weights_hash`` and it is the same: then they name one model, under any ``model_id``
+    (a folder at another path, on another machine)."""
+    ha, hb = a.get("model_weights_hash"), b.get("model_weights_hash")
+    return bool(ha and hb and ha == hb)
+
+
 def differences(existing: dict, requested: dict) -> list[tuple[str, object, object]]:
     """``(field, existing value, requested value)`` for each compatibility field that differs
     (:data:`COMPAT_FIELDS`; an absent field has its :data:`DEFAULTS` value, a pinned shape is
     compared only when both manifests have it, and ``model_weights_hash`` replaces
     ``model_id`` when both have it)."""
     out = []
-    hashes = existing.get("model_weights_hash"), requested.get("model_weights_hash")
     for key in COMPAT_FIELDS:
-        if key == "model_weights_hash" and not all(hashes):
-            continue  # compared when both manifests have it ...
-        if key == "model_id" and all(hashes) and hashes[0] == hashes[1]:
-            continue  # ... and then the same weights are the same model, under any name or path
+        if key == "model_weights_hash" and not (existing.get(key) and requested.get(key)):
+            continue  # compared when both manifests have it
+        if key == "model_id" and same_weights(existing, requested):
+            continue
         a, b = existing.get(key, DEFAULTS.get(key)), requested.get(key, DEFAULTS.get(key))
         if key == "query_layers":  # absent: the text layers are the vision layers
             a = existing.get(key) or existing.get("layers")

@@ -252,9 +252,19 @@ def attrs_from_group(group) -> dict:
     return {} if raw is None else json.loads(raw)
 
 
+class GroupNotRemoved(Exception):
+    """An item failed half-way and its group could not be removed from the shard either (a full
+    disk): the shard holds a half-written item. ``cause``: the item's own failure."""
+
+    def __init__(self, path: str, cause: BaseException):
+        super().__init__(f"{path}: could not be removed after {type(cause).__name__}: {cause}")
+        self.path, self.cause = path, cause
+
+
 @contextlib.contextmanager
 def _new_item_group(h5file, family: str, item_id: str, attrs_json: str):
-    """The new group of one item, with its ``attrs``; removed again if the block fails."""
+    """The new group of one item, with its ``attrs``; removed again if the block fails (when
+    that fails too: :class:`GroupNotRemoved`)."""
     path = f"{family}/{encode_id(item_id)}"
     if path in h5file:
         raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
@@ -262,9 +272,11 @@ def _new_item_group(h5file, family: str, item_id: str, attrs_json: str):
     try:
         set_text_attr(group, "attrs", attrs_json)
         yield group
-    except BaseException:
-        with contextlib.suppress(Exception):
+    except BaseException as exc:
+        try:
             del h5file[path]
+        except Exception as failure:
+            raise GroupNotRemoved(path, exc) from failure
         raise
 
 

@@ -56,7 +56,7 @@ from .index import ShardEntry
 from .manifest import pin_manifest
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
-from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, WriterLock, attrs_to_json,
+from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, GroupNotRemoved, WriterLock, attrs_to_json,
                      describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
                      remove_stale_partials, set_text_attr, shard_name, spill_name, write_item,
                      write_video_blocks)
@@ -76,15 +76,6 @@ class _Partial:
     command: str | None = None
     ids: list = field(default_factory=list)
     nbytes: int = 0
-
-
-def _group_in(part: _Partial, family: str, item_id: str) -> bool:
-    """Whether the open partial shard holds a group for the item (True also when the file cannot
-    even say: after an I/O error it is in doubt)."""
-    try:
-        return f"{family}/{encode_id(item_id)}" in part.file
-    except Exception:
-        return True
 
 
 class CacheWriter:
@@ -279,21 +270,18 @@ class CacheWriter:
             self._check_usable()
             if not reserved:
                 self._reserve(family, item_id)
-            part, started = None, False
             try:
                 part = self._partials.get(family)
                 if part is not None and part.command != command:
                     self._commit(family)  # one command per shard
                     part = None
                 part = part or self._start(family, command)
-                if f"{family}/{encode_id(item_id)}" in part.file:  # (the reservation makes this unreachable)
-                    raise CacheError(f"{_WORD[family]} {item_id!r} was already added to {part.path.name}")
-                started = True
                 part.nbytes += write(part.file)
-            except BaseException as exc:
+            except GroupNotRemoved as exc:  # the half-written group is still in the shard
                 self._release(family, [item_id])
-                if started and self._partials.get(family) is part and _group_in(part, family, item_id):
-                    self._discard(family, item_id, exc)  # the half-written group is still in it
+                self._discard(family, item_id, exc.cause)
+            except BaseException:
+                self._release(family, [item_id])
                 raise
             part.ids.append(item_id)
             if len(part.ids) >= self.max_shard_items or part.nbytes >= self.max_shard_bytes:
@@ -302,8 +290,8 @@ class CacheWriter:
     def _discard(self, family, item_id, exc) -> None:
         """The failed item's group could not be removed from the open partial shard: drop the
         shard (it never becomes visible), with the items added to it since its last commit, and
-        close this writer; raises :class:`ShardDiscardedError` (a ``KeyboardInterrupt`` or the
-        like stays what it is)."""
+        close this writer; raises :class:`ShardDiscardedError` (``exc``, the item's failure, when
+        that is a ``KeyboardInterrupt`` or the like)."""
         part = self._partials.pop(family)
         with contextlib.suppress(Exception):
             part.file.close()
@@ -315,7 +303,7 @@ class CacheWriter:
         except Exception:
             self.abort()  # it could not be committed either: dropped too, never visible
         if not isinstance(exc, Exception):
-            return  # Ctrl-C and the like go on as they are (the caller re-raises them)
+            raise exc  # Ctrl-C and the like go on as they are
         dropped = list(part.ids)
         raise ShardDiscardedError(
             f"{_WORD[family]} {item_id!r} failed half-way ({type(exc).__name__}: {exc}) and could not be "

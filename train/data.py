@@ -154,11 +154,12 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
     """
     if not expected:
         return []
+    from r2.cache import same_weights
+
     diffs = []
-    hashes = expected.get("model_weights_hash"), cache_spec.get("model_weights_hash")
-    same_weights = all(hashes) and hashes[0] == hashes[1]
+    same_model = same_weights(expected, cache_spec)
     for key in SPEC_KEYS:
-        if key not in expected or key not in cache_spec or key == "model_id" and same_weights:
+        if key not in expected or key not in cache_spec or key == "model_id" and same_model:
             continue
         a, b = expected[key], cache_spec[key]
         if key == "layers" and cache_layers is not None:

@@ -37,16 +37,16 @@ class InputMLP(nn.Module):
         self.fc_out = nn.Linear(hidden_dim, hidden_dim)
         self.dropout = Dropout(dropout)
 
-    def hidden(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., C)
-        """Everything but the last Linear: ``forward(x) == fc_out(hidden(x))``."""
-        return self.middle(self.fc_in(self.dropout.after_norm(self.norm_in, x)))
+    def first(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., C)
+        """LN -> Dropout -> Linear(d_in, C): the stage at the input width."""
+        return self.fc_in(self.dropout.after_norm(self.norm_in, x))
 
     def middle(self, x: torch.Tensor) -> torch.Tensor:  # (..., C) -> (..., C)
         """ReLU -> LN(C) -> Dropout: from the output of ``fc_in`` to the input of ``fc_out``."""
         return self.dropout.after_norm(self.norm_hidden, F.relu(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., d_in) -> (..., C)
-        return self.fc_out(self.hidden(x))
+        return self.fc_out(self.middle(self.first(x)))
 
 
 class DropPath(nn.Module):
@@ -256,8 +256,7 @@ class R2Block(nn.Module):
                 v_in[..., :d].copy_(video[:, :, i]).masked_fill_(padded_clip, 0.0)  # (B, T, N, D)
                 if tef is not None:
                     v_in[..., d:] = tef  # (B, T, N, D+2)
-                mlp = self.video_mlp
-                u = mlp.fc_in(mlp.dropout.after_norm(mlp.norm_in, v_in))  # (B, T, N, C)
+                u = self.video_mlp.first(v_in)  # (B, T, N, C)
             q_in = torch.where(qmask_tok, query[:, i].float(), 0.0)  # (B, S, Dt)
             q_emb = self.query_mlp(q_in)  # (B, S, C)
             layer_q.append(q_emb)  # (B, S, C)
@@ -314,7 +313,7 @@ class R2Block(nn.Module):
 
     def _lean_first_stage(self, video: torch.Tensor, layer: int, video_mask: torch.Tensor,
                           tef: torch.Tensor | None) -> torch.Tensor:
-        """``video_mlp.fc_in(dropout(norm_in(v_in)))`` of one layer, -> (B, T, N, C)."""
+        """``video_mlp.first(v_in)`` of one layer, -> (B, T, N, C)."""
         mlp = self.video_mlp
         keep = 1.0 - mlp.dropout.p if mlp.dropout.training else 1.0
         flat_tef = tef[:, :, 0] if tef is not None else None  # (B, T, 2)
