@@ -11,10 +11,14 @@ the same AdamW step. Two variants:
   ViT-B/32-sized ``CLIPModel`` (random weights built from ``CLIPConfig()``, no download) runs
   on them in inference mode (fp32) to produce the same hidden states, then the same step.
 
-Each variant runs in fresh processes of its own (its memory is its own, and no CLIP weights
-sit beside the cache variant), alternated over ``--rounds`` (cache, CLIP, cache, CLIP: the load
-of a shared machine drifts between processes); the speed-up is the ratio of the medians of all
-timed steps. Memory: peak RSS (``ru_maxrss``) and the peak of live heap allocations (glibc
+On the CPU both variants run with glibc malloc keeping freed memory for the next step, as
+``r2 fit`` sets it there (``r2.train.allocator``: without it each step faults its fresh
+activations' pages in again, which costs CLIP in the loop more than the cache step;
+``--malloc-defaults`` runs both with glibc's own settings). Each variant runs in fresh
+processes of its own (its memory is its own, and no CLIP weights sit beside the cache
+variant), alternated over ``--rounds`` (cache, CLIP, cache, CLIP: the load of a shared machine
+drifts between processes); the speed-up is the ratio of the medians of all timed steps.
+Memory: peak RSS (``ru_maxrss``) and the peak of live heap allocations (glibc
 ``mallinfo2``, sampled), of each variant's first process.
 
 Printed: median step time, FLOPs, peak RSS and live heap of each, and the ratios (issue
@@ -133,6 +137,10 @@ def make_step(args, variant: str):
 
     torch.manual_seed(0)
     device = torch.device(args.device)
+    if device.type == "cpu" and not args.malloc_defaults:  # as r2 fit does on the CPU, for both variants
+        from r2.train.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     from r2.cache import FeatureCache
     from r2.model import R2Config, R2Model
     from r2.train.annotations import load_annotations
@@ -229,6 +237,8 @@ def main():
     ap.add_argument("--rounds", type=int, default=2, help="processes per variant, alternated with the other's")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--malloc-defaults", action="store_true",
+                    help="glibc malloc's default settings in both variants instead of r2 fit's (r2.train.allocator)")
     ap.add_argument("--variant", choices=["cache", "clip"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--annotations", help=argparse.SUPPRESS)
@@ -248,6 +258,7 @@ def main():
                 cmd = [sys.executable, __file__, "--variant", variant, "--cache", str(cache), "--annotations",
                        str(ann), "--batch", str(args.batch), "--clips", str(args.clips), "--steps",
                        str(args.steps), "--warmup", str(args.warmup), "--device", args.device]
+                cmd += ["--malloc-defaults"] if args.malloc_defaults else []
                 done = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
                 if done.returncode != 0:
                     sys.exit(f"{variant} variant failed:\n{done.stderr[-3000:]}")

@@ -16,7 +16,8 @@ The recipe is R²-Tuning's (reference §5) with the preset's numbers (``r2.train
   global-norm gradient clipping at ``grad_clip`` (35); the training split repeated ``repeat``
   times per epoch (QVHighlights ×4); no drop_last.
 * Mixed precision on CUDA: fp16 autocast + GradScaler (``amp="fp16"``, official) or bf16
-  (``amp="bf16"``, no scaler); the model keeps its heads and losses in fp32. CPU runs fp32.
+  (``amp="bf16"``, no scaler); the model keeps its heads and losses in fp32. CPU runs fp32,
+  with glibc malloc told to keep freed memory for the next step (:mod:`r2.train.allocator`).
 * Seeds: ``torch``/``numpy``/``random`` from ``seed``; the loader's shuffling
   (``DistributedSampler(seed)`` + ``set_epoch``) and worker seeds (a generator per epoch) are
   functions of (seed, epoch, rank); each item's positive clip and crop come from
@@ -60,6 +61,7 @@ import torch
 from r2.model import R2Config, R2Model
 
 from . import checkpoint as ckpt
+from .allocator import reuse_freed_memory
 from .annotations import GroundingSample, load_annotations
 from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
                    check_feature_spec, check_ids, feature_spec, loader_generator, resolve_layers,
@@ -497,6 +499,8 @@ class _Trainer:
             ddp = model
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
+        if ctx.device.type == "cpu":  # each step's activations reuse the last one's pages (r2.train.allocator)
+            reuse_freed_memory()
 
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(params, lr=preset.lr, betas=tuple(preset.betas), eps=preset.eps,

@@ -87,7 +87,8 @@ def test_the_decoder_layer_uses_the_configured_droppath():
     assert isinstance(model.block.temporal.droppath, DropPath) and model.block.temporal.droppath.p == 0.3
 
 
-@pytest.mark.parametrize("p", [0.5, 0.25, 0.35, 0.3, 0.9])  # 8-bit path (p·256 integer) and 32-bit path
+# random bits per element: p = 0.5 -> 1, 0.25 -> 2, 0.4375 (keep 9/16) and 0.609375 (keep 100/256) -> 8, 0.35 / 0.3 / 0.9 -> 32
+@pytest.mark.parametrize("p", [0.5, 0.25, 0.4375, 0.609375, 0.35, 0.3, 0.9])
 def test_dropout_keeps_each_element_with_probability_1_minus_p(p):
     torch.manual_seed(0)
     drop = Dropout(p).train()
@@ -104,6 +105,21 @@ def test_dropout_keeps_each_element_with_probability_1_minus_p(p):
     assert abs(corr.item()) < 5 / math.sqrt(a.numel())
     y.sum().backward()  # the gradient is the same mask and scale
     torch.testing.assert_close(x.grad, y.detach())
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.75, 0.5625, 0.390625, 0.65])
+def test_a_mask_is_the_same_draw_in_every_dtype(keep):
+    """bool, uint8 and float32 masks from one generator state are one mask; the first elements
+    do not depend on how many are drawn (the fields of each random byte are in order)."""
+    masks = []
+    for dtype in (torch.bool, torch.uint8, torch.float32):
+        g = torch.Generator().manual_seed(4)
+        masks.append(bernoulli_mask(torch.Size([31, 77]), keep, generator=g, dtype=dtype))
+        assert masks[-1].dtype == dtype and masks[-1].shape == (31, 77)
+    assert torch.equal(masks[1].bool(), masks[0]) and torch.equal(masks[2].bool(), masks[0])
+    assert set(masks[2].unique().tolist()) <= {0.0, 1.0}
+    g = torch.Generator().manual_seed(4)
+    assert torch.equal(bernoulli_mask(torch.Size([31 * 77 + 200]), keep, generator=g)[:31 * 77], masks[0].flatten())
 
 
 @pytest.mark.parametrize("p", [0.5, 0.35])
