@@ -151,7 +151,8 @@ def make_step(args, variant: str):
     config = R2Config(**{**preset.model_config_kwargs(), "video_dim": VIDEO_DIM, "query_dim": QUERY_DIM,
                          "num_layers": len(LAYERS)})
     model = R2Model(config).to(device).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=preset.lr, weight_decay=preset.weight_decay,  # as r2 fit does
+                            fused=device.type in ("cpu", "cuda"))
     cache = FeatureCache.open(args.cache)
     samples = load_annotations(args.annotations, dataset="custom")
     data = GroundingDataset(samples, cache, LAYERS, preset, train=True, seed=0)
