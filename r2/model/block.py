@@ -17,10 +17,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from .dropout import Dropout, bernoulli_mask
 from .lean_input import norm_dropout_linear
+from .lean_pool import attend_tokens
 
 
 class InputMLP(nn.Module):
@@ -238,7 +238,7 @@ class R2Block(nn.Module):
 
         # On the CPU the video MLP's first stage (at the CLIP width, over every token) runs a
         # block of clips at a time and is recomputed in backward (r2.model.lean_input), and the
-        # cheap rest of the spatial pooling is recomputed in backward too (no FLOPs to speak of).
+        # token attention of the pooling rebuilds its h there (r2.model.lean_pool).
         lean = self._lean_input(video)
         recompute = lean and torch.is_grad_enabled()
         layer_v, layer_q, last = [], [], None
@@ -261,10 +261,7 @@ class R2Block(nn.Module):
             q_emb = self.query_mlp(q_in)  # (B, S, C)
             layer_q.append(q_emb)  # (B, S, C)
 
-            if recompute:
-                cls, pooled = checkpoint(self._spatial_pool, u, q_emb, pool_mask, use_reentrant=False)
-            else:
-                cls, pooled = self._spatial_pool(u, q_emb, pool_mask)
+            cls, pooled = self._spatial_pool(u, q_emb, pool_mask, lean=recompute)
             layer_v.append(cls)  # mapped CLS token per clip, (B, T, C)
             e = cls + pooled * self.pool_scale[i].tanh()  # (B, T, C)
 
@@ -277,8 +274,8 @@ class R2Block(nn.Module):
         return R2BlockOutput(hidden=last, query_tokens=q_emb, layer_video_cls=torch.stack(layer_v),
                              layer_query_tokens=torch.stack(layer_q))
 
-    def _spatial_pool(self, u: torch.Tensor, q_emb: torch.Tensor,
-                      pool_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def _spatial_pool(self, u: torch.Tensor, q_emb: torch.Tensor, pool_mask: torch.Tensor | None,
+                      lean: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The rest of the video MLP and the query-modulated spatial pooling of one step.
 
         u: (B, T, N, C) output of ``video_mlp.fc_in``; q_emb: (B, S, C) mapped query tokens;
@@ -293,14 +290,20 @@ class R2Block(nn.Module):
         att @ (Wo h + bo) = Wo (att @ h) + bo because each row of att sums to 1.
         """
         fc_out = self.video_mlp.fc_out
-        h = self.video_mlp.middle(u)  # (B, T, N, C), v_emb = fc_out(h)
-        cls = fc_out(h[:, :, 0])  # (B, T, C)
         queries = self.pool_query(q_emb)  # (B, S, C)
         q_key = queries @ self.pool_key.weight  # (B, S, C)
         offset = q_key @ fc_out.bias + queries @ self.pool_key.bias  # (B, S): one logit for all N
-        logits = torch.einsum("bsc,btnc->btsn", q_key @ fc_out.weight, h) + offset[:, None, :, None]
-        att = (logits / math.sqrt(self.hidden_dim)).softmax(dim=-1)  # (B, T, S, N)
-        pooled = fc_out(torch.einsum("btsn,btnc->btsc", att, h)) + q_emb[:, None]  # (B, T, S, C)
+        keys = q_key @ fc_out.weight  # (B, S, C): query token s's key over h
+        if lean:
+            tokens = attend_tokens(u, keys, offset, self.video_mlp.norm_hidden, self.video_mlp.dropout)
+            first, mixed = tokens.first, tokens.mixed  # (B, T, C), (B, T, S, C)
+        else:
+            h = self.video_mlp.middle(u)  # (B, T, N, C), v_emb = fc_out(h)
+            logits = torch.einsum("bsc,btnc->btsn", keys, h) + offset[:, None, :, None]
+            att = (logits / math.sqrt(self.hidden_dim)).softmax(dim=-1)  # (B, T, S, N)
+            first, mixed = h[:, :, 0], torch.einsum("btsn,btnc->btsc", att, h)
+        cls = fc_out(first)  # (B, T, C)
+        pooled = fc_out(mixed) + q_emb[:, None]  # (B, T, S, C)
         if pool_mask is not None:
             pooled = pooled.masked_fill(pool_mask, float("-inf"))
         return cls, pooled.amax(dim=2)  # (B, T, C) each
