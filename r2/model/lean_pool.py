@@ -37,16 +37,16 @@ class AttendedTokens:
 def _hidden(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, keep: float,
             generator: torch.Generator | None = None):
     """h = mask * LN(ReLU(u)) with the 1 / keep folded into the norm's weight and bias (as
-    :meth:`Dropout.after_norm`: the same mask from the same generator state) -> (ReLU(u), h,
-    mean, rstd, mask or None)."""
+    :meth:`Dropout.after_norm`: the same mask from the same generator state) -> (h, mean, rstd,
+    mask or None). The mask is float 0 / 1 (a float tensor multiplied by a uint8 mask pays for
+    a conversion: 5% of a training step here)."""
     c = u.shape[-1]
-    r = torch.relu(u)
-    h, mean, rstd = torch.native_layer_norm(r, (c,), weight / keep, bias / keep, eps)
+    h, mean, rstd = torch.native_layer_norm(torch.relu(u), (c,), weight / keep, bias / keep, eps)
     mask = None
     if keep < 1.0:
-        mask = bernoulli_mask(h.shape, keep, u.device, generator, torch.uint8)
+        mask = bernoulli_mask(h.shape, keep, u.device, generator, h.dtype)
         h.mul_(mask)
-    return r, h, mean, rstd, mask
+    return h, mean, rstd, mask
 
 
 def _attention(h: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -62,7 +62,7 @@ class _AttendTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, keys, offset, norm_weight, norm_bias, eps, keep):
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the mask is drawn
-        _, h, _, _, _ = _hidden(u, norm_weight, norm_bias, eps, keep)  # (B, T, N, C)
+        h, _, _, _ = _hidden(u, norm_weight, norm_bias, eps, keep)  # (B, T, N, C)
         att = _attention(h, keys, offset)  # (B, T, N, S)
         mixed = att.transpose(2, 3) @ h  # (B, T, S, N) @ (B, T, N, C) -> (B, T, S, C)
         ctx.save_for_backward(u, keys, norm_weight, norm_bias, att)
@@ -79,7 +79,9 @@ class _AttendTokens(torch.autograd.Function):
         if ctx.rng_state is not None:  # the forward pass's mask, without touching torch's generator
             generator = torch.Generator(device=u.device)
             generator.set_state(ctx.rng_state)
-        r, h, mean, rstd, mask = _hidden(u, norm_weight, norm_bias, ctx.eps, keep, generator)
+        # at most three (B, T, N, C) tensors live at once: h, its mask and grad_h, then grad_h,
+        # ReLU(u) (recomputed rather than kept) and the LayerNorm's input gradient
+        h, mean, rstd, mask = _hidden(u, norm_weight, norm_bias, ctx.eps, keep, generator)
         grad_h = att @ grad_mixed  # (B, T, N, S) @ (B, T, S, C) -> (B, T, N, C)
         grad_att = (grad_mixed @ h.transpose(2, 3)).transpose(2, 3)  # (B, T, N, S)
         # softmax over N, then the 1 / sqrt(C) scale
@@ -92,9 +94,12 @@ class _AttendTokens(torch.autograd.Function):
         del h, grad_att, grad_logits
         if mask is not None:
             grad_h.mul_(mask)
+        del mask
+        r = torch.relu(u)
         grad_r, grad_w, grad_beta = torch.ops.aten.native_layer_norm_backward(
             grad_h, r, (c,), mean, rstd, norm_weight / keep, norm_bias / keep, [True, True, True])
-        grad_u = grad_r.masked_fill_(r <= 0, 0.0)  # ReLU's backward, in place
+        del grad_h
+        grad_u = torch.ops.aten.threshold_backward.grad_input(grad_r, r, 0, grad_input=grad_r)  # ReLU's, in place
         return grad_u, grad_keys, grad_offset, grad_w / keep, grad_beta / keep, None, None
 
 
