@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .dropout import Dropout, bernoulli_mask
 from .lean_input import norm_dropout_linear
-from .lean_pool import attend_tokens
+from .lean_pool import attend_tokens, attention_weights
 
 
 class InputMLP(nn.Module):
@@ -299,9 +299,8 @@ class R2Block(nn.Module):
             first, mixed = tokens.first, tokens.mixed  # (B, T, C), (B, T, S, C)
         else:
             h = self.video_mlp.middle(u)  # (B, T, N, C), v_emb = fc_out(h)
-            logits = torch.einsum("bsc,btnc->btsn", keys, h) + offset[:, None, :, None]
-            att = (logits / math.sqrt(self.hidden_dim)).softmax(dim=-1)  # (B, T, S, N)
-            first, mixed = h[:, :, 0], torch.einsum("btsn,btnc->btsc", att, h)
+            att = attention_weights(h, keys, offset)  # (B, T, N, S)
+            first, mixed = h[:, :, 0], att.transpose(2, 3) @ h  # (B, T, C), (B, T, S, C)
         cls = fc_out(first)  # (B, T, C)
         pooled = fc_out(mixed) + q_emb[:, None]  # (B, T, S, C)
         if pool_mask is not None:

@@ -49,8 +49,10 @@ def _hidden(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: floa
     return h, mean, rstd, mask
 
 
-def _attention(h: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
-    """softmax over N of (h . key_s + offset_s) / sqrt(C) -> (B, T, N, S)."""
+def attention_weights(h: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """softmax over N of (h . key_s + offset_s) / sqrt(C), for h (B, T, N, C), keys (B, S, C),
+    offset (B, S) -> (B, T, N, S). The plain path of the block computes it the same way, so
+    both paths give the same values to the last bit."""
     b, t, n, c = h.shape
     s = keys.shape[1]
     # one matmul over all T·N tokens of a sample: (B, T·N, C) @ (B, C, S)
@@ -63,7 +65,7 @@ class _AttendTokens(torch.autograd.Function):
     def forward(ctx, u, keys, offset, norm_weight, norm_bias, eps, keep):
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the mask is drawn
         h, _, _, _ = _hidden(u, norm_weight, norm_bias, eps, keep)  # (B, T, N, C)
-        att = _attention(h, keys, offset)  # (B, T, N, S)
+        att = attention_weights(h, keys, offset)  # (B, T, N, S)
         mixed = att.transpose(2, 3) @ h  # (B, T, S, N) @ (B, T, N, C) -> (B, T, S, C)
         ctx.save_for_backward(u, keys, norm_weight, norm_bias, att)
         ctx.eps, ctx.keep = eps, keep
@@ -118,4 +120,4 @@ def attend_tokens(u: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor, nor
     return AttendedTokens(first=first, mixed=mixed)
 
 
-__all__ = ["AttendedTokens", "attend_tokens"]
+__all__ = ["AttendedTokens", "attend_tokens", "attention_weights"]

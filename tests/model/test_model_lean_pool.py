@@ -127,3 +127,20 @@ def test_training_with_dropout_matches_the_plain_pooling_in_the_model(h, monkeyp
     for name in plain[1]:
         torch.testing.assert_close(lean[1][name], plain[1][name], atol=1e-5, rtol=1e-4, msg=name)
     assert float(lean[1]["block.video_mlp.norm_hidden.weight"].abs().sum()) > 0
+
+
+def test_with_and_without_gradients_the_model_gives_the_same_values_to_the_last_bit(h):
+    """Eval mode with gradients on runs attend_tokens, under no_grad the plain path: inference
+    must not depend on which (r2 predict runs under no_grad, a user's script may not)."""
+    cfg = h.tiny_config(dropout=0.5)
+    torch.manual_seed(0)
+    model = R2Model(cfg).eval()
+    with torch.no_grad():
+        model.block.pool_scale.fill_(0.7)
+    video, vmask, query, qmask = h.collate(h.make_samples(cfg, [9, 6], [5, 3], num_tokens=5))
+    with_grad = model(video, vmask, query, qmask)
+    with torch.no_grad():
+        without = model(video, vmask, query, qmask)
+    assert with_grad.class_logits.requires_grad
+    assert torch.equal(with_grad.class_logits, without.class_logits)
+    assert torch.equal(with_grad.saliency, without.saliency)
