@@ -457,19 +457,25 @@ def sparkline(values: Sequence[float], width: int = 72) -> tuple[str, int]:
 
 
 def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
-    """Text report: the top moments and the saliency curve with the best moment marked."""
+    """Text report: the top moments and the saliency curve with the best moment marked.
+
+    Moments of no length (a window the decoder clipped to the video's start or end, which the
+    predictions file and ``--json`` keep, as the official decoding does) are not listed."""
     lines = [f"query: {g.query!r}"]
+    shown = None
     if g.moments is not None:
-        lines.append(f"top {min(top_k, len(g.moments))} moments:")
-        for rank, (s, e, score) in enumerate(g.moments[:top_k], 1):
+        shown = [m for m in g.moments if m[1] > m[0]][:top_k]
+        lines.append(f"top {len(shown)} moments:" if shown else
+                     "moments: none (every window the model predicted has no length)")
+        for rank, (s, e, score) in enumerate(shown, 1):
             lines.append(f"  {rank}. {s:8.1f} s – {e:8.1f} s   score {score:.3f}")
     line, per = sparkline(g.saliency, width)
     sal = np.asarray(g.saliency)
     lines.append(f"saliency (min {sal.min():.3f}, max {sal.max():.3f}; one character = {per} clip(s) = "
                  f"{per / g.fps:g} s):")
     lines.append("  |" + line + "|")
-    if g.moments:
-        s, e = g.moments[0][0], g.moments[0][1]
+    if shown:
+        s, e = shown[0][0], shown[0][1]
         a = int((s - g.clip_start) * g.fps) // per
         b = max(a + 1, int(math.ceil((e - g.clip_start) * g.fps / per)))
         a, b = max(0, min(a, len(line))), max(0, min(b, len(line)))

@@ -273,6 +273,25 @@ def _groundings(moments: bool = True):
                            saliency=saliency) for q in ("a red screen", "a green screen")]
 
 
+def test_the_text_report_lists_the_top_moments_with_a_length_and_marks_the_best():
+    from r2.train.inference import format_grounding
+
+    g = _groundings()[0]
+    g.moments = [[0.0, 0.0, 0.95], [10.0, 18.0, 0.9], [40.0, 40.0, 0.5], [30.0, 34.0, 0.2]]
+    text = format_grounding(g, top_k=5)
+    assert "top 2 moments:" in text
+    assert "1.     10.0 s –     18.0 s   score 0.900" in text
+    assert "2.     30.0 s –     34.0 s   score 0.200" in text
+    assert "0.950" not in text and "0.500" not in text
+    marker = next(line for line in text.splitlines() if line.endswith("^ best moment"))
+    # "  |" then the bar: carets under clips 5-8 of 20 (10-18 s), and one in the legend
+    assert marker.index("^") - 3 == 5 and marker.count("^") == 4 + 1
+    g.moments = [[0.0, 0.0, 0.95]]
+    text = format_grounding(g)
+    assert "moments: none (every window the model predicted has no length)" in text
+    assert "top " not in text and "best moment" not in text
+
+
 def _light_orange(img) -> int:
     """Pixels of the top moment's shading: tab:orange at alpha 0.35 over white, (1, .82, .67)."""
     r, g, b = img[..., 0], img[..., 1], img[..., 2]
