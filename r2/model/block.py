@@ -240,7 +240,7 @@ class R2Block(nn.Module):
         # block of clips at a time and is recomputed in backward (r2.model.lean_input), and the
         # token attention of the pooling rebuilds its h there (r2.model.lean_pool).
         lean = self._lean_input(video)
-        recompute = lean and torch.is_grad_enabled()
+        lean_pooling = lean and torch.is_grad_enabled()
         layer_v, layer_q, last = [], [], None
         # r2tuning.md §10 #2: recommendation taken, layers stored ascending and walked in reverse
         # (last CLIP layer first); gate[i] and pool_scale[i] belong to stored layer i.
@@ -261,7 +261,7 @@ class R2Block(nn.Module):
             q_emb = self.query_mlp(q_in)  # (B, S, C)
             layer_q.append(q_emb)  # (B, S, C)
 
-            cls, pooled = self._spatial_pool(u, q_emb, pool_mask, lean=recompute)
+            cls, pooled = self._spatial_pool(u, q_emb, pool_mask, lean=lean_pooling)
             layer_v.append(cls)  # mapped CLS token per clip, (B, T, C)
             e = cls + pooled * self.pool_scale[i].tanh()  # (B, T, C)
 
@@ -279,8 +279,9 @@ class R2Block(nn.Module):
         """The rest of the video MLP and the query-modulated spatial pooling of one step.
 
         u: (B, T, N, C) output of ``video_mlp.fc_in``; q_emb: (B, S, C) mapped query tokens;
-        pool_mask: (B, 1, S, 1) True = padded token, or None -> (mapped CLS token (B, T, C),
-        pooled token (B, T, C)).
+        pool_mask: (B, 1, S, 1) True = padded token, or None; lean: the token attention by
+        :func:`r2.model.lean_pool.attend_tokens` (its own backward pass; the CPU training path)
+        -> (mapped CLS token (B, T, C), pooled token (B, T, C)).
 
         With v_emb = fc_out(h) the mapped tokens: att = softmax_N(pool_query(q_emb) .
         pool_key(v_emb) / sqrt(C)), pooled = max_S(att @ v_emb + q_emb), independently per clip,
