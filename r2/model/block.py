@@ -318,7 +318,7 @@ class R2Block(nn.Module):
                           tef: torch.Tensor | None) -> torch.Tensor:
         """``video_mlp.first(v_in)`` of one layer, -> (B, T, N, C)."""
         mlp = self.video_mlp
-        keep = 1.0 - mlp.dropout.p if mlp.dropout.training else 1.0
+        keep = mlp.dropout.keep
         flat_tef = tef[:, :, 0] if tef is not None else None  # (B, T, 2)
         return norm_dropout_linear(video, layer, video_mask, flat_tef, mlp.norm_in, keep, mlp.fc_in)
 

@@ -7,10 +7,10 @@ Shared by the R² Block's MLPs (:mod:`r2.model.block`) and its memory-lean first
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 _FIELD_TABLES: dict = {}  # (bits, threshold, dtype, device) -> table
@@ -85,18 +85,47 @@ class Dropout(nn.Dropout):
             return torch.zeros_like(x)
         return (x * bernoulli_mask(x.shape, keep, x.device, dtype=torch.uint8)).mul_(1.0 / keep)
 
+    @property
+    def keep(self) -> float:
+        """The keep probability of this dropout now: 1 - p in training mode, else 1."""
+        return 1.0 - self.p if self.training else 1.0
+
     def after_norm(self, norm: nn.LayerNorm, x: torch.Tensor) -> torch.Tensor:
-        """``self(norm(x))``; on the CPU in training with the 1 / (1 - p) scale folded into the
-        norm's weight and bias (C values, not every element: one pass less each way, exact
-        when 1 / (1 - p) is a power of two, as for p = 0.5). Same random mask as ``self``."""
+        """``self(norm(x))``; on the CPU in training by :func:`dropout_after_norm`, the same
+        random mask as ``self``."""
         if not self.training or self.p in (0.0, 1.0) or x.device.type != "cpu" or self.inplace:
             return self(norm(x))
         if norm.weight is None:  # no affine parameters to fold the scale into
             return self(norm(x))
-        keep = 1.0 - self.p
-        bias = norm.bias / keep if norm.bias is not None else None
-        h = F.layer_norm(x, norm.normalized_shape, norm.weight / keep, bias, norm.eps)
-        return h.mul_(bernoulli_mask(h.shape, keep, x.device, dtype=torch.uint8))  # h is not kept by autograd
+        return dropout_after_norm(x, norm.normalized_shape, norm.weight, norm.bias, norm.eps, self.keep).output
 
 
-__all__ = ["Dropout", "bernoulli_mask"]
+@dataclass
+class NormDropout:
+    """output: the dropped-out LayerNorm output; mean, rstd: the norm's statistics (what its
+    backward takes); mask: the uint8 0 / 1 keep mask, None when keep is 1."""
+
+    output: torch.Tensor
+    mean: torch.Tensor
+    rstd: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def dropout_after_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor, bias: torch.Tensor | None,
+                       eps: float, keep: float, generator: torch.Generator | None = None) -> NormDropout:
+    """dropout(layer_norm(x)) with keep probability ``keep``, the 1 / keep scale folded into the
+    norm's weight and bias (C values, not every element: one pass less each way, exact when
+    1 / keep is a power of two, as for p = 0.5); the mask drawn by :func:`bernoulli_mask` from
+    ``generator`` (torch's default one when None). The output is multiplied in place: autograd
+    does not keep a LayerNorm's output. The mask is uint8 (a quarter of a float mask's bytes;
+    multiplying by it is no slower in a whole training step)."""
+    out, mean, rstd = torch.native_layer_norm(x, normalized_shape, weight / keep,
+                                              bias / keep if bias is not None else None, eps)
+    mask = None
+    if keep < 1.0:
+        mask = bernoulli_mask(out.shape, keep, x.device, generator, torch.uint8)
+        out.mul_(mask)
+    return NormDropout(output=out, mean=mean, rstd=rstd, mask=mask)
+
+
+__all__ = ["Dropout", "NormDropout", "bernoulli_mask", "dropout_after_norm"]

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .dropout import Dropout, bernoulli_mask
+from .dropout import Dropout, NormDropout, dropout_after_norm
 
 
 @dataclass
@@ -35,18 +35,10 @@ class AttendedTokens:
 
 
 def _hidden(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, keep: float,
-            generator: torch.Generator | None = None):
-    """h = mask * LN(ReLU(u)) with the 1 / keep folded into the norm's weight and bias (as
-    :meth:`Dropout.after_norm`: the same mask from the same generator state) -> (h, mean, rstd,
-    mask or None). The mask is uint8 0 / 1: a quarter of a float mask's bytes at the backward
-    pass's peak, and no slower to multiply by in a whole training step."""
-    c = u.shape[-1]
-    h, mean, rstd = torch.native_layer_norm(torch.relu(u), (c,), weight / keep, bias / keep, eps)
-    mask = None
-    if keep < 1.0:
-        mask = bernoulli_mask(h.shape, keep, u.device, generator, torch.uint8)
-        h.mul_(mask)
-    return h, mean, rstd, mask
+            generator: torch.Generator | None = None) -> NormDropout:
+    """h = dropout(LN(ReLU(u))), exactly as :meth:`Dropout.after_norm` (the same mask from the
+    same generator state)."""
+    return dropout_after_norm(torch.relu(u), (u.shape[-1],), weight, bias, eps, keep, generator)
 
 
 def attention_weights(h: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
@@ -64,7 +56,7 @@ class _AttendTokens(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, keys, offset, norm_weight, norm_bias, eps, keep):
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the mask is drawn
-        h, _, _, _ = _hidden(u, norm_weight, norm_bias, eps, keep)  # (B, T, N, C)
+        h = _hidden(u, norm_weight, norm_bias, eps, keep).output  # (B, T, N, C)
         att = attention_weights(h, keys, offset)  # (B, T, N, S)
         mixed = att.transpose(2, 3) @ h  # (B, T, S, N) @ (B, T, N, C) -> (B, T, S, C)
         ctx.save_for_backward(u, keys, norm_weight, norm_bias, att)
@@ -83,7 +75,9 @@ class _AttendTokens(torch.autograd.Function):
             generator.set_state(ctx.rng_state)
         # at most three (B, T, N, C) tensors live at once: h, its mask and grad_h, then grad_h,
         # ReLU(u) (recomputed rather than kept) and the LayerNorm's input gradient
-        h, mean, rstd, mask = _hidden(u, norm_weight, norm_bias, ctx.eps, keep, generator)
+        hidden = _hidden(u, norm_weight, norm_bias, ctx.eps, keep, generator)
+        h, mask, mean, rstd = hidden.output, hidden.mask, hidden.mean, hidden.rstd
+        del hidden  # h and the mask are freed below, when their last use is done
         grad_h = att @ grad_mixed  # (B, T, N, S) @ (B, T, S, C) -> (B, T, N, C)
         grad_att = (grad_mixed @ h.transpose(2, 3)).transpose(2, 3)  # (B, T, N, S)
         # softmax over N, then the 1 / sqrt(C) scale
@@ -115,8 +109,7 @@ def attend_tokens(u: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor, nor
     u: (B, T, N, C) float32 on the CPU; keys: (B, S, C); offset: (B, S); ``norm`` has affine
     parameters; the dropout's p is below 1 -> :class:`AttendedTokens`.
     """
-    keep = 1.0 - dropout.p if dropout.training and dropout.p > 0.0 else 1.0
-    first, mixed = _AttendTokens.apply(u, keys, offset, norm.weight, norm.bias, norm.eps, keep)
+    first, mixed = _AttendTokens.apply(u, keys, offset, norm.weight, norm.bias, norm.eps, dropout.keep)
     return AttendedTokens(first=first, mixed=mixed)
 
 
