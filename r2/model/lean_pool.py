@@ -37,8 +37,8 @@ class AttendedTokens:
 def _hidden(u: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float, keep: float,
             generator: torch.Generator | None = None) -> NormDropout:
     """h = dropout(LN(ReLU(u))), exactly as :meth:`Dropout.after_norm` (the same mask from the
-    same generator state)."""
-    return dropout_after_norm(torch.relu(u), (u.shape[-1],), weight, bias, eps, keep, generator)
+    same generator state); the mask in u's float type (not kept between the passes)."""
+    return dropout_after_norm(torch.relu(u), (u.shape[-1],), weight, bias, eps, keep, generator, u.dtype)
 
 
 def attention_weights(h: torch.Tensor, keys: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from r2.model import R2Config, R2Model
 from r2.model.block import Dropout, DropPath, InputMLP, bernoulli_mask
+from r2.model.dropout import dropout_after_norm
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +148,21 @@ def test_dropout_after_norm_equals_dropout_of_norm(p):
     for got, want in zip((norm.weight.grad, norm.bias.grad), grads):  # sums of 300 terms, rounded apart
         torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
     assert torch.equal(drop.eval().after_norm(norm, x), norm(x))
+
+
+@pytest.mark.parametrize("p", [0.5, 0.35])
+def test_dropout_after_norm_gives_the_same_mask_and_output_in_any_mask_type(p):
+    """The token attention draws its mask in float32 (not kept), Dropout.after_norm in uint8
+    (kept by autograd): from the same generator state the same 0 / 1 values and output."""
+    x, weight, bias = torch.randn(300, 770), torch.randn(770), torch.randn(770)
+    got = {}
+    for dtype in (torch.uint8, torch.float32):
+        g = torch.Generator().manual_seed(11)
+        got[dtype] = dropout_after_norm(x, (770,), weight, bias, 1e-5, 1 - p, g, dtype)
+    assert got[torch.uint8].mask.dtype == torch.uint8 and got[torch.float32].mask.dtype == torch.float32
+    assert 0.3 < got[torch.float32].mask.mean().item() < 0.8  # a real mask, not all ones or zeros
+    assert torch.equal(got[torch.uint8].mask.float(), got[torch.float32].mask)
+    assert torch.equal(got[torch.uint8].output, got[torch.float32].output)
 
 
 def test_dropout_is_seeded_and_the_identity_in_eval_and_at_p_0():
