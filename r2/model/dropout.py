@@ -121,8 +121,8 @@ def dropout_after_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor, 
     does not keep a LayerNorm's output. The mask is 0 / 1 in ``mask_dtype``, the same values
     in any: uint8 where autograd keeps it (a quarter of a float mask's bytes), the output's
     float type where it is not kept (multiplying by a uint8 mask converts it to a float copy
-    first: (4, 32, 50, 256) elements, drawing and applying it twice took 3.8 ms in uint8, 2.0 ms
-    in float32)."""
+    first: a (4, 32, 50, 256) mask drawn once and applied to two fresh copies took 3.8 ms in
+    uint8, 2.0 ms in float32, on 2 CPU cores)."""
     out, mean, rstd = torch.native_layer_norm(x, normalized_shape, weight / keep,
                                               bias / keep if bias is not None else None, eps)
     mask = None
