@@ -1,7 +1,8 @@
 """Dropout with a fast CPU mask: random bits from torch's generator, as few per element as needed.
 
-Shared by the R² Block's MLPs (:mod:`r2.model.block`) and its memory-lean first stage
-(:mod:`r2.model.lean_input`), which redraws the same masks in its backward pass.
+Shared by the R² Block's MLPs (:mod:`r2.model.block`) and its memory-lean first stage and token
+attention (:mod:`r2.model.lean_input`, :mod:`r2.model.lean_pool`), which redraw the same masks
+in their backward passes.
 """
 
 from __future__ import annotations
@@ -103,7 +104,7 @@ class Dropout(nn.Dropout):
 @dataclass
 class NormDropout:
     """output: the dropped-out LayerNorm output; mean, rstd: the norm's statistics (what its
-    backward takes); mask: the uint8 0 / 1 keep mask, None when keep is 1."""
+    backward takes); mask: the 0 / 1 keep mask (in the type asked for), None when keep is 1."""
 
     output: torch.Tensor
     mean: torch.Tensor

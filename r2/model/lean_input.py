@@ -11,8 +11,10 @@ recomputes the LayerNorm, redraws the dropout mask from the generator state the 
 started from, and accumulates the weight gradients block by block. The features get no
 gradient (they come from the frozen CLIP), so none is computed for them.
 
-Dropout masks are drawn block after block from torch's generator (:func:`block_masks`), so the
-generator advances as for any other dropout and a seeded run is reproducible and resumable.
+Each block is normalised and dropped out by :func:`r2.model.dropout.dropout_after_norm` (the
+1 / keep scale folded into the LayerNorm, as the block's other dropouts), its mask drawn from
+torch's generator block after block (:func:`blocks`), so the generator advances as for any
+other dropout and a seeded run is reproducible and resumable.
 
 Shape letters as in :mod:`r2.model.block`: B batch, T clips, K layers, N tokens, D video width,
 C hidden width; D' = D + 2 with the TEF, else D.
@@ -25,7 +27,7 @@ from typing import Iterator
 import torch
 import torch.nn as nn
 
-from .dropout import bernoulli_mask
+from .dropout import dropout_after_norm
 
 #: float32 bytes of one block of rows (the layer's float32 copy, its LayerNorm output and the
 #: gradient of that output exist for one block at a time); a few MB keeps them in cache
@@ -57,19 +59,13 @@ def clips_per_block(tokens: int, dims: int) -> int:
     return max(1, BLOCK_BYTES // (4 * tokens * dims))
 
 
-def block_masks(clips: int, tokens: int, dims: int, keep: float, generator: torch.Generator | None = None,
-                device=None) -> Iterator[tuple[int, int, torch.Tensor | None]]:
-    """``(start, stop, mask)`` for each block of :func:`clips_per_block` clips of ``clips``, in
-    order; ``mask`` (stop - start, N, D') is the block's dropout keep mask as float32 0 / 1
-    (what the float rows are multiplied by), drawn by :func:`bernoulli_mask` from ``generator``
-    (torch's default one when None), or None when ``keep`` is 1."""
+def blocks(clips: int, tokens: int, dims: int) -> Iterator[tuple[int, int]]:
+    """``(start, stop)`` of each block of :func:`clips_per_block` clips of ``clips``, in order:
+    the order in which the blocks' dropout masks are drawn, (stop - start, N, D') elements
+    each."""
     step = clips_per_block(tokens, dims)
     for start in range(0, clips, step):
-        stop = min(start + step, clips)
-        mask = None
-        if keep < 1.0:
-            mask = bernoulli_mask((stop - start, tokens, dims), keep, device, generator, torch.float32)
-        yield start, stop, mask
+        yield start, min(start + step, clips)
 
 
 class _NormDropoutLinear(torch.autograd.Function):
@@ -78,14 +74,10 @@ class _NormDropoutLinear(torch.autograd.Function):
         b, t, _, n, _ = video.shape
         hidden, dims = weight.shape
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the masks start
-        # the dropout's 1 / keep folded into the LayerNorm's affine parameters (as Dropout.after_norm)
-        w, beta = norm_weight / keep, norm_bias / keep
         out = torch.empty((b * t, n, hidden), dtype=torch.float32, device=video.device)
-        for start, stop, mask in block_masks(b * t, n, dims, keep, device=video.device):
-            y = torch.native_layer_norm(_layer_rows(video, layer, clip_mask, tef, start, stop),
-                                        (dims,), w, beta, eps)[0]  # (m, N, D')
-            if mask is not None:
-                y.mul_(mask)
+        for start, stop in blocks(b * t, n, dims):
+            y = dropout_after_norm(_layer_rows(video, layer, clip_mask, tef, start, stop), (dims,), norm_weight,
+                                   norm_bias, eps, keep, mask_dtype=torch.float32).output  # (m, N, D')
             torch.addmm(bias, y.view(-1, dims), weight.t(), out=out[start:stop].view(-1, hidden))
         ctx.save_for_backward(video, clip_mask, tef, norm_weight, norm_bias, weight)
         ctx.layer, ctx.keep, ctx.eps = layer, keep, eps
@@ -97,7 +89,7 @@ class _NormDropoutLinear(torch.autograd.Function):
         b, t, _, n, _ = video.shape
         hidden, dims = weight.shape
         keep = ctx.keep
-        w, beta = norm_weight / keep, norm_bias / keep
+        w, beta = norm_weight / keep, norm_bias / keep  # the affine parameters the LayerNorm ran with
         generator = None
         if ctx.rng_state is not None:  # the forward pass's masks, without touching torch's generator
             generator = torch.Generator(device=video.device)
@@ -106,18 +98,17 @@ class _NormDropoutLinear(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight)
         grad_w = torch.zeros_like(norm_weight)
         grad_beta = torch.zeros_like(norm_bias)
-        for start, stop, mask in block_masks(b * t, n, dims, keep, generator, video.device):
+        for start, stop in blocks(b * t, n, dims):
             rows = _layer_rows(video, ctx.layer, clip_mask, tef, start, stop)  # (m, N, D')
-            y, mean, rstd = torch.native_layer_norm(rows, (dims,), w, beta, ctx.eps)
+            normed = dropout_after_norm(rows, (dims,), norm_weight, norm_bias, ctx.eps, keep, generator,
+                                        torch.float32)  # the forward pass's block, its mask redrawn
             g = grad[start:stop].reshape(-1, hidden)  # (m·N, C)
-            if mask is not None:
-                y.mul_(mask)
-            torch.addmm(grad_weight, g.t(), y.view(-1, dims), out=grad_weight)  # (C, D')
+            torch.addmm(grad_weight, g.t(), normed.output.view(-1, dims), out=grad_weight)  # (C, D')
             grad_y = (g @ weight).view_as(rows)  # (m, N, D')
-            if mask is not None:
-                grad_y.mul_(mask)
+            if normed.mask is not None:
+                grad_y.mul_(normed.mask)
             _, gw, gbeta = torch.ops.aten.native_layer_norm_backward(
-                grad_y, rows, (dims,), mean, rstd, w, beta, [False, True, True])
+                grad_y, rows, (dims,), normed.mean, normed.rstd, w, beta, [False, True, True])
             grad_w += gw
             grad_beta += gbeta
         grad_bias = grad.sum(dim=(0, 1))
@@ -128,7 +119,7 @@ def norm_dropout_linear(video: torch.Tensor, layer: int, clip_mask: torch.Tensor
                         norm: nn.LayerNorm, keep: float, linear: nn.Linear) -> torch.Tensor:
     """``linear(dropout(norm(x)))`` for x = layer ``layer`` of ``video`` in float32, padded clips
     zeroed, the TEF appended; ``keep`` = 1 - p is the dropout's keep probability (1: none), its
-    masks drawn by :func:`block_masks` from torch's generator.
+    masks drawn block by block (:func:`blocks`) from torch's generator.
 
     video: (B, T, K, N, D) without gradient, on the CPU; clip_mask: (B, T) bool; tef: (B, T, 2)
     float32 or None -> (B, T, N, C) float32.
@@ -139,4 +130,4 @@ def norm_dropout_linear(video: torch.Tensor, layer: int, clip_mask: torch.Tensor
                                     norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
 
 
-__all__ = ["BLOCK_BYTES", "block_masks", "clips_per_block", "norm_dropout_linear"]
+__all__ = ["BLOCK_BYTES", "blocks", "clips_per_block", "norm_dropout_linear"]

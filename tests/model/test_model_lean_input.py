@@ -2,7 +2,7 @@
 
 The plain path is what the block runs under autocast or on other devices; in the block tests it
 is forced by patching ``R2Block._lean_input``. The lean path draws its dropout masks block by
-block (``block_masks``), so with dropout the two are compared on the function, with the masks
+block (``blocks``), so with dropout the two are compared on the function, with the masks
 replayed from the same generator state; without dropout on the whole model.
 """
 
@@ -13,7 +13,8 @@ import torch.nn as nn
 from r2.model import R2Model
 from r2.model import lean_input
 from r2.model.block import R2Block
-from r2.model.lean_input import block_masks, norm_dropout_linear
+from r2.model.dropout import bernoulli_mask
+from r2.model.lean_input import blocks, norm_dropout_linear
 
 SMALL_BLOCKS = 4 * 5 * 18 * 4  # 4 clips of 5 tokens x 18 floats a block
 
@@ -70,9 +71,12 @@ def test_norm_dropout_linear_equals_the_plain_composition(monkeypatch, keep, use
 
     replay = torch.Generator().manual_seed(0)
     replay.set_state(state)
-    blocks = list(block_masks(27, 5, dims, keep, replay))
-    assert len(blocks) == 7 and blocks[-1][:2] == (24, 27)
-    masks = torch.cat([m for _, _, m in blocks]) if keep < 1 else None
+    spans = list(blocks(27, 5, dims))
+    assert len(spans) == 7 and spans[-1] == (24, 27)
+    masks = None
+    if keep < 1:  # one mask a block, in order
+        masks = torch.cat([bernoulli_mask((stop - start, 5, dims), keep, None, replay, torch.float32)
+                           for start, stop in spans])
     assert torch.equal(replay.get_state(), after_forward)  # the forward drew exactly these masks
     plain = _plain(video, 1, clip_mask, tef, norm, keep, linear, masks)
     plain_grads = torch.autograd.grad(plain, params, grad_out)
