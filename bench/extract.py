@@ -12,7 +12,8 @@ defaults: 12 layers, width 768, patch 32, 224 px). For each model, side by side,
 - naive: per frame, decode → PIL image → ``CLIPImageProcessor`` → forward with batch 1 —
   ratio pipeline ÷ naive (goal >= 3);
 - bf16 and fp16 vs fp32 (autocast on the CPU): forward speed and the relative error of the kept
-  features.
+  features; and fp32 with the vision tower's linear layers through oneDNN (``FrozenCLIP``'s
+  default on the CPU, ``r2.extract.clip.onednn_linears``) vs torch's own products (MKL).
 
     python bench/extract.py [--fps 2] [--repeat 4] [--rounds 3] [--batch-size 16] [--workers N]
 
@@ -128,8 +129,12 @@ def precision_check(model, frames, batch_size):
 
     x = normalize(frames[:batch_size])
     out = {}
-    for prec in ("fp32", "bf16", "fp16"):
-        clip = FrozenCLIP(model, precision=prec, truncate=False)
+    for prec in ("fp32", "fp32-torch", "bf16", "fp16"):
+        clip = FrozenCLIP(model, precision=prec.split("-")[0], truncate=False)
+        routed = {m: vars(m).pop("forward") for m in clip.vision.modules() if "forward" in vars(m)}
+        if prec != "fp32-torch":  # fp32-torch: the linear layers' products as torch makes them (MKL)
+            for layer, forward in routed.items():
+                layer.forward = forward
         clip.video_features(x)
         times = []
         for _ in range(3):
@@ -137,6 +142,8 @@ def precision_check(model, frames, batch_size):
             f = clip.video_features(x)
             times.append(time.perf_counter() - t0)
         out[prec] = (x.shape[0] / statistics.median(times), f)
+        for layer, forward in routed.items():
+            layer.forward = forward
     ref = out["fp32"][1]
     result = {}
     for prec, (speed, low) in out.items():
@@ -276,6 +283,10 @@ def main(argv=None):
               f"(goal >= 3)")
         checks = precision_check(model, frames, args.batch_size)
         f32 = checks["fp32"][0]
+        speed, rel, p99, worst = checks["fp32-torch"]
+        print(f"  fp32, linear layers via oneDNN (r2's default on the CPU) {f32:.1f} images/s vs torch's own products "
+              f"{speed:.1f} images/s: {f32 / speed:.2f}x; features differ by {rel * 100:.5f}% relative, per token "
+              f"max {worst * 100:.5f}%")
         for prec in ("bf16", "fp16"):
             speed, rel, p99, worst = checks[prec]
             print(f"  fp32 {f32:.1f} images/s, {prec} autocast {speed:.1f} images/s: {prec} is {speed / f32:.2f}x; "

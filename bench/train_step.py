@@ -10,6 +10,12 @@ the same AdamW step. Two variants:
   (video decoding is NOT counted, which favours this variant) and query token ids; a frozen
   ViT-B/32-sized ``CLIPModel`` (random weights built from ``CLIPConfig()``, no download) runs
   on them in inference mode (fp32) to produce the same hidden states, then the same step.
+  CLIP's products are torch's own, as in any training loop that runs CLIP (MKL on the CPU);
+* ``clip-onednn``: the same, CLIP's linear layers through oneDNN as ``r2 extract`` runs them
+  on the CPU (``r2.extract.clip.onednn_linears``; on an AMD CPU with AVX-512 MKL runs at the
+  AVX2 rate and oneDNN uses AVX-512: there this CLIP is about twice as fast). The R² model's
+  own products are the same in all three (the first stage's full blocks through oneDNN,
+  ``r2.model.matmul``).
 
 On the CPU both variants run with glibc malloc keeping freed memory for the next step, as
 ``r2 fit`` sets it there (``r2.train.allocator``: without it each step faults its fresh
@@ -22,8 +28,9 @@ Memory: peak RSS (``ru_maxrss``) and the peak of live heap allocations (glibc
 ``mallinfo2``, sampled), of each variant's first process.
 
 Printed: median step time, FLOPs, peak RSS and live heap of each, and the ratios (issue
-goals: cache >= 20x faster, <= 1/5 of the memory). CPU by default (``--device cuda`` where
-there is a GPU).
+goals: cache >= 20x faster, <= 1/5 of the memory; the speed judged against ``clip``, the
+ratio to ``clip-onednn`` printed beside it). CPU by default (``--device cuda`` where there is
+a GPU; there ``clip-onednn`` is ``clip``, and is not run).
 
     python bench/train_step.py                     # B=4, T=32: a few minutes on 2 CPU cores
     python bench/train_step.py --batch 8 --clips 75 --device cuda
@@ -159,7 +166,7 @@ def make_step(args, variant: str):
     collate = Collator()
 
     clip = None
-    if variant == "clip":
+    if variant.startswith("clip"):
         from transformers import CLIPConfig, CLIPModel
         from transformers.utils import logging as hf_logging
 
@@ -167,6 +174,11 @@ def make_step(args, variant: str):
         cfg = CLIPConfig()  # ViT-B/32 sizes: vision 768 x 12 layers, patch 32, 224 px; text 512 x 12
         cfg.vision_config.hidden_act = cfg.text_config.hidden_act = "quick_gelu"
         clip = CLIPModel(cfg).eval().requires_grad_(False).to(device)
+        if variant == "clip-onednn":
+            from r2.extract.clip import onednn_linears
+
+            if not onednn_linears(clip.vision_model):
+                raise SystemExit("clip-onednn: this torch build has no oneDNN, or R2_ONEDNN=0 is set")
         g = torch.Generator().manual_seed(1)
         frames = torch.randint(0, 256, (len(samples) * args.clips, 3, 224, 224), dtype=torch.uint8, generator=g)
         token_ids = torch.randint(1, 49000, (len(samples), QUERY_TOKENS), generator=g)
@@ -201,11 +213,29 @@ def make_step(args, variant: str):
     return step
 
 
+def count_onednn_flops():
+    """Teach torch's FlopCounterMode oneDNN's linear (``r2.model.matmul``, ``onednn_linears``):
+    2 M K N, as for ``addmm``."""
+    import math
+
+    import torch
+    from torch.utils.flop_counter import register_flop_formula
+
+    if not torch.backends.mkldnn.is_available():
+        return
+
+    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    def linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
+        return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
+
+
 def run_variant(args) -> dict:
     """One variant in a fresh process (its memory is its own): FLOPs of a step, the timed steps,
     then peak RSS and, over two more steps, the peak of live heap allocations."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
+
+    count_onednn_flops()
 
     base = rss_mb()
     torch_heap = HeapPeak().in_use_mb()  # None without mallinfo2
@@ -240,7 +270,7 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--malloc-defaults", action="store_true",
                     help="glibc malloc's default settings in both variants instead of r2 fit's (r2.train.allocator)")
-    ap.add_argument("--variant", choices=["cache", "clip"], help=argparse.SUPPRESS)
+    ap.add_argument("--variant", choices=["cache", "clip", "clip-onednn"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--annotations", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -254,6 +284,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="r2-bench-step-") as tmp:
         cache, ann = make_cache(Path(tmp), args.batch, args.clips)
         runs = {"cache": [], "clip": []}
+        if args.device == "cpu":
+            runs["clip-onednn"] = []
         for _ in range(args.rounds):  # alternated: the machine's load drifts between processes
             for variant in runs:
                 cmd = [sys.executable, __file__, "--variant", variant, "--cache", str(cache), "--annotations",
@@ -265,15 +297,17 @@ def main():
                     sys.exit(f"{variant} variant failed:\n{done.stderr[-3000:]}")
                 runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
     c, k = runs["cache"][0], runs["clip"][0]  # memory and FLOPs: the first process of each
-    for r, name in ((c, "cache"), (k, "clip")):
-        r["step_s"] = statistics.median([t for run in runs[name] for t in run["steps"]])
+    o = runs["clip-onednn"][0] if "clip-onednn" in runs else None
+    for name, rs in runs.items():
+        rs[0]["step_s"] = statistics.median([t for run in rs for t in run["steps"]])
     rounds = [statistics.median(b["steps"]) / statistics.median(a["steps"]) for a, b in zip(runs["cache"], runs["clip"])]
     frames = args.batch * args.clips
     print(f"one training step, batch {args.batch} x {args.clips} clips ({frames} frames), R² model "
           f"C=256 K=4, ViT-B/32 shapes, device {args.device}, {c['threads']} threads")
     print(f"{'variant':<28}{'step (median)':>15}{'GFLOP':>9}{'GFLOP/s':>9}{'peak RSS':>12}{'RSS - torch':>14}"
           f"{'live heap':>12}")
-    for name, r in (("from the cache", c), ("CLIP on frames in the loop", k)):
+    rows = [("from the cache", c), ("CLIP on frames in the loop", k)] + ([("CLIP via oneDNN", o)] if o else [])
+    for name, r in rows:
         heap = f"{r['peak_heap_mb']:>9.0f} MB" if r["peak_heap_mb"] is not None else f"{'n/a':>12}"
         print(f"{name:<28}{r['step_s']:>13.3f} s{r['gflop']:>9.1f}{r['gflop'] / r['step_s']:>9.1f}"
               f"{r['peak_rss_mb']:>9.0f} MB{r['peak_rss_mb'] - r['torch_rss_mb']:>11.0f} MB{heap}")
@@ -284,6 +318,12 @@ def main():
     print(f"speed-up from the cache: {speed:.1f}x (ratio of the medians of {args.rounds} x {args.steps} steps; "
           f"per round {', '.join(f'{x:.1f}x' for x in rounds)}; goal >= 20x: {'met' if speed >= 20 else 'NOT met'}); "
           f"FLOP ratio {flop_ratio:.1f}x (the speed-up at equal FLOP/s)")
+    if o:
+        per_round = [statistics.median(b["steps"]) / statistics.median(a["steps"])
+                     for a, b in zip(runs["cache"], runs["clip-onednn"])]
+        print(f"speed-up over CLIP via oneDNN (as r2 extract runs it on the CPU): {o['step_s'] / c['step_s']:.1f}x "
+              f"(per round {', '.join(f'{x:.1f}x' for x in per_round)}); CLIP itself: "
+              f"{k['step_s'] / o['step_s']:.2f}x faster via oneDNN")
     mem = c["peak_rss_mb"] / k["peak_rss_mb"]
     mem_net = (c["peak_rss_mb"] - c["torch_rss_mb"]) / (k["peak_rss_mb"] - k["torch_rss_mb"])
     print(f"memory of the cache variant: {mem:.2f} of CLIP's peak RSS ({1 / mem:.1f}x less; "

@@ -44,6 +44,7 @@ __all__ = [
     "weights_hash",
     "default_layers",
     "load_tokenizer",
+    "onednn_linears",
     "resolve_model",
     "tokenizer_dir",
 ]
@@ -304,6 +305,36 @@ def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
     return list(range(num_hidden_layers + 1 - k, num_hidden_layers + 1))
 
 
+def onednn_linears(module: torch.nn.Module) -> int:
+    """Route the float32 CPU products of every ``nn.Linear`` of ``module`` (in inference: the
+    layers of a frozen model) through oneDNN; other devices, types, autocast and gradients keep
+    ``F.linear``. torch's own float32 CPU products call MKL, whose AVX-512 code is for Intel
+    processors (on a 2-core AMD EPYC with AVX-512 it runs at the AVX2 rate); oneDNN chooses its
+    kernels by the instruction set (there, CLIP ViT-B/32's vision tower on 128 frames: 7.0 s vs
+    3.5 s; ``bench/matmul.py`` prints the ratios per product). oneDNN keeps the kernels it builds, one per shape of product
+    (about 0.6 MB each), so route only layers that see a few shapes. Returns the number of layers
+    routed: 0 where this torch has no oneDNN or ``R2_ONEDNN=0`` is set. (``r2.model.matmul`` is
+    the training side's; this room imports only ``r2.cache``.)"""
+    if os.environ.get("R2_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
+        return 0
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return 0
+    layers = [m for m in module.modules() if type(m) is torch.nn.Linear]
+    for layer in layers:
+        layer.forward = functools.partial(_onednn_linear_forward, layer, op)  # this instance only
+    return len(layers)
+
+
+def _onednn_linear_forward(layer: torch.nn.Linear, op, x: torch.Tensor) -> torch.Tensor:
+    if (x.device.type == "cpu" and x.dtype == torch.float32 and layer.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and (x.requires_grad or layer.weight.requires_grad))):
+        return op(x, layer.weight, layer.bias, "none", [], "")
+    return torch.nn.functional.linear(x, layer.weight, layer.bias)
+
+
 @dataclass
 class _Info:
     model_id: str
@@ -391,6 +422,10 @@ class FrozenCLIP:
             self.vision.encoder.layers = self.vision.encoder.layers[:layers[-1]]
             self.text.encoder.layers = self.text.encoder.layers[:query_layers[-1]]
         self._to_device()
+        #: linear layers whose float32 CPU products run through oneDNN (:func:`onednn_linears`):
+        #: the vision tower's, on the CPU (its batches have one shape but the last; the text
+        #: tower's follow the queries' lengths, and oneDNN keeps a kernel per shape)
+        self.onednn_layers = onednn_linears(self.vision) if self.device.type == "cpu" else 0
         self.config = config
         self.image_size = config.vision_config.image_size
         self.patch_size = config.vision_config.patch_size

@@ -149,6 +149,38 @@ def test_vision_features_are_the_raw_hidden_states(tiny_clip, tiny_clip_dir):
     assert not np.allclose(got[:, -1], normed, atol=1e-2)
 
 
+def test_vision_linear_layers_run_through_onednn_on_the_cpu(tiny_clip, monkeypatch):
+    # every linear layer of the vision tower (one batch shape but the last), not the text tower's
+    # (their shapes follow the queries' lengths), nor any other nn.Linear
+    linears = [m for m in tiny_clip.vision.modules() if type(m) is torch.nn.Linear]
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("this torch build has no oneDNN")
+    assert tiny_clip.onednn_layers == len(linears) > 0
+    assert all("forward" in vars(m) for m in linears) and "forward" not in vars(torch.nn.Linear(2, 2))
+    assert not any("forward" in vars(m) for m in tiny_clip.text.modules())
+    layer = linears[0]
+    calls = []
+    op = torch.ops.mkldnn._linear_pointwise
+    monkeypatch.setattr(layer, "forward", C.functools.partial(
+        C._onednn_linear_forward, layer, lambda *a: calls.append(1) or op(*a)))
+    x = torch.randn(5, layer.in_features)
+    with torch.inference_mode():
+        out = layer(x)
+    assert calls == [1]
+    np.testing.assert_allclose(out.numpy(), torch.nn.functional.linear(x, layer.weight, layer.bias).numpy(),
+                               rtol=1e-5, atol=1e-6)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # --precision bf16: autocast's own product
+        assert layer(x).dtype == torch.bfloat16
+    assert layer(x.clone().requires_grad_()).requires_grad  # with a gradient: F.linear
+    assert calls == [1]
+
+
+def test_onednn_can_be_turned_off(tiny_clip_dir, monkeypatch):
+    monkeypatch.setenv("R2_ONEDNN", "0")
+    clip = C.FrozenCLIP(tiny_clip_dir)
+    assert clip.onednn_layers == 0 and not any("forward" in vars(m) for m in clip.vision.modules())
+
+
 def test_layer_choice_and_truncation(tiny_clip_dir):
     x = torch.randn(2, 3, 224, 224)
     direct, _ = _direct(tiny_clip_dir, x, [0, 2])

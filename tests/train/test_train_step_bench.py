@@ -1,5 +1,5 @@
 """bench/train_step.py runs as documented on a tiny batch (timing, FLOPs and both memory
-measures printed for both variants), and refuses sizes it cannot build."""
+measures printed for the three variants), and refuses sizes it cannot build."""
 
 import re
 import subprocess
@@ -15,16 +15,19 @@ def test_a_tiny_run_prints_both_variants_and_the_ratios():
                            "--warmup", "0", "--rounds", "1"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     rows = {}
-    for name in ("from the cache", "CLIP on frames in the loop"):
+    for name in ("from the cache", "CLIP on frames in the loop", "CLIP via oneDNN"):
         line = next(line for line in done.stdout.splitlines() if line.startswith(name))
         rows[name] = [float(x) for x in re.findall(r"\d+\.\d+|\d+", line[len(name):])]
     cache, clip = rows["from the cache"], rows["CLIP on frames in the loop"]
-    assert len(cache) == len(clip) == 6  # step, GFLOP, GFLOP/s, RSS, RSS - torch, live heap
+    onednn = rows["CLIP via oneDNN"]
+    assert len(cache) == len(clip) == len(onednn) == 6  # step, GFLOP, GFLOP/s, RSS, RSS - torch, live heap
+    assert onednn[1] == clip[1]  # oneDNN's products are counted as torch's are
     assert clip[1] > 10 * cache[1]  # CLIP's forward on 5 frames dwarfs the R² step's FLOPs
     assert clip[3] > cache[3] and clip[5] > cache[5]  # CLIP's weights alone are 600 MB
     flop = float(re.search(r"FLOP ratio (\d+\.\d)x", done.stdout).group(1))
     assert abs(flop / (clip[1] / cache[1]) - 1) < 0.05  # the table rounds GFLOP to 0.1
     assert "ratio of the medians of 1 x 1 steps; per round " in done.stdout
+    assert re.search(r"speed-up over CLIP via oneDNN \(as r2 extract runs it on the CPU\): \d+\.\dx", done.stdout)
     assert re.search(r"peak of live heap allocations .*: \d\.\d{3} of CLIP's", done.stdout)
 
 
