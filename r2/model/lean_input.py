@@ -74,11 +74,13 @@ def blocks(clips: int, tokens: int, dims: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + step, clips)
 
 
-def _product(full_block: bool):
-    """The matrix product of a block: oneDNN's for a full one (:func:`r2.model.matmul.linear`: one
-    fixed shape per model, whatever the batch, so oneDNN builds its kernels once), torch's for the
-    last, partial one (its shape follows the batch)."""
-    return linear if full_block else F.linear
+def _blocks_and_products(clips: int, tokens: int, dims: int):
+    """:func:`blocks`, each with the matrix product for it: oneDNN's for a full block
+    (:func:`r2.model.matmul.linear`: one fixed shape per model, whatever the batch, so oneDNN
+    builds its kernels once), torch's for the last, partial one (its shape follows the batch)."""
+    full = clips_per_block(tokens, dims)
+    for start, stop in blocks(clips, tokens, dims):
+        yield start, stop, linear if stop - start == full else F.linear
 
 
 class _NormDropoutLinear(torch.autograd.Function):
@@ -88,9 +90,7 @@ class _NormDropoutLinear(torch.autograd.Function):
         hidden, dims = weight.shape
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the masks start
         out = torch.empty((b * t, n, hidden), dtype=torch.float32, device=video.device)
-        full = clips_per_block(n, dims)
-        for start, stop in blocks(b * t, n, dims):
-            product = _product(stop - start == full)
+        for start, stop, product in _blocks_and_products(b * t, n, dims):
             y = dropout_after_norm(_layer_rows(video, layer, clip_mask, tef, start, stop), (dims,), norm_weight,
                                    norm_bias, eps, keep, mask_dtype=torch.float32).output  # (m, N, D')
             out[start:stop].view(-1, hidden).copy_(product(y.view(-1, dims), weight, bias))
@@ -118,9 +118,7 @@ class _NormDropoutLinear(torch.autograd.Function):
         grad_bias = grad.sum(dim=(0, 1))  # (C,)
         p = torch.zeros_like(weight)  # (C, D')
         q = torch.zeros_like(weight) if keep < 1.0 else grad_bias[:, None]  # m = 1: Q's columns are sum g
-        full = clips_per_block(n, dims)
-        for start, stop in blocks(b * t, n, dims):
-            product = _product(stop - start == full)
+        for start, stop, product in _blocks_and_products(b * t, n, dims):
             rows = _layer_rows(video, ctx.layer, clip_mask, tef, start, stop)  # (m, N, D')
             normed = torch.native_layer_norm(rows, (dims,), None, None, ctx.eps)[0]  # x̂, no affine
             g = grad[start:stop].reshape(-1, hidden).t()  # (C, m·N)
