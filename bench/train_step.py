@@ -14,7 +14,7 @@ the same AdamW step. Two variants:
 * ``clip-onednn``: the same, CLIP's linear layers through oneDNN as ``r2 extract`` runs them
   on the CPU (``r2.extract.clip.onednn_linears``; on an AMD CPU with AVX-512 MKL runs at the
   AVX2 rate and oneDNN uses AVX-512: there this CLIP is about twice as fast). The R² model's
-  own products are the same in all three (the first stage's full blocks through oneDNN,
+  own products are the same in all three (the first stage's blocks through oneDNN,
   ``r2.model.matmul``).
 
 On the CPU both variants run with glibc malloc keeping freed memory for the next step, as

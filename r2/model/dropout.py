@@ -114,7 +114,7 @@ class NormDropout:
 
 def dropout_after_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor, bias: torch.Tensor | None,
                        eps: float, keep: float, generator: torch.Generator | None = None,
-                       mask_dtype: torch.dtype = torch.uint8) -> NormDropout:
+                       mask_dtype: torch.dtype = torch.uint8, masked_rows: int | None = None) -> NormDropout:
     """dropout(layer_norm(x)) with keep probability ``keep``, the 1 / keep scale folded into the
     norm's weight and bias (C values, not every element: one pass less each way, exact when
     1 / keep is a power of two, as for p = 0.5); the mask drawn by :func:`bernoulli_mask` from
@@ -123,13 +123,16 @@ def dropout_after_norm(x: torch.Tensor, normalized_shape, weight: torch.Tensor, 
     in any: uint8 where autograd keeps it (a quarter of a float mask's bytes), the output's
     float type where it is not kept (multiplying by a uint8 mask converts it to a float copy
     first: a (4, 32, 50, 256) mask drawn once and applied to two fresh copies took 3.8 ms in
-    uint8, 2.0 ms in float32, on 2 CPU cores)."""
+    uint8, 2.0 ms in float32, on 2 CPU cores). ``masked_rows``: the mask covers the first
+    ``masked_rows`` rows of ``x`` only (the rest, a block's zero padding, is not dropped out; None:
+    all rows)."""
     out, mean, rstd = torch.native_layer_norm(x, normalized_shape, weight / keep,
                                               bias / keep if bias is not None else None, eps)
     mask = None
     if keep < 1.0:
-        mask = bernoulli_mask(out.shape, keep, x.device, generator, mask_dtype)
-        out.mul_(mask)
+        masked = out if masked_rows is None else out[:masked_rows]
+        mask = bernoulli_mask(masked.shape, keep, x.device, generator, mask_dtype)
+        masked.mul_(mask)
     return NormDropout(output=out, mean=mean, rstd=rstd, mask=mask)
 
 

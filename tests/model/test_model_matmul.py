@@ -62,24 +62,38 @@ def test_linear_falls_back_to_torch_where_onednn_does_not_apply(counted, monkeyp
 
 
 @needs_onednn
-def test_only_the_full_blocks_of_the_first_stage_go_through_onednn_one_shape_whatever_the_batch(counted, monkeypatch):
-    # oneDNN keeps a kernel (~0.6 MB) per shape: the shapes it sees must not follow the batch
+def test_every_block_of_the_first_stage_goes_through_onednn_in_few_shapes_whatever_the_batch(counted, monkeypatch):
+    # oneDNN keeps a kernel (~0.6 MB) per shape: the shapes it sees must not follow the batch.
+    # Blocks of 8 clips: a partial last block is rounded up to 2, 4, 6 or 8 clips.
     from r2.model import lean_input
 
-    monkeypatch.setattr(lean_input, "BLOCK_BYTES", 4 * 5 * 18 * 4)  # 4 clips of 5 tokens x 18 floats
+    monkeypatch.setattr(lean_input, "BLOCK_BYTES", 8 * 5 * 18 * 4)  # 8 clips of 5 tokens x 18 floats
+    assert lean_input.padded_clips(8, 8) == 8 and lean_input.padded_clips(3, 8) == 4
+    assert [lean_input.padded_clips(m, 8) for m in range(1, 8)] == [2, 2, 4, 4, 6, 6, 8]
     norm, layer = nn.LayerNorm(18), nn.Linear(18, 8)
     params = [norm.weight, norm.bias, layer.weight, layer.bias]
     shapes = set()
-    for clips in (9, 14, 4):  # 2 full blocks + 1 clip, 3 + 2, exactly one block
+    for clips in range(1, 26):
         video = torch.randn(1, clips, 1, 5, 16).half()
-        out = lean_input.norm_dropout_linear(video, 0, torch.ones(1, clips, dtype=torch.bool),
-                                             torch.rand(1, clips, 2), norm, 0.5, layer)
-        torch.autograd.grad(out, params, torch.randn_like(out))
-        assert len(counted) == 3 * (clips // 4)  # forward, g^T (m x) and g^T m of each full block
+        mask, tef = torch.ones(1, clips, dtype=torch.bool), torch.rand(1, clips, 2)
+        torch.manual_seed(clips)
+        out = lean_input.norm_dropout_linear(video, 0, mask, tef, norm, 0.5, layer)
+        grads = torch.autograd.grad(out, params, grad_out := torch.randn_like(out))
+        assert len(counted) == 3 * -(-clips // 8)  # forward, g^T (m x) and g^T m of every block
         shapes |= set(counted)
         counted.clear()
-    # (20 rows, D' 18) @ (C 8, 18)^T forward; (C 8, 20 rows) @ (D' 18, 20 rows)^T for both products
-    assert shapes == {((20, 18), (8, 18)), ((8, 20), (18, 20))}
+        monkeypatch.setattr(matmul, "ONEDNN", False)  # the same masks, unpadded, through torch
+        torch.manual_seed(clips)
+        plain = lean_input.norm_dropout_linear(video, 0, mask, tef, norm, 0.5, layer)
+        plain_grads = torch.autograd.grad(plain, params, grad_out)
+        monkeypatch.setattr(matmul, "ONEDNN", True)
+        assert not counted
+        torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)
+        for a, b in zip(grads, plain_grads):
+            torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+    # (rows, D' 18) @ (C 8, 18)^T forward; (C 8, rows) @ (D' 18, rows)^T for both products, where
+    # rows = 5 tokens x 2, 4, 6 or 8 clips
+    assert shapes == {s for r in (10, 20, 30, 40) for s in (((r, 18), (8, 18)), ((8, r), (18, r)))}
 
 
 def test_the_environment_turns_onednn_off():
