@@ -30,7 +30,8 @@ Memory: peak RSS (``ru_maxrss``) and the peak of live heap allocations (glibc
 Printed: median step time, FLOPs, peak RSS and live heap of each, and the ratios (issue
 goals: cache >= 20x faster, <= 1/5 of the memory; the speed judged against ``clip``, the
 ratio to ``clip-onednn`` printed beside it). CPU by default (``--device cuda`` where there is
-a GPU; there ``clip-onednn`` is ``clip``, and is not run).
+a GPU; there ``clip-onednn`` is ``clip``, and is not run; nor is it where torch has no oneDNN,
+as on ARM, or ``R2_ONEDNN=0`` is set).
 
     python bench/train_step.py                     # B=4, T=32: a few minutes on 2 CPU cores
     python bench/train_step.py --batch 8 --clips 75 --device cuda
@@ -280,11 +281,12 @@ def main():
     if args.variant:
         print(json.dumps(run_variant(args)))
         return
+    from r2.model.matmul import onednn_in_use
 
     with tempfile.TemporaryDirectory(prefix="r2-bench-step-") as tmp:
         cache, ann = make_cache(Path(tmp), args.batch, args.clips)
         runs = {"cache": [], "clip": []}
-        if args.device == "cpu":
+        if args.device == "cpu" and onednn_in_use():
             runs["clip-onednn"] = []
         for _ in range(args.rounds):  # alternated: the machine's load drifts between processes
             for variant in runs:
@@ -318,6 +320,8 @@ def main():
     print(f"speed-up from the cache: {speed:.1f}x (ratio of the medians of {args.rounds} x {args.steps} steps; "
           f"per round {', '.join(f'{x:.1f}x' for x in rounds)}; goal >= 20x: {'met' if speed >= 20 else 'NOT met'}); "
           f"FLOP ratio {flop_ratio:.1f}x (the speed-up at equal FLOP/s)")
+    if args.device == "cpu" and not o:
+        print("CLIP via oneDNN: not run (this torch build has no oneDNN, or R2_ONEDNN=0 is set)")
     if o:
         per_round = [statistics.median(b["steps"]) / statistics.median(a["steps"])
                      for a, b in zip(runs["cache"], runs["clip-onednn"])]

@@ -1,6 +1,7 @@
 """bench/train_step.py runs as documented on a tiny batch (timing, FLOPs and both memory
 measures printed for the three variants), and refuses sizes it cannot build."""
 
+import os
 import re
 import subprocess
 import sys
@@ -29,6 +30,20 @@ def test_a_tiny_run_prints_both_variants_and_the_ratios():
     assert "ratio of the medians of 1 x 1 steps; per round " in done.stdout
     assert re.search(r"speed-up over CLIP via oneDNN \(as r2 extract runs it on the CPU\): \d+\.\dx", done.stdout)
     assert re.search(r"peak of live heap allocations .*: \d\.\d{3} of CLIP's", done.stdout)
+
+
+def test_without_onednn_the_third_variant_is_left_out_and_said_so():
+    # a torch build without oneDNN (ARM) runs as with R2_ONEDNN=0: the two variants, no exit
+    env = dict(os.environ, R2_ONEDNN="0")
+    done = subprocess.run([sys.executable, str(BENCH), "--batch", "1", "--clips", "5", "--steps", "1",
+                           "--warmup", "0", "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("from the cache") for line in lines)
+    assert any(line.startswith("CLIP on frames in the loop") for line in lines)
+    assert not any(line.startswith("CLIP via oneDNN ") for line in lines)
+    assert "CLIP via oneDNN: not run (this torch build has no oneDNN, or R2_ONEDNN=0 is set)" in lines
+    assert "speed-up over CLIP via oneDNN" not in done.stdout
 
 
 def test_sizes_without_a_query_window_are_refused():
