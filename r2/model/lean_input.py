@@ -21,11 +21,13 @@ layer of 4 x 32 clips of ViT-B/32 features forward + backward went from 62 to 59
 of 60, alternated, 2 CPU cores).
 
 Every block's products go through oneDNN (:mod:`r2.model.matmul`): the last, partial block too,
-its rows padded with zeros to one of :data:`PARTIAL_SIZES` sizes (:func:`padded_clips`), so
-that oneDNN sees a few fixed shapes whatever the batch; the padding's rows give rows of the
+its rows padded with zeros to one of :data:`PARTIAL_SIZES` sizes (:func:`padded_clips`; where
+that would add more than an eighth of its rows, torch's products take it as it is), so that
+oneDNN sees a few fixed shapes whatever the batch; the padding's rows give rows of the
 product that are dropped (forward) or are multiplied by a zero gradient (backward). A training
 step of 4 x 32 clips (blocks of 27 clips: 4 full and one of 20, padded to 21) went from 0.268
-to 0.253 s with it (1.06x; median of 22 steps each, alternated in one process, 2 CPU cores).
+to 0.253 s with it (1.06x; median of 22 steps each, alternated in one process, 2 CPU cores;
+1.075x in a second run).
 
 Shape letters as in :mod:`r2.model.block`: B batch, T clips, K layers, N tokens, D video width,
 C hidden width; D' = D + 2 with the TEF, else D.
@@ -37,12 +39,14 @@ from typing import Iterator
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from .dropout import bernoulli_mask, dropout_after_norm
 from .matmul import linear, onednn_in_use
 
-#: the sizes a partial last block is rounded up to (:func:`padded_clips`)
-PARTIAL_SIZES = 4
+#: the sizes a partial last block is rounded up to (:func:`padded_clips`), and the most
+#: padding, as a fraction of its rows, worth oneDNN's product
+PARTIAL_SIZES, MAX_PADDING = 4, 1 / 8
 
 #: float32 bytes of one block of rows (the layer's float32 copy, its LayerNorm output and the
 #: gradient of that output exist for one block at a time); a few MB keeps them in cache
@@ -86,23 +90,30 @@ def blocks(clips: int, tokens: int, dims: int) -> Iterator[tuple[int, int]]:
         yield start, min(start + step, clips)
 
 
-def padded_clips(clips: int, full: int) -> int:
-    """Clips the matrix products of a block of ``clips`` clips run over, of blocks of ``full``:
-    a full block as it is; the last, partial one, where its products go through oneDNN, rounded
-    up to a multiple of ``ceil(full / PARTIAL_SIZES)`` (at most ``full``), its extra rows zeros.
-    oneDNN builds and keeps a kernel per shape (:mod:`r2.model.matmul`): rounded, the partial
-    block has at most :data:`PARTIAL_SIZES` shapes whatever the batch, instead of one per B·T."""
-    if clips >= full or not onednn_in_use():
+def padded_clips(clips: int, full: int) -> int | None:
+    """Clips the oneDNN products of a block of ``clips`` clips run over, of blocks of ``full``: a
+    full block as it is; the last, partial one rounded up to a multiple of
+    ``ceil(full / PARTIAL_SIZES)`` (at most ``full``), its extra rows zeros, where that adds at
+    most :data:`MAX_PADDING` of its rows. None: torch's products, on the block as it is (the
+    padding would cost more than oneDNN gains, or oneDNN is not in use). oneDNN builds and keeps
+    a kernel per shape (:mod:`r2.model.matmul`): rounded, the partial block has at most
+    :data:`PARTIAL_SIZES` shapes whatever the batch, instead of one per B·T."""
+    if not onednn_in_use():
+        return None
+    if clips >= full:
         return clips
     granule = -(-full // PARTIAL_SIZES)
-    return min(full, -(-clips // granule) * granule)
+    padded = min(full, -(-clips // granule) * granule)
+    return padded if padded - clips <= MAX_PADDING * clips else None
 
 
-def _blocks_and_padding(clips: int, tokens: int, dims: int) -> Iterator[tuple[int, int, int]]:
-    """:func:`blocks`, each with the clips its products run over (:func:`padded_clips`)."""
+def _blocks_and_products(clips: int, tokens: int, dims: int):
+    """:func:`blocks`, each with the clips its products run over and the product
+    (:func:`padded_clips`: oneDNN's, or torch's on the block as it is)."""
     full = clips_per_block(tokens, dims)
     for start, stop in blocks(clips, tokens, dims):
-        yield start, stop, padded_clips(stop - start, full)
+        padded = padded_clips(stop - start, full)
+        yield start, stop, padded or stop - start, linear if padded else F.linear
 
 
 class _NormDropoutLinear(torch.autograd.Function):
@@ -112,13 +123,13 @@ class _NormDropoutLinear(torch.autograd.Function):
         hidden, dims = weight.shape
         ctx.rng_state = torch.get_rng_state() if keep < 1.0 else None  # where the masks start
         out = torch.empty((b * t, n, hidden), dtype=torch.float32, device=video.device)
-        for start, stop, clips in _blocks_and_padding(b * t, n, dims):
+        for start, stop, clips, product in _blocks_and_products(b * t, n, dims):
             # the padding's rows, normalised (to the bias: finite) and never masked, give rows of
             # the product that are not kept
             y = dropout_after_norm(_layer_rows(video, layer, clip_mask, tef, start, stop, clips), (dims,),
                                    norm_weight, norm_bias, eps, keep, mask_dtype=torch.float32,
                                    masked_rows=stop - start).output  # (clips, N, D')
-            out[start:stop].view(-1, hidden).copy_(linear(y.view(-1, dims), weight, bias)[:(stop - start) * n])
+            out[start:stop].view(-1, hidden).copy_(product(y.view(-1, dims), weight, bias)[:(stop - start) * n])
         ctx.save_for_backward(video, clip_mask, tef, norm_weight, norm_bias, weight)
         ctx.layer, ctx.keep, ctx.eps = layer, keep, eps
         return out.view(b, t, n, hidden)  # (B, T, N, C)
@@ -143,7 +154,7 @@ class _NormDropoutLinear(torch.autograd.Function):
         grad_bias = grad.sum(dim=0)  # (C,)
         p = torch.zeros_like(weight)  # (C, D')
         q = torch.zeros_like(weight) if keep < 1.0 else grad_bias[:, None]  # m = 1: Q's columns are sum g
-        for start, stop, clips in _blocks_and_padding(b * t, n, dims):
+        for start, stop, clips, product in _blocks_and_products(b * t, n, dims):
             rows = _layer_rows(video, ctx.layer, clip_mask, tef, start, stop, clips)  # (clips, N, D')
             normed = torch.native_layer_norm(rows, (dims,), None, None, ctx.eps)[0]  # x̂, no affine; padding: 0
             g = grad.new_empty((hidden, clips * n))  # (C, clips·N): made contiguous once for both products
@@ -154,8 +165,8 @@ class _NormDropoutLinear(torch.autograd.Function):
                 normed[:stop - start].mul_(mask)
                 rows[:stop - start] = mask  # the rows are done with: the mask, zero-padded, in their place
                 del mask
-                q += linear(g, rows.view(-1, dims).t())  # g^T m
-            p += linear(g, normed.view(-1, dims).t())  # g^T (m * x̂)
+                q += product(g, rows.view(-1, dims).t())  # g^T m
+            p += product(g, normed.view(-1, dims).t())  # g^T (m * x̂)
         w, beta = norm_weight / keep, norm_bias / keep
         grad_weight = p * w + q * beta  # (C, D')
         grad_w, grad_beta = (weight * p).sum(0), (weight * q).sum(0)  # (D',)
@@ -177,4 +188,4 @@ def norm_dropout_linear(video: torch.Tensor, layer: int, clip_mask: torch.Tensor
                                     norm.weight, norm.bias, norm.eps, linear.weight, linear.bias)
 
 
-__all__ = ["BLOCK_BYTES", "PARTIAL_SIZES", "blocks", "clips_per_block", "norm_dropout_linear", "padded_clips"]
+__all__ = ["BLOCK_BYTES", "MAX_PADDING", "PARTIAL_SIZES", "blocks", "clips_per_block", "norm_dropout_linear", "padded_clips"]

@@ -62,24 +62,26 @@ def test_linear_falls_back_to_torch_where_onednn_does_not_apply(counted, monkeyp
 
 
 @needs_onednn
-def test_every_block_of_the_first_stage_goes_through_onednn_in_few_shapes_whatever_the_batch(counted, monkeypatch):
+def test_the_first_stage_takes_onednn_in_few_shapes_whatever_the_batch(counted, monkeypatch):
     # oneDNN keeps a kernel (~0.6 MB) per shape: the shapes it sees must not follow the batch.
-    # Blocks of 8 clips: a partial last block is rounded up to 2, 4, 6 or 8 clips.
+    # Blocks of 16 clips: a partial last block is rounded up to 4, 8, 12 or 16 clips where that
+    # adds at most an eighth of its rows, else it goes through torch as it is.
     from r2.model import lean_input
 
-    monkeypatch.setattr(lean_input, "BLOCK_BYTES", 8 * 5 * 18 * 4)  # 8 clips of 5 tokens x 18 floats
-    assert lean_input.padded_clips(8, 8) == 8 and lean_input.padded_clips(3, 8) == 4
-    assert [lean_input.padded_clips(m, 8) for m in range(1, 8)] == [2, 2, 4, 4, 6, 6, 8]
+    monkeypatch.setattr(lean_input, "BLOCK_BYTES", 16 * 5 * 18 * 4)  # 16 clips of 5 tokens x 18 floats
+    padded = [lean_input.padded_clips(m, 16) for m in range(1, 17)]
+    assert padded == [None, None, None, 4, None, None, None, 8, None, None, 12, 12, None, None, 16, 16]
     norm, layer = nn.LayerNorm(18), nn.Linear(18, 8)
     params = [norm.weight, norm.bias, layer.weight, layer.bias]
     shapes = set()
-    for clips in range(1, 26):
+    for clips in range(1, 44):
         video = torch.randn(1, clips, 1, 5, 16).half()
         mask, tef = torch.ones(1, clips, dtype=torch.bool), torch.rand(1, clips, 2)
         torch.manual_seed(clips)
         out = lean_input.norm_dropout_linear(video, 0, mask, tef, norm, 0.5, layer)
         grads = torch.autograd.grad(out, params, grad_out := torch.randn_like(out))
-        assert len(counted) == 3 * -(-clips // 8)  # forward, g^T (m x) and g^T m of every block
+        partial = clips % 16 and padded[clips % 16 - 1] is not None
+        assert len(counted) == 3 * (clips // 16 + partial)  # forward, g^T (m x), g^T m of those blocks
         shapes |= set(counted)
         counted.clear()
         monkeypatch.setattr(matmul, "ONEDNN", False)  # the same masks, unpadded, through torch
@@ -92,8 +94,8 @@ def test_every_block_of_the_first_stage_goes_through_onednn_in_few_shapes_whatev
         for a, b in zip(grads, plain_grads):
             torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
     # (rows, D' 18) @ (C 8, 18)^T forward; (C 8, rows) @ (D' 18, rows)^T for both products, where
-    # rows = 5 tokens x 2, 4, 6 or 8 clips
-    assert shapes == {s for r in (10, 20, 30, 40) for s in (((r, 18), (8, 18)), ((8, r), (18, r)))}
+    # rows = 5 tokens x 4, 8, 12 or 16 clips
+    assert shapes == {s for r in (20, 40, 60, 80) for s in (((r, 18), (8, 18)), ((8, r), (18, r)))}
 
 
 def test_the_environment_turns_onednn_off():
