@@ -10,10 +10,10 @@ rounding (``bench/matmul.py`` prints the ratios on the machine it runs on).
 oneDNN keeps every primitive it builds, one per shape of product, in a cache of up to 1024 (about
 0.6 MB each here), so only products of a few fixed shapes go through it: the blocks of
 :mod:`r2.model.lean_input` (whose block size is fixed by the model's widths, whatever the batch;
-its last, partial block padded to one of four sizes; the model's other products, whose shapes
-follow the batch's T and S, stay with torch). Where oneDNN is not in the build, or for other
-devices and types, the product is ``F.linear``'s. :data:`ONEDNN` turns it off (``R2_ONEDNN=0``
-in the environment).
+its last, partial block padded to one of four sizes where that pads little; the model's other
+products, whose shapes follow the batch's T and S, stay with torch). Where oneDNN is not in
+the build, or for other devices and types, the product is ``F.linear``'s. :data:`ONEDNN` turns
+it off (``R2_ONEDNN=0`` in the environment).
 """
 
 from __future__ import annotations
