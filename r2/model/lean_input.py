@@ -155,15 +155,16 @@ class _NormDropoutLinear(torch.autograd.Function):
         p = torch.zeros_like(weight)  # (C, D')
         q = torch.zeros_like(weight) if keep < 1.0 else grad_bias[:, None]  # m = 1: Q's columns are sum g
         for start, stop, clips, product in _blocks_and_products(b * t, n, dims):
+            m = stop - start
             rows = _layer_rows(video, ctx.layer, clip_mask, tef, start, stop, clips)  # (clips, N, D')
             normed = torch.native_layer_norm(rows, (dims,), None, None, ctx.eps)[0]  # x̂, no affine; padding: 0
-            g = grad.new_empty((hidden, clips * n))  # (C, clips·N): made contiguous once for both products
-            g[:, :(stop - start) * n].copy_(grad[start * n:stop * n].t())
-            g[:, (stop - start) * n:].zero_()  # the padding's rows
+            g = grad[start * n:stop * n].t()  # (C, m·N), a view: torch's product takes it as it is
+            if product is linear:  # oneDNN copies a strided operand: once here, zero-padded, for both products
+                g = torch.cat((g, g.new_zeros((hidden, (clips - m) * n))), dim=1)  # (C, clips·N), contiguous
             if keep < 1.0:  # the forward pass's mask: the same shape and type from the same state
-                mask = bernoulli_mask(normed[:stop - start].shape, keep, video.device, generator, torch.float32)
-                normed[:stop - start].mul_(mask)
-                rows[:stop - start] = mask  # the rows are done with: the mask, zero-padded, in their place
+                mask = bernoulli_mask(normed[:m].shape, keep, video.device, generator, torch.float32)
+                normed[:m].mul_(mask)
+                rows[:m] = mask  # the rows are done with: the mask, zero-padded, in their place
                 del mask
                 q += product(g, rows.view(-1, dims).t())  # g^T m
             p += product(g, normed.view(-1, dims).t())  # g^T (m * x̂)

@@ -11,10 +11,15 @@ ROOT = Path(__file__).resolve().parents[2]
 BENCH = ROOT / "bench" / "train_step.py"
 
 
-def test_a_tiny_run_prints_both_variants_and_the_ratios():
+def _tiny_run(env=None) -> subprocess.CompletedProcess:
     done = subprocess.run([sys.executable, str(BENCH), "--batch", "1", "--clips", "5", "--steps", "1",
-                           "--warmup", "0", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+                           "--warmup", "0", "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    return done
+
+
+def test_a_tiny_run_prints_both_variants_and_the_ratios():
+    done = _tiny_run()
     rows = {}
     for name in ("from the cache", "CLIP on frames in the loop", "CLIP via oneDNN"):
         line = next(line for line in done.stdout.splitlines() if line.startswith(name))
@@ -34,10 +39,7 @@ def test_a_tiny_run_prints_both_variants_and_the_ratios():
 
 def test_without_onednn_the_third_variant_is_left_out_and_said_so():
     # a torch build without oneDNN (ARM) runs as with R2_ONEDNN=0: the two variants, no exit
-    env = dict(os.environ, R2_ONEDNN="0")
-    done = subprocess.run([sys.executable, str(BENCH), "--batch", "1", "--clips", "5", "--steps", "1",
-                           "--warmup", "0", "--rounds", "1"], capture_output=True, text=True, timeout=300, env=env)
-    assert done.returncode == 0, done.stdout + done.stderr
+    done = _tiny_run(env=dict(os.environ, R2_ONEDNN="0"))
     lines = done.stdout.splitlines()
     assert any(line.startswith("from the cache") for line in lines)
     assert any(line.startswith("CLIP on frames in the loop") for line in lines)
