@@ -35,6 +35,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from r2 import onednn
+
 __all__ = [
     "FrozenCLIP",
     "ModelError",
@@ -313,13 +315,9 @@ def onednn_linears(module: torch.nn.Module) -> int:
     kernels by the instruction set (there, CLIP ViT-B/32's vision tower on 128 frames: 7.0 s vs
     3.5 s; ``bench/matmul.py`` prints the ratios per product). oneDNN keeps the kernels it builds, one per shape of product
     (about 0.6 MB each), so route only layers that see a few shapes. Returns the number of layers
-    routed: 0 where this torch has no oneDNN or ``R2_ONEDNN=0`` is set. (``r2.model.matmul`` is
-    the training side's; this room imports only ``r2.cache``.)"""
-    if os.environ.get("R2_ONEDNN", "1") == "0" or not torch.backends.mkldnn.is_available():
-        return 0
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
+    routed: 0 where this torch has no oneDNN or ``R2_ONEDNN=0`` is set."""
+    op = onednn.linear_op() if onednn.enabled() else None
+    if op is None:
         return 0
     layers = [m for m in module.modules() if type(m) is torch.nn.Linear]
     for layer in layers:

@@ -18,27 +18,15 @@ it off (``R2_ONEDNN=0`` in the environment).
 
 from __future__ import annotations
 
-import os
-
 import torch
 import torch.nn.functional as F
 
+from r2 import onednn
+
 #: products through oneDNN where it can take them (``R2_ONEDNN=0``: never)
-ONEDNN = os.environ.get("R2_ONEDNN", "1") != "0"
+ONEDNN = onednn.enabled()
 
-
-def _onednn_linear():
-    """oneDNN's linear (``torch.ops.mkldnn._linear_pointwise``, what torch.compile's CPU code
-    calls), or None where this build of torch has none."""
-    if not torch.backends.mkldnn.is_available():
-        return None
-    try:
-        return torch.ops.mkldnn._linear_pointwise
-    except (AttributeError, RuntimeError):
-        return None
-
-
-_LINEAR = _onednn_linear()
+_LINEAR = onednn.linear_op()
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
