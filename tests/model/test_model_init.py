@@ -123,6 +123,24 @@ def test_a_mask_is_the_same_draw_in_every_dtype(keep):
     assert torch.equal(bernoulli_mask(torch.Size([31 * 77 + 200]), keep, generator=g)[:31 * 77], masks[0].flatten())
 
 
+@pytest.mark.parametrize("keep, bits", [(0.5, 1), (0.25, 2), (0.75, 2)])
+@pytest.mark.parametrize("dtype", [torch.bool, torch.uint8, torch.int16, torch.float32])
+def test_a_mask_holds_the_generators_bit_fields_lowest_first(keep, bits, dtype):
+    """Element i of a 1- or 2-bit mask is field i of the generator's random words (lowest bits
+    of the lowest byte first), kept where the field is below keep * 2**bits: the table lookup
+    (one row per random byte) expands them in order, in every mask type."""
+    n = 1000
+    g = torch.Generator().manual_seed(9)
+    mask = bernoulli_mask(torch.Size([n]), keep, generator=g, dtype=dtype)
+    g = torch.Generator().manual_seed(9)
+    words = torch.randint(-2**63, 2**63 - 1, (-(-n * bits // 64),), dtype=torch.int64, generator=g)
+    data = words.view(torch.uint8).long()
+    fields = (data[:, None] >> torch.arange(0, 8, bits)) & (2**bits - 1)  # (bytes, 8 // bits)
+    want = fields.flatten()[:n] < round(keep * 2**bits)
+    assert mask.dtype == dtype and 0.1 < want.float().mean() < 0.9
+    assert torch.equal(mask.bool(), want)
+
+
 @pytest.mark.parametrize("p", [0.5, 0.35])
 def test_dropout_after_norm_equals_dropout_of_norm(p):
     """The scale folded into the LayerNorm's weight and bias: the same mask, the same values
