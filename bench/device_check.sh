@@ -10,9 +10,8 @@
 #   5. bench/train_step.py --device cuda at QVHighlights' shapes (batch 8 x 75 clips).
 #
 # Logs go to $OUT (the device tool's folder that comes back) or /tmp/r2-device; the rest to
-# /tmp/r2-device-work. On a machine
-# without PyAV (the device tool's image has none), carry its wheel: once, where pip reaches the
-# registry,
+# /tmp/r2-device-work. On a machine without PyAV (the device tool's image has none), carry its
+# wheel: once, where pip reaches the registry,
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 -d .whl av==18.1.0
 # and run with `.whl` carried: bash bench/device_check.sh
@@ -65,11 +64,15 @@ work = sys.argv[1]
 ref = FeatureCache.open(f"{work}/cache-fp32")
 for precision in ("fp16", "bf16"):
     low = FeatureCache.open(f"{work}/cache-{precision}")
+    videos = [vid for vid in ref.video_ids()[:20] if low.has_video(vid)]
+    if not videos:
+        print(f"{precision}: no video extracted (the run above stopped early), nothing to compare")
+        continue
     worst = 0.0
-    for vid in ref.video_ids()[:20]:
+    for vid in videos:
         a, b = ref.load_video(vid), low.load_video(vid)  # (T, K, N, D) float32
         worst = max(worst, float(np.abs(a - b).max() / (np.abs(a).max() + 1e-12)))
-    print(f"{precision}: largest difference from fp32, relative to the largest value: {worst:.2e}")
+    print(f"{precision}: largest difference from fp32 over {len(videos)} videos, relative to the largest value: {worst:.2e}")
 EOF
 )
 

@@ -219,13 +219,15 @@ def count_onednn_flops():
     2 M K N, as for ``addmm``."""
     import math
 
-    import torch
     from torch.utils.flop_counter import register_flop_formula
 
-    if not torch.backends.mkldnn.is_available():
+    from r2 import onednn
+
+    op = onednn.linear_op()
+    if op is None:
         return
 
-    @register_flop_formula(torch.ops.mkldnn._linear_pointwise)
+    @register_flop_formula(op)
     def linear_flop(x_shape, w_shape, *args, out_shape=None, **kwargs) -> int:
         return 2 * math.prod(x_shape[:-1]) * x_shape[-1] * w_shape[0]
 
