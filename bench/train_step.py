@@ -197,12 +197,15 @@ def make_step(args, variant: str):
             q = torch.stack([ths[i] for i in LAYERS], dim=1)  # (B, K, S, Dt)
         return v.clone(), q.clone()
 
+    from r2.train.distributed import autocast
+
     def step():
         batch = collate([data[i] for i in range(len(samples))]).to(device)  # items freed, as in a DataLoader
         video, query = batch.video, batch.query
         if clip is not None:
             video, query = features_from_clip(batch)
-        out = model(video, batch.video_mask, query, batch.query_mask)
+        with autocast(device, args.amp):  # as r2 fit does (preset amp / cpu_amp)
+            out = model(video, batch.video_mask, query, batch.query_mask)
         loss = model.compute_loss(out, batch.targets)
         opt.zero_grad(set_to_none=True)
         loss.total.backward()
@@ -274,6 +277,7 @@ def main():
     ap.add_argument("--malloc-defaults", action="store_true",
                     help="glibc malloc's default settings in both variants instead of r2 fit's (r2.train.allocator)")
     ap.add_argument("--variant", choices=["cache", "clip", "clip-onednn"], help=argparse.SUPPRESS)
+    ap.add_argument("--amp", default="none", choices=["none", "bf16"], help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--annotations", help=argparse.SUPPRESS)
     args = ap.parse_args()

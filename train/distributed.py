@@ -82,11 +82,11 @@ class DeviceError(ValueError):
 
 
 def autocast(device: torch.device, amp: str | None):
-    """Mixed precision on CUDA ("fp16" or "bf16"); a no-op on CPU or with amp None/"none".
-    The model keeps its heads and losses in fp32 itself."""
-    if device.type != "cuda" or amp in (None, "none"):
+    """Mixed precision ("fp16" or "bf16") on ``device`` (CUDA or the CPU); a no-op with amp
+    None/"none". The model keeps its heads and losses in fp32 itself."""
+    if amp in (None, "none"):
         return contextlib.nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
 
 def resolve_device(device: str | None) -> torch.device:

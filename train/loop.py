@@ -16,7 +16,8 @@ The recipe is R²-Tuning's (reference §5) with the preset's numbers (``r2.train
   global-norm gradient clipping at ``grad_clip`` (35); the training split repeated ``repeat``
   times per epoch (QVHighlights ×4); no drop_last.
 * Mixed precision on CUDA: fp16 autocast + GradScaler (``amp="fp16"``, official) or bf16
-  (``amp="bf16"``, no scaler); the model keeps its heads and losses in fp32. CPU runs fp32,
+  (``amp="bf16"``, no scaler); the model keeps its heads and losses in fp32. The CPU runs
+  fp32 unless ``cpu_amp`` asks for bf16 or fp16 (the same autocast and scaler, on the CPU),
   with glibc malloc told to keep freed memory for the next step (:mod:`r2.train.allocator`).
 * Seeds: ``torch``/``numpy``/``random`` from ``seed``; the loader's shuffling
   (``DistributedSampler(seed)`` + ``set_epoch``) and worker seeds (a generator per epoch) are
@@ -268,12 +269,15 @@ def load_split(path: Path, preset: Preset, split: str, domain: str | None) -> li
 
 def _preset_differences(saved: dict, current: Preset) -> list[str]:
     now = current.to_dict()
+    defaults = PRESETS[current.name].to_dict() if current.name in PRESETS else {}
     out = []
     for key in sorted(set(saved) | set(now)):
         if key in RESUMABLE_CHANGES or key in DERIVED_FIELDS:  # derived: saved by older runs
             continue
-        if json.dumps(saved.get(key), sort_keys=True) != json.dumps(now.get(key), sort_keys=True):
-            out.append(f"{key}: the run has {json.dumps(saved.get(key))}, now {json.dumps(now.get(key))}")
+        # a field newer than the run: the run had the preset's default
+        was = saved[key] if key in saved else defaults.get(key)
+        if json.dumps(was, sort_keys=True) != json.dumps(now.get(key), sort_keys=True):
+            out.append(f"{key}: the run has {json.dumps(was)}, now {json.dumps(now.get(key))}")
     return out
 
 
@@ -359,7 +363,7 @@ class _Trainer:
             raise FitError(f"{self.run_dir} already holds a run (checkpoints/last or model.safetensors): "
                            "pass --resume to continue it, or choose another --run-dir")
         self.preset = preset
-        self.amp = preset.amp if ctx.device.type == "cuda" else "none"
+        self.amp = preset.amp if ctx.device.type == "cuda" else preset.cpu_amp
 
         # annotations
         train_file, val_file = resolve_files(o, preset)

@@ -106,6 +106,7 @@ _CHOICES: dict[str, tuple] = {
     "optimizer": ("adamw",),
     "lr_schedule": ("step", "constant"),
     "amp": ("fp16", "bf16", "none"),
+    "cpu_amp": ("bf16", "fp16", "none"),
     "nms": ("normal", "linear"),
     "main_metric_mode": ("max", "min"),
 }
@@ -217,8 +218,11 @@ class Preset:
     warmup_ratio: float = 0.001
     #: global L2 gradient-norm clip (None: off)
     grad_clip: float | None = 35.0
-    #: autocast on CUDA: "fp16" (official, with GradScaler), "bf16", "none"; CPU runs fp32
+    #: autocast on CUDA: "fp16" (official, with GradScaler), "bf16", "none"
     amp: str = "fp16"
+    #: autocast on the CPU: "none" (fp32), "bf16" (pays on CPUs with AMX or AVX-512 BF16) or
+    #: "fp16" (with GradScaler; slow on most CPUs)
+    cpu_amp: str = "none"
     num_workers: int = 4
     drop_last: bool = False
     seed: int = 42

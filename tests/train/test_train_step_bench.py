@@ -52,3 +52,23 @@ def test_sizes_without_a_query_window_are_refused():
     done = subprocess.run([sys.executable, str(BENCH), "--clips", "3"], capture_output=True, text=True, timeout=60)
     assert done.returncode == 2
     assert "--clips must be at least 5" in done.stderr
+
+
+def test_the_bf16_bench_prints_both_precisions_and_the_ratio():
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "train_amp.py"), "--batch", "1", "--clips", "5",
+                           "--steps", "1", "--rounds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert re.match(r"one training step from the cache, batch 1 x 5 clips, .*CPU bf16 support: ", lines[0])
+    times = {}
+    for label in ("fp32", "bf16 autocast"):
+        line = next(line for line in lines if line.startswith(label + " "))
+        m = re.fullmatch(label + r" +(\d+\.\d{3}) s a step \(median of 1 x 1\) +(\d+) MB peak RSS", line)
+        assert m, line
+        times[label] = float(m.group(1))
+        assert 200 < int(m.group(2)) < 5000  # the torch import alone is ~220 MB
+    ratio = re.fullmatch(r"bf16 autocast: (\d+\.\d\d)x the speed of fp32 \(per round (\d+\.\d\d)x\), "
+                         r"\d+\.\d\dx the peak RSS", lines[-1])
+    assert ratio, lines[-1]
+    a, b = times["fp32"], times["bf16 autocast"]  # printed to 1 ms: the ratio lies between these bounds
+    assert (a - 5e-4) / (b + 5e-4) - 5e-3 <= float(ratio.group(1)) <= (a + 5e-4) / max(b - 5e-4, 1e-9) + 5e-3
