@@ -5,9 +5,10 @@
 #   2. the test suite there (the CUDA test included: fp16 autocast of the model vs the CPU);
 #   3. `r2 demo --device cuda`: extraction with the tiny CLIP on the GPU, training with fp16
 #      autocast + GradScaler, prediction and scores (compare with the CPU table in README.md);
-#   4. `r2 extract` with a ViT-B/32-sized random CLIP on the GPU, fp32 vs fp16 vs bf16: clips/s
+#   4. `r2 fit` on the demo's cache with bf16 autocast (the demo trains with fp16);
+#   5. `r2 extract` with a ViT-B/32-sized random CLIP on the GPU, fp32 vs fp16 vs bf16: clips/s
 #      and the largest difference of the stored features from fp32's;
-#   5. bench/train_step.py --device cuda at QVHighlights' shapes (batch 8 x 75 clips).
+#   6. bench/train_step.py --device cuda at QVHighlights' shapes (batch 8 x 75 clips).
 #
 # Logs go to $OUT (the device tool's folder that comes back) or /tmp/r2-device; the rest to
 # /tmp/r2-device-work. On a machine without PyAV (the device tool's image has none), carry its
@@ -45,6 +46,14 @@ fi
 
 step "r2 demo --device $device"
 timeout 240 r2 demo --device "$device" --out "$work/demo" 2>&1 | tee "$out/demo.log" | tail -30
+
+step "r2 fit on the demo's cache with bf16 autocast ($device)"
+amp_field=amp; [ "$device" = cpu ] && amp_field=cpu_amp  # the CPU's own field: r2 fit --set cpu_amp=bf16
+rm -rf "$work/fit-bf16"
+timeout 120 r2 fit --dataset custom --cache "$work/demo/cache" --train "$work/demo/annotations/train.jsonl" \
+    --val "$work/demo/annotations/val.jsonl" --run-dir "$work/fit-bf16" --config "$work/demo/fit_settings.json" \
+    --seed 0 --device "$device" --set "$amp_field=bf16" 2>&1 | tr '\r' '\n' | grep -v "^fit:" | tail -5
+$py -c "import json, sys; b = json.load(open(sys.argv[1])); print('bf16 run, best epoch', b['epoch'], {k: v for k, v in b['metrics']['brief'].items() if k.startswith(('MR-full-R1', 'MR-full-mAP', 'HL-min-VeryGood'))})" "$work/fit-bf16/best.json"
 
 step "r2 extract, ViT-B/32-sized random CLIP on $device: fp32 / fp16 / bf16"
 r2 make-tiny-clip "$work/vitb32" --width 768 --layers 12 --heads 12 --overwrite >/dev/null
