@@ -459,14 +459,15 @@ def sparkline(values: Sequence[float], width: int = 72) -> tuple[str, int]:
 def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
     """Text report: the top moments and the saliency curve with the best moment marked.
 
-    Moments of no length (a window the decoder clipped to the video's start or end, which the
-    predictions file and ``--json`` keep, as the official decoding does) are not listed."""
+    Moments of no length (a window the decoder clipped to the video's start or end) and those
+    NMS suppressed (score 0: "normal" NMS zeroes a window that overlaps a better one, as the
+    official decoding does) are not listed; the predictions file and ``--json`` keep both."""
     lines = [f"query: {g.query!r}"]
     shown = None
     if g.moments is not None:
-        shown = [m for m in g.moments if m[1] > m[0]][:top_k]
+        shown = [m for m in g.moments if m[1] > m[0] and m[2] > 0][:top_k]
         lines.append(f"top {len(shown)} moments:" if shown else
-                     "moments: none (every window the model predicted has no length)")
+                     "moments: none (every window the model predicted has no length or a score of 0)")
         for rank, (s, e, score) in enumerate(shown, 1):
             lines.append(f"  {rank}. {s:8.1f} s – {e:8.1f} s   score {score:.3f}")
     line, per = sparkline(g.saliency, width)

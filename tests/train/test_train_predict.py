@@ -277,18 +277,22 @@ def test_the_text_report_lists_the_top_moments_with_a_length_and_marks_the_best(
     from r2.train.inference import format_grounding
 
     g = _groundings()[0]
-    g.moments = [[0.0, 0.0, 0.95], [10.0, 18.0, 0.9], [40.0, 40.0, 0.5], [30.0, 34.0, 0.2]]
+    # windows of no length, and two that normal NMS zeroed under the 10-18 s one (kept in the
+    # predictions with score 0): listed, they would print the best moment twice
+    g.moments = [[0.0, 0.0, 0.95], [10.0, 18.0, 0.9], [40.0, 40.0, 0.5], [30.0, 34.0, 0.2],
+                 [10.0, 18.0, 0.0], [10.5, 18.0, 0.0]]
     text = format_grounding(g, top_k=5)
     assert "top 2 moments:" in text
     assert "1.     10.0 s –     18.0 s   score 0.900" in text
     assert "2.     30.0 s –     34.0 s   score 0.200" in text
-    assert "0.950" not in text and "0.500" not in text
+    assert "0.950" not in text and "0.500" not in text and "0.000" not in text
+    assert "3." not in text
     marker = next(line for line in text.splitlines() if line.endswith("^ best moment"))
     # "  |" then the bar: carets under clips 5-8 of 20 (10-18 s), and one in the legend
     assert marker.index("^") - 3 == 5 and marker.count("^") == 4 + 1
     g.moments = [[0.0, 0.0, 0.95]]
     text = format_grounding(g)
-    assert "moments: none (every window the model predicted has no length)" in text
+    assert "moments: none (every window the model predicted has no length or a score of 0)" in text
     assert "top " not in text and "best moment" not in text
 
 
