@@ -456,16 +456,21 @@ def sparkline(values: Sequence[float], width: int = 72) -> tuple[str, int]:
     return "".join(chars), per
 
 
-def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
-    """Text report: the top moments and the saliency curve with the best moment marked.
+def listed_moments(g: VideoGrounding, top_k: int) -> list[list[float]]:
+    """The best ``top_k`` moments worth showing a person, best first: without the windows of no
+    length (a window the decoder clipped to the video's start or end) and those NMS suppressed
+    (score 0: "normal" NMS zeroes a window that overlaps a better one, as the official decoding
+    does); the predictions file and ``--json`` keep both."""
+    return [m for m in (g.moments or []) if m[1] > m[0] and m[2] > 0][:top_k]
 
-    Moments of no length (a window the decoder clipped to the video's start or end) and those
-    NMS suppressed (score 0: "normal" NMS zeroes a window that overlaps a better one, as the
-    official decoding does) are not listed; the predictions file and ``--json`` keep both."""
+
+def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
+    """Text report: the top moments (:func:`listed_moments`) and the saliency curve with the
+    best moment marked."""
     lines = [f"query: {g.query!r}"]
     shown = None
     if g.moments is not None:
-        shown = [m for m in g.moments if m[1] > m[0] and m[2] > 0][:top_k]
+        shown = listed_moments(g, top_k)
         lines.append(f"top {len(shown)} moments:" if shown else
                      "moments: none (every window the model predicted has no length or a score of 0)")
         for rank, (s, e, score) in enumerate(shown, 1):
@@ -523,8 +528,8 @@ def check_plot_target(path: str | os.PathLike) -> None:
 
 
 def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:
-    """Draw the saliency curve of every query with its top moments shaded (matplotlib); one
-    panel per query. Returns ``path`` (written atomically)."""
+    """Draw the saliency curve of every query with its top moments (:func:`listed_moments`)
+    shaded (matplotlib); one panel per query. Returns ``path`` (written atomically)."""
     try:
         import matplotlib
 
@@ -539,7 +544,7 @@ def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike
         for ax, g in zip(axes[:, 0], groundings):
             times = np.asarray(g.clip_times()) + 0.5 / g.fps
             ax.plot(times, g.saliency, color="tab:blue", lw=1.5, label="saliency")
-            for rank, (s, e, score) in enumerate((g.moments or [])[:top_k]):
+            for rank, (s, e, score) in enumerate(listed_moments(g, top_k)):
                 ax.axvspan(s, e, color="tab:orange", alpha=0.35 if rank == 0 else 0.15,
                            label=f"moment {rank + 1} ({score:.2f})")
             ax.set_xlim(0, g.duration)

@@ -326,6 +326,12 @@ def test_plot_grounding_draws_one_panel_per_query_with_the_moments_shaded(tmp_pa
     left, right = axis.min(), axis.max()
     span = (cols.min() - left) / (right - left) * 40, (cols.max() - left) / (right - left) * 40
     assert span == pytest.approx((10.0, 18.0), abs=0.5)
+    # windows of no length or zeroed by NMS are not drawn (nor given a legend entry): the
+    # same picture as without them
+    noisy = _groundings()
+    for g in noisy:
+        g.moments = [[0.0, 0.0, 0.95], g.moments[0], [10.5, 18.0, 0.0], [0.0, 40.0, 0.0], g.moments[1]]
+    assert np.array_equal(imread(plot_grounding(noisy, tmp_path / "noisy.png")), img)
     from r2.train.inference import PredictError, check_plot_target
 
     with pytest.raises(PredictError, match="matplotlib does not write .txt"):
