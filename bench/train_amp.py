@@ -64,15 +64,14 @@ def main():
           f"ViT-B/32 shapes, CPU, {runs['none'][0]['threads']} threads; CPU bf16 support: "
           f"{', '.join(flags) if flags else 'none (emulated)'}")
     median = {amp: statistics.median([t for run in rs for t in run["steps"]]) for amp, rs in runs.items()}
+    rss = {amp: max(run["peak_rss_mb"] for run in rs) for amp, rs in runs.items()}
     for amp, label in (("none", "fp32"), ("bf16", "bf16 autocast")):
-        rss = max(run["peak_rss_mb"] for run in runs[amp])
-        print(f"{label:<16}{median[amp]:>8.3f} s a step (median of {args.rounds} x {args.steps}){rss:>9.0f} MB peak RSS")
+        print(f"{label:<16}{median[amp]:>8.3f} s a step (median of {args.rounds} x {args.steps}){rss[amp]:>9.0f} MB peak RSS")
     per_round = [statistics.median(a["steps"]) / statistics.median(b["steps"])
                  for a, b in zip(runs["none"], runs["bf16"])]
     print(f"bf16 autocast: {median['none'] / median['bf16']:.2f}x the speed of fp32 (per round "
           f"{', '.join(f'{x:.2f}x' for x in per_round)}), "
-          f"{max(r['peak_rss_mb'] for r in runs['bf16']) / max(r['peak_rss_mb'] for r in runs['none']):.2f}x "
-          f"the peak RSS")
+          f"{rss['bf16'] / rss['none']:.2f}x the peak RSS")
 
 
 if __name__ == "__main__":
