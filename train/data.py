@@ -791,6 +791,27 @@ class LengthBatchSampler:
         return len(self.batches)
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
+
+
+def loader_workers(requested: int, log: Callable[[str], None] | None = None) -> int:
+    """The loader workers to start for ``requested`` (the preset's ``num_workers``): no more than
+    the CPUs this process may use. More only compete with the training step for the same cores
+    (torch's DataLoader warns of it); the batches are the same with any number of workers."""
+    cpus = usable_cpus()
+    if requested <= cpus:
+        return requested
+    if log is not None:
+        log(f"num_workers {requested}: this process may use {cpus} CPUs, so the loaders start {cpus} "
+            f"workers (--workers N starts exactly N; the batches are the same with any number)")
+    return cpus
+
+
 def worker_init_fn(worker_id: int) -> None:
     """Seed numpy and ``random`` in a loader worker from its torch seed (itself derived from
     the loader's seeded generator). Targets do not depend on it: they use ``sample_rng``."""

@@ -65,8 +65,8 @@ from . import checkpoint as ckpt
 from .allocator import reuse_freed_memory
 from .annotations import GroundingSample, load_annotations
 from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
-                   check_feature_spec, check_ids, feature_spec, loader_generator, resolve_layers,
-                   worker_init_fn)
+                   check_feature_spec, check_ids, feature_spec, loader_generator, loader_workers,
+                   resolve_layers, worker_init_fn)
 from .distributed import DistContext, autocast, setup, teardown
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
@@ -442,6 +442,9 @@ class _Trainer:
                          f"rank takes {max(1, bs // ctx.world_size)}")
             bs = max(1, bs // ctx.world_size)
         self.rank_batch = bs
+        # --workers N starts exactly N; the preset's number is capped at the CPUs there are
+        self.loader_workers = (o.workers if o.workers is not None
+                               else loader_workers(preset.num_workers, log=self.log))
 
     # ------------------------------------------------------------------ loaders
     def train_loader(self, epoch: int):
@@ -454,7 +457,7 @@ class _Trainer:
         sampler.set_epoch(epoch)
         cfg = self.config
         need_windows = cfg.cls_loss == "focal" or (cfg.coord_head and cfg.reg_weight > 0)
-        workers = preset.num_workers
+        workers = self.loader_workers
         return DataLoader(self.train_data, batch_size=self.rank_batch, sampler=sampler,
                           collate_fn=Collator(windows=need_windows), num_workers=workers,
                           worker_init_fn=worker_init_fn if workers else None,
@@ -473,7 +476,7 @@ class _Trainer:
         preset = self.preset
         rows = predict_dataset(self.model_core, self.val_data,
                                batch_size=self.options.eval_batch_size or preset.batch_size,
-                               workers=preset.num_workers, amp=self.amp, seed=preset.seed)
+                               workers=self.loader_workers, amp=self.amp, seed=preset.seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EvaluationWarning)
             options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}

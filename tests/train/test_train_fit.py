@@ -445,3 +445,39 @@ def test_the_collator_pads_with_zeros_and_masks_the_padding():
             assert np.array_equal(batch.query[i, :, :s].numpy(), it.query) and not batch.query[i, :, s:].any()
             assert batch.video_mask[i].tolist() == [True] * t + [False] * (5 - t)
             assert batch.query_mask[i].tolist() == [True] * s + [False] * (4 - s)
+
+
+def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(data, tmp_path):
+    import os
+    import warnings
+
+    from r2.train import fit
+    from r2.train.data import loader_workers, usable_cpus
+
+    cpus = usable_cpus()
+    assert cpus == len(os.sched_getaffinity(0)) >= 1
+    said = []
+    assert loader_workers(cpus, log=said.append) == cpus and said == []
+    assert loader_workers(cpus + 3, log=said.append) == cpus
+    assert said == [f"num_workers {cpus + 3}: this process may use {cpus} CPUs, so the loaders start {cpus} "
+                    "workers (--workers N starts exactly N; the batches are the same with any number)"]
+    whole = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(whole)})  # the real mask, as `taskset -c 0` sets it
+    try:
+        assert usable_cpus() == 1 and loader_workers(4) == 1
+    finally:
+        os.sched_setaffinity(0, whole)
+
+    # in r2 fit: the preset's number (here more than the CPUs) is capped, and torch does not warn
+    logs = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(_opts(data, tmp_path / "run", workers=None, epochs=1,
+                  overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
+    assert any(m.startswith(f"num_workers {cpus + 1}: this process may use {cpus} CPUs") for m in logs), logs
+    assert not [w for w in caught if "worker processes in total" in str(w.message)]
+    # an explicit --workers is started as asked
+    logs.clear()
+    fit(_opts(data, tmp_path / "run2", workers=0, epochs=1,
+              overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
+    assert not any(m.startswith("num_workers") for m in logs), logs
