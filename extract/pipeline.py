@@ -52,6 +52,7 @@ import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
 from r2.extract.video import DecodeResult, decode_chunks
+from r2.cpus import usable_cpus
 from r2.fileio import atomic_write
 
 __all__ = ["ExtractionError", "ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features",
@@ -298,12 +299,8 @@ def _extract_queries(clip, queries, writer, summary, batch_size):
             summary.queries_extracted += 1
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _default_workers(device: str) -> int:
-    cpus = _cpu_count()
+    cpus = usable_cpus()
     if str(device).startswith("cpu"):
         return max(1, cpus - 1)
     return max(1, min(cpus, 32))
@@ -731,7 +728,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)
 
     threads = torch.get_num_threads()
-    plan = _CPUThreads(_cpu_count(), workers) if clip.device.type == "cpu" and workers > 0 else None
+    plan = _CPUThreads(usable_cpus(), workers) if clip.device.type == "cpu" and workers > 0 else None
     if plan is not None:
         torch.set_num_threads(plan.model_threads)
     try:

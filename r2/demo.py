@@ -51,6 +51,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+from r2.cpus import usable_cpus
+
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
 
@@ -483,10 +485,6 @@ class DemoResult:
 # the run
 
 
-def _cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _without_bucket_notes(log: Callable[[str], None]) -> Callable[[str], None]:
     """``log`` minus fit's note that the ``long`` (> 30 s) length bucket is empty: demo
     scenes last at most 20 s, so the bucket is always empty and the note is noise here."""
@@ -555,7 +553,7 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
         resolve_model(model)  # a clear error now, before any work
     out = prepare_out_dir(out_dir, seed=seed, config=config, model=None if model is None else str(model))
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads or _cpu_count()))
+    torch.set_num_threads(max(1, threads or usable_cpus()))
     stages: list[StageTime] = []
 
     def stage(name: str, t0: float, detail: str = "") -> None:

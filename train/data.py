@@ -41,6 +41,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 import torch
 
+from r2.cpus import usable_cpus
 from r2.model import R2Targets
 
 from .annotations import GroundingSample
@@ -789,14 +790,6 @@ class LengthBatchSampler:
 
     def __len__(self) -> int:
         return len(self.batches)
-
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask; ``os.cpu_count()`` where there is none)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 1
 
 
 def loader_workers(requested: int, log: Callable[[str], None] | None = None) -> int:

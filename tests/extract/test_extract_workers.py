@@ -268,7 +268,7 @@ def test_the_model_runs_on_the_cores_the_decoders_leave_and_gets_them_all_when_i
             return True
 
     monkeypatch.setattr(tiny_clip, "video_features", recording)
-    monkeypatch.setattr(P, "_cpu_count", lambda: 4)
+    monkeypatch.setattr(P, "usable_cpus", lambda: 4)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

@@ -452,7 +452,8 @@ def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(data, tmp_pat
     import warnings
 
     from r2.train import fit
-    from r2.train.data import loader_workers, usable_cpus
+    from r2.cpus import usable_cpus
+    from r2.train.data import loader_workers
 
     cpus = usable_cpus()
     assert cpus == len(os.sched_getaffinity(0)) >= 1
