@@ -1,7 +1,65 @@
 """Shared test setup. Tests never touch the network: the Hugging Face hub is forced offline."""
 
+import contextlib
 import os
+
+import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+class TerminalProcess:
+    """A command started as a terminal starts it: a process group of its own and SIGINT at its
+    default action (the test runner may run with SIGINT ignored, as a background job does, which
+    its children would inherit). ``ctrl_c()`` sends SIGINT to the whole group, as Ctrl-C does."""
+
+    def __init__(self, cmd, **kwargs):
+        import signal
+        import subprocess
+
+        self.proc = subprocess.Popen(cmd, start_new_session=True,
+                                     preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+
+    def ctrl_c(self) -> None:
+        import signal
+
+        os.killpg(self.proc.pid, signal.SIGINT)
+
+    def finish(self, timeout: float = 60) -> tuple[int, str, str]:
+        """Wait for the command; (exit code, stdout, stderr). SIGKILLs the group if it hangs."""
+        import signal
+        import subprocess
+
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            out, err = self.proc.communicate()
+            raise AssertionError(f"still running {timeout} s after Ctrl-C:\n{err[-3000:]}")
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        import signal
+
+        if self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.communicate()
+
+
+@pytest.fixture
+def terminal():
+    """``terminal(cmd, **popen_kwargs)`` starts a :class:`TerminalProcess`; what is left running
+    at the end of the test is killed."""
+    started = []
+
+    def start(cmd, **kwargs) -> TerminalProcess:
+        started.append(TerminalProcess(cmd, **kwargs))
+        return started[-1]
+
+    yield start
+    for p in started:
+        p.kill()

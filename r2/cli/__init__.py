@@ -7,7 +7,10 @@ one function of the plain Python API (``r2.cache``, ``r2.extract``, ``r2.train``
 
 Errors: an exception whose class sets ``user_error = True`` (every room's own error type
 does) is shown as a one-line ``Error: ...`` message with exit code 1, never as a
-traceback. Anything else is a bug and keeps its traceback. Warnings are printed as one
+traceback. Anything else is a bug and keeps its traceback. Ctrl-C (SIGINT) ends a command
+with exit code 130 and one line, ``interrupted: ...``, saying what is kept and how to go on
+where the command registered that (:func:`on_interrupt`); an error raised because of the
+interrupt (a DataLoader worker that the same Ctrl-C stopped) counts as the interrupt. Warnings are printed as one
 line, ``warning: ...`` (without the source line Python's default format shows; other
 libraries' warnings keep their category and origin on that line).
 """
@@ -17,7 +20,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import signal
+import threading
 import warnings
+from typing import Callable
 
 import click
 
@@ -66,6 +72,49 @@ def _one_line_warnings():
         warnings.formatwarning = saved
 
 
+_INTERRUPT_HINT = "r2.interrupt_hint"
+
+
+def on_interrupt(hint: Callable[[], str]) -> None:
+    """Register what the running command tells the user when Ctrl-C stops it: ``hint()`` is
+    called then and returns what is kept and how to continue (one sentence)."""
+    click.get_current_context().meta[_INTERRUPT_HINT] = hint
+
+
+@contextlib.contextmanager
+def _interrupts_recorded():
+    """Note a SIGINT (then raise KeyboardInterrupt as Python does). Yields a list that holds
+    True once one came. Left alone where SIGINT is ignored (nohup, a background job) or
+    handled by someone else, and off the main thread."""
+    seen: list[bool] = []
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield seen
+        return
+
+    def handler(signum, frame):
+        seen.append(True)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _report_interrupt(ctx: click.Context) -> None:
+    hint = ctx.meta.get(_INTERRUPT_HINT)
+    text = "interrupted"
+    if hint is not None:
+        try:
+            text += f": {hint()}"
+        except Exception:  # the hint is a courtesy: never a traceback on top of the interrupt
+            pass
+    click.echo(f"\n{text}", err=True)
+    ctx.exit(130)  # 128 + SIGINT, as shells report it
+
+
 class R2Group(click.Group):
     """A group that loads subcommands lazily and turns user errors into clean messages."""
 
@@ -80,13 +129,20 @@ class R2Group(click.Group):
         return command
 
     def invoke(self, ctx):
-        try:
-            with _one_line_warnings():
-                return super().invoke(ctx)
-        except Exception as exc:
-            if getattr(exc, "user_error", False):
-                raise click.ClickException(str(exc)) from exc
-            raise
+        with _interrupts_recorded() as interrupted:
+            try:
+                with _one_line_warnings():
+                    return super().invoke(ctx)
+            except KeyboardInterrupt:
+                _report_interrupt(ctx)
+            except click.exceptions.Exit:
+                raise
+            except Exception as exc:
+                if interrupted:
+                    _report_interrupt(ctx)
+                if getattr(exc, "user_error", False):
+                    raise click.ClickException(str(exc)) from exc
+                raise
 
 
 @click.group(cls=R2Group, context_settings={"help_option_names": ["-h", "--help"]})

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import click
 
+from r2.cli import on_interrupt
+
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
 
@@ -217,6 +219,7 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     command = None
     if len(sys.argv) > 1 and sys.argv[1] == "extract":  # the real command line (not a test runner's)
         command = "r2 extract " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    on_interrupt(lambda: _kept_in_cache(out))
     summary = extract_features(
         videos, queries, out, model, fps=run_fps, layers=_parse_layers(layers), batch_size=batch_size,
         workers=workers, device=device, precision=precision, dtype=dtype, resize=resize, num_shards=num_shards,
@@ -225,6 +228,19 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     click.echo(summary.format())
     if not summary.ok:
         ctx.exit(1)
+
+
+def _kept_in_cache(out) -> str:
+    """What an interrupted ``r2 extract`` leaves in ``out``, and how to go on."""
+    from r2.cache import FeatureCache
+
+    try:
+        cache = FeatureCache.open(out)
+    except Exception:  # not created yet
+        return f"nothing was written to {out}"
+    videos, queries = len(cache.video_ids()), len(cache.query_ids())
+    return (f"{out} keeps the {videos} video(s) and {queries} query(ies) written so far (those in flight "
+            "were dropped, never half-written); the same command again extracts only the rest")
 
 
 @click.command("make-tiny-clip", context_settings={"help_option_names": ["-h", "--help"]})

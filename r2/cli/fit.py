@@ -6,6 +6,8 @@ from pathlib import Path
 
 import click
 
+from r2.cli import on_interrupt
+
 DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "custom")
 
 
@@ -71,6 +73,8 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
                          overrides=parse_set_options(sets), config_file=config_file, resume=resume,
                          init=init, seed=seed, device=device, workers=workers, preload=preload,
                          progress=True)
+    if _is_rank0():  # under torchrun, one rank says it
+        on_interrupt(lambda: _resume_hint(run_dir))
     result = run(options)
     if result.world_size > 1 and not _is_rank0():
         return
@@ -93,6 +97,24 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
 
 _SHOWN = ("MR-full-R1@0.3", "MR-full-R1@0.5", "MR-full-R1@0.7", "MR-full-mIoU", "MR-full-mAP",
           "HL-min-VeryGood-mAP", "HL-min-VeryGood-Hit1", "mAP")
+
+
+def _resume_hint(run_dir: Path) -> str:
+    """What an interrupted ``r2 fit`` leaves in ``run_dir``, and the command that continues it."""
+    import json
+    import shlex
+    import sys
+
+    from r2.train.checkpoint import STATE_NAME, find_last
+
+    last = find_last(run_dir)
+    if last is None:
+        return f"no epoch had finished: {run_dir} has no checkpoint to resume from"
+    epoch = json.loads((last / STATE_NAME).read_text())["epoch"]
+    args = sys.argv[1:] if sys.argv[1:2] == ["fit"] else ["fit", "...", "--run-dir", str(run_dir)]
+    args += [] if "--resume" in args else ["--resume"]
+    return (f"{run_dir} keeps its checkpoint after epoch {epoch}; continue with: "
+            + " ".join(["r2", *map(shlex.quote, args)]))
 
 
 def _is_rank0() -> bool:

@@ -68,3 +68,42 @@ def test_sigkill_then_rerun_gives_every_video_once(tmp_path, tiny_clip_dir):
     for vid in ids:
         x = cache.load_video(vid)
         assert x.shape == (30, 4, 50, 64) and np.isfinite(x).all()
+
+
+def test_ctrl_c_says_what_is_kept_and_the_same_command_finishes(tmp_path, tiny_clip_dir, terminal):
+    """Ctrl-C in the middle of `r2 extract` with decode workers (SIGINT to the process group, as a
+    terminal sends it): exit code 130, no traceback, one line with what the cache keeps; the
+    cache verifies, and the same command extracts only the rest."""
+    videos = tmp_path / "videos"
+    ids = [f"v{i:02d}" for i in range(12)]
+    for i, vid in enumerate(ids):
+        S.write_segment_video(videos / f"{vid}.mp4", [(COLOURS[i % 10], 1.5), (COLOURS[(i + 3) % 10], 1.5)],
+                              fps=10, size=(64, 48))
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "r2", "extract", str(videos), "--out", str(out), "--model", str(tiny_clip_dir),
+           "--fps", "10", "--workers", "1", "--batch-size", "1", "--max-shard-items", "2", "--no-progress"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    run = terminal(cmd, env=env)
+    shards = out / "shards"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and run.proc.poll() is None:
+        if shards.is_dir() and len(list(shards.glob("videos-*.h5"))) >= 3:
+            break
+        time.sleep(0.01)
+    assert run.proc.poll() is None, "extraction ended before Ctrl-C"
+    run.ctrl_c()
+    rc, _, err = run.finish()
+    kept = FeatureCache.open(out).video_ids()
+    assert rc == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert 0 < len(kept) < len(ids)
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: {out} keeps the {len(kept)} video(s) and 0 query(ies) written so far (those in flight "
+        "were dropped, never half-written); the same command again extracts only the rest")
+    report = verify(out)
+    assert report.ok, report.format()
+
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    assert f"{len(ids) - len(kept)} extracted, {len(kept)} already cached" in rerun.stdout
+    assert sorted(FeatureCache.open(out).video_ids()) == ids

@@ -31,8 +31,9 @@ def wait_for_checkpoint(proc, run_dir, epoch: int = 1, timeout: float = 120.0) -
     deadline = time.monotonic() + timeout
     while state_epoch(run_dir) < epoch:
         if proc.poll() is not None:
-            pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n"
-                        + proc.stderr.read().decode()[-3000:])
+            err = proc.stderr.read()
+            err = err.decode() if isinstance(err, bytes) else err
+            pytest.fail(f"fit ended before it could be killed: rc {proc.returncode}\n{err[-3000:]}")
         if time.monotonic() > deadline:
             pytest.fail(f"no checkpoint after {timeout:.0f} s")
         time.sleep(0.01)
