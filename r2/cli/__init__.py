@@ -10,9 +10,10 @@ does) is shown as a one-line ``Error: ...`` message with exit code 1, never as a
 traceback. Anything else is a bug and keeps its traceback. Ctrl-C (SIGINT) ends a command
 with exit code 130 and one line, ``interrupted: ...``, saying what is kept and how to go on
 where the command registered that (:func:`on_interrupt`); an error raised because of the
-interrupt (a DataLoader worker that the same Ctrl-C stopped) counts as the interrupt. Warnings are printed as one
-line, ``warning: ...`` (without the source line Python's default format shows; other
-libraries' warnings keep their category and origin on that line).
+interrupt (a DataLoader worker that the same Ctrl-C stopped) counts as the interrupt.
+Warnings are printed as one line, ``warning: ...`` (without the source line Python's
+default format shows; other libraries' warnings keep their category and origin on that
+line).
 """
 
 from __future__ import annotations
