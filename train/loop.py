@@ -442,9 +442,10 @@ class _Trainer:
                          f"rank takes {max(1, bs // ctx.world_size)}")
             bs = max(1, bs // ctx.world_size)
         self.rank_batch = bs
-        # --workers N starts exactly N; the preset's number is capped at the CPUs there are
+        # --workers N starts exactly N; the preset's number: none on the CPU, elsewhere at most
+        # the CPUs there are
         self.loader_workers = (o.workers if o.workers is not None
-                               else loader_workers(preset.num_workers, log=self.log))
+                               else loader_workers(preset.num_workers, ctx.device, log=self.log))
 
     # ------------------------------------------------------------------ loaders
     def train_loader(self, epoch: int):

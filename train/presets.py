@@ -17,8 +17,8 @@ tvsum          0.5    4    500    5e-4    —       50      0.5  1        no   0
 Common to all (§5.1): AdamW (betas 0.9/0.999, eps 1e-8, weight decay 1e-4 on every
 parameter), linear warm-up from 0.001×lr, step decay ×0.1 at the milestones (epochs, 0-based
 epoch index ≥ milestone), gradient clipping at global L2 norm 35, fp16 autocast on CUDA,
-validation every epoch, 4 loader workers (``r2 fit`` starts no more than the CPUs it may
-use), no drop_last. Layers: the last 4 hidden states
+validation every epoch, 4 loader workers (``r2 fit`` starts none on the CPU and no more than
+the CPUs it may use elsewhere), no drop_last. Layers: the last 4 hidden states
 (``layers = (-4, -3, -2, -1)`` → [9, 10, 11, 12] for ViT-B/32). QVHighlights' training set is
 repeated ×4 per epoch. Model selection: the best epoch by ``main_metric`` on ``eval_split``
 (QVHighlights ``MR-full-mAP`` on val; Charades/TACoS ``MR-full-R1@0.7`` on **test**, as the

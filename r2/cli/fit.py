@@ -48,8 +48,9 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
 @click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when available]. Under torchrun each "
                                "rank takes cuda:LOCAL_RANK.")
 @click.option("--workers", "-j", type=click.IntRange(min=0),
-              help="Data-loading processes, started exactly as given [default: the preset's, 4, or the "
-                   "CPUs this process may use where fewer; 0 = load in this process].")
+              help="Data-loading processes, started exactly as given [default: on the CPU 0 (load in "
+                   "the training process, which is faster there), elsewhere the preset's 4, or the CPUs "
+                   "this process may use where fewer].")
 @click.option("--preload", is_flag=True,
               help="Read the splits into RAM first (checked against the available memory).")
 def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, config_file, resume,

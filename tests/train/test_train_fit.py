@@ -447,38 +447,61 @@ def test_the_collator_pads_with_zeros_and_masks_the_padding():
             assert batch.query_mask[i].tolist() == [True] * s + [False] * (4 - s)
 
 
-def test_loader_workers_are_capped_at_the_cpus_the_process_may_use(data, tmp_path):
+def test_loader_workers_none_on_the_cpu_and_at_most_the_cpus_elsewhere(data, tmp_path):
     import os
     import warnings
 
-    from r2.train import fit
     from r2.cpus import usable_cpus
+    from r2.train import fit
     from r2.train.data import loader_workers
 
     cpus = usable_cpus()
     assert cpus == len(os.sched_getaffinity(0)) >= 1
     said = []
-    assert loader_workers(cpus, log=said.append) == cpus and said == []
-    assert loader_workers(cpus + 3, log=said.append) == cpus
+    cuda = torch.device("cuda")  # only its type is read: no GPU needed
+    assert loader_workers(cpus, cuda, log=said.append) == cpus and said == []
+    assert loader_workers(cpus + 3, cuda, log=said.append) == cpus
     assert said == [f"num_workers {cpus + 3}: this process may use {cpus} CPUs, so the loaders start {cpus} "
                     "workers (--workers N starts exactly N; the batches are the same with any number)"]
+    said.clear()
+    assert loader_workers(0, "cpu", log=said.append) == 0 and said == []
+    assert loader_workers(4, "cpu", log=said.append) == 0
+    assert said == ["device cpu: batches are loaded in the training process, not by 4 loader workers (on the "
+                    "CPU they take cores from the training step; --workers N starts N)"]
     whole = os.sched_getaffinity(0)
     os.sched_setaffinity(0, {min(whole)})  # the real mask, as `taskset -c 0` sets it
     try:
-        assert usable_cpus() == 1 and loader_workers(4) == 1
+        assert usable_cpus() == 1 and loader_workers(4, cuda) == 1
     finally:
         os.sched_setaffinity(0, whole)
 
-    # in r2 fit: the preset's number (here more than the CPUs) is capped, and torch does not warn
+    # r2 fit on the CPU: the preset's workers (here more than the CPUs) are not started, so no
+    # worker process reads the cache (it would open its shards) and torch does not warn
+    from r2.cache import reader
+
+    readers = tmp_path / "pids.txt"  # a file: a loader worker's own memory is not this process's
+    open_shard = reader.FeatureCache._shard
+
+    def spy(self, *args, **kwargs):
+        with open(readers, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return open_shard(self, *args, **kwargs)
+
     logs = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        fit(_opts(data, tmp_path / "run", workers=None, epochs=1,
-                  overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
-    assert any(m.startswith(f"num_workers {cpus + 1}: this process may use {cpus} CPUs") for m in logs), logs
+    reader.FeatureCache._shard = spy
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            fit(_opts(data, tmp_path / "run", workers=None, epochs=1,
+                      overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
+    finally:
+        reader.FeatureCache._shard = open_shard
+    assert f"device cpu: batches are loaded in the training process, not by {cpus + 1} loader workers" in \
+        "\n".join(logs), logs
+    assert set(readers.read_text().split()) == {str(os.getpid())}
     assert not [w for w in caught if "worker processes in total" in str(w.message)]
     # an explicit --workers is started as asked
     logs.clear()
     fit(_opts(data, tmp_path / "run2", workers=0, epochs=1,
               overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
-    assert not any(m.startswith("num_workers") for m in logs), logs
+    assert not any(m.startswith(("num_workers", "device cpu")) for m in logs), logs
