@@ -40,9 +40,10 @@ import numpy as np
 import torch
 
 from r2.fileio import atomic_path
-from r2.model import R2Model, R2ModelError
+from r2.model import WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
+from .checkpoint import METRICS_NAME, PRESET_NAME
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
                    LengthBatchSampler, cache_widths, check_feature_spec, check_ids, feature_spec,
@@ -113,6 +114,10 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
     if not path.is_dir():
         raise PredictError(f"--checkpoint {path}: no such directory (a run directory of `r2 fit`, "
                            "or the output of `r2 convert-official`)")
+    if (path / PRESET_NAME).is_file() and not (path / WEIGHTS_NAME).is_file():
+        raise PredictError(f"--checkpoint {path} is an `r2 fit` run with no weights yet: its first epoch "
+                           "has not finished (`r2 fit ... --resume` continues the run; each epoch's log "
+                           f"goes to {path / METRICS_NAME})")
     model = R2Model.from_pretrained(path)
     if device is not None:
         model.to(device)

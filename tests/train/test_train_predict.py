@@ -102,6 +102,24 @@ def test_predict_refuses_a_cache_with_other_features(trained, tmp_path):
     assert res.exit_code == 2 and "--annotations" in res.output
 
 
+def test_predict_on_a_run_whose_first_epoch_has_not_finished_says_so(trained, tmp_path):
+    import shutil
+
+    from r2.cli import main
+
+    data, run = trained
+    young = tmp_path / "young"  # what `r2 fit` has written before its first epoch ends
+    young.mkdir()
+    shutil.copy(run / "preset.json", young / "preset.json")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(young), "--cache", str(data.cache_dir),
+                                    "--annotations", str(data.val_file), "--out", str(tmp_path / "p.jsonl")])
+    assert res.exit_code == 1
+    assert res.output == (f"Error: --checkpoint {young} is an `r2 fit` run with no weights yet: its first epoch "
+                          "has not finished (`r2 fit ... --resume` continues the run; each epoch's log goes to "
+                          f"{young / 'metrics.jsonl'})\n")
+    assert not (tmp_path / "p.jsonl").exists()
+
+
 def test_predict_missing_ids_list_is_written_beside_out_only_and_removed_on_success(trained, tmp_path):
     """The list of missing ids goes beside ``--out`` when its folder exists; a later successful
     run removes it (as fit does); the Python API without ``out`` and an ``--out`` in a folder
