@@ -51,8 +51,8 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
-from r2.extract.video import DecodeResult, decode_chunks
 from r2.cpus import usable_cpus
+from r2.extract.video import DecodeResult, decode_chunks
 from r2.fileio import atomic_write
 
 __all__ = ["ExtractionError", "ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features",
