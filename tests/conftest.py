@@ -13,7 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 class TerminalProcess:
     """A command started as a terminal starts it: a process group of its own and SIGINT at its
     default action (the test runner may run with SIGINT ignored, as a background job does, which
-    its children would inherit). ``ctrl_c()`` sends SIGINT to the whole group, as Ctrl-C does."""
+    its children would inherit). ``ctrl_c()`` sends SIGINT to the whole group, as Ctrl-C does;
+    ``send(sig)`` any signal to the group (SIGTERM: as Slurm stops a job step)."""
 
     def __init__(self, cmd, **kwargs):
         import signal
@@ -23,10 +24,13 @@ class TerminalProcess:
                                      preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
+    def send(self, sig) -> None:
+        os.killpg(self.proc.pid, sig)
+
     def ctrl_c(self) -> None:
         import signal
 
-        os.killpg(self.proc.pid, signal.SIGINT)
+        self.send(signal.SIGINT)
 
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         """Wait for the command; (exit code, stdout, stderr). SIGKILLs the group if it hangs."""

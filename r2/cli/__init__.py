@@ -9,8 +9,9 @@ Errors: an exception whose class sets ``user_error = True`` (every room's own er
 does) is shown as a one-line ``Error: ...`` message with exit code 1, never as a
 traceback. Anything else is a bug and keeps its traceback. Ctrl-C (SIGINT) ends a command
 with exit code 130 and one line, ``interrupted: ...``, saying what is kept and how to go on
-where the command registered that (:func:`on_interrupt`); an error raised because of the
-interrupt (a DataLoader worker that the same Ctrl-C stopped) counts as the interrupt.
+where the command registered that (:func:`on_interrupt`); SIGTERM (``kill``, Slurm,
+Kubernetes) the same way, ``terminated (SIGTERM): ...``, exit code 143. An error raised
+because of the signal (a DataLoader worker that the same Ctrl-C stopped) counts as the signal.
 Warnings are printed as one line, ``warning: ...`` (without the source line Python's
 default format shows; other libraries' warnings keep their category and origin on that
 line).
@@ -77,43 +78,67 @@ _INTERRUPT_HINT = "r2.interrupt_hint"
 
 
 def on_interrupt(hint: Callable[[], str]) -> None:
-    """Register what the running command tells the user when Ctrl-C stops it: ``hint()`` is
-    called then and returns what is kept and how to continue (one sentence)."""
+    """Register what the running command tells the user when Ctrl-C or SIGTERM stops it:
+    ``hint()`` is called then and returns what is kept and how to continue (one sentence)."""
     click.get_current_context().meta[_INTERRUPT_HINT] = hint
 
 
+#: the signals that stop a command cleanly: Ctrl-C, and what `kill`, Slurm and Kubernetes send
+_STOP_WORDS = {signal.SIGINT: "interrupted", signal.SIGTERM: "terminated (SIGTERM)"}
+
+
 @contextlib.contextmanager
-def _interrupts_recorded():
-    """Note a SIGINT (then raise KeyboardInterrupt as Python does). Yields a list that holds
-    True once one came. Left alone where SIGINT is ignored (nohup, a background job) or
-    handled by someone else, and off the main thread."""
-    seen: list[bool] = []
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+def _stop_signals_recorded():
+    """SIGINT (Ctrl-C) and SIGTERM raise KeyboardInterrupt in this process (SIGINT already does),
+    so the command unwinds (open shards dropped, files closed) and says what is kept. Yields the
+    list of the signals that came. A signal is left alone where it is ignored (nohup, a
+    background job) or someone else handles it, and off the main thread. Forked children (torch's
+    loader workers) inherit the handler: they stop on SIGTERM as on Ctrl-C, quietly (a worker
+    killed by the signal makes torch raise in the training process as it shuts the loader down)."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
         yield seen
         return
+    owner = os.getpid()
+    usual = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
     def handler(signum, frame):
-        seen.append(True)
-        signal.default_int_handler(signum, frame)
+        if os.getpid() == owner:
+            seen.append(signum)
+            # torch's loader, in this process, turns a worker's death by a signal into an error
+            # (SIGCHLD): one the same SIGTERM killed is expected now (torch's workers die by
+            # a SIGTERM that does not come from their parent), not an error to print on the way out
+            # (a no-op handler, not SIG_DFL: a SIGCHLD pending then would raise "ignored due to
+            # race condition")
+            if callable(signal.getsignal(signal.SIGCHLD)):
+                signal.signal(signal.SIGCHLD, _ignore_signal)
+        raise KeyboardInterrupt
 
-    signal.signal(signal.SIGINT, handler)
+    replaced = [sig for sig, h in usual.items() if signal.getsignal(sig) is h]
+    for sig in replaced:
+        signal.signal(sig, handler)
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in replaced:
+            signal.signal(sig, usual[sig])
 
 
-def _report_interrupt(ctx: click.Context) -> None:
+def _ignore_signal(signum, frame) -> None:
+    pass
+
+
+def _report_interrupt(ctx: click.Context, signals: list[int]) -> None:
+    signum = signals[0] if signals else signal.SIGINT
     hint = ctx.meta.get(_INTERRUPT_HINT)
-    text = "interrupted"
+    text = _STOP_WORDS[signum]
     if hint is not None:
         try:
             text += f": {hint()}"
         except Exception:  # the hint is a courtesy: never a traceback on top of the interrupt
             pass
     click.echo(f"\n{text}", err=True)
-    ctx.exit(130)  # 128 + SIGINT, as shells report it
+    ctx.exit(128 + signum)  # as shells report a command stopped by the signal: 130, 143
 
 
 class R2Group(click.Group):
@@ -130,17 +155,17 @@ class R2Group(click.Group):
         return command
 
     def invoke(self, ctx):
-        with _interrupts_recorded() as interrupted:
+        with _stop_signals_recorded() as stopped_by:
             try:
                 with _one_line_warnings():
                     return super().invoke(ctx)
             except KeyboardInterrupt:
-                _report_interrupt(ctx)
+                _report_interrupt(ctx, stopped_by)
             except click.exceptions.Exit:
                 raise
             except Exception as exc:
-                if interrupted:
-                    _report_interrupt(ctx)
+                if stopped_by:
+                    _report_interrupt(ctx, stopped_by)
                 if getattr(exc, "user_error", False):
                     raise click.ClickException(str(exc)) from exc
                 raise

@@ -9,6 +9,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from r2.cache import FeatureCache, verify
 from r2.extract import synthetic as S
@@ -70,10 +71,12 @@ def test_sigkill_then_rerun_gives_every_video_once(tmp_path, tiny_clip_dir):
         assert x.shape == (30, 4, 50, 64) and np.isfinite(x).all()
 
 
-def test_ctrl_c_says_what_is_kept_and_the_same_command_finishes(tmp_path, tiny_clip_dir, terminal):
-    """Ctrl-C in the middle of `r2 extract` with decode workers (SIGINT to the process group, as a
-    terminal sends it): exit code 130, no traceback, one line with what the cache keeps; the
-    cache verifies, and the same command extracts only the rest."""
+@pytest.mark.parametrize("sig, word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_same_command_finishes(tmp_path, tiny_clip_dir, terminal,
+                                                                         sig, word):
+    """Ctrl-C in the middle of `r2 extract` with decode workers, or SIGTERM as Slurm sends it (to
+    the process group): exit code 128 + the signal, no traceback, one line with what the cache
+    keeps; the cache verifies, and the same command extracts only the rest."""
     videos = tmp_path / "videos"
     ids = [f"v{i:02d}" for i in range(12)]
     for i, vid in enumerate(ids):
@@ -91,14 +94,14 @@ def test_ctrl_c_says_what_is_kept_and_the_same_command_finishes(tmp_path, tiny_c
             break
         time.sleep(0.01)
     assert run.proc.poll() is None, "extraction ended before Ctrl-C"
-    run.ctrl_c()
+    run.send(sig)
     rc, _, err = run.finish()
     kept = FeatureCache.open(out).video_ids()
-    assert rc == 130, err[-3000:]
+    assert rc == 128 + sig, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     assert 0 < len(kept) < len(ids)
     assert err.strip().splitlines()[-1] == (
-        f"interrupted: {out} keeps the {len(kept)} video(s) and 0 query(ies) written so far (those in flight "
+        f"{word}: {out} keeps the {len(kept)} video(s) and 0 query(ies) written so far (those in flight "
         "were dropped, never half-written); the same command again extracts only the rest")
     report = verify(out)
     assert report.ok, report.format()

@@ -109,10 +109,11 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
     assert not list((run_dir / "checkpoints").glob(".last.partial-*"))
 
 
-def test_ctrl_c_says_what_is_kept_and_the_printed_command_resumes(data, tmp_path, terminal):
-    """Ctrl-C in the middle of `r2 fit` (SIGINT to the process group: the loader workers get it
-    too): exit code 130, no traceback, one line naming the last checkpoint and the command that
-    continues the run, which then does."""
+@pytest.mark.parametrize("sig, word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
+def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_printed_command_resumes(data, tmp_path, terminal, sig, word):
+    """Ctrl-C in the middle of `r2 fit`, or SIGTERM as Slurm sends it (to the process group: the
+    loader workers get it too): exit code 128 + the signal, no traceback, one line naming the last
+    checkpoint and the command that continues the run, which then does."""
     import shlex
 
     run_dir = tmp_path / "run"
@@ -121,14 +122,14 @@ def test_ctrl_c_says_what_is_kept_and_the_printed_command_resumes(data, tmp_path
     fit = terminal([sys.executable, "-m", "r2", *args], env=_env())
     wait_for_checkpoint(fit.proc, run_dir)
     time.sleep(0.15)  # into the next epoch
-    fit.ctrl_c()
+    fit.send(sig)
     rc, _, err = fit.finish()
     kept = state_epoch(run_dir)
-    assert rc == 130, err[-3000:]
+    assert rc == 128 + sig, err[-3000:]
     assert "Traceback" not in err, err[-3000:]
     last = err.strip().splitlines()[-1]
     expected = " ".join(["r2", *map(shlex.quote, args), "--resume"])
-    assert last == f"interrupted: {run_dir} keeps its checkpoint after epoch {kept}; continue with: {expected}"
+    assert last == f"{word}: {run_dir} keeps its checkpoint after epoch {kept}; continue with: {expected}"
     assert 1 <= kept < EPOCHS
 
     printed = shlex.split(last.split("continue with: ", 1)[1])
