@@ -105,11 +105,10 @@ def _stop_signals_recorded():
     def handler(signum, frame):
         if os.getpid() == owner:
             seen.append(signum)
-            # torch's loader, in this process, turns a worker's death by a signal into an error
-            # (SIGCHLD): one the same SIGTERM killed is expected now (torch's workers die by
-            # a SIGTERM that does not come from their parent), not an error to print on the way out
-            # (a no-op handler, not SIG_DFL: a SIGCHLD pending then would raise "ignored due to
-            # race condition")
+            # torch's SIGCHLD handler reports a loader worker killed by a signal as an error;
+            # workers that this same SIGTERM kills (torch's own handler in them lets a SIGTERM
+            # from anyone but their parent kill them) are expected to die now. A no-op, not
+            # SIG_DFL: Python raises "ignored due to race condition" for a SIGCHLD pending then.
             if callable(signal.getsignal(signal.SIGCHLD)):
                 signal.signal(signal.SIGCHLD, _ignore_signal)
         raise KeyboardInterrupt
