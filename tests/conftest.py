@@ -13,8 +13,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 class TerminalProcess:
     """A command started as a terminal starts it: a process group of its own and SIGINT at its
     default action (the test runner may run with SIGINT ignored, as a background job does, which
-    its children would inherit). ``ctrl_c()`` sends SIGINT to the whole group, as Ctrl-C does;
-    ``send(sig)`` any signal to the group (SIGTERM: as Slurm stops a job step)."""
+    its children would inherit). ``send(sig)`` sends a signal to the whole group: SIGINT as
+    Ctrl-C does, SIGTERM as Slurm stops a job step."""
 
     def __init__(self, cmd, **kwargs):
         import signal
@@ -27,11 +27,6 @@ class TerminalProcess:
     def send(self, sig) -> None:
         os.killpg(self.proc.pid, sig)
 
-    def ctrl_c(self) -> None:
-        import signal
-
-        self.send(signal.SIGINT)
-
     def finish(self, timeout: float = 60) -> tuple[int, str, str]:
         """Wait for the command; (exit code, stdout, stderr). SIGKILLs the group if it hangs."""
         import signal
@@ -42,7 +37,7 @@ class TerminalProcess:
         except subprocess.TimeoutExpired:
             os.killpg(self.proc.pid, signal.SIGKILL)
             out, err = self.proc.communicate()
-            raise AssertionError(f"still running {timeout} s after Ctrl-C:\n{err[-3000:]}")
+            raise AssertionError(f"still running {timeout} s after the signal:\n{err[-3000:]}")
         return self.proc.returncode, out, err
 
     def kill(self) -> None:

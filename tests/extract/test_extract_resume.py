@@ -93,7 +93,7 @@ def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_same_command_finishes(tmp_p
         if shards.is_dir() and len(list(shards.glob("videos-*.h5"))) >= 3:
             break
         time.sleep(0.01)
-    assert run.proc.poll() is None, "extraction ended before Ctrl-C"
+    assert run.proc.poll() is None, "extraction ended before the signal"
     run.send(sig)
     rc, _, err = run.finish()
     kept = FeatureCache.open(out).video_ids()
