@@ -23,6 +23,7 @@ import contextlib
 import importlib
 import os
 import signal
+import sys
 import threading
 import warnings
 from typing import Callable
@@ -72,6 +73,14 @@ def _one_line_warnings():
         yield
     finally:
         warnings.formatwarning = saved
+
+
+def command_line(name: str) -> list[str] | None:
+    """The command line that runs command ``name`` now, ``["r2", name, ...]``; None when it was
+    not started from a command line (a test runner's CliRunner, another program's argv)."""
+    if sys.argv[1:2] == [name]:
+        return ["r2", *sys.argv[1:]]
+    return None
 
 
 _INTERRUPT_HINT = "r2.interrupt_hint"

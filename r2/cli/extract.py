@@ -9,12 +9,11 @@ This module turns the command line (folders, list files, annotation files) into 
 from __future__ import annotations
 
 import shlex
-import sys
 from pathlib import Path
 
 import click
 
-from r2.cli import on_interrupt
+from r2.cli import command_line, on_interrupt
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -216,9 +215,8 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     if run_fps is None and any(v.fps is None for v in videos):
         raise InputError("this data set samples per video (YouTube: one frame per annotated clip): use its "
                          "annotation file with --annotations, or give --fps")
-    command = None
-    if len(sys.argv) > 1 and sys.argv[1] == "extract":  # the real command line (not a test runner's)
-        command = "r2 extract " + " ".join(shlex.quote(a) for a in sys.argv[2:])
+    line = command_line("extract")
+    command = shlex.join(line) if line else None
     on_interrupt(lambda: _kept_in_cache(out))
     summary = extract_features(
         videos, queries, out, model, fps=run_fps, layers=_parse_layers(layers), batch_size=batch_size,

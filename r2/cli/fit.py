@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import on_interrupt
+from r2.cli import command_line, on_interrupt
 
 DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "custom")
 
@@ -104,7 +104,6 @@ def _resume_hint(run_dir: Path) -> str:
     """What an interrupted ``r2 fit`` leaves in ``run_dir``, and the command that continues it."""
     import json
     import shlex
-    import sys
 
     from r2.train.checkpoint import STATE_NAME, find_last
 
@@ -112,10 +111,9 @@ def _resume_hint(run_dir: Path) -> str:
     if last is None:
         return f"no epoch had finished: {run_dir} has no checkpoint to resume from"
     epoch = json.loads((last / STATE_NAME).read_text())["epoch"]
-    args = sys.argv[1:] if sys.argv[1:2] == ["fit"] else ["fit", "...", "--run-dir", str(run_dir)]
+    args = command_line("fit") or ["r2", "fit", "...", "--run-dir", str(run_dir)]
     args += [] if "--resume" in args else ["--resume"]
-    return (f"{run_dir} keeps its checkpoint after epoch {epoch}; continue with: "
-            + " ".join(["r2", *map(shlex.quote, args)]))
+    return f"{run_dir} keeps its checkpoint after epoch {epoch}; continue with: {shlex.join(args)}"
 
 
 def _is_rank0() -> bool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -54,6 +55,7 @@ def test_sigkill_then_rerun_gives_every_video_once(tmp_path, tiny_clip_dir):
     assert f"{len(ids) - len(done_before)} extracted, {len(done_before)} already cached" in rerun.stdout
 
     cache = FeatureCache.open(out)
+    assert cache.manifest["command"] == shlex.join(["r2", *cmd[3:]])  # the command line, as typed
     all_items = []
     for shard in cache.shard_paths():
         import h5py
