@@ -447,7 +447,7 @@ def test_the_collator_pads_with_zeros_and_masks_the_padding():
             assert batch.query_mask[i].tolist() == [True] * s + [False] * (4 - s)
 
 
-def test_loader_workers_none_on_the_cpu_and_at_most_the_cpus_elsewhere(data, tmp_path):
+def test_loader_workers_none_on_the_cpu_and_at_most_the_cpus_elsewhere(data, tmp_path, monkeypatch):
     import os
     import warnings
 
@@ -488,14 +488,12 @@ def test_loader_workers_none_on_the_cpu_and_at_most_the_cpus_elsewhere(data, tmp
         return open_shard(self, *args, **kwargs)
 
     logs = []
-    reader.FeatureCache._shard = spy
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            fit(_opts(data, tmp_path / "run", workers=None, epochs=1,
-                      overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
-    finally:
-        reader.FeatureCache._shard = open_shard
+    monkeypatch.setattr(reader.FeatureCache, "_shard", spy)  # forked workers inherit it
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit(_opts(data, tmp_path / "run", workers=None, epochs=1,
+                  overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
+    monkeypatch.undo()
     assert f"device cpu: batches are loaded in the training process, not by {cpus + 1} loader workers" in \
         "\n".join(logs), logs
     assert set(readers.read_text().split()) == {str(os.getpid())}
