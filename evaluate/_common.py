@@ -1,5 +1,5 @@
 """Shared pieces of the metric modules: rounding, thresholds, where-is-the-error messages,
-validation of prediction and ground-truth rows, the qid join, and exact row sums."""
+validation of prediction and ground-truth rows, the qid join, and sums in the reference's order."""
 
 from __future__ import annotations
 
@@ -27,22 +27,20 @@ def round5(x) -> float:
     return round(float(x), 5)
 
 
-def exact_column_means(values) -> np.ndarray:
-    """Column means of a 2-D array with correctly rounded sums (``math.fsum``), independent of
-    the order of the rows.
+def column_means_in_row_order(values) -> np.ndarray:
+    """``np.mean(values, axis=0)`` over a C-ordered (n, k) float64 array: numpy adds the rows
+    one after the other, so the result depends on the row order, as the reference's does.
 
-    Only for the one mean whose order the reference leaves undefined: moment retrieval's
-    per-threshold mAP over queries, whose per-query APs come back from an 8-process pool in
-    arbitrary order (``metrics.md`` §6), so a plain sum could move a value sitting on an x.xx5
-    boundary across it depending on scheduling. Every other mean of the references runs in a
-    fixed order (highlight mAP over an (n_queries, 3) array in prediction-file order, mIoU over
-    queries in file order, the mean of the per-threshold values) and is taken with ``np.mean``
-    over an array shaped and ordered like theirs, so that it matches to the last bit.
+    Moment retrieval's per-threshold mAP over queries is such a mean: the reference stacks the
+    per-query APs into an (n_queries, 10) array in the order its worker pool returns them
+    (``imap_unordered``, chunks of 50 queries) and averages over axis 0. Up to 50 queries form
+    one chunk and come back in prediction-file order (first appearance), the order used here;
+    above that, only the order of whole chunks can vary from run to run (``metrics.md`` §6).
     """
-    a = np.asarray(values, dtype=np.float64)
+    a = np.ascontiguousarray(values, dtype=np.float64)
     if a.ndim != 2:
-        raise ValueError(f"exact_column_means needs a 2-D array, got shape {a.shape}")
-    return np.array([math.fsum(col) for col in a.T.tolist()]) / a.shape[0]
+        raise ValueError(f"column_means_in_row_order needs a 2-D array, got shape {a.shape}")
+    return a.mean(axis=0)
 
 
 def _thresholds(start: float, stop: float, num: int) -> list[float]:

@@ -14,8 +14,8 @@ Semantics (``shared/reference/metrics.md`` §3, ``datasets.md`` §3.1):
   (NaN counted as 0; first pair in prediction-major order), scored by the hull IoU.
 
 Everything is vectorised over queries; the arithmetic follows the reference step by step so that
-even unrounded values agree to the last bit (except the order of the mean over queries, which the
-reference itself takes in arbitrary order).
+even unrounded values agree to the last bit (the mean over queries in first-appearance order,
+the order the reference's worker pool returns up to 50 queries in).
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, exact_column_means, fmt2,
-                      get_list, join, number_matrix, ordered_row_sums, warn)
+from ._common import (QVH_THRESHOLDS, R2_THRESHOLDS, Joined, Source, column_means_in_row_order,
+                      fmt2, get_list, join, number_matrix, ordered_row_sums, warn)
 from .errors import EvaluationError
 
 __all__ = ["evaluate_moment_retrieval", "MR_BUCKETS_QVH", "MR_BUCKETS_R2"]
@@ -283,9 +283,9 @@ def bucket_metrics(d: MRData, b: Bucket, r1_thresholds, extras: bool) -> Ordered
     sel = b.sel
     ap = average_precisions(d.c_s[sel], d.c_e[sel], d.c_valid[sel], b.g_s, b.g_e, b.g_valid,
                             QVH_THRESHOLDS)
-    # over queries: the reference's order is arbitrary (a worker pool), so an order-free sum;
-    # over the 10 thresholds: np.mean, as the reference
-    ap_thds = exact_column_means(ap)  # (T,)
+    # np.mean over queries (rows in first-appearance order), then over the 10 thresholds,
+    # as the reference
+    ap_thds = column_means_in_row_order(ap)  # (T,)
     mr_map = OrderedDict((str(t), v) for t, v in zip(QVH_THRESHOLDS, ap_thds))
     mr_map["average"] = np.mean(ap_thds)
     mr_map = OrderedDict((k, fmt2(100 * v)) for k, v in mr_map.items())

@@ -2,13 +2,15 @@
 
 The reference evaluators average with ``np.mean`` over arrays in prediction-file order (HD mAP
 and HIT@1 over an (n_queries, 3) array, mIoU over queries, the MR mAP "average" over the ten
-per-threshold values; ``metrics.md`` §6). A correctly rounded (fsum) mean differs from that in
-the last bit, which moves a value sitting on an x.xx5 boundary to the other printed digit. Each
+per-threshold values, and the per-threshold MR mAP over an (n_queries, 10) array in the order its
+pool returns it, which is file order for up to 50 queries; ``metrics.md`` §6). A correctly rounded
+(fsum) mean differs from that in the last bit, which moves a value sitting on an x.xx5 boundary to the other printed digit. Each
 case below sits on such a boundary; the expected numbers are the reference's. And the YouTube /
 TVSum table, which must round the unrounded fraction once.
 """
 
 import json
+from pathlib import Path
 
 from click.testing import CliRunner
 
@@ -61,6 +63,33 @@ def test_highlight_map_is_np_mean_in_file_order(tmp_path):
         assert brief[f"HL-min-{level}-mAP"] == 25.62
         assert brief[f"HL-min-{level}-Hit1"] == 25.0  # only query 2 has a 4 on clip 0
     assert "HD mAP 25.62  HIT@1 25.00" in result.output
+
+
+# ----------------------------------------------------------------------------- MR mAP
+
+# 40 queries of CG-DETR's published val predictions (tests/fixtures/golden/published, CC BY-NC-SA
+# 4.0 as noted there), in that file's order. The reference returns all 40 per-query APs as one
+# chunk of its worker pool, in this order, and np.mean over axis 0 gives 0.49975 at IoU 0.75
+# (printed 49.98); an exact (fsum) mean gives 0.49974999999999997 (49.97).
+CGDETR_40 = {12, 32, 210, 239, 424, 545, 1254, 1312, 1717, 2124, 2133, 2244, 2256, 2386, 2390,
+             2583, 3173, 3194, 3834, 4041, 4275, 4786, 5246, 5488, 5715, 5993, 6206, 6977, 7065,
+             7257, 7373, 8078, 8861, 8872, 8967, 9485, 9713, 9758, 9770, 9796}
+
+
+def test_moment_map_is_np_mean_over_queries_in_file_order(tmp_path, val_gt, restrict):
+    from r2.evaluate import read_jsonl
+
+    published = Path(__file__).resolve().parents[1] / "fixtures/golden/published"
+    preds = [r for r in read_jsonl(published / "cgdetr_best_val.preds.jsonl")
+             if r["qid"] in CGDETR_40]
+    assert len(preds) == 40
+    p = write_jsonl(tmp_path / "preds.jsonl", preds)
+    g = write_jsonl(tmp_path / "gt.jsonl", restrict(val_gt, preds))
+    out = tmp_path / "metrics.json"
+    result = r2(p, "--gt", g, "--out", out)
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(out.read_text())
+    assert metrics["full"]["MR-mAP"]["0.75"] == metrics["brief"]["MR-full-mAP@0.75"] == 49.98
 
 
 # ----------------------------------------------------------------------------- mIoU
