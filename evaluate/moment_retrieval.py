@@ -184,12 +184,10 @@ def _average_precisions(c_s, c_e, c_valid, g_s, g_e, g_valid, thresholds) -> np.
     iou = set_iou(c_s[:, :, None], c_e[:, :, None], g_s[:, None, :], g_e[:, None, :])  # (Q,R,G)
     iou = np.where(g_valid[:, None, :], iou, -np.inf)
     # Each prediction walks the GT windows in descending IoU, NaN first (the reverse of an
-    # ascending argsort; equal IoUs: the later window first, as numpy's small-array sort
-    # gives), stops at the first IoU < t (false positive) and takes the first untaken window
-    # before that. So: among untaken windows with IoU >= t or NaN, the one walked first.
-    order = np.argsort(iou, axis=2, kind="stable")[:, :, ::-1]
-    rank = np.empty_like(order)
-    np.put_along_axis(rank, order, np.arange(G), axis=2)
+    # ascending argsort), stops at the first IoU < t (false positive) and takes the first
+    # untaken window before that. So: among untaken windows with IoU >= t or NaN, the one
+    # walked first.
+    rank = walk_ranks(iou, g_valid.sum(axis=1))
     nan = np.isnan(iou)
     taken = np.zeros((Q, T, G), bool)
     tp = np.zeros((Q, T, R), bool)
@@ -221,6 +219,27 @@ def _average_precisions(c_s, c_e, c_valid, g_s, g_e, g_valid, thresholds) -> np.
     terms = (mrec[:, :, 1:] - mrec[:, :, :-1]) * mprec[:, :, 1:]
     sums, _ = ordered_row_sums(terms.reshape(Q * T, R + 1), change.reshape(Q * T, R + 1))
     return sums.reshape(Q, T)
+
+
+def walk_ranks(iou: np.ndarray, n_gt: np.ndarray) -> np.ndarray:
+    """(Q, R, G) position of each GT window in each prediction's walk: the reference's
+    ``tiou_arr.argsort()[::-1]`` over the query's own ``n_gt`` IoUs (padding walked last).
+
+    Equal IoUs (two NaNs, or two windows of equal IoU) come in whatever order numpy's default
+    sort leaves them, which depends on the array's length and, with SIMD sorting, on the CPU;
+    so every row is sorted exactly as the reference sorts it, unpadded, with numpy's default
+    kind, and queries are grouped by their exact GT count to keep that vectorised.
+    """
+    Q, R, G = iou.shape
+    rank = np.empty((Q, R, G), dtype=np.intp)
+    for n in np.unique(n_gt):
+        members = np.nonzero(n_gt == n)[0]
+        order = np.argsort(iou[members][:, :, :n], axis=2)[:, :, ::-1]  # (q, R, n)
+        walk = np.empty((len(members), R, n), dtype=np.intp)
+        np.put_along_axis(walk, order, np.arange(n), axis=2)
+        rank[members, :, :n] = walk
+        rank[members, :, n:] = np.arange(n, G)
+    return rank
 
 
 def top1_ious(d: MRData, b: "Bucket") -> np.ndarray:

@@ -60,7 +60,7 @@ def slow_ap(cands, gts, t):
     tp = []
     for c in cands:
         ious = np.array([set_iou(c, g) for g in gts])
-        walk = list(np.argsort(ious, kind="stable")[::-1])  # NaN first, later window first on ties
+        walk = list(ious.argsort()[::-1])  # the reference's line: NaN first, ties as numpy sorts
         hit = False
         for gi in walk:
             if ious[gi] < t:
@@ -328,6 +328,27 @@ def test_moment_retrieval_sets_match_the_literal_model(seed):
     brief = result["brief"]
     assert brief["MR-full-R1@0.3"] == result["full"]["MR-R1"]["0.3"]
     assert brief["MR-full-mIoU"] == result["full"]["MR-mIoU"]
+
+
+def test_tied_walks_follow_numpys_own_sort_of_each_unpadded_row():
+    """A reversed window [x + 2, x] has a set IoU of 0/0 = NaN with every 2 s GT window, so
+    it takes the untaken 2 s window that its walk lists first; a later exact match of that
+    window is then a false positive. Which one is first is the order ``argsort`` leaves the
+    tied NaNs in: for more than 16 values (and, with SIMD sorting, for fewer) not the stable
+    order. r2 must walk as the reference does on this numpy, also next to queries with more
+    GT windows (padding)."""
+    rnd = random.Random(3)
+    preds, gt = [], []
+    for q, n in enumerate([2, 3, 5, 8, 16, 17, 20, 33, 40]):
+        short = [[4.0 * k, 4.0 * k + 2] for k in range(n)]
+        windows = short + [[200.0 + 20 * k, 212.0 + 20 * k] for k in range(3)]
+        gt.append({"qid": q, "query": "x", "duration": 300.0, "vid": f"v{q}",
+                   "relevant_windows": windows})
+        reversed_ = [[x + 2, x, 0.99 - 0.01 * i] for i, x in enumerate(rnd.sample(range(300), 3))]
+        exact = [w + [0.5 - 0.01 * i] for i, w in enumerate(rnd.sample(short, min(n, 6)))]
+        preds.append({"qid": q, "pred_relevant_windows": reversed_ + exact})
+    result = quiet_score("charades", preds, gt)
+    assert flat(result) == slow_qvh(preds, gt, r2_style=True)
 
 
 def test_map_average_is_np_mean_of_the_ten_thresholds():
