@@ -87,13 +87,15 @@ def ordered_row_sums(values: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, 
 class Source:
     """Where rows came from, for error messages.
 
-    ``name`` is a file name (rows from :func:`read_jsonl`: row ``i`` is line ``i + 1``) or a
-    description such as ``"predictions"`` for rows handed over in Python (``lines=False``).
+    ``name`` is a file name (rows from :func:`read_jsonl`: row ``i`` is line ``i + 1``, or
+    line ``line_numbers[i]`` for rows selected from the file) or a description such as
+    ``"predictions"`` for rows handed over in Python (``lines=False``).
     """
 
-    def __init__(self, name: str, lines: bool):
+    def __init__(self, name: str, lines: bool, line_numbers: Sequence[int] | None = None):
         self.name = name
         self.lines = lines
+        self.line_numbers = line_numbers
 
     @classmethod
     def of(cls, value, default: str) -> "Source":
@@ -104,7 +106,12 @@ class Source:
         return cls(str(value), lines=True)
 
     def at(self, index: int, qid: Any = ...) -> str:
-        where = f"{self.name}:{index + 1}" if self.lines else f"{self.name}, row {index + 1}"
+        if not self.lines:
+            where = f"{self.name}, row {index + 1}"
+        elif self.line_numbers is not None:
+            where = f"{self.name}:{self.line_numbers[index]}"
+        else:
+            where = f"{self.name}:{index + 1}"
         if qid is not ...:
             where += f" (qid {qid!r})"
         return where

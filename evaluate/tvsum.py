@@ -40,6 +40,8 @@ def evaluate_tvsum(predictions: list, ground_truth: list, *, subset: bool = Fals
     """``{"mAP": mean over categories, "domains": {code: {"mAP", "videos"}}}`` (fractions,
     5 decimals). A prediction may be shorter than the video (features a few clips short), never
     longer."""
+    if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"top_k must be a whole number of clips, at least 1, not {top_k!r}")
     v = load_videos(predictions, ground_truth, subset=subset, pred_source=pred_source,
                     gt_source=gt_source, annotators=None, what="TVSum")
     j = v.j

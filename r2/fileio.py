@@ -61,3 +61,23 @@ def atomic_write(target: str | os.PathLike, data: bytes | str) -> Path:
         with open(tmp, "wb") as fh:
             fh.write(data)
     return Path(target)
+
+
+def why_not_writable(target: str | os.PathLike, example: str) -> str | None:
+    """Why a file cannot be written at ``target`` (its missing folders created first), or
+    ``None`` when it can. For checking an output option before long work rather than after:
+    ``target`` is a folder (``example`` names a file to suggest inside it), something on the
+    way is a file, or the folder (or, when it is still to be made, its nearest existing
+    parent) is not writable."""
+    target = Path(target)
+    if target.is_dir():
+        return f"is a folder; name the file, e.g. {target / example}"
+    existing = target.absolute().parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        return f"{existing} is not a folder"
+    # written to a temporary file beside the target, then renamed
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return f"cannot write into {existing} (permission denied); choose another file"
+    return None

@@ -39,7 +39,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from r2.fileio import atomic_path
+from r2.fileio import atomic_path, why_not_writable
 from r2.model import WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
@@ -312,6 +312,8 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
 
     log = log or (lambda msg: print(msg, file=sys.stderr))
     t0 = time.perf_counter()
+    if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
+        raise PredictError(f"--out {out}: {problem}")  # before the model runs, not after
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
     fc = FeatureCache.open(cache)
@@ -517,19 +519,9 @@ def check_plot_target(path: str | os.PathLike) -> None:
         if suffix not in kinds:
             raise PredictError(f"--plot {path}: matplotlib does not write .{suffix} files; name a "
                                f".png (or .{', .'.join(sorted(kinds))}) file")
-    if path.is_dir():
-        raise PredictError(f"--plot {path}: is a folder; name the image file, e.g. {path / 'plot.png'}")
-    folder = path.absolute().parent
-    existing = folder
-    while not existing.exists() and existing != existing.parent:  # the folder plot_grounding makes
-        existing = existing.parent
-    if not existing.is_dir():
-        raise PredictError(f"--plot {path}: {existing} is not a folder")
-    # the image is written to a temporary file in its folder, then renamed: the folder (or,
-    # when it is still to be made, its nearest existing parent) must be writable
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise PredictError(f"--plot {path}: cannot write into {existing} (permission denied); "
-                           "choose another file")
+    problem = why_not_writable(path, "plot.png")
+    if problem is not None:
+        raise PredictError(f"--plot {path}: {problem}")
 
 
 def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:

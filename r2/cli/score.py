@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -17,18 +18,45 @@ def _split_from_name(path: Path) -> str | None:
     return match.group(1) if match else None
 
 
-def _load_ground_truth(path: Path, dataset: str | None, split: str | None, domain: str | None):
-    """(rows, Source, dataset, how it was detected, split description)."""
+@dataclass
+class GroundTruth:
+    """The --gt rows to score and how they were found, for the report's header."""
+
+    rows: list
+    source: object  # r2.evaluate._common.Source
+    dataset: str
+    how: str  # "given" or how the data set was detected
+    split_text: str
+    #: with --domain: qids of the file in other domains (their predictions are set aside)
+    other_domains: frozenset = frozenset()
+
+
+def _hashable(qid) -> bool:
+    try:
+        hash(qid)
+    except TypeError:
+        return False
+    return True
+
+
+def _load_ground_truth(path: Path, dataset: str | None, split: str | None,
+                       domain: str | None) -> GroundTruth:
     from r2.evaluate import read_jsonl
     from r2.evaluate._common import Source
     from r2.evaluate.detect import detect_dataset_from_rows
 
     if path.suffix.lower() == ".jsonl":
         rows = read_jsonl(path)
+        source = Source(str(path), lines=True)
+        others: frozenset = frozenset()
         if domain is not None:
-            rows = [r for r in rows if str(r.get("domain")) == domain]
-            if not rows:
+            keep = [i for i, r in enumerate(rows) if str(r.get("domain")) == domain]
+            if not keep:
                 raise click.ClickException(f"{path}: no row has domain {domain!r}")
+            others = frozenset(r.get("qid") for i, r in enumerate(rows)
+                               if str(r.get("domain")) != domain and _hashable(r.get("qid")))
+            source = Source(str(path), lines=True, line_numbers=[i + 1 for i in keep])
+            rows = [rows[i] for i in keep]
         if split not in (None, "all"):
             click.echo(f"Warning: --split {split} is ignored for a .jsonl file (it holds one "
                        "split already)", err=True)
@@ -38,8 +66,7 @@ def _load_ground_truth(path: Path, dataset: str | None, split: str | None, domai
             how = f"detected: {reason}"
         guess = _split_from_name(path)
         split_text = f'split "{guess}" by the file name' if guess else "split not in the file name"
-        # after a --domain filter the rows are no longer lines of the file
-        return rows, Source(str(path), lines=domain is None), dataset, how, split_text
+        return GroundTruth(rows, source, dataset, how, split_text, others)
     from r2.train import annotations  # imported only for non-jsonl layouts
 
     how = "given"
@@ -55,12 +82,30 @@ def _load_ground_truth(path: Path, dataset: str | None, split: str | None, domai
         guess = _split_from_name(path)
         split_text = (f'all of it; split "{guess}" by the file name' if guess and split is None
                       else "all splits in the file")
-    samples = annotations.load_annotations(path, dataset=dataset, domain=domain,
-                                           split=None if split == "all" else split)
+    split = None if split == "all" else split
+    others = frozenset()
+    if domain is not None:
+        everything = annotations.load_annotations(path, dataset=dataset, split=split)
+    samples = annotations.load_annotations(path, dataset=dataset, domain=domain, split=split)
     rows = [s.to_row() for s in samples]
     if domain is not None:
+        others = frozenset(s.to_row()["qid"] for s in everything) - {r["qid"] for r in rows}
         split_text += f", domain {domain}"
-    return rows, Source(str(path), lines=False), dataset, how, split_text
+    return GroundTruth(rows, Source(str(path), lines=False), dataset, how, split_text, others)
+
+
+def _drop_other_domains(rows: list, others: frozenset, path: Path, domain: str):
+    """The prediction rows outside --domain set aside, and a Source whose line numbers are
+    still those of the file."""
+    from r2.evaluate._common import Source
+
+    keep = [i for i, r in enumerate(rows)
+            if not (isinstance(r, dict) and _hashable(r.get("qid")) and r.get("qid") in others)]
+    if len(keep) < len(rows):
+        click.echo(f"--domain {domain}: set aside the {len(rows) - len(keep)} prediction lines "
+                   "of other domains", err=True)
+    return [rows[i] for i in keep], Source(str(path), lines=True,
+                                           line_numbers=[i + 1 for i in keep])
 
 
 @click.command("score")
@@ -91,7 +136,7 @@ def _load_ground_truth(path: Path, dataset: str | None, split: str | None, domai
                    "YouTube Highlights and TVSum default to val.")
 @click.option("--domain", default=None,
               help="Score one YouTube domain (e.g. dog) or TVSum category (e.g. BK) only.")
-@click.option("--top-k", type=int, default=5, show_default=True,
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="TVSum: clips kept from the top of the ranking.")
 @click.option("--json", "print_json", is_flag=True, help="Also print the metrics JSON.")
 def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, extended, split,
@@ -114,21 +159,28 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
     from r2.evaluate._common import Source
     from r2.evaluate.detect import DISPLAY_NAMES, normalize_dataset
 
+    from r2.fileio import why_not_writable
+
     try:
         dataset = normalize_dataset(dataset)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--dataset") from None
+    if out is not None and (problem := why_not_writable(out, "metrics.json")) is not None:
+        raise click.ClickException(f"--out {out}: {problem}")  # before scoring, not after
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
         try:
             pred_rows = read_jsonl(predictions)
-            gt_rows, gsrc, dataset, how, split_text = _load_ground_truth(gt, dataset, split,
-                                                                         domain)
+            truth = _load_ground_truth(gt, dataset, split, domain)
+            dataset = truth.dataset
             click.echo(f"Scoring  {predictions}  ({len(pred_rows)} lines)")
-            click.echo(f"against  {gt}  ({len(gt_rows)} queries; {split_text})")
-            click.echo(f"as       {DISPLAY_NAMES[dataset]} ({how})")
-            options = {"subset": subset, "pred_source": Source(str(predictions), lines=True),
-                       "gt_source": gsrc}
+            click.echo(f"against  {gt}  ({len(truth.rows)} queries; {truth.split_text})")
+            click.echo(f"as       {DISPLAY_NAMES[dataset]} ({truth.how})")
+            psrc = Source(str(predictions), lines=True)
+            if truth.other_domains:
+                pred_rows, psrc = _drop_other_domains(pred_rows, truth.other_domains,
+                                                      predictions, domain)
+            options = {"subset": subset, "pred_source": psrc, "gt_source": truth.source}
             if dataset == "tvsum":
                 options["top_k"] = top_k
             elif dataset != "youtube":
@@ -136,7 +188,7 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
                 if dataset in ("qvhighlights", "custom"):
                     options["extended"] = extended or dataset == "custom"
             details: dict = {}
-            metrics = run(dataset, pred_rows, gt_rows, details=details, **options)
+            metrics = run(dataset, pred_rows, truth.rows, details=details, **options)
         except EvaluationError as exc:
             _show(caught)
             raise click.ClickException(str(exc)) from None
@@ -148,7 +200,11 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
 
         click.echo(dumps_metrics(metrics))
     if out is not None:
-        write_metrics_json(metrics, out)
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_metrics_json(metrics, out)
+        except OSError as exc:
+            raise click.ClickException(f"--out {out}: cannot write it ({exc.strerror or exc})") from None
         click.echo(f"\nWrote {out}")
 
 

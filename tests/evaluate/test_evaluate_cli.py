@@ -154,9 +154,12 @@ def test_other_layouts_go_through_r2_train_annotations(tmp_path, fake_annotation
     assert metrics["domains"]["dog"]["mAP"] == round(19 / 24, 5)
     assert metrics["domains"]["surfing"]["mAP"] == 1.0
     assert "dog (1 video)" in result.output
-    result = r2(preds, "--gt", anno, "--domain", "dog", "--split", "all", "--subset")
+    result = r2(preds, "--gt", anno, "--domain", "dog", "--split", "all")
     assert result.exit_code == 0, result.output
-    assert fake_annotations[-1] == ("youtube_anno.json", "youtube", "dog", None)
+    assert fake_annotations[-2:] == [("youtube_anno.json", "youtube", None, None),
+                                     ("youtube_anno.json", "youtube", "dog", None)]
+    assert "--domain dog: set aside the 1 prediction lines of other domains" in result.output
+    assert "dog (1 video)" in result.output and "surfing" not in result.output
 
 
 def test_real_annotation_parsers_feed_the_highlight_metrics(tmp_path):
@@ -186,3 +189,86 @@ def test_real_annotation_parsers_feed_the_highlight_metrics(tmp_path):
     assert annotations.detect_dataset(str(tv)) == "tvsum"
     rows = [s.to_row() for s in annotations.load_annotations(tv, dataset="tvsum")]
     assert all(len(r["saliency_scores"][0]) == 20 for r in rows)
+
+
+def test_out_folders_are_made_and_a_bad_out_is_refused_before_scoring(tmp_path, monkeypatch):
+    preds = GOLDEN / "adv_ties_rounding_32q.preds.jsonl"
+    expected = (GOLDEN / "adv_ties_rounding_32q.metrics.json").read_bytes()
+    out = tmp_path / "runs" / "a" / "metrics.json"
+    result = r2(preds, "--gt", VAL, "--subset", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == expected
+
+    from r2 import evaluate
+
+    def no_scoring(*args, **kwargs):
+        raise AssertionError("scored although --out cannot be written")
+
+    monkeypatch.setattr(evaluate, "score", no_scoring)
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    target = blocker / "m.json"
+    result = r2(preds, "--gt", VAL, "--subset", "--out", target)
+    assert result.exit_code == 1, result.output
+    assert f"Error: --out {target}: {blocker} is not a folder" in result.output
+    assert "Traceback" not in result.output and "Scoring" not in result.output
+    result = r2(preds, "--gt", VAL, "--subset", "--out", tmp_path)  # click refuses a folder
+    assert result.exit_code == 2 and "is a directory" in result.output
+    assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "runs"]
+
+
+def test_top_k_must_be_at_least_one():
+    from r2.evaluate import score
+
+    for k in ("0", "-2"):
+        result = r2(GOLDEN / "adv_ties_rounding_32q.preds.jsonl", "--gt", VAL, "--top-k", k)
+        assert result.exit_code == 2 and "Invalid value for '--top-k'" in result.output
+    gt = [{"qid": "v", "vid": "v", "query": "", "domain": "BK", "duration": 4.0,
+           "relevant_windows": [], "relevant_clip_ids": [0, 1], "saliency_scores": [[1], [3]]}]
+    preds = [{"qid": "v", "pred_saliency_scores": [0.1, 0.9]}]
+    assert score("tvsum", preds, gt, top_k=1)["mAP"] == 1.0
+    for k in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match="top_k must be a whole number of clips"):
+            score("tvsum", preds, gt, top_k=k)
+
+
+def yt_rows():
+    return [{"qid": f"{domain}{i}", "vid": f"{domain}{i}", "query": "", "domain": domain,
+             "duration": 8.0, "relevant_windows": [], "relevant_clip_ids": [0, 1, 2, 3],
+             "saliency_scores": [[-1], [1], [-1], [1]]}
+            for domain in ("dog", "surfing") for i in range(2)]
+
+
+def test_domain_sets_aside_the_predictions_of_other_domains(tmp_path):
+    gt = tmp_path / "youtube_val.jsonl"
+    gt.write_text("\n".join(json.dumps(r) for r in yt_rows()))
+    lines = [{"qid": r["qid"], "pred_saliency_scores": [0.0, 1.0, 0.0, 1.0]} for r in yt_rows()]
+    lines[1]["pred_saliency_scores"] = [1.0, 0.0, 1.0, 0.0]  # dog1: positives ranked last
+    preds = tmp_path / "preds.jsonl"
+    preds.write_text("\n".join(json.dumps(p) for p in lines))
+    out = tmp_path / "m.json"
+    result = r2(preds, "--gt", gt, "--domain", "dog", "--out", out)
+    assert result.exit_code == 0, result.output
+    assert "--domain dog: set aside the 2 prediction lines of other domains" in result.output
+    # dog0: AP 1; dog1: ranked labels 0, 0, 1, 1, the trapezoid of R²-Tuning's AP from
+    # precision 0 at recall 0: (0 + 1/3) / 2 * 1/2 + (1/3 + 1/2) / 2 * 1/2 = 7/24
+    dog = round((1 + 7 / 24) / 2, 5)
+    assert json.loads(out.read_text()) == {"mAP": dog, "domains": {"dog": {"mAP": dog, "videos": 2}}}
+    # a prediction of a qid in no domain is still an error, and a bad line keeps its number
+    preds.write_text("\n".join(json.dumps(p) for p in lines + [{"qid": "cat0",
+                                                                   "pred_saliency_scores": [1.0]}]))
+    result = r2(preds, "--gt", gt, "--domain", "dog")
+    assert result.exit_code == 1 and "predicted qids are not in the ground truth (qids 'cat0')" in result.output
+    lines[3]["pred_saliency_scores"] = [0.0, "x", 1.0, 0.0]  # surfing1 (line 4): set aside
+    lines[1]["pred_saliency_scores"] = [0.0, "x", 1.0, 0.0]  # dog1, line 2
+    preds.write_text("\n".join(json.dumps(p) for p in lines))
+    result = r2(preds, "--gt", gt, "--domain", "dog")
+    assert result.exit_code == 1, result.output
+    assert f"Error: {preds}:2 (qid 'dog1'): pred_saliency_scores[1] = 'x'" in result.output
+    # the ground truth's lines too: dog rows are lines 1-2, surfing rows 3-4
+    rows = yt_rows()
+    rows[1]["saliency_scores"] = "bad"
+    rows[3]["saliency_scores"] = "bad"
+    gt.write_text("\n".join(json.dumps(r) for r in rows))
+    result = r2(preds, "--gt", gt, "--domain", "surfing")
+    assert result.exit_code == 1 and f"{gt}:4 (qid 'surfing1')" in result.output, result.output

@@ -67,6 +67,14 @@ def test_cli_predict_over_a_cache_writes_what_score_reads(trained, tmp_path):
     assert predict(run, data.cache_dir, data.val_file, progress=False).rows == rows
     res = CliRunner().invoke(main, ["score", str(out), "--gt", str(data.val_file)])
     assert res.exit_code == 0 and "MR-full" not in res.output and "R1@0.5" in res.output
+    # an --out that cannot be written is refused before the model runs
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(tmp_path / "no-run"), "--cache",
+                                    str(data.cache_dir), "--annotations", str(data.val_file),
+                                    "--out", str(blocker / "preds.jsonl")])
+    assert res.exit_code == 1 and f"--out {blocker / 'preds.jsonl'}: {blocker} is not a folder" in res.output
+    assert "Traceback" not in res.output and blocker.read_text() == "x"
 
 
 def test_predict_refuses_a_cache_with_other_features(trained, tmp_path):
