@@ -119,8 +119,8 @@ def _drop_other_domains(rows: list, others: frozenset, path: Path, domain: str):
 @click.option("--dataset", default=None, metavar="NAME",
               help=f"Which benchmark's metrics: {DATASET_HELP} (default: detected from --gt).")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the metrics JSON here, in the reference evaluator's exact layout "
-                   "(4-space indent, no trailing newline).")
+              help="Write the metrics JSON here (missing folders are made), in the reference "
+                   "evaluator's exact layout (4-space indent, no trailing newline).")
 @click.option("--subset", is_flag=True,
               help="Score only the queries present in both files. By default, as in the "
                    "reference, every annotated query needs a prediction and vice versa.")
@@ -135,7 +135,8 @@ def _drop_other_domains(rows: list, others: frozenset, path: Path, domain: str):
               help="For non-jsonl annotation files: the split to score (train, val, all). "
                    "YouTube Highlights and TVSum default to val.")
 @click.option("--domain", default=None,
-              help="Score one YouTube domain (e.g. dog) or TVSum category (e.g. BK) only.")
+              help="Score one YouTube domain (e.g. dog) or TVSum category (e.g. BK) only; "
+                   "prediction lines of the file's other domains are set aside.")
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="TVSum: clips kept from the top of the ranking.")
 @click.option("--json", "print_json", is_flag=True, help="Also print the metrics JSON.")
