@@ -251,7 +251,9 @@ def extract_features(
     summary.failures.extend(f for f in known_failures if in_shard(f.video_id, num_shards, shard_index))
     summary.videos_total += len(summary.failures)
     todo_videos = [v for v in videos if not cache.has_video(v.video_id)]
-    todo_queries = [q for q in queries if not cache.has_query(q.query_id)]
+    cached = {q.query_id for q in queries if cache.has_query(q.query_id)}
+    todo_queries = [q for q in queries if q.query_id not in cached]
+    _check_cached_sentences(cache, [q for q in queries if q.query_id in cached])
     summary.videos_skipped = len(videos) - len(todo_videos)
     summary.queries_skipped = len(queries) - len(todo_queries)
     if summary.videos_skipped or summary.queries_skipped:
@@ -284,6 +286,26 @@ def extract_features(
         failures_path.unlink()  # everything that failed before is in the cache now
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def _check_cached_sentences(cache, queries: Sequence[QueryJob], shown: int = 3) -> None:
+    """Refuse query ids that the cache holds for another sentence: skipping them as "already
+    cached" would leave their features those of the other sentence (ids that collide across
+    annotation files, e.g. two files both numbering their queries from 0)."""
+    changed = []
+    for q in queries:
+        text = cache.query_attrs(q.query_id).get("text")
+        if text is not None and text != q.text:
+            changed.append((q.query_id, text, q.text))
+    if changed:
+        examples = "; ".join(f"query {qid!r}: cached {old!r}, now {new!r}"
+                             for qid, old, new in changed[:shown])
+        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+        raise ExtractionError(
+            f"{len(changed)} query id(s) are already in {cache.path} for another sentence: "
+            f"{examples}{more}. Query ids must be unique across the annotation files of one "
+            "cache: give one file's queries other ids (e.g. a prefix), or extract into another "
+            "cache folder")
 
 
 def _one_line(exc: Exception) -> str:

@@ -90,6 +90,10 @@ class FeatureSpecError(DataError):
     """A checkpoint and a cache (or two caches) hold different features."""
 
 
+class QuerySentenceError(DataError):
+    """One query id stands for two sentences (in the annotations, or in them and the cache)."""
+
+
 # ----------------------------------------------------------------------------------------------
 # cache checks
 
@@ -257,6 +261,42 @@ def find_missing(cache, samples: Iterable[GroundingSample], name: str = "data",
                 report.queries.append(qid)
     report.num_videos, report.num_queries = len(seen_v), len(seen_q)
     return report
+
+
+def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike | None,
+                                                      Sequence[GroundingSample]]],
+                          shown: int = 3) -> None:
+    """Raise :class:`QuerySentenceError` when a query id stands for two sentences: on two
+    lines of the annotations (train and val both numbering from 0), or in the annotations and
+    the cache's ``text`` of that id. Either way the cached features are one sentence's, and
+    the other query would silently be trained or scored on them."""
+    first: dict[str, GroundingSample] = {}
+    clashes = []
+    for _, path, samples in splits:
+        for s in samples:
+            prev = first.setdefault(s.query_id, s)
+            if prev is not s and prev.query != s.query:
+                clashes.append(f"query {s.query_id!r}: {prev.query!r} ({prev.origin or 'annotations'}) "
+                               f"and {s.query!r} ({s.origin or path or 'annotations'})")
+    if clashes:
+        more = f" (and {len(clashes) - shown} more)" if len(clashes) > shown else ""
+        raise QuerySentenceError(
+            f"{len(clashes)} query id(s) stand for two sentences: {'; '.join(clashes[:shown])}{more}. "
+            "The feature cache keeps one sentence per id: give the queries of each file unique ids "
+            "(e.g. a prefix or an offset) and extract them")
+    changed = []
+    for qid, s in first.items():
+        text = cache.query_attrs(qid).get("text")
+        if text is not None and text != s.query:
+            changed.append(f"query {qid!r} ({s.origin or 'annotations'}) is {s.query!r}, "
+                           f"the cache's {text!r}")
+    if changed:
+        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+        raise QuerySentenceError(
+            f"{len(changed)} query id(s) have other sentences in the feature cache at {cache.path} "
+            f"than in the annotations: {'; '.join(changed[:shown])}{more}. Their cached features "
+            "are of the cached sentences: extract these annotations into another cache folder, or "
+            "give the queries ids of their own")
 
 
 #: lines of ids the message shows (about a screenful with the header and the commands)
@@ -432,6 +472,7 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
     reports = [find_missing(cache, samples, name, path) for name, path, samples in splits]
     bad = [r for r in reports if not r.ok]
     if not bad:
+        check_query_sentences(cache, splits)
         return reports
     folders = _video_folders(cache, (s for _, _, samples in splits for s in samples))
     folders = folders if len(folders) <= 3 else []  # more: the user knows better than a guess

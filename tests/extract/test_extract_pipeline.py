@@ -201,6 +201,35 @@ def test_cli_annotations_custom_jsonl_and_youtube_auto(videos, tiny_clip, tmp_pa
     assert cache.query_attrs("red_blue")["text"] == "a red and blue video"
 
 
+def test_a_query_id_with_another_sentence_is_refused_not_skipped(videos, tiny_clip, tmp_path):
+    """Two annotation files that both number their queries from 0: the second one's query 0
+    is not "already cached" (its features would be the first one's sentence's)."""
+    root, jobs = videos
+    out = tmp_path / "c"
+    model = str(tiny_clip.info.path)
+    runner = CliRunner()
+
+    def extract(rows, name):
+        ann = tmp_path / name
+        ann.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return ann, runner.invoke(main, ["extract", str(root), "-a", str(ann), "--out", str(out),
+                                         "--model", model, "--fps", "1", "-j", "0", "--no-progress"])
+
+    row = {"vid": "red_blue", "duration": 5.0, "relevant_windows": [[2, 5]]}
+    _, result = extract([dict(row, qid=0, query="the screen turns blue"),
+                         dict(row, qid=1, query="red")], "train.jsonl")
+    assert result.exit_code == 0, result.output
+    before = FeatureCache.open(out).load_query("1")[0]
+    _, result = extract([dict(row, qid=0, query="the screen turns blue"),
+                         dict(row, qid=1, query="a red screen")], "val.jsonl")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert ("1 query id(s) are already in" in result.output
+            and "query '1': cached 'red', now 'a red screen'" in result.output), result.output
+    cache = FeatureCache.open(out)
+    assert cache.query_attrs("1")["text"] == "red"
+    np.testing.assert_array_equal(cache.load_query("1")[0], before)
+
+
 def test_incompatible_cache_is_refused(videos, tiny_clip, tmp_path):
     root, jobs = videos
     out = tmp_path / "c"

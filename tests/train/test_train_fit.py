@@ -155,6 +155,38 @@ def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
     assert "... and" not in str(err.value)
 
 
+def test_a_query_id_that_stands_for_two_sentences_is_refused_before_training(data, tmp_path):
+    """The cache keeps one sentence's features per query id: a val query that reuses a train
+    query's id, or whose sentence is not the cached one, would be scored on another sentence's
+    features. Both are refused, naming the lines, before any run file is written."""
+    from r2.train import fit
+    from r2.train.data import QuerySentenceError
+    from r2.train.inference import predict
+
+    train = [json.loads(x) for x in Path(data.train_file).read_text().splitlines()]
+    rows = [json.loads(x) for x in Path(data.val_file).read_text().splitlines()]
+    other = next(r for r in train if r["query"] != rows[1]["query"])
+    clash = [rows[0], dict(rows[1], qid=other["qid"])] + rows[2:]  # val line 2 reuses a train id
+    val = tmp_path / "val_clash.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in clash))
+    run = tmp_path / "run"
+    with pytest.raises(QuerySentenceError) as err:
+        fit(_opts(data, run, val=val, epochs=1), log=lambda m: None)
+    assert (f"1 query id(s) stand for two sentences: query '{other['qid']}': {other['query']!r} "
+            f"({data.train_file}:{train.index(other) + 1}) and {rows[1]['query']!r} ({val}:2)") in str(err.value)
+    assert not any(run.glob("*.safetensors")) and getattr(err.value, "user_error", False)
+
+    edited = [rows[0], dict(rows[1], query="an edited sentence")] + rows[2:]
+    val.write_text("".join(json.dumps(r) + "\n" for r in edited))
+    with pytest.raises(QuerySentenceError) as err:
+        fit(_opts(data, run, val=val, epochs=1), log=lambda m: None)
+    assert (f"query '{rows[1]['qid']}' ({val}:2) is 'an edited sentence', the cache's "
+            f"{rows[1]['query']!r}") in str(err.value)
+    fit(_opts(data, run, epochs=1), log=lambda m: None)  # the files as extracted: it trains
+    with pytest.raises(QuerySentenceError, match="the cache's"):
+        predict(run, data.cache_dir, val, progress=False)
+
+
 def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():
     from r2.train.data import FeatureSpecError, check_feature_spec, feature_spec
 
