@@ -135,7 +135,8 @@ class Preset:
     fps: float | str = 0.5
     #: how many clips a video has: "ffmpeg_fps" (round(duration·fps), the frames ffmpeg's fps
     #: filter emits), "annotation_grid" (floor(duration·fps), QVHighlights' 2-s grid: equal
-    #: for its even durations), "youtube_per_clip" (len(match)), "tvsum_rows" (rows of anno)
+    #: for its even durations), "youtube_per_clip" (len(match)), "tvsum_rows" (rows of anno);
+    #: recorded, not overridable (``RECORDED_FIELDS``)
     clip_rule: str = "ffmpeg_fps"
     #: CLIP hidden states kept, negative = counted from the end of the 13 hidden states of a
     #: 12-layer tower: the last 4 = [9, 10, 11, 12] for ViT-B/32 (see :meth:`resolve_layers`)
@@ -153,7 +154,8 @@ class Preset:
     long_video_rule: str = "crop"
     #: the training set is repeated this many times per epoch (QVHighlights ×4)
     repeat: int = 1
-    #: query text: "query" (the sentence), "title" (YouTube info[5] / TVSum title), "domain"
+    #: query text: "query" (the sentence), "title" (YouTube info[5] / TVSum title), "domain";
+    #: recorded, not overridable (``RECORDED_FIELDS``)
     query_source: str = "query"
     #: domains / categories (one model each) for YouTube and TVSum; () otherwise
     domains: tuple[str, ...] = ()
@@ -300,7 +302,8 @@ class Preset:
         Values may be typed (``{"lr": 1e-4}``) or strings as given on the command line
         (``{"lr": "1e-4", "lr_milestones": "10,20", "unit": "none"}``). Unknown keys raise
         :class:`PresetError` naming the closest field names. ``selection_on_test`` is derived
-        from ``eval_split``: accepted when it agrees, refused otherwise.
+        from ``eval_split``, and ``clip_rule``/``query_source`` record what the data applies
+        (``RECORDED_FIELDS``): accepted when they agree, refused otherwise.
         """
         merged = dict(overrides or {})
         merged.update(kwargs)
@@ -317,6 +320,9 @@ class Preset:
             if key == "name" and value != self.name:
                 raise PresetError("'name' cannot be overridden (pick another preset instead)")
             changes[key] = _coerce(value, hints[key], key)
+            if key in RECORDED_FIELDS and changes[key] != getattr(self, key):
+                raise PresetError(f"{key} cannot be overridden: it "
+                                  + RECORDED_FIELDS[key].format(name=self.name, value=getattr(self, key)))
         out = dataclasses.replace(self, **changes) if changes else self
         for key, value in derived.items():  # accepted when it agrees with eval_split, else refused
             if value != getattr(out, key):
@@ -437,6 +443,21 @@ def _unknown_key_message(key: str) -> str:
 #: as an override, accepted when it agrees with the other fields, else refused naming the
 #: setting to change instead
 DERIVED_FIELDS = ("selection_on_test",)
+
+
+#: fields that record a benchmark's rule which the data, not the trainer, applies: the cache
+#: holds the clips that ``r2 extract`` sampled and the query features of each query id's text.
+#: An override to another value is refused with what to do instead.
+RECORDED_FIELDS = {
+    "clip_rule": "records how {name} counts a video's clips ({value!r}): the clips are those "
+                 "r2 extract sampled into the cache, reconciled with the annotation by the data "
+                 "set's own rule, so it is not a training setting; to sample clips differently, "
+                 "extract into another cache with another --fps",
+    "query_source": "records where {name}'s query text comes from ({value!r}): the query "
+                    "features are those r2 extract stored for each query id from its annotation "
+                    "file, so it is not a training setting; to train on other query text, write "
+                    "it into the annotation file's query field and extract it into another cache",
+}
 
 
 def _derived_key_message(key: str, preset: "Preset") -> str:

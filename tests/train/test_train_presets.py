@@ -212,6 +212,21 @@ def test_selection_on_test_follows_eval_split():
     assert Preset.from_dict(old) == opted_out
 
 
+def test_rules_that_the_data_applies_are_not_overridable():
+    """``clip_rule`` and ``query_source`` record what the cache holds (the clips extract sampled,
+    the features of each query id's text): an override to another value would be recorded in
+    preset.json and do nothing, so it is refused with what to do instead; the same value and
+    a saved preset load as before."""
+    youtube = get_preset("youtube")
+    assert youtube.override({"query_source": "title", "clip_rule": "youtube_per_clip"}) == youtube
+    with pytest.raises(PresetError, match=r"query_source cannot be overridden: it records where "
+                                          r"youtube's query text comes from \('title'\).*annotation file"):
+        youtube.override({"query_source": "domain"})
+    with pytest.raises(PresetError, match=r"clip_rule cannot be overridden: .*another --fps"):
+        get_preset("custom", overrides={"clip_rule": "tvsum_rows"})
+    assert Preset.from_dict(youtube.to_dict()) == youtube
+
+
 def test_resolve_layers():
     p = get_preset("qvhighlights")
     assert p.resolve_layers(24) == [21, 22, 23, 24]
