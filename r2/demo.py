@@ -98,7 +98,9 @@ MARKER_NAME = "r2-demo.json"
 
 #: What a demo writes into its folder (removed before a rerun into the same folder).
 _OUTPUTS = ("videos", "annotations", "clip", "cache", "run", "predictions.jsonl", "metrics.json",
-            "chance_predictions.jsonl", "chance_metrics.json", "fit_settings.json", "summary.txt")
+            "chance_predictions.jsonl", "chance_metrics.json", "fit_settings.json", "summary.txt",
+            # what the printed by-hand commands write (a rerun's printed fit must not find a run)
+            "run-by-hand", "predictions-by-hand.jsonl", "metrics-by-hand.json")
 
 #: Scene colours (RGB): far apart, so that a random tiny CLIP keeps them apart too.
 PALETTE: dict[str, tuple[int, int, int]] = {
@@ -508,13 +510,15 @@ def _commands(out: Path, model_arg: str, made_tiny: bool, seed: int) -> list[str
     for split in ("train", "val"):
         cmds.append(f"r2 extract {_q(out / 'videos')} --annotations {_q(ann / (split + '.jsonl'))} "
                     f"--model {_q(model_arg)} --out {_q(out / 'cache')}")
+    # a run directory and outputs of their own: fit refuses to overwrite the demo's run
+    run, preds = out / "run-by-hand", out / "predictions-by-hand.jsonl"
     cmds.append(f"r2 fit --dataset custom --cache {_q(out / 'cache')} --train {_q(ann / 'train.jsonl')} "
-                f"--val {_q(ann / 'val.jsonl')} --run-dir {_q(out / 'run')} "
+                f"--val {_q(ann / 'val.jsonl')} --run-dir {_q(run)} "
                 f"--config {_q(out / 'fit_settings.json')} --seed {seed} --device cpu")
-    cmds.append(f"r2 predict --checkpoint {_q(out / 'run')} --cache {_q(out / 'cache')} "
-                f"--annotations {_q(ann / 'val.jsonl')} --out {_q(out / 'predictions.jsonl')} --device cpu")
-    cmds.append(f"r2 score {_q(out / 'predictions.jsonl')} --gt {_q(ann / 'val.jsonl')} "
-                f"--out {_q(out / 'metrics.json')}")
+    cmds.append(f"r2 predict --checkpoint {_q(run)} --cache {_q(out / 'cache')} "
+                f"--annotations {_q(ann / 'val.jsonl')} --out {_q(preds)} --device cpu")
+    cmds.append(f"r2 score {_q(preds)} --gt {_q(ann / 'val.jsonl')} "
+                f"--out {_q(out / 'metrics-by-hand.json')}")
     return cmds
 
 
