@@ -295,7 +295,9 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
         checkpoint: a run directory (``config.json`` + ``model.safetensors``).
         cache: the feature cache directory.
         annotations: any annotation file ``r2.train`` reads (the data set is detected unless
-            ``dataset`` is given; ``domain``/``split`` select YouTube/TVSum videos).
+            ``dataset`` is given; ``domain``/``split`` select YouTube/TVSum videos: by default
+            the val list, the videos these benchmarks are scored on, as ``r2 score`` does;
+            ``split="all"`` predicts every video of the file).
         out: write the rows there (jsonl, atomically) when given. When ids are missing from
             the cache, every one is listed in ``missing_ids.txt`` beside ``out`` if that folder
             exists (removed again by a later successful run); without ``out`` no file is
@@ -318,9 +320,18 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     model = load_model(checkpoint, dev)
     fc = FeatureCache.open(cache)
     layers = _check_cache(model, fc, f"the checkpoint {checkpoint}", allow_feature_mismatch, log)
-    samples = load_annotations(annotations, dataset=dataset, domain=domain, split=split)
+    samples = load_annotations(annotations, dataset=dataset, domain=domain,
+                               split=None if split in (None, "all") else split)
     if not samples:
         raise PredictError(f"{annotations}: no queries")
+    if split is None and samples[0].dataset in ("youtube", "tvsum"):
+        name = samples[0].dataset
+        samples = [s for s in samples if s.split == "val"]
+        if not samples:
+            raise PredictError(f"{annotations}: no video of the {name} val list, the default split; "
+                               "pass --split all (Python: split='all') to predict every video")
+        log(f"predicting the {len(samples)} videos of the val list (the default for this benchmark; "
+            "--split all for every video)")
     # every missing id goes to a file beside --out (when its folder exists; without ``out``
     # no file is written: the error lists them all)
     list_file = None if out is None else Path(out).parent / MISSING_IDS_NAME
@@ -372,7 +383,8 @@ class VideoGrounding:
 
 def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkpoint: str | os.PathLike,
                   clip_model: str | os.PathLike | None = None, *, device: str | None = None,
-                  fps: float | None = None, batch_size: int = 32, workdir: str | os.PathLike | None = None,
+                  fps: float | None = None, batch_size: int = 8, extract_batch_size: int = 32,
+                  workdir: str | os.PathLike | None = None,
                   allow_feature_mismatch: bool = False, progress: bool = False,
                   log: Callable[[str], None] | None = None) -> list[VideoGrounding]:
     """Ground ``queries`` in a new video of any length.
@@ -381,6 +393,8 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
     ``r2.extract`` (the checkpoint's CLIP model, layers, fps and resize rule, from its
     ``config.features``; ``clip_model`` overrides the model, default: the one recorded, else
     ``openai/clip-vit-base-patch32``), then every query goes through :func:`infer_clips`.
+    ``batch_size``: overlapping windows of a long video per forward pass;
+    ``extract_batch_size``: frames per CLIP forward pass of the extraction.
     """
     from r2.cache import FeatureCache
     from r2.extract.pipeline import QueryJob, VideoJob, extract_features
@@ -417,7 +431,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
         summary = extract_features(
             [VideoJob("video", str(video))], [QueryJob(f"q{i}", t) for i, t in enumerate(texts)],
             cache_dir, clip_model, fps=float(rate), layers=layers, workers=0, device=str(dev),
-            resize=resize, progress=progress, batch_size=batch_size, log=lambda m: None)
+            resize=resize, progress=progress, batch_size=extract_batch_size, log=lambda m: None)
         if not summary.ok:
             raise PredictError(f"{video}: {summary.failures[0].reason}")
         fc = FeatureCache.open(cache_dir)
@@ -431,7 +445,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
         for i, text in enumerate(texts):
             q, mask = fc.load_query(f"q{i}", layers=used, dtype=None)
             q = torch.from_numpy(np.ascontiguousarray(q[:, mask])).to(dev)  # (K, S, Dt)
-            pred = infer_clips(model, feats, q, duration, batch_size=8)
+            pred = infer_clips(model, feats, q, duration, batch_size=batch_size)
             out.append(VideoGrounding(
                 video=str(video), query=text, duration=duration, fps=float(rate), num_clips=t,
                 moments=pred.windows, saliency=[float(x) for x in pred.saliency],

@@ -23,7 +23,8 @@ import click
                    "successful run).")
 @click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
 @click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")
-@click.option("--split", help="YouTube/TVSum: the split list to predict (train or val) [default: all].")
+@click.option("--split", help="YouTube/TVSum: the split list to predict (train, val or all) [default: "
+                                "val, the videos these benchmarks are scored on, as in `r2 score`].")
 @click.option("--query", "-q", "queries", multiple=True,
               help="With VIDEO: the sentence to ground (repeatable).")
 @click.option("--model", "-m", "clip_model",
@@ -38,8 +39,9 @@ import click
 @click.option("--fps", type=float, help="With VIDEO: clip rate, for checkpoints trained on per-video "
                                         "sampling (YouTube) [default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="With VIDEO: print the results as JSON.")
-@click.option("--batch-size", "-b", default=16, show_default=True, type=click.IntRange(min=1),
-              help="Queries per forward pass (windows of a long video with VIDEO).")
+@click.option("--batch-size", "-b", type=click.IntRange(min=1),
+              help="Queries per forward pass [default: 16]; with VIDEO, overlapping windows of a long "
+                   "video per forward pass [default: 8].")
 @click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when available].")
 @click.option("--workers", "-j", default=0, show_default=True, type=click.IntRange(min=0),
               help="Data-loading processes (with --cache).")
@@ -69,7 +71,7 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         if plot is not None:
             inference.check_plot_target(plot)  # before minutes of extraction, not after
         results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
-                                          fps=fps, batch_size=max(batch_size, 8), progress=False,
+                                          fps=fps, batch_size=batch_size or 8, progress=False,
                                           allow_feature_mismatch=allow_feature_mismatch,
                                           log=lambda m: click.echo(m, err=True))
         if as_json:
@@ -95,8 +97,21 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give a VIDEO with --query)")
     result = inference.predict(checkpoint, cache, annotations, out=out, dataset=dataset, domain=domain,
-                               split=split, batch_size=batch_size, device=device, workers=workers,
+                               split=split, batch_size=batch_size or 16, device=device, workers=workers,
                                allow_feature_mismatch=allow_feature_mismatch, progress=True,
                                log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {result.num_queries} predictions to {result.out} in {result.seconds:.1f} s")
-    click.echo(f"score them: r2 score {result.out} --gt {annotations}")
+    click.echo(f"score them: {score_command(result.out, annotations, domain, split)}")
+
+
+def score_command(predictions, annotations, domain: str | None, split: str | None) -> str:
+    """The ``r2 score`` command for what ``r2 predict`` wrote: the same --domain and --split
+    (r2 score, too, takes YouTube/TVSum's val list by default)."""
+    import shlex
+
+    words = ["r2", "score", str(predictions), "--gt", str(annotations)]
+    if domain is not None:
+        words += ["--domain", domain]
+    if split is not None:
+        words += ["--split", split]
+    return shlex.join(words)

@@ -330,21 +330,24 @@ def test_highlight_presets_train_per_domain_from_a_data_root(tmp_path, dataset, 
 
     rng = np.random.default_rng(0)
     anno = {}
+    other = "dog" if dataset == "youtube" else "VT"  # a domain of the file not trained here
     if dataset == "youtube":
         ids = YOUTUBE_SPLITS[domain]["train"][:4] + YOUTUBE_SPLITS[domain]["val"][:2]
-        for vid in ids:
+        for vid in ids + YOUTUBE_SPLITS[other]["val"][:1]:
             n = int(rng.integers(6, 12))
             match = [int(x) for x in rng.choice([-1, 0, 1], size=n)]
             match[2] = 1
-            anno[vid] = {"fps": 30.0, "frames": str(50 * (n + 1)), "domain": domain,
+            anno[vid] = {"fps": 30.0, "frames": str(50 * (n + 1)), "domain": domain if vid in ids else other,
                          "info": [f'{domain}"x"relevance', None, ["E"], 32, "U", f"title {vid}", "d", None],
                          "clip": [[50.0 * i, 50.0 * i + 100] for i in range(n)], "match": match,
                          "mturk": [0.0] * n}
         name, fps = "youtube_anno.json", None
     else:
-        for vid in TVSUM_SPLITS[domain]["train"] + TVSUM_SPLITS[domain]["val"]:
+        ids = TVSUM_SPLITS[domain]["train"] + TVSUM_SPLITS[domain]["val"]
+        for vid in ids + TVSUM_SPLITS[other]["val"]:
             n = int(rng.integers(8, 14))
-            anno[vid] = {"fps": 30.0, "frames": str(60 * n), "domain": domain, "title": f"t {vid}", "url": "u",
+            anno[vid] = {"fps": 30.0, "frames": str(60 * n), "domain": domain if vid in ids else other,
+                         "title": f"t {vid}", "url": "u",
                          "length": "1:00", "anno": rng.integers(1, 6, size=(n, 20)).astype(float).tolist()}
         name, fps = "tvsum_anno.json", 0.5
     (tmp_path / name).write_text(json.dumps(anno))
@@ -368,6 +371,25 @@ def test_highlight_presets_train_per_domain_from_a_data_root(tmp_path, dataset, 
 
     cfg = R2Model.from_pretrained(tmp_path / "run").config
     assert not cfg.coord_head and cfg.cls_loss == "dynamic_bce" and cfg.features["fps"] == fps
+
+    # r2 predict takes the val list, as r2 score does, and the score command it prints runs
+    import shlex
+
+    from click.testing import CliRunner
+
+    from r2.cli import main
+
+    for extra, videos in ((["--domain", domain], result.num_val), ([], result.num_val + 1)):
+        out = tmp_path / f"preds{len(extra)}.jsonl"
+        res = CliRunner().invoke(main, ["predict", "-k", str(tmp_path / "run"), "-c", str(tmp_path / "cache"),
+                                        "-a", str(tmp_path / name), "-o", str(out), "--device", "cpu", *extra])
+        assert res.exit_code == 0, res.output
+        assert len(out.read_text().splitlines()) == videos
+        command = shlex.split(res.output.split("score them: ")[1].splitlines()[0])
+        assert command[:2] == ["r2", "score"] and command[-2:] == (extra or command[-2:])
+        res = CliRunner().invoke(main, command[1:])
+        assert res.exit_code == 0, res.output
+        assert f"{domain} ({result.num_val} video" in res.output
 
 
 @pytest.mark.parametrize("dataset", ["qvhighlights", "charades", "ego4d", "tacos"])

@@ -219,7 +219,7 @@ def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
     assert len(long_rows) == 4 and all(len(r["pred_saliency_scores"]) == 40 for r in long_rows)
 
 
-def test_predict_a_new_video_with_the_tiny_clip(tmp_path):
+def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     """extract (tiny CLIP) -> fit -> `r2 predict VIDEO --query` on a video longer than max_clips."""
     from r2.cli import main
     from r2.extract.pipeline import QueryJob, VideoJob, extract_features
@@ -263,6 +263,22 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path):
     for o in out:
         assert len(o["pred_saliency_scores"]) == 20 and o["duration"] == pytest.approx(40.0)
         assert all(0 <= w[0] <= w[1] <= 40.0 for w in o["pred_relevant_windows"])
+    # --batch-size: the overlapping windows per forward pass (3 windows: batches of 2 and 1)
+    from r2.train import inference
+
+    seen, infer = [], inference.infer_clips
+
+    def spy(*a, **kw):
+        seen.append(kw["batch_size"])
+        return infer(*a, **kw)
+
+    monkeypatch.setattr(inference, "infer_clips", spy)
+    res = CliRunner().invoke(main, args + ["--json", "--batch-size", "2"])
+    assert res.exit_code == 0, res.output
+    assert seen == [2, 2]
+    for a, b in zip(out, json.loads(res.output[res.output.index("["):])):
+        assert b["pred_saliency_scores"] == pytest.approx(a["pred_saliency_scores"], abs=1e-5)
+    monkeypatch.undo()
     # the model recorded with the checkpoint is the default --model
     res = CliRunner().invoke(main, args[:-2] + ["--top-k", "2"])
     assert res.exit_code == 0 and "top 2 moments:" in res.output
