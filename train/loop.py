@@ -219,6 +219,29 @@ def metric_value(metrics: Mapping, key: str) -> float:
                    "pick one with --set main_metric=NAME")
 
 
+def check_main_metric(preset, gt_row: dict) -> None:
+    """Raise :class:`FitError` when ``preset.main_metric`` is not a metric that the data set's
+    evaluation reports, before training rather than after the first evaluated epoch: the
+    metric names come from scoring one made-up prediction for one val query. Where that
+    dry run itself cannot be scored, the check is left to the first evaluation."""
+    from r2.evaluate import EvaluationError, score
+
+    pred: dict = {"qid": gt_row["qid"]}
+    windows = gt_row.get("relevant_windows") or [[0.0, float(gt_row.get("duration") or 1.0)]]
+    pred["pred_relevant_windows"] = [[float(w[0]), float(w[1]), 1.0] for w in windows]
+    if "saliency_scores" in gt_row:
+        clips = max(gt_row.get("relevant_clip_ids") or [0]) + 1
+        pred["pred_saliency_scores"] = [0.0] * clips
+    options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            metrics = score(preset.name, [pred], [gt_row], **options)
+    except (EvaluationError, ValueError, KeyError):
+        return
+    metric_value(metrics, preset.main_metric)
+
+
 def _seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -392,6 +415,8 @@ class _Trainer:
         self.selected_on = preset.eval_split if val_samples_eval else None
 
         # cache
+        if val_samples_eval:
+            check_main_metric(preset, val_samples_eval[0].to_row())  # now, not after an epoch
         cache = FeatureCache.open(o.cache)
         self.cache = cache
         check_cache_fps(preset.fps, cache.manifest.get("fps"), cache.path)

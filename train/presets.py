@@ -672,7 +672,12 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
         try:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
-            raise PresetError(f"{path}: invalid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)  # 0-based; absent for some errors
+            where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+            problem = getattr(exc, "problem", None) or " ".join(str(exc).split())
+            context = getattr(exc, "context", None)
+            raise PresetError(f"{where}: invalid YAML: {problem}"
+                              + (f" ({context})" if context else "")) from None
     else:
         try:
             data = json.loads(text)

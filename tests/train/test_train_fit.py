@@ -187,6 +187,20 @@ def test_a_query_id_that_stands_for_two_sentences_is_refused_before_training(dat
         predict(run, data.cache_dir, val, progress=False)
 
 
+def test_a_misspelt_main_metric_is_refused_before_the_first_epoch(data, tmp_path, monkeypatch):
+    from r2.train import fit, loop
+    from r2.train.loop import FitError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an epoch started")
+
+    monkeypatch.setattr(loop, "GroundingDataset", no_training)
+    overrides = {**TINY_OVERRIDES, "main_metric": "MR-full-R1@0.70"}
+    with pytest.raises(FitError, match=r"main_metric 'MR-full-R1@0.70' is not among the evaluation's "
+                                       r"metrics \(.*MR-full-R1@0.7,.*--set main_metric=NAME"):
+        fit(_opts(data, tmp_path / "run", overrides=overrides, epochs=1), log=lambda m: None)
+
+
 def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():
     from r2.train.data import FeatureSpecError, check_feature_spec, feature_spec
 

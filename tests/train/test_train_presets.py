@@ -179,6 +179,13 @@ def test_overrides_from_json_and_yaml(tmp_path, monkeypatch):
     pytest.importorskip("yaml")
     p = get_preset("charades", override_file=yml)
     assert (p.lr, p.lr_milestones, p.use_tef) == (1e-4, (5,), False)
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("lr: 1e-3\nepochs: [2\n")
+    with pytest.raises(PresetError) as err:
+        load_overrides(broken)
+    message = str(err.value)  # one line naming the file and line, not PyYAML's "<unicode string>"
+    assert message.startswith(f"{broken}:3:1: invalid YAML: expected ',' or ']'") and "\n" not in message
+    assert "unicode string" not in message
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
