@@ -2,11 +2,12 @@
 
 The reference evaluators average with ``np.mean`` over arrays in prediction-file order (HD mAP
 and HIT@1 over an (n_queries, 3) array, mIoU over queries, the MR mAP "average" over the ten
-per-threshold values, and the per-threshold MR mAP over an (n_queries, 10) array in the order its
-pool returns it, which is file order for up to 50 queries; ``metrics.md`` §6). A correctly rounded
-(fsum) mean differs from that in the last bit, which moves a value sitting on an x.xx5 boundary to the other printed digit. Each
-case below sits on such a boundary; the expected numbers are the reference's. And the YouTube /
-TVSum table, which must round the unrounded fraction once.
+per-threshold values, and the per-threshold MR mAP over an (n_queries, 10) array in the order
+its pool returns it, which is file order for up to 50 queries; ``metrics.md`` §6). A correctly
+rounded (fsum) mean differs from that in the last bit, which moves a value sitting on an x.xx5
+boundary to the other printed digit. Each case below sits on such a boundary; the expected
+numbers are the reference's. And the YouTube / TVSum table, which must round the unrounded
+fraction once.
 """
 
 import json
