@@ -526,8 +526,10 @@ class _Trainer:
         if ctx.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
 
+            # every parameter is in every step's graph (the zero term added to the loss in
+            # the step), so DDP needs no search for unused ones
             ddp = DDP(model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None,
-                      find_unused_parameters=not self.config.coord_head)
+                      find_unused_parameters=False)
         else:
             ddp = model
         torch.backends.cudnn.deterministic = True
@@ -615,7 +617,16 @@ class _Trainer:
                         out = ddp(batch.video, batch.video_mask, batch.query, batch.query_mask)
                     loss = model.compute_loss(out, batch.targets)
                     optimizer.zero_grad(set_to_none=True)
-                    scaler.scale(loss.total).backward()
+                    total = loss.total
+                    if ctx.distributed:
+                        # Some parameters can get no gradient in a step: a pyramid level whose
+                        # stride is longer than the batch's padded videos is skipped (as
+                        # officially), a head or pooling whose loss weight is 0 is not in the
+                        # loss. DDP waits for every gradient, so they get a zero one (and
+                        # AdamW's decay and momentum move them, where one process leaves a
+                        # parameter without a gradient alone). The loss value is unchanged.
+                        total = total + 0.0 * sum(p.sum() for p in params)
+                    scaler.scale(total).backward()
                     if preset.grad_clip is not None:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, preset.grad_clip)

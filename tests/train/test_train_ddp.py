@@ -114,3 +114,18 @@ def test_torchrun_two_gloo_processes_killed_then_resumed_give_the_uninterrupted_
 
     model = R2Model.from_pretrained(run_dir)
     assert set(load_file(str(run_dir / "model.safetensors"))) == set(model.state_dict())
+
+
+def test_torchrun_trains_short_videos_and_a_zero_loss_weight(tmp_path):
+    """Parameters without a gradient in a step: the stride-8 pyramid level is skipped for
+    batches of videos shorter than 8 clips, and the coordinate head gets none with
+    reg_weight=0. One process trains on; DDP, which waited for their gradients, crashed with
+    "Expected to have finished reduction in the prior iteration"."""
+    short = make_synthetic_dataset(tmp_path / "short", train_videos=8, val_videos=2, min_clips=6,
+                                   max_clips=7, concepts=4, seed=1)
+    run_dir = tmp_path / "run"
+    cmd = _command(short, run_dir, "--set", "reg_weight=0")
+    cmd[cmd.index("--epochs") + 1] = "1"
+    done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    assert (run_dir / "model.safetensors").is_file()
