@@ -357,6 +357,16 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
 # a new video
 
 
+def within_video(moments: list[list[float]] | None, duration: float) -> list[list[float]] | None:
+    """Moments with their ends cut to the video's ``duration``, for a new video. Decoding
+    rounds ends to ``unit`` after clamping them (as officially, which the benchmark files
+    keep, so that they score as the reference's), so an end can pass the duration by up to
+    ``unit / 2``; a user's video gets moments that lie inside it."""
+    if moments is None:
+        return None
+    return [[min(s, duration), min(e, duration), score] for s, e, score in moments]
+
+
 @dataclass
 class VideoGrounding:
     """One query grounded in one video.
@@ -448,7 +458,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
             pred = infer_clips(model, feats, q, duration, batch_size=batch_size)
             out.append(VideoGrounding(
                 video=str(video), query=text, duration=duration, fps=float(rate), num_clips=t,
-                moments=pred.windows, saliency=[float(x) for x in pred.saliency],
+                moments=within_video(pred.windows, duration), saliency=[float(x) for x in pred.saliency],
                 clip_start=float(attrs.get("clip_start", 0.0)), windows_used=len(starts),
                 seconds=time.perf_counter() - t0))
     return out

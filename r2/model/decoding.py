@@ -8,7 +8,8 @@ float32 arithmetic (``Grounding.evaluate``):
 1. windows = (p - d_s·s, p + d_e·s) / fps per point; scores = sigmoid(class logit);
    the top ``max_moments`` points by score (stable sort);
 2. note which rows end before the duration; clamp to [0, duration];
-3. round the noted rows to ``unit`` (QVH 2 s, Charades 0.1 s);
+3. round the noted rows to ``unit`` (QVH 2 s, Charades 0.1 s): a rounded end can pass the
+   duration by up to ``unit / 2``, as officially (``r2 predict VIDEO`` cuts it back);
 4. NMS greedily over the list: at step i the highest remaining row is swapped to
    position i; "normal" sets the score of every later row with IoU >= threshold to 0 (rows
    are kept), "linear" multiplies it by (1 - IoU);

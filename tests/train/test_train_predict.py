@@ -306,6 +306,21 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     assert res.exit_code == 1 and "model_weights_hash" in res.output
 
 
+def test_moments_of_a_new_video_lie_inside_it():
+    """Decoding rounds ends to ``unit`` after clamping (as officially, kept for benchmark
+    files): at 30.56 s with Charades' 0.1 s an end becomes 30.6. A new video's moments are cut
+    back to its duration."""
+    from r2.model.decoding import postprocess_windows
+    from r2.train.inference import within_video
+
+    rows = np.array([[10.0, 30.5599, 0.9], [30.551, 30.5599, 0.6], [0.0, 5.0, 0.5]], np.float32)
+    decoded = postprocess_windows(rows, 30.56, unit=0.1).tolist()
+    assert max(w[1] for w in decoded) > 30.56 and max(w[0] for w in decoded) > 30.56  # official
+    inside = within_video(decoded, 30.56)
+    assert all(0 <= s <= e <= 30.56 for s, e, _ in inside)
+    assert [w[2] for w in inside] == [w[2] for w in decoded] and within_video(None, 1.0) is None
+
+
 def _groundings(moments: bool = True):
     from r2.train.inference import VideoGrounding
 
