@@ -55,7 +55,7 @@ from r2.cpus import usable_cpus
 from r2.extract.video import DecodeResult, decode_chunks
 from r2.fileio import atomic_write
 
-__all__ = ["ExtractionError", "ExtractionSummary", "Failure", "QueryJob", "VideoJob", "extract_features",
+__all__ = ["ExtractionError", "ExtractionSummary", "Failure", "Note", "QueryJob", "VideoJob", "extract_features",
            "in_shard", "SAMPLING", "TOKEN_FORM"]
 
 # TOKEN_FORM and SAMPLING go into the cache manifest, and the cache compares them character for
@@ -106,6 +106,16 @@ class Failure:
 
 
 @dataclass
+class Note:
+    """A video that was extracted, with a remark worth reading (it is also in the video's cache
+    attrs, ``notes``): e.g. its clip count cut or padded by the rounding to the annotated one."""
+
+    video_id: str
+    path: str  # absolute
+    text: str
+
+
+@dataclass
 class ExtractionSummary:
     cache_dir: str
     videos_total: int = 0  # videos of this shard
@@ -123,6 +133,7 @@ class ExtractionSummary:
     model_seconds: float = 0.0  # main process, vision tower incl. normalisation
     failures: list[Failure] = field(default_factory=list)
     failures_file: str | None = None
+    notes: list[Note] = field(default_factory=list)  # extracted videos with a remark
 
     @property
     def ok(self) -> bool:
@@ -140,6 +151,12 @@ class ExtractionSummary:
             f"(of {self.queries_total})",
             f"  written: {self.bytes_written / 1e6:.1f} MB",
         ]
+        if self.notes:
+            lines.append(f"  notes  : {len(self.notes)} video(s) extracted with a remark (also in their cache attrs):")
+            for n in self.notes[:20]:
+                lines.append(f"    {n.path}: {n.text}")
+            if len(self.notes) > 20:
+                lines.append(f"    ... and {len(self.notes) - 20} more")
         if self.failures:
             lines.append(f"  FAILED : {len(self.failures)} video(s), listed in {self.failures_file}:")
             for f in self.failures[:20]:
@@ -208,7 +225,7 @@ def extract_features(
     :class:`ExtractionSummary`; failed videos are in ``summary.failures`` and the failures file.
     """
     from r2.extract.clip import FrozenCLIP
-    from r2.extract.preprocess import Preprocessing
+    from r2.extract.preprocess import PIL_BICUBIC, Preprocessing
 
     t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -226,7 +243,8 @@ def extract_features(
     if clip is None:
         clip = FrozenCLIP(model, layers=layers, device=device, precision=precision)
     mean, std = clip.image_stats()
-    prep = Preprocessing(size=clip.image_size, crop=clip.image_size, resize=resize, mean=mean, std=std)
+    prep = Preprocessing(size=clip.image_size, crop=clip.image_size, resize=resize, mean=mean, std=std,
+                         interpolation=PIL_BICUBIC if resize == "hf" else "bicubic")
     manifest = {
         "model_id": clip.model_id,
         "model_config_hash": clip.config_hash,
@@ -745,6 +763,9 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
             return
         summary.videos_extracted += 1
         summary.clips += clips
+        if r.attrs.get("notes"):  # e.g. a YouTube clip count within the rounding of its annotation
+            summary.notes.append(Note(r.video_id, os.path.abspath(r.path), r.attrs["notes"]))
+            bar.write(f"note: {r.path}: {r.attrs['notes']}", file=sys.stderr)
         bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)

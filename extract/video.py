@@ -22,7 +22,8 @@ CLI has shifted the file's ``start_time`` to 0) as follows:
 
 YouTube Highlights ("auto"): the rate is ``len(match) / (frames / fps)`` per video and the
 clip count must equal ``len(match)``; pass ``num_clips`` to force it (a count that differs by
-the rounding is cut or padded with the last frame, and reported). Explicit ``sample_times``
+the rounding, :data:`NUM_CLIPS_TOLERANCE`, is cut or padded with the last frame and reported in
+``notes``; a larger difference is a :class:`DecodeError`: the file is not the annotated video). Explicit ``sample_times``
 (seconds) pick, for each time, the last frame shown at or before it.
 
 How it is decoded
@@ -42,7 +43,14 @@ mpeg4, mp4/mkv/webm/avi/ts).
 Only the chosen frames are converted, and the conversion scales: they go through libavfilter's
 ``scale=w:h:flags=bicubic,crop=224:224:x:y,format=rgb24`` (short side → 224, long side
 truncated to an integer, crop at ``int((long − 224) / 2)``): the official script's filters,
-where libswscale does YUV→RGB and the resize in one pass. The frames equal the official
+where libswscale does YUV→RGB and the resize in one pass. A display matrix (a phone's
+portrait video: coded landscape + "rotate 90") turns the frame upright first, with the
+filters the ffmpeg CLI inserts (``transpose``/``hflip``/``vflip``/``rotate``, :class:`Orientation`),
+and the scale size comes from the upright frame; the video attrs record ``rotation``.
+
+A file is refused as truncated (never stored shorter) when it has fewer packets than the frame
+count its header declares (mp4, avi), or when its frames end more than max(1 s, 2 %) before the
+duration its header declares (:func:`declared_duration`: Matroska/WebM, which count no frames). The frames equal the official
 ones bit for bit (tests/extract compares them with libavfilter's fps→scale→crop chain).
 Frames leave this module as ``(T, 224, 224, 3)`` uint8 (:func:`sample_video`), or one at a
 time (:class:`VideoClips`) and in chunks (:func:`decode_chunks`, what the extraction workers
@@ -63,26 +71,43 @@ from typing import Iterator, Sequence
 
 import av
 import numpy as np
+from av.sidedata.sidedata import Type as _SideDataType
 
 __all__ = [
     "DecodeError",
     "SampledVideo",
+    "NUM_CLIPS_TOLERANCE",
+    "Orientation",
     "VIDEO_EXTENSIONS",
     "VideoClips",
     "clip_count",
     "ffmpeg_rate",
     "official_scale_size",
+    "frame_orientation",
+    "declared_duration",
     "sample_video",
     "decode_job",
     "decode_chunks",
     "DecodeResult",
     "iter_video_files",
+    "is_video_file",
 ]
 
-#: File extensions that ``r2 extract`` collects from a folder.
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+#: File extensions that ``r2 extract`` collects from a folder (case-insensitive): the common
+#: containers, camcorder (AVCHD ``.mts``/``.m2ts``, DV, MXF), DVD ``.vob``, Ogg video, ... With
+#: ``--annotations`` or a file named on the command line, any file PyAV opens as a video counts.
+VIDEO_EXTENSIONS = (".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp",
+                    ".mts", ".m2ts", ".m2t", ".mxf", ".ogv", ".vob", ".f4v", ".asf", ".3g2", ".divx", ".dv", ".qt",
+                    ".rm", ".rmvb", ".mjpeg", ".y4m")
 
 _INT_MAX = 2**31 - 1
+
+#: With ``num_clips`` (YouTube Highlights: one clip per annotated segment), the decoded count
+#: may differ from it by this much: the rounding of round(duration x rate) when the file's
+#: duration is a frame or two off the annotation's frames / fps. The official code asserts
+#: equality (its features come from the same files as its annotation); anything further apart
+#: is a video that does not match its annotation, and a failure.
+NUM_CLIPS_TOLERANCE = 1
 
 
 class DecodeError(Exception):
@@ -110,7 +135,8 @@ class SampledVideo:
     width: int  # source size
     height: int
     decoded_frames: int = 0  # frames the decoder actually produced (speed statistics)
-    notes: list[str] = field(default_factory=list)  # e.g. clip count forced to num_clips
+    notes: list[str] = field(default_factory=list)  # e.g. clip count cut/padded to num_clips (shown in the summary)
+    orientation: Orientation = field(default_factory=lambda: Orientation())  # autorotation applied (display matrix)
 
     @property
     def num_clips(self) -> int:
@@ -144,6 +170,37 @@ def official_scale_size(width: int, height: int, size: int) -> tuple[int, int]:
     if width > height:
         return int(width * size / height), size
     return size, int(height * size / width)
+
+
+#: Formats whose header states the video stream's duration (rather than libavformat estimating
+#: it from the timestamps it read, or from the bit rate): a shorter decode means missing data.
+_DECLARING_FORMATS = {"mov", "mp4", "matroska", "webm", "avi", "asf"}
+#: A decode that ends more than max(1 s, 2 %) before the declared duration is a truncated file
+#: (the container's own rounding, a last frame's duration, are far below that).
+TRUNCATION_SECONDS, TRUNCATION_FRACTION = 1.0, 0.02
+
+
+def declared_duration(container, stream) -> float | None:
+    """Seconds the file's header declares for the video stream, or None where it declares none.
+
+    mp4/mov/avi/asf: the stream's duration; Matroska/WebM: the stream's ``DURATION`` tag (what
+    FFmpeg and mkvmerge write), else the segment duration when the video is the only stream (it
+    covers all streams). A truncated Matroska file keeps its header, so this is how it is noticed:
+    it has no frame count to compare with (mp4's ``stream.frames``)."""
+    if not _DECLARING_FORMATS & set(container.format.name.split(",")):
+        return None
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
+    if tag:
+        try:
+            h, m, sec = tag.strip().split(":")
+            return int(h) * 3600 + int(m) * 60 + float(sec)
+        except ValueError:
+            return None
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1_000_000
+    return None
 
 
 class _Rule:
@@ -252,14 +309,85 @@ def _ffmpeg_reason(exc: Exception) -> str:
     return text.split(":")[0].strip() if ": '" in text else text
 
 
+@dataclass(frozen=True)
+class Orientation:
+    """How the ffmpeg CLI turns a frame upright from its display matrix (``-autorotate``, on by
+    default, so the official ``tools/extract_frames.py`` frames of a phone's portrait video are
+    upright): ``filters`` go before ``scale``, and the scale size comes from the turned frame.
+
+    Same rules as fftools: ``theta = -round(av_display_rotation_get(m))`` in [0, 360); 90 →
+    ``transpose=clock`` (``cclock_flip`` if mirrored), 180 → ``hflip``/``vflip`` by the matrix
+    signs, 270 → ``transpose=cclock`` (``clock_flip``), another angle → ``rotate``, 0 → ``vflip``
+    if the matrix flips vertically, else nothing.
+    """
+
+    rotation: float = 0.0  # degrees clockwise that ffmpeg turns the coded picture
+    filters: tuple[tuple[str, str | None], ...] = ()  # libavfilter (name, arguments), in order
+
+    def size(self, width: int, height: int) -> tuple[int, int]:
+        """(width, height) after the filters (``rotate`` keeps the size, as ffmpeg's default)."""
+        return (height, width) if any(name == "transpose" for name, _ in self.filters) else (width, height)
+
+    def describe(self) -> str:
+        return ",".join(name if args is None else f"{name}={args}" for name, args in self.filters)
+
+
+_UPRIGHT = Orientation()
+_DISPLAYMATRIX = _SideDataType.DISPLAYMATRIX
+
+
+def frame_orientation(frame) -> Orientation:
+    """The :class:`Orientation` of a decoded frame from its display-matrix side data (which
+    FFmpeg copies to every frame from the container: mp4 ``tkhd``, Matroska projection, ...)."""
+    sd = frame.side_data.get(_DISPLAYMATRIX)
+    if sd is None:
+        return _UPRIGHT
+    m = np.frombuffer(bytes(sd), dtype="<i4", count=9).astype(np.float64) / 65536.0
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0.0 or scale1 == 0.0:  # a degenerate matrix: av_display_rotation_get gives NaN
+        return Orientation(0.0, (("vflip", None),)) if m[4] < 0 else _UPRIGHT
+    rotation_get = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))  # counter-clockwise
+    theta = -float(_round_near_inf(Fraction(rotation_get)))
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    theta += 0.0  # no -0.0
+    if abs(theta - 90) < 1.0:
+        filters = (("transpose", "cclock_flip" if m[3] > 0 else "clock"),)
+    elif abs(theta - 180) < 1.0:
+        filters = tuple((name, None) for name, flip in (("hflip", m[0] < 0), ("vflip", m[4] < 0)) if flip)
+    elif abs(theta - 270) < 1.0:
+        filters = (("transpose", "clock_flip" if m[3] < 0 else "cclock"),)
+    elif abs(theta) > 1.0:
+        filters = (("rotate", f"{theta:f}*PI/180"),)
+    else:
+        filters = (("vflip", None),) if m[4] < 0 else ()
+    return Orientation(theta, filters) if filters or theta else _UPRIGHT
+
+
+def _graph(frame, filters: Sequence[tuple[str, str | None]], threads: int):
+    """A libavfilter chain buffer → filters → buffersink for frames like ``frame``: (graph, src, sink)."""
+    graph = av.filter.Graph()
+    if threads:
+        graph.threads = threads
+    nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
+                              time_base=frame.time_base or Fraction(1, 90000))]
+    nodes += [graph.add(name) if args is None else graph.add(name, args) for name, args in filters]
+    nodes.append(graph.add("buffersink"))
+    for a, b in zip(nodes, nodes[1:]):
+        a.link_to(b)
+    graph.configure()
+    return graph, nodes[0], nodes[-1]
+
+
 class _Converter:
     """Converts decoded frames to (S, S, 3) uint8 RGB with libavfilter's own ``scale`` and ``crop``.
 
-    The graph ``scale=w:h:flags=bicubic,crop=S:S:x:y,format=rgb24`` is the official script's
-    filter chain minus ``fps`` (the selection is done before): libswscale converts YUV→RGB and
-    resizes in one pass, so the frames equal ffmpeg's bit for bit (PyAV's ``reformat`` takes
-    another libswscale path that differs by a few levels). Built on the first frame, rebuilt
-    if the frame size or pixel format changes mid-stream.
+    The graph ``[autorotate,]scale=w:h:flags=bicubic,crop=S:S:x:y,format=rgb24`` is the official
+    script's filter chain minus ``fps`` (the selection is done before), with the ffmpeg CLI's
+    autorotation (:class:`Orientation`) in front: libswscale converts YUV→RGB and resizes in
+    one pass, so the frames equal ffmpeg's bit for bit (PyAV's ``reformat`` takes another
+    libswscale path that differs by a few levels). Built on the first frame, rebuilt if the
+    frame size, pixel format or display matrix changes mid-stream. ``orientation``: the last
+    frame's.
     """
 
     def __init__(self, size: int | None, crop: bool, interpolation: str, threads: int = 1):
@@ -267,32 +395,48 @@ class _Converter:
         self.interpolation = interpolation.lower()
         self.key = None
         self.src = self.sink = None
+        self.orientation = _UPRIGHT
 
-    def _build(self, frame):
-        w, h = official_scale_size(frame.width, frame.height, self.size) if self.size else (frame.width, frame.height)
-        graph = av.filter.Graph()
-        if self.threads:
-            graph.threads = self.threads
-        nodes = [graph.add_buffer(width=frame.width, height=frame.height, format=frame.format.name,
-                                  time_base=frame.time_base or Fraction(1, 90000))]
-        if (w, h) != (frame.width, frame.height):
-            nodes.append(graph.add("scale", f"w={w}:h={h}:flags={self.interpolation}"))
+    def _build(self, frame, orientation: Orientation):
+        fw, fh = orientation.size(frame.width, frame.height)  # the upright frame's size
+        w, h = official_scale_size(fw, fh, self.size) if self.size else (fw, fh)
+        filters = list(orientation.filters)
+        if (w, h) != (fw, fh):
+            filters.append(("scale", f"w={w}:h={h}:flags={self.interpolation}"))
         if self.size and self.crop:
-            nodes.append(graph.add("crop", f"{self.size}:{self.size}:{int((w - self.size) / 2)}:"
-                                           f"{int((h - self.size) / 2)}"))
-        nodes.append(graph.add("format", "rgb24"))
-        nodes.append(graph.add("buffersink"))
-        for a, b in zip(nodes, nodes[1:]):
-            a.link_to(b)
-        graph.configure()
-        self.graph, self.src, self.sink = graph, nodes[0], nodes[-1]
-        self.key = (frame.width, frame.height, frame.format.name)
+            filters.append(("crop", f"{self.size}:{self.size}:{int((w - self.size) / 2)}:{int((h - self.size) / 2)}"))
+        filters.append(("format", "rgb24"))
+        self.graph, self.src, self.sink = _graph(frame, filters, self.threads)
+        self.key = (frame.width, frame.height, frame.format.name, orientation)
 
     def __call__(self, frame) -> np.ndarray:
-        if self.key != (frame.width, frame.height, frame.format.name):
-            self._build(frame)
+        self.orientation = frame_orientation(frame)
+        if self.key != (frame.width, frame.height, frame.format.name, self.orientation):
+            self._build(frame, self.orientation)
         self.src.push(frame)
         return np.ascontiguousarray(self.sink.pull().to_ndarray(format="rgb24"))
+
+
+class _Upright:
+    """Wraps a caller's converter (``resize="hf"``): it gets each frame turned upright the way
+    :class:`_Converter` turns it (the same libavfilter filters, before any resizing, in the
+    decoded pixel format), so both resize modes see the picture ffmpeg shows."""
+
+    def __init__(self, converter, threads: int = 1):
+        self.converter, self.threads = converter, threads
+        self.key = None
+        self.orientation = _UPRIGHT
+
+    def __call__(self, frame) -> np.ndarray:
+        self.orientation = frame_orientation(frame)
+        if self.orientation.filters:
+            key = (frame.width, frame.height, frame.format.name, self.orientation)
+            if self.key != key:
+                self.graph, self.src, self.sink = _graph(frame, self.orientation.filters, self.threads)
+                self.key = key
+            self.src.push(frame)
+            frame = self.sink.pull()
+        return self.converter(frame)
 
 
 def sample_video(
@@ -378,8 +522,12 @@ class VideoClips:
             offset = -_round_near_inf(Fraction(start_us, 1_000_000) / time_base)
             guessed = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
             default_duration = max(1, _round_near_inf(1 / (Fraction(guessed) * time_base)))
+            declared_seconds = declared_duration(container, stream)
             rule = _Rule(time_base, rate, self.sample_times)
-            convert = self.converter or _Converter(self.size, self.crop, self.interpolation, self.threads)
+            if self.converter is not None:
+                convert = _Upright(self.converter, self.threads)
+            else:
+                convert = _Converter(self.size, self.crop, self.interpolation, self.threads)
             decode = _decode_skipping if mode == "skip" else _decode_all
             clips = decode(container, stream, rule, convert, offset, default_duration)
 
@@ -406,6 +554,11 @@ class VideoClips:
         declared = stream.frames or 0
         if declared and packets < declared - max(2, declared // 100):
             raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
+        if end_pts is not None and declared_seconds is not None:
+            end = float(end_pts * time_base)
+            if end < declared_seconds - max(TRUNCATION_SECONDS, TRUNCATION_FRACTION * declared_seconds):
+                raise DecodeError(path, f"truncated or damaged: frames end at {end:.1f} s of the {declared_seconds:.1f} s "
+                                        "its header declares")
         if not total:
             if packets == 0:
                 raise DecodeError(path, "no video frames in the file")
@@ -416,7 +569,14 @@ class VideoClips:
             raise DecodeError(path, "no decodable video frames")
         notes = []
         if num_clips is not None and total != num_clips:
-            notes.append(f"clip count {total} forced to {num_clips}")
+            at = f" at {float(rate):.4g} fps" if rate is not None else ""
+            if abs(total - num_clips) > NUM_CLIPS_TOLERANCE:
+                raise DecodeError(path, f"does not match its annotation: {total} clips decodable{at} "
+                                        f"({float(end_pts * time_base):.1f} s), {num_clips} annotated (more than "
+                                        f"{NUM_CLIPS_TOLERANCE} apart: another version of the video, or the annotation's "
+                                        "frames/fps are not this file's)")
+            notes.append(f"clip count {total}{at} {'cut' if total > num_clips else 'padded with the last frame'} "
+                         f"to the {num_clips} annotated")
             for i in range(num_clips - total):  # too few: the last frame is repeated
                 clip_times.append(clip_time(last[0] + i + 1))
                 frame_times.append(float(last[2] * time_base))
@@ -433,6 +593,7 @@ class VideoClips:
             height=cc.height,
             decoded_frames=decoded,
             notes=notes,
+            orientation=convert.orientation,
         )
 
 
@@ -626,11 +787,27 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
     return end_pts, packets, stats["decoded"]
 
 
-def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDEO_EXTENSIONS) -> Iterator[str]:
-    """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive).
+def is_video_file(path: str | os.PathLike) -> bool:
+    """Whether PyAV opens ``path`` (a regular, non-empty file) and finds a video stream in it:
+    how a file without a video extension is recognised (it reads only the container header).
+    Still images (a thumbnail ``vid.jpg`` beside ``vid.MOD``) are not videos."""
+    path = os.fspath(path)
+    try:
+        if not os.path.isfile(path) or os.path.getsize(path) == 0:
+            return False
+        with av.open(path, metadata_errors="ignore") as container:
+            name = container.format.name
+            return bool(container.streams.video) and name != "image2" and not name.endswith("_pipe")
+    except Exception:  # not a format FFmpeg knows, unreadable, ...: not a video
+        return False
+
+
+def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] | None = VIDEO_EXTENSIONS) -> Iterator[str]:
+    """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive;
+    ``extensions=None``: every file).
 
     Symlinked folders are followed (a link back to a folder already walked is skipped)."""
-    exts = {e.lower() for e in extensions}
+    exts = None if extensions is None else {e.lower() for e in extensions}
     seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked
     for root, dirs, files in os.walk(folder, followlinks=True):
         st = os.stat(root)
@@ -640,7 +817,7 @@ def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] = VIDE
         seen.add((st.st_dev, st.st_ino))
         dirs.sort()
         for name in sorted(files):
-            if os.path.splitext(name)[1].lower() in exts:
+            if exts is None or os.path.splitext(name)[1].lower() in exts:
                 yield os.path.join(root, name)
 
 
@@ -743,7 +920,10 @@ def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Seq
         "size": [sv.width, sv.height],
         "sample_times": [round(float(t), 6) for t in sv.frame_times],
         "clip_start": round(float(sv.clip_times[0]), 6),
+        "rotation": sv.orientation.rotation,  # degrees clockwise, turned upright before scaling (as ffmpeg)
     }
+    if sv.orientation.filters:
+        attrs["autorotate"] = sv.orientation.describe()
     if sv.notes:
         attrs["notes"] = "; ".join(sv.notes)
     yield "done", DecodeResult(video_id, path, None, attrs, None, spent, sv.decoded_frames)

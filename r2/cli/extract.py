@@ -8,6 +8,7 @@ This module turns the command line (folders, list files, annotation files) into 
 
 from __future__ import annotations
 
+import os
 import shlex
 from pathlib import Path
 
@@ -22,10 +23,21 @@ class InputError(Exception):
     user_error = True
 
 
-def _video_files(folder: Path) -> list[Path]:
-    from r2.extract.video import iter_video_files
+def _video_files(folder: Path, every_file: bool = False) -> list[Path]:
+    from r2.extract.video import VIDEO_EXTENSIONS, iter_video_files
 
-    return [Path(p) for p in iter_video_files(folder)]
+    return [Path(p) for p in iter_video_files(folder, None if every_file else VIDEO_EXTENSIONS)]
+
+
+def _pick_video(candidates: list[Path]) -> Path | None:
+    """The file to use among those with a video's name: the first with a video extension, else
+    the first PyAV opens as a video (a camcorder's ``.MOD``, a file without extension, ...)."""
+    from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
+
+    listed = [f for f in candidates if f.suffix.lower() in VIDEO_EXTENSIONS]
+    if listed:
+        return listed[0]
+    return next((f for f in candidates if is_video_file(f)), None)
 
 
 def _video_id(path: Path, folder: Path) -> str:
@@ -36,7 +48,7 @@ def _jobs_from_inputs(inputs: list[Path]):
     """Folders (recursive), video files and list files → VideoJobs keyed by relative path
     without extension (a video file given itself: its name without extension)."""
     from r2.extract.pipeline import VideoJob
-    from r2.extract.video import VIDEO_EXTENSIONS
+    from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
 
     jobs: dict[str, VideoJob] = {}
 
@@ -50,7 +62,8 @@ def _jobs_from_inputs(inputs: list[Path]):
         if inp.is_dir():
             files = _video_files(inp)
             if not files:
-                raise InputError(f"{inp}: no video files (looked for mp4, mkv, webm, avi, mov, ... recursively)")
+                raise InputError(f"{inp}: no video files (looked recursively for {', '.join(VIDEO_EXTENSIONS)}; "
+                                 "name a file of another kind on the command line)")
             for f in files:
                 add(_video_id(f, inp), f)
         elif inp.is_file() and inp.suffix.lower() in VIDEO_EXTENSIONS:
@@ -59,10 +72,12 @@ def _jobs_from_inputs(inputs: list[Path]):
             base = inp.parent
             try:
                 text = inp.read_text(encoding="utf-8")
-            except UnicodeDecodeError:
-                raise InputError(f"{inp}: not a list of video paths (not UTF-8 text) and not a video file by its "
-                                 f"extension ({', '.join(VIDEO_EXTENSIONS)}); give folders, video files, or text "
-                                 "files with one path a line") from None
+            except UnicodeDecodeError:  # binary: a video whatever its extension, if PyAV reads it as one
+                if is_video_file(inp):
+                    add(inp.stem, inp)
+                    continue
+                raise InputError(f"{inp}: not a list of video paths (not UTF-8 text) and not a video file PyAV can "
+                                 "open; give folders, video files, or text files with one path a line") from None
             for lineno, line in enumerate(text.splitlines(), 1):
                 entry = line.strip()
                 if not entry or entry.startswith("#"):
@@ -93,19 +108,22 @@ def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[
                          "frame per annotated segment (its own rate per video), so the clips would not line up "
                          "with the annotation; drop --fps")
     per_video_rate = ds == "youtube"
-    # every video file under the input folders, by relative path and by stem
-    by_rel, by_stem = {}, {}
+    # every file under the input folders, by relative path and by stem, whatever its extension: the
+    # annotation names the video, the file is the one of that name with a video extension, or else
+    # the one of that name PyAV opens as a video
+    by_rel: dict[str, list[Path]] = {}
+    by_stem: dict[str, list[Path]] = {}
     for folder in inputs:
         if not folder.is_dir():
             raise InputError(f"{folder}: with --annotations, inputs are the folders that hold the videos")
-        for f in _video_files(folder):
-            by_rel.setdefault(_video_id(f, folder), f)
+        for f in _video_files(folder, every_file=True):
+            by_rel.setdefault(_video_id(f, folder), []).append(f)
             by_stem.setdefault(f.stem, []).append(f)
     videos, queries, failures, seen_q, missing = {}, [], [], set(), set()
     for s in samples:
         if s.vid not in videos and s.vid not in missing:
             stem = s.video_file_stem
-            path = by_rel.get(stem) or (by_stem.get(Path(stem).name) or [None])[0]
+            path = _pick_video(by_rel.get(stem, [])) or _pick_video(by_stem.get(Path(stem).name, []))
             if path is None:
                 where = ", ".join(str(i) for i in inputs)
                 failures.append(Failure(s.vid, stem, f"no video file named {stem}.* under {where}"))
@@ -216,7 +234,7 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
         raise InputError("this data set samples per video (YouTube: one frame per annotated clip): use its "
                          "annotation file with --annotations, or give --fps")
     line = command_line("extract")
-    command = shlex.join(line) if line else None
+    command = shlex.join(_with_absolute_paths(ctx, line)) if line else None
     on_interrupt(lambda: _kept_in_cache(out))
     summary = extract_features(
         videos, queries, out, model, fps=run_fps, layers=_parse_layers(layers), batch_size=batch_size,
@@ -226,6 +244,49 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     click.echo(summary.format())
     if not summary.ok:
         ctx.exit(1)
+
+
+#: options of ``r2 extract`` whose values are paths; ``--model`` only when it names a local folder
+_PATH_OPTIONS = {"--out", "-o", "--annotations", "-a", "--model", "-m"}
+
+
+def _with_absolute_paths(ctx, line: list[str]) -> list[str]:
+    """``line`` (``["r2", "extract", ...]``, as typed) with its INPUTS, ``--out``,
+    ``--annotations`` and a local ``--model`` folder made absolute: the cache records it and
+    ``r2 cache verify`` prints it as the command that rebuilds a damaged shard, which must work
+    from any directory (a relative ``--model clip`` elsewhere would be taken for a hub id)."""
+    takes_value = set()
+    for param in ctx.command.params:
+        if isinstance(param, click.Option) and not param.is_flag and not param.count:
+            takes_value.update(param.opts)
+
+    def absolute(option: str | None, value: str) -> str:
+        if option in ("--model", "-m") and not os.path.exists(value):
+            return value  # a hub id
+        return os.path.abspath(value) if value else value
+
+    args, out, i, only_positional = line[2:], list(line[:2]), 0, False
+    while i < len(args):
+        arg = args[i]
+        if only_positional or arg == "-" or not arg.startswith("-"):
+            out.append(absolute(None, arg))  # an input
+        elif arg == "--":
+            only_positional = True
+            out.append(arg)
+        elif arg in takes_value:
+            out.append(arg)
+            if i + 1 < len(args):
+                i += 1
+                out.append(absolute(arg, args[i]) if arg in _PATH_OPTIONS else args[i])
+        elif arg.startswith("--") and arg.split("=", 1)[0] in _PATH_OPTIONS and "=" in arg:
+            name, value = arg.split("=", 1)
+            out.append(f"{name}={absolute(name, value)}")
+        elif not arg.startswith("--") and arg[:2] in _PATH_OPTIONS and len(arg) > 2:  # -ocache
+            out.append(arg[:2] + absolute(arg[:2], arg[2:]))
+        else:
+            out.append(arg)  # a flag, or an option with its value attached
+        i += 1
+    return out
 
 
 def _kept_in_cache(out) -> str:

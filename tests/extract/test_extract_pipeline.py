@@ -45,8 +45,12 @@ def write_bad(root: Path):
     (root / "truncated.mp4").write_bytes(data[: len(data) // 2])
     ok.path.unlink()
     S.write_audio_only(root / "no video.mp4")
+    mkv = S.write_segment_video(root / "tmp_ok.mkv", [("red", 5), ("blue", 5)], fps=10, size=(96, 64))
+    data = mkv.path.read_bytes()
+    (root / "cut.mkv").write_bytes(data[: len(data) * 6 // 10])  # header (40 s declared) kept, data cut
+    mkv.path.unlink()
     return {"zero": "empty file", "text": "not a readable video", "truncated": "not a readable video",
-            "no video": "no video stream"}
+            "no video": "no video stream", "cut": "truncated or damaged: frames end at"}
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +133,8 @@ def test_bad_inputs_reported_others_extracted_rerun_retries_only_failed(videos, 
     result = runner.invoke(main, args)
     assert result.exit_code == 1 and "1 extracted" in result.output and f"{len(GOOD)} already cached" in result.output
     assert len((out / "failures.jsonl").read_text().splitlines()) == len(reasons) - 1
-    for name in ("text", "truncated", "no video"):  # remove the rest: a clean run, exit 0
-        next(root.glob(name + ".mp4")).unlink()
+    for name in ("text", "truncated", "no video", "cut"):  # remove the rest: a clean run, exit 0
+        next(root.glob(name + ".m[pk][4v]")).unlink()
     result = runner.invoke(main, args)
     assert result.exit_code == 0, result.output
     assert not (out / "failures.jsonl").exists()
@@ -201,6 +205,31 @@ def test_cli_annotations_custom_jsonl_and_youtube_auto(videos, tiny_clip, tmp_pa
     assert cache.query_attrs("red_blue")["text"] == "a red and blue video"
 
 
+def test_cli_youtube_video_that_does_not_match_its_annotation_fails_and_a_rounding_difference_is_shown(
+        videos, tiny_clip, tmp_path):
+    """red_blue is 5 s at 10 fps (50 frames). An annotation whose frames say 500 asks for 9 clips at
+    0.18 fps, where the file gives 1: a failure (exit 1), not 1 frame + 8 copies. frames 56: 8 clips
+    for 9 annotated, the rounding: extracted (padded), and the summary says so."""
+    root, _ = videos
+    clip = [[5.0 * i, 5.0 * i + 10.0] for i in range(9)]
+    info = ["dog", None, [], 1, "u", "a title", "", None]
+    yt = {"red_blue": {"fps": 10.0, "frames": "500", "domain": "dog", "info": info, "clip": clip, "match": [1] * 9},
+          "moving": {"fps": 15.0, "frames": "100", "domain": "dog", "info": info, "clip": clip, "match": [1] * 9}}
+    ann = tmp_path / "youtube_anno.json"
+    ann.write_text(json.dumps(yt))
+    out = tmp_path / "c"
+    result = CliRunner().invoke(main, ["extract", str(root), "-a", str(ann), "-d", "youtube", "--out", str(out),
+                                       "--model", str(tiny_clip.info.path), "-j", "0", "--no-progress"])
+    assert result.exit_code == 1, result.output
+    (line,) = [json.loads(x) for x in (out / "failures.jsonl").read_text().splitlines()]
+    assert line["video_id"] == "red_blue"
+    assert line["reason"].startswith("does not match its annotation: 1 clips decodable at 0.18 fps (5.0 s), 9 annotated")
+    # moving: 6 s at 15 fps = 90 frames, the annotation says 100: 9 * 15 / 100 = 1.35 fps -> round(8.1) = 8 clips
+    assert FeatureCache.open(out).load_video("moving").shape[0] == 9
+    assert "notes  : 1 video(s)" in result.output
+    assert "moving.mp4: clip count 8 at 1.35 fps padded with the last frame to the 9 annotated" in result.output
+
+
 def test_a_query_id_with_another_sentence_is_refused_not_skipped(videos, tiny_clip, tmp_path):
     """Two annotation files that both number their queries from 0: the second one's query 0
     is not "already cached" (its features would be the first one's sentence's)."""
@@ -228,6 +257,29 @@ def test_a_query_id_with_another_sentence_is_refused_not_skipped(videos, tiny_cl
     cache = FeatureCache.open(out)
     assert cache.query_attrs("1")["text"] == "red"
     np.testing.assert_array_equal(cache.load_query("1")[0], before)
+
+
+def test_the_hf_resize_is_recorded_and_a_cache_of_the_earlier_one_is_not_resumed(videos, tiny_clip, tmp_path):
+    """resize="hf" now reproduces Pillow exactly (each pass rounded to uint8): its manifest says
+    so, and a cache written by the earlier single-rounding resize ("bicubic") is not continued
+    with frames of the other recipe."""
+    from r2.cache import CacheError
+    from r2.extract.preprocess import PIL_BICUBIC
+
+    root, jobs = videos
+    out = tmp_path / "c"
+    extract_features(jobs[:1], [], out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False, resize="hf")
+    manifest_path = out / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["preprocessing"]["resize"] == "hf" and manifest["preprocessing"]["interpolation"] == PIL_BICUBIC
+    assert FeatureCache.open(tmp_path / "c").manifest["preprocessing"]["interpolation"] == PIL_BICUBIC
+    default = tmp_path / "d"
+    extract_features(jobs[:1], [], default, None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
+    assert json.loads((default / "manifest.json").read_text())["preprocessing"]["interpolation"] == "bicubic"
+    manifest["preprocessing"]["interpolation"] = "bicubic"  # as the earlier hf resize recorded it
+    manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(CacheError, match="preprocessing"):
+        extract_features(jobs[1:2], [], out, None, fps=0.5, workers=0, clip=tiny_clip, progress=False, resize="hf")
 
 
 def test_incompatible_cache_is_refused(videos, tiny_clip, tmp_path):
@@ -472,6 +524,73 @@ def test_cli_single_video_file_and_binary_list_file(videos, tiny_clip, tmp_path)
     result = CliRunner().invoke(main, ["extract", str(junk), "--out", str(tmp_path / "c2"), "--model", model])
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert f"{junk}: not a list of video paths (not UTF-8 text)" in result.output
+
+
+def test_cli_camcorder_and_other_containers_pyav_reads_are_videos(tiny_clip, tmp_path):
+    """AVCHD .MTS/.m2ts (MPEG-TS) are collected from a folder; with --annotations a file whose
+    stem is the vid counts whatever its extension if PyAV opens it as a video (not the still
+    thumbnail beside it); a binary file named on the command line is a video, not a list."""
+    src = tmp_path / "src"
+    ts = S.write_segment_video(src / "a.ts", [("red", 2.0)], fps=10, size=(64, 48)).path.read_bytes()
+    mp4 = S.write_segment_video(src / "b.mp4", [("blue", 3.0)], fps=10, size=(64, 48)).path.read_bytes()
+    root = tmp_path / "cam"
+    root.mkdir()
+    (root / "cam01.MTS").write_bytes(ts)
+    (root / "cam02.m2ts").write_bytes(ts)
+    (root / "cam03.bin").write_bytes(mp4)  # no video extension
+    (root / "cam03.jpg").write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 100)  # a thumbnail of the same name: not it
+    model = str(tiny_clip.info.path)
+    base = ["--model", model, "-j", "0", "--no-progress", "--fps", "1"]
+    result = CliRunner().invoke(main, ["extract", str(root), "--out", str(tmp_path / "c1")] + base)
+    assert result.exit_code == 0, result.output
+    assert sorted(FeatureCache.open(tmp_path / "c1").video_ids()) == ["cam01", "cam02"]
+    ann = tmp_path / "a.jsonl"
+    ann.write_text("".join(json.dumps({"qid": i, "vid": vid, "query": "q", "duration": 2.0, "relevant_windows": [[0, 1]]})
+                           + "\n" for i, vid in enumerate(["cam01", "cam03"])))
+    result = CliRunner().invoke(main, ["extract", str(root), "-a", str(ann), "--out", str(tmp_path / "c2")] + base)
+    assert result.exit_code == 0, result.output
+    cache = FeatureCache.open(tmp_path / "c2")
+    assert sorted(cache.video_ids()) == ["cam01", "cam03"] and cache.load_video("cam03").shape[0] == 3
+    assert cache.video_attrs("cam03")["source"] == str(root / "cam03.bin")
+    result = CliRunner().invoke(main, ["extract", str(root / "cam03.bin"), str(root / "cam01.MTS"),
+                                       "--out", str(tmp_path / "c3")] + base)
+    assert result.exit_code == 0, result.output
+    assert sorted(FeatureCache.open(tmp_path / "c3").video_ids()) == ["cam01", "cam03"]
+
+
+def test_the_recorded_extract_command_and_verify_rebuild_advice_work_from_any_directory(
+        videos, tiny_clip_dir, tmp_path, monkeypatch):
+    """A relative command line (inputs, --out, a local --model folder) is recorded with absolute
+    paths, so the rebuild command `r2 cache verify` prints for a damaged shard runs elsewhere."""
+    import shlex
+    import sys
+
+    work = tmp_path / "work"
+    (work / "in").mkdir(parents=True)
+    shutil.copy(videos[0] / "red_blue.mp4", work / "in")
+    shutil.copy(videos[0] / "moving.mp4", work / "in")
+    (work / "clip").symlink_to(tiny_clip_dir, target_is_directory=True)
+    argv = ["r2", "extract", "in", "-o", "c", "--model", "clip", "-j", "0", "--no-progress", "--max-shard-items", "1"]
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(sys, "argv", argv)  # as a shell starts it (CliRunner alone records no command)
+    result = CliRunner().invoke(main, argv[1:])
+    assert result.exit_code == 0, result.output
+    recorded = FeatureCache.open(work / "c").manifest["command"]
+    assert recorded == shlex.join(["r2", "extract", str(work / "in"), "-o", str(work / "c"), "--model",
+                                   str(work / "clip")] + argv[7:])
+    shard = sorted((work / "c" / "shards").glob("videos-*.h5"))[0]
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    advice = verify(work / "c").rebuild_advice().splitlines()
+    assert advice[1].strip() == f"rm {shard}" and advice[-1].strip() == recorded
+    shard.unlink()
+    rerun = shlex.split(advice[-1])
+    monkeypatch.setattr(sys, "argv", rerun)
+    result = CliRunner().invoke(main, rerun[1:])
+    assert result.exit_code == 0 and "1 extracted, 1 already cached" in result.output, result.output
+    assert verify(work / "c").ok and not (elsewhere / "c").exists()
 
 
 def test_cli_youtube_annotations_refuse_a_fixed_fps(videos, tiny_clip, tmp_path):

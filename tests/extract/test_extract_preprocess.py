@@ -19,29 +19,43 @@ def _reference_processor():
     return Proc()
 
 
-def _frames(path, count=5, step=8):
+def _frames(path, count=None):
+    """The first ``count`` frames (None: every frame; a float resize's largest gaps were on a few
+    frames of the upscaled carphone clips only)."""
     with av.open(str(path)) as c:
-        frames = [f.to_ndarray(format="rgb24") for f, _ in zip(c.decode(video=0), range(count * step))]
-    return np.stack(frames[::step])
+        return np.stack([f.to_ndarray(format="rgb24") for f, _ in zip(c.decode(video=0), range(count or 10**9))])
 
 
 def test_torch_preprocessing_equals_clip_image_processor(sample_videos):
+    """Pillow's resize reproduced in integers: the uint8 frames equal CLIPImageProcessor's (PIL
+    backend) on every frame of the 176x144 clips (upscaled) and the first 8 of the larger ones
+    (720p, 640x272: downscaled); what is left is float rounding in the normalisation."""
     proc = _reference_processor()
     std = np.array(P.CLIP_STD).reshape(1, 3, 1, 1)
     mean = np.array(P.CLIP_MEAN).reshape(1, 3, 1, 1)
-    worst = 0.0
     for path in sample_videos:
-        rgb = _frames(path)
-        ref = proc(list(rgb), return_tensors="np")["pixel_values"]
+        rgb = _frames(path, None if path.name.startswith("carphone") else 8)
+        ref = np.concatenate([proc(list(rgb[i:i + 64]), return_tensors="np")["pixel_values"]
+                              for i in range(0, len(rgb), 64)])
         ours = P.preprocess(rgb).numpy()
         assert ours.shape == ref.shape == (len(rgb), 3, 224, 224)
-        diff = np.abs(ours - ref)
         levels = np.abs(np.round((ours * std + mean) * 255) - np.round((ref * std + mean) * 255))
-        assert diff.max() <= 0.08, (path.name, diff.max())
-        assert diff.mean() <= 3e-3, (path.name, diff.mean())
-        assert (levels <= 1).mean() >= 0.999, (path.name, (levels <= 1).mean())
-        worst = max(worst, float(diff.max()))
-    assert worst > 0  # the comparison really ran on different implementations
+        assert levels.max() == 0, (path.name, levels.max(), (levels > 0).mean())
+        assert np.abs(ours - ref).max() <= 1e-5, (path.name, np.abs(ours - ref).max())
+
+
+def test_resize_equals_pillow_on_odd_sizes():
+    """Up, down, extreme aspect ratios, 1-pixel rows: Pillow's own Image.resize, bit for bit."""
+    Image = pytest.importorskip("PIL.Image")
+    rng = np.random.default_rng(0)
+    for h, w in [(57, 101), (225, 225), (1, 223), (50, 1000), (160, 90), (500, 333), (720, 1280)]:
+        rgb = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        ours = P.resize_crop(rgb[None], 224, None)[0].numpy()
+        ref = np.asarray(Image.fromarray(rgb).resize((ours.shape[1], ours.shape[0]), Image.BICUBIC))
+        assert np.array_equal(ours, ref), (h, w)
+        crop = P.resize_crop(rgb[None], 224, 224)[0].numpy()  # the crop computes only what it keeps
+        top, left = (ours.shape[0] - 224) // 2, (ours.shape[1] - 224) // 2
+        assert np.array_equal(crop, ours[top:top + 224, left:left + 224]), (h, w)
 
 
 def test_resize_geometry_matches_hf_rules():

@@ -17,13 +17,16 @@ from r2.extract import synthetic as S
 from r2.extract import video as V
 
 
-def libavfilter_frames(path, fps, size=224):
-    """Official pipeline: every decoded frame through ffmpeg's fps -> scale -> crop -> rgb24."""
+def libavfilter_frames(path, fps, size=224, transpose=None):
+    """Official pipeline: every decoded frame through ffmpeg's fps -> scale -> crop -> rgb24
+    (``transpose``: the filter the ffmpeg CLI puts first to autorotate a 90-degree video)."""
     with av.open(str(path)) as c:
         s = c.streams.video[0]
-        w, h = V.official_scale_size(s.codec_context.width, s.codec_context.height, size)
+        cw, ch = s.codec_context.width, s.codec_context.height
+        w, h = V.official_scale_size(*((ch, cw) if transpose else (cw, ch)), size)
         g = av.filter.Graph()
-        chain = [g.add_buffer(template=s), g.add("fps", f"fps={fps}"), g.add("scale", f"w={w}:h={h}:flags=bicubic"),
+        chain = [g.add_buffer(template=s)] + ([g.add("transpose", transpose)] if transpose else [])
+        chain += [g.add("fps", f"fps={fps}"), g.add("scale", f"w={w}:h={h}:flags=bicubic"),
                  g.add("crop", f"{size}:{size}:{int((w - size) / 2)}:{int((h - size) / 2)}"),
                  g.add("format", "rgb24"), g.add("buffersink")]
         for a, b in zip(chain, chain[1:]):
@@ -128,6 +131,22 @@ def test_per_video_rate_and_forced_clip_count(tmp_path):
     assert sv.num_clips == 15
 
 
+def test_a_clip_count_beyond_the_rounding_is_a_video_that_does_not_match_its_annotation(tmp_path):
+    """num_clips (YouTube 'auto') 30 for a video that gives 3 clips at its rate: not 3 real frames
+    and 27 copies of the last one, but a failure; 2 apart is beyond the rounding too."""
+    v = S.write_segment_video(tmp_path / "yt.mp4", [("red", 5), ("blue", 5)], fps=30, size=(96, 64))
+    r = V.decode_job("yt", str(v.path), 0.3, num_clips=30)
+    assert r.frames is None
+    assert r.error.startswith("does not match its annotation: 3 clips decodable at 0.3 fps (10.0 s), 30 annotated")
+    info = S.write_index_video(tmp_path / "i.mp4", 100, fps=25)  # 4 s: 16 clips at 4 fps
+    for n in (14, 18):
+        with pytest.raises(V.DecodeError, match="16 clips decodable at 4 fps .*, %d annotated" % n):
+            V.sample_video(info.path, 4.0, num_clips=n)
+    r = V.decode_job("i", str(info.path), 4.0, num_clips=17)  # the rounding: padded, and said so
+    assert r.error is None and r.frames.shape[0] == 17
+    assert r.attrs["notes"] == "clip count 16 at 4 fps padded with the last frame to the 17 annotated"
+
+
 def test_explicit_sample_times(tmp_path):
     info = S.write_index_video(tmp_path / "t.mp4", 50, fps=10, bframes=3)
     sv = V.sample_video(info.path, None, sample_times=[0.0, 0.05, 1.0, 2.34, 4.95, 9.0])
@@ -140,6 +159,66 @@ def test_real_video_equals_official_pipeline_bit_for_bit(sample_videos):
     sv = V.sample_video(bikes, 0.5)
     assert sv.num_clips == len(ref) == 5
     assert all(np.array_equal(a, b) for a, b in zip(sv.frames, ref))
+
+
+# --- rotation (display matrix) --------------------------------------------------------------
+QUADRANTS = {"red": (255, 0, 0), "blue": (0, 0, 255), "green": (0, 255, 0), "white": (255, 255, 255)}
+
+
+def _write_rotated(path, degrees, hflip=False, frames=20):
+    """A phone-style video: coded 160x96 landscape with four coloured quadrants (red | blue over
+    green | white) and a display matrix (``degrees`` counter-clockwise, as PyAV and ffprobe say)."""
+    w, h = 160, 96
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 2, : w // 2], img[: h // 2, w // 2:] = QUADRANTS["red"], QUADRANTS["blue"]
+    img[h // 2:, : w // 2], img[h // 2:, w // 2:] = QUADRANTS["green"], QUADRANTS["white"]
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+        s.set_display_rotation(degrees, hflip=hflip)
+        for k in range(frames):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = k
+            for p in s.encode(f):
+                c.mux(p)
+        for p in s.encode(None):
+            c.mux(p)
+    return path
+
+
+def _corners(frame):
+    """Colour names at the four corners (top-left, top-right, bottom-left, bottom-right)."""
+    def name(patch):
+        rgb = patch.reshape(-1, 3).mean(0)
+        return min(QUADRANTS, key=lambda k: np.abs(rgb - QUADRANTS[k]).sum())
+    h, w, e = frame.shape[0], frame.shape[1], 12
+    return tuple(name(frame[y:y + e, x:x + e]) for y, x in ((0, 0), (0, w - e), (h - e, 0), (h - e, w - e)))
+
+
+@pytest.mark.parametrize("degrees,hflip,corners,filters", [
+    (-90, False, ("green", "red", "white", "blue"), "transpose=clock"),  # "rotate 90": a portrait phone video
+    (90, False, ("blue", "white", "red", "green"), "transpose=cclock"),
+    (180, False, ("white", "green", "blue", "red"), "hflip,vflip"),
+    (0, True, ("blue", "red", "white", "green"), "hflip"),  # a mirrored front camera
+])
+def test_rotation_metadata_is_applied_as_ffmpeg_autorotates(tmp_path, degrees, hflip, corners, filters):
+    """The ffmpeg CLI (the official extraction) turns frames upright from the display matrix
+    before scaling: both resize modes do, sizing from the upright frame (a 160x96 portrait is
+    96 wide: scale 224x373, crop the middle rows), and the video attrs say what was applied."""
+    path = _write_rotated(tmp_path / "r.mp4", degrees, hflip)
+    for resize in ("ffmpeg", "hf"):
+        r = V.decode_job("r", str(path), 0.5, resize=resize)
+        assert r.error is None and r.frames.shape == (1, 224, 224, 3)
+        assert _corners(r.frames[0]) == corners, resize
+        assert r.attrs["autorotate"] == filters and r.attrs["rotation"] == {-90: 90, 90: 270}.get(degrees, 180)
+        assert r.attrs["size"] == [160, 96]  # the coded size
+    upright = V.sample_video(path, 0.5, size=None).frames[0]
+    assert upright.shape == ((160, 96, 3) if degrees % 180 else (96, 160, 3))
+    if filters.startswith("transpose"):  # bit for bit the ffmpeg CLI's chain: transpose, fps, scale, crop
+        ref = libavfilter_frames(path, 0.5, transpose=filters.split("=")[1])
+        assert np.array_equal(V.sample_video(path, 0.5).frames[0], ref[0])
+    plain = V.decode_job("p", str(S.write_segment_video(tmp_path / "p.mp4", [("red", 2)], fps=10).path), 0.5)
+    assert plain.attrs["rotation"] == 0 and "autorotate" not in plain.attrs
 
 
 # --- bad inputs --------------------------------------------------------------------------
@@ -175,6 +254,22 @@ def test_bad_inputs_give_path_and_reason(tmp_path):
     r = V.decode_job("odd", str(odd.path), 1.0)
     assert r.error is None and r.frames.shape == (2, 224, 224, 3)
     assert r.attrs["source"].endswith("vidéo ünïcode 名前.mkv")
+
+
+@pytest.mark.parametrize("name,codec", [("cut.mkv", "libx264"), ("cut.webm", "libvpx-vp9")])
+def test_a_truncated_matroska_file_is_refused_not_stored_shorter(tmp_path, name, codec):
+    """Matroska/WebM declare no frame count, but their header keeps the full duration: a file cut
+    at 60 % (an interrupted download) decodes to about half of it, which is a failure, not a
+    shorter video."""
+    full = S.write_segment_video(tmp_path / ("full" + name[3:]), [("red", 10), ("blue", 10)], fps=10, size=(96, 64),
+                                 codec=codec)
+    data = full.path.read_bytes()
+    (tmp_path / name).write_bytes(data[: len(data) * 6 // 10])
+    r = V.decode_job("cut", str(tmp_path / name), 0.5)
+    assert r.frames is None and r.error is not None, r.attrs
+    assert r.error.startswith("truncated or damaged: frames end at ") and "of the 20.0 s its header declares" in r.error
+    ok = V.decode_job("full", str(full.path), 0.5)
+    assert ok.error is None and ok.frames.shape[0] == 10
 
 
 def test_iter_video_files_is_recursive_and_sorted(tmp_path):
