@@ -304,6 +304,29 @@ def _preset_differences(saved: dict, current: Preset) -> list[str]:
     return out
 
 
+def _given_now(options: FitOptions, key: str) -> bool:
+    """Whether this command sets preset field ``key`` itself (an option, --set or --config)."""
+    shortcut = {"epochs": options.epochs, "num_workers": options.workers}.get(key)
+    if shortcut is not None or key in (options.overrides or {}):
+        return True
+    if options.config_file is not None:
+        from .presets import load_overrides
+
+        return key in load_overrides(options.config_file)
+    return False
+
+
+def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log) -> Preset:
+    """On --resume, the fields that may change (``RESUMABLE_CHANGES``) keep the run's values
+    unless this command sets them: a plain ``--resume`` of an ``--epochs 8`` run ends after
+    epoch 8, not after the preset's 30; with ``--epochs 40`` it is extended, and says so."""
+    keep = {k: saved[k] for k in RESUMABLE_CHANGES
+            if k in saved and not _given_now(options, k) and saved[k] != getattr(preset, k)}
+    if "epochs" in saved and _given_now(options, "epochs") and saved["epochs"] != preset.epochs:
+        log(f"--epochs {preset.epochs}: the run had {saved['epochs']} epochs")
+    return preset.override(keep) if keep else preset
+
+
 def _param_checksum(model: torch.nn.Module) -> float:
     with torch.no_grad():
         return float(sum(p.detach().double().sum().item() for p in model.parameters()))
@@ -367,6 +390,7 @@ class _Trainer:
                 self.log(f"--resume: {self.run_dir} has no checkpoint yet; starting a new run")
             else:
                 path, state, trainer = loaded
+                preset = _keep_the_runs_own(preset, state.get("preset", {}), o, self.log)
                 diffs = _preset_differences(state.get("preset", {}), preset)
                 if diffs:
                     raise FitError(f"--resume {self.run_dir}: the settings differ from the run's "

@@ -39,8 +39,9 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path),
               help="JSON (or YAML) file of preset overrides, applied before --set.")
 @click.option("--resume", is_flag=True,
-              help="Continue RUN_DIR from its last checkpoint (after a kill or to add epochs); the "
-                   "result is the same as an uninterrupted run.")
+              help="Continue RUN_DIR from its last checkpoint (after a kill, or with a larger --epochs "
+                   "to add epochs; without --epochs it keeps the run's own); the result is the same "
+                   "as an uninterrupted run.")
 @click.option("--init", "init", type=click.Path(file_okay=False, path_type=Path),
               help="Start from the weights of this run directory (e.g. a converted official "
                    "checkpoint); its feature spec must match the cache.")

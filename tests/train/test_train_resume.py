@@ -142,6 +142,7 @@ def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_printed_command_resumes(dat
 
 def test_resume_adds_epochs_and_refuses_changed_settings(data, tmp_path):
     from r2.train import fit
+    from r2.train.presets import get_preset
     from r2.train.loop import FitError
 
     common = dict(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file,
@@ -155,9 +156,19 @@ def test_resume_adds_epochs_and_refuses_changed_settings(data, tmp_path):
         assert result.resumed_from == 1 and result.last_epoch == 2
         _assert_same_weights(tmp_path / "a" / "checkpoints" / "last" / "model.safetensors",
                              tmp_path / "b" / "checkpoints" / "last" / "model.safetensors")
-        # a finished run resumed again trains nothing and keeps its history
+        # a finished run resumed again trains nothing and keeps its history; without --epochs
+        # it keeps the run's own 2, not the preset's
         again = fit(run_dir=tmp_path / "b", epochs=2, resume=True, **common)
         assert [h["epoch"] for h in again.history] == [1, 2]
+        assert get_preset("custom", overrides=TINY_OVERRIDES).epochs != 2
+        messages = []
+        again = fit(run_dir=tmp_path / "b", resume=True, **{**common, "log": messages.append})
+        assert [h["epoch"] for h in again.history] == [1, 2] and again.epochs == 2
+        assert not any("the run had" in m for m in messages)
+        fit(run_dir=tmp_path / "c", epochs=1, **common)  # interrupted after 1 of 2: a plain --resume
+        fit(run_dir=tmp_path / "c", epochs=2, resume=True, **common)  # finishes epoch 2 ...
+        extended = fit(run_dir=tmp_path / "c", epochs=3, resume=True, **{**common, "log": messages.append})
+        assert extended.last_epoch == 3 and "--epochs 3: the run had 2 epochs" in messages
         # other settings may not change on resume; a run dir is never silently overwritten
         with pytest.raises(FitError, match="lr"):
             fit(run_dir=tmp_path / "b", epochs=3, resume=True,
