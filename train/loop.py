@@ -54,7 +54,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -70,6 +70,9 @@ from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, c
 from .distributed import DistContext, autocast, setup, teardown
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
+
+if TYPE_CHECKING:
+    from r2.evaluate._common import Source
 
 __all__ = ["FitError", "FitOptions", "FitResult", "LRSchedule", "fit", "metric_value"]
 
@@ -219,26 +222,50 @@ def metric_value(metrics: Mapping, key: str) -> float:
                    "pick one with --set main_metric=NAME")
 
 
-def check_main_metric(preset, gt_row: dict) -> None:
-    """Raise :class:`FitError` when ``preset.main_metric`` is not a metric that the data set's
-    evaluation reports, before training rather than after the first evaluated epoch: the
-    metric names come from scoring one made-up prediction for one val query. Where that
-    dry run itself cannot be scored, the check is left to the first evaluation."""
-    from r2.evaluate import EvaluationError, score
+def evaluation_source(samples: Sequence, path) -> "Source":
+    """Where the evaluation's ground-truth rows came from, for the evaluator's messages: the
+    file's own line numbers (from each sample's ``origin``, ``file:line``), else row numbers."""
+    from r2.evaluate._common import Source
 
-    pred: dict = {"qid": gt_row["qid"]}
-    windows = gt_row.get("relevant_windows") or [[0.0, float(gt_row.get("duration") or 1.0)]]
-    pred["pred_relevant_windows"] = [[float(w[0]), float(w[1]), 1.0] for w in windows]
-    if "saliency_scores" in gt_row:
-        clips = max(gt_row.get("relevant_clip_ids") or [0]) + 1
-        pred["pred_saliency_scores"] = [0.0] * clips
+    lines = []
+    for s in samples:
+        number = (s.origin or "").rpartition(":")[2]
+        if not number.isdigit():
+            return Source(str(path), lines=False)
+        lines.append(int(number))
+    return Source(str(path), lines=True, line_numbers=lines)
+
+
+_DRY_RUN = "made-up predictions"
+
+
+def check_evaluation(preset, gt_rows: list[dict], gt_source) -> None:
+    """Before training, not after its first evaluated epoch: score made-up predictions (each
+    query's own windows, flat saliency) against the evaluation split, so that ground truth the
+    evaluator refuses (e.g. saliency on some rows and not others, a misspelt key) fails now,
+    naming its file and line, and ``preset.main_metric`` is checked against the metric names
+    the evaluation reports. Raises :class:`FitError`."""
+    from r2.evaluate import EvaluationError, score
+    from r2.evaluate._common import Source
+
+    preds = []
+    for row in gt_rows:
+        pred: dict = {"qid": row["qid"]}
+        windows = row.get("relevant_windows") or [[0.0, float(row.get("duration") or 1.0)]]
+        pred["pred_relevant_windows"] = [[float(w[0]), float(w[1]), 1.0] for w in windows]
+        if "saliency_scores" in row:
+            pred["pred_saliency_scores"] = [0.0] * (max(row.get("relevant_clip_ids") or [0]) + 1)
+        preds.append(pred)
     options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            metrics = score(preset.name, [pred], [gt_row], **options)
-    except (EvaluationError, ValueError, KeyError):
-        return
+            metrics = score(preset.name, preds, gt_rows, pred_source=Source(_DRY_RUN, lines=False),
+                            gt_source=gt_source, **options)
+    except EvaluationError as exc:
+        if _DRY_RUN in str(exc):  # about the made-up rows, not the data: the epoch's evaluation tells
+            return
+        raise FitError(f"the {preset.eval_split} split cannot be evaluated: {exc}") from None
     metric_value(metrics, preset.main_metric)
 
 
@@ -439,8 +466,10 @@ class _Trainer:
         self.selected_on = preset.eval_split if val_samples_eval else None
 
         # cache
+        self.gt_rows = [s.to_row() for s in val_samples_eval]
+        self.gt_source = evaluation_source(val_samples_eval, val_file)
         if val_samples_eval:
-            check_main_metric(preset, val_samples_eval[0].to_row())  # now, not after an epoch
+            check_evaluation(preset, self.gt_rows, self.gt_source)  # now, not after an epoch
         cache = FeatureCache.open(o.cache)
         self.cache = cache
         check_cache_fps(preset.fps, cache.manifest.get("fps"), cache.path)
@@ -483,7 +512,6 @@ class _Trainer:
         self.val_data = (GroundingDataset(val_samples_eval, cache, self.layers, preset, train=False,
                                           preload=o.preload, log=log)
                          if val_samples_eval else None)
-        self.gt_rows = [s.to_row() for s in val_samples_eval]
         bs = preset.batch_size
         if ctx.distributed:
             if bs % ctx.world_size:
@@ -530,7 +558,7 @@ class _Trainer:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always", EvaluationWarning)
             options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}
-            metrics = score(preset.name, rows, self.gt_rows, **options)
+            metrics = score(preset.name, rows, self.gt_rows, gt_source=self.gt_source, **options)
         for w in caught:
             message = str(w.message)
             if message not in self._seen_warnings:

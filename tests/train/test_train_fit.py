@@ -201,6 +201,29 @@ def test_a_misspelt_main_metric_is_refused_before_the_first_epoch(data, tmp_path
         fit(_opts(data, tmp_path / "run", overrides=overrides, epochs=1), log=lambda m: None)
 
 
+def test_an_evaluation_file_the_evaluator_refuses_fails_before_training_naming_its_line(data, tmp_path,
+                                                                                     monkeypatch):
+    """Saliency on some val rows and not on others (optional in training files, where it is
+    derived from the windows) is refused by the highlight evaluation: before the first epoch
+    now, naming the file's line, not after it as "ground truth, row 1"."""
+    from r2.train import fit, loop
+    from r2.train.loop import FitError
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("an epoch started")
+
+    rows = [json.loads(x) for x in Path(data.val_file).read_text().splitlines()]
+    for r in rows[2:]:
+        del r["relevant_clip_ids"], r["saliency_scores"]
+    val = tmp_path / "val_mixed.jsonl"
+    val.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.setattr(loop, "GroundingDataset", no_training)
+    with pytest.raises(FitError) as err:
+        fit(_opts(data, tmp_path / "run", val=val, epochs=1), log=lambda m: None)
+    assert str(err.value).startswith(f"the val split cannot be evaluated: {val}:3 (qid {rows[2]['qid']}): "
+                                     "missing key 'relevant_clip_ids'"), str(err.value)
+
+
 def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():
     from r2.train.data import FeatureSpecError, check_feature_spec, feature_spec
 
