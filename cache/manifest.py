@@ -40,13 +40,16 @@ fields that say what the features mean are equal (:data:`COMPAT_FIELDS`): ``form
 in folders at other paths, or on other machines, are the same model), ``model_config_hash``, ``layers``, ``query_layers`` (absent = ``layers``),
 ``fps``, ``dtype``, ``preprocessing``, ``precision`` (absent = ``"fp32"``), ``token_form`` and ``sampling`` (absent = absent), and
 the pinned shapes ``tokens_per_frame``, ``video_width`` and ``query_width`` when both
-manifests have them. The other keys (``command``, ...) are informative.
+manifests have them. The other keys (``command``, ...) are informative. Each shard records
+:func:`manifest_fingerprint` of the manifest it was written under (a hash of these fields,
+pinned shapes excepted), which ``verify`` compares with the manifest's.
 """
 
 from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import hashlib
 import json
 import math
 import os
@@ -197,6 +200,35 @@ def differences(existing: dict, requested: dict) -> list[tuple[str, object, obje
         if not same:
             out.append((key, a, b))
     return out
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """``"sha256:<hex>"`` of the fields that say what the features mean, normalised as
+    :func:`differences` compares them: :data:`COMPAT_FIELDS` with absent fields at their
+    :data:`DEFAULTS`, ``query_layers`` defaulting to ``layers``, ``fps`` as a float, and the
+    model named by ``model_weights_hash`` when the manifest has one (else by ``model_id``, so
+    copies of one model at other paths agree). The pinned shapes are left out: they are pinned
+    by the first item, after shards may have started, and ``verify`` checks them on the data.
+
+    Each shard records the fingerprint of the manifest it was written under; ``verify``
+    reports a shard whose fingerprint differs from the current manifest's (an edited
+    ``manifest.json``, or a shard copied in from a cache with other settings)."""
+    fields = {}
+    for key in COMPAT_FIELDS:
+        if key in PINNED_FIELDS:
+            continue
+        fields[key] = manifest.get(key, DEFAULTS.get(key))
+    if fields.get("model_weights_hash"):
+        fields.pop("model_id")
+    else:
+        fields.pop("model_weights_hash")
+    if not fields.get("query_layers"):
+        fields["query_layers"] = fields.get("layers")
+    fps = fields.get("fps")
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool):
+        fields["fps"] = float(fps)
+    text = json.dumps(fields, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 
 def describe_differences(diffs, first="the cache has", second="requested") -> str:

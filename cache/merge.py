@@ -1,7 +1,14 @@
 """``merge``: join caches with compatible manifests into a new one.
 
 Every item is copied as it is stored (HDF5 object copy: no re-encoding, int8 scales and
-checksums kept) into fresh shards of the output. An id present in more than one source (or
+checksums kept) into fresh shards of the output. Before it is copied, each item of each
+source is read whole and checked as ``verify`` checks it (every layer present, dtypes and
+shapes, each dataset against its own crc32 attribute, finite values): a merge reads all of its
+sources, and a damaged source is refused (naming the item and its shard, with ``r2 cache
+verify SRC`` to find the rest) instead of being laundered into output shards whose fresh file
+checksums would hide the damage. So is a source shard written under other manifest settings
+than its cache's ``manifest.json`` (its manifest fingerprint differs). The output's shards
+record the fingerprint of the output's manifest. An id present in more than one source (or
 twice in one) is kept once when its data are byte-identical, and is an error naming the id
 and both places when they differ. Each output shard holds items written by one command
 (the source shard's ``command``, else its cache's), which it records, so ``verify`` can say
@@ -18,20 +25,33 @@ manifests and the duplicate rule.)
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob
 import os
 import secrets
 import shutil
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import CacheError, CacheWarning
 from .locking import create_locked, lock_if_current
-from .manifest import describe_differences, differences, r2_version, utc_now, write_manifest_exclusive
+from .manifest import (describe_differences, differences, manifest_fingerprint, r2_version, utc_now,
+                       write_manifest_exclusive)
 from .reader import FeatureCache
-from .shards import encode_id
+from .shards import FAMILY_WORD, FINGERPRINT_ATTR, SHARDS_DIR, encode_id, get_text_attr, open_h5
+from .verify import _check_item
+
+
+@dataclass
+class _Placed:
+    """Where the copy of an id that went into the output came from."""
+
+    source: Path  # the source cache, as given
+    shard: Path  # its shard file
 
 
 def _same_data(g1, g2) -> bool:
@@ -81,6 +101,100 @@ def _new_locked_dir(path: Path) -> int:
     return create_locked(path, create)
 
 
+@contextlib.contextmanager
+def _open_source(path: Path, source: Path):
+    """A source shard opened read-only for the merge (closed when the block ends)."""
+    try:
+        f = open_h5(path)
+    except Exception as exc:
+        raise CacheError(f"cannot read shard {path}: {type(exc).__name__}: {exc}; run "
+                         f"`r2 cache verify {source}` and repair it before merging") from None
+    with f:
+        yield f
+
+
+@contextlib.contextmanager
+def _reading(word: str, item_id: str, path: Path, source: Path):
+    """Turn what a damaged source makes h5py or the OS raise into a one-line CacheError."""
+    try:
+        yield
+    except CacheError:
+        raise
+    except Exception as exc:
+        raise CacheError(f"cannot read {word} {item_id!r} from {path}: {type(exc).__name__}: {exc}; "
+                         f"run `r2 cache verify {source}` and repair it before merging") from None
+
+
+def _check_fingerprint(f, cache: FeatureCache, source: Path) -> None:
+    """Refuse a source shard written under other manifest settings than its cache's (a
+    shard of an older r2 records none: accepted)."""
+    try:
+        recorded = get_text_attr(f, FINGERPRINT_ATTR)
+    except Exception as exc:
+        raise CacheError(f"cannot read the attributes of shard {f.filename}: {type(exc).__name__}: {exc}; "
+                         f"run `r2 cache verify {source}` and repair it before merging") from None
+    if isinstance(recorded, str) and recorded != manifest_fingerprint(cache.manifest):
+        raise CacheError(f"{f.filename} was written under other manifest settings than "
+                         f"{cache.path / 'manifest.json'} has (its manifest fingerprint differs); "
+                         f"run `r2 cache verify {source}` and repair it before merging")
+
+
+def _merge_item(writer, summary: dict, placed: dict, f, source: Path, cache: FeatureCache, family: str,
+                item_id: str, command) -> None:
+    """Check one item of the open source shard ``f`` and copy it into the output, or, when
+    its id was copied already, compare the two copies' bytes."""
+    word, path = FAMILY_WORD[family], Path(f.filename)
+    key = f"{family}/{encode_id(item_id)}"
+    with _reading(word, item_id, path, source):
+        group = f[key]
+        problems = _check_item(group, family, cache.layers, cache.dtype, False)
+    if problems:
+        raise CacheError(f"{word} {item_id!r} in {path} is damaged ({'; '.join(problems[:3])}); run "
+                         f"`r2 cache verify {source}` and repair it before merging")
+    where = placed.get((family, item_id))
+    if where is None:
+        try:
+            writer._copy(family, item_id, group, command)
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheError(f"cannot copy {word} {item_id!r} from {path} into the merge output: "
+                             f"{type(exc).__name__}: {exc} (a full disk? else a damaged source: run "
+                             f"`r2 cache verify {source}`)") from None
+        placed[(family, item_id)] = _Placed(source, path)
+        summary[family] += 1
+        return
+    same_file = where.shard.resolve() == path.resolve()  # the same cache given twice
+    with (contextlib.nullcontext(f) if same_file else _open_source(where.shard, where.source)) as first:
+        with _reading(word, item_id, where.shard, where.source):
+            other = first[key]
+        with _reading(word, item_id, path, source):
+            same = _same_data(other, group)
+    if not same:
+        raise CacheError(f"{word} {item_id!r} is in {where.shard} and in {path} with different data; "
+                         "remove one of them (delete its shard and re-extract) and merge again")
+    summary["duplicates_identical"] += 1
+
+
+def _move_into_place(tmp: Path, out: Path) -> None:
+    """Rename the finished temporary output to ``out`` (an empty directory there is replaced);
+    a one-line CacheError when another process made ``out`` meanwhile (a second merge into it)."""
+    try:
+        if out.exists():
+            with contextlib.suppress(FileNotFoundError):  # removed meanwhile: renamed onto below
+                out.rmdir()  # empty when the merge started
+        os.rename(tmp, out)
+    except OSError as exc:
+        taken = exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR)
+        with contextlib.suppress(OSError):
+            taken = taken or (out.exists() and (not out.is_dir() or any(out.iterdir())))
+        if taken:
+            raise CacheError(f"the merge output {out} was created by another process meanwhile (another "
+                             "merge into it?); this merge kept nothing: check what is there, or merge into "
+                             "a new directory") from None
+        raise CacheError(f"cannot move the merge output into place at {out}: {exc}") from None
+
+
 def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
           max_shard_items: int | None = None) -> dict:
     """Merge the caches at ``sources`` into a new cache at ``out`` (which must not exist, or
@@ -88,8 +202,10 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
     shards, bytes). ``progress(done, total)`` is called after each source shard.
 
     Raises :class:`CacheError` (nothing is left at ``out``) when a source is missing, has
-    unreadable shards, its manifest is incompatible with the first source's, or an id is
-    present twice with different data.
+    unreadable shards or a damaged item (every item is read whole and checked, so a merge
+    reads all of its sources once more than it copies), a shard written under other manifest
+    settings, its manifest is incompatible with the first source's, an id is present twice
+    with different data, or another process made ``out`` meanwhile.
     """
     sources = [Path(s) for s in sources]
     out = Path(out)
@@ -155,36 +271,22 @@ def _merge(sources: list[Path], caches: list[FeatureCache], out: Path, progress,
         (tmp / "shards").mkdir()
         target = FeatureCache.open(tmp)
         writer = target.writer(**options)
-        placed: dict[tuple[str, str], tuple[FeatureCache, str]] = {}
-        jobs = [(c, name) for c in caches for name in sorted(c._index.shards)]
-        for done, (c, shard) in enumerate(jobs, 1):
+        placed: dict[tuple[str, str], _Placed] = {}
+        jobs = [(src, c, name) for src, c in zip(sources, caches) for name in sorted(c._index.shards)]
+        for done, (src, c, shard) in enumerate(jobs, 1):
             entry = c._index.shards[shard]
-            family = entry.family
             command = entry.command or c.manifest.get("command")
-            f = c._file(shard)
-            for item_id in entry.ids:
-                group = f[f"{family}/{encode_id(item_id)}"]
-                where = placed.get((family, item_id))
-                if where is None:
-                    writer._copy(family, item_id, group, command)
-                    placed[(family, item_id)] = (c, shard)
-                    summary[family] += 1
-                    continue
-                other_cache, other_shard = where
-                other = other_cache._file(other_shard)[f"{family}/{encode_id(item_id)}"]
-                if not _same_data(other, group):
-                    raise CacheError(
-                        f"{family[:-1]} {item_id!r} is in {other_cache.path / 'shards' / other_shard} "
-                        f"and in {c.path / 'shards' / shard} with different data; remove one of "
-                        "them (delete its shard and re-extract) and merge again")
-                summary["duplicates_identical"] += 1
+            # the merge's own handle, not the cache's LRU of open shards: opening the shards of
+            # the first copies of duplicates must never close this one under the loop
+            with _open_source(c.path / SHARDS_DIR / shard, src) as f:
+                _check_fingerprint(f, c, src)
+                for item_id in entry.ids:
+                    _merge_item(writer, summary, placed, f, src, c, entry.family, item_id, command)
             if progress is not None:
                 progress(done, len(jobs))
         writer.close()
         target.close()
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        os.rename(tmp, out)
+        _move_into_place(tmp, out)
     except BaseException:
         if writer is not None:
             writer.abort()

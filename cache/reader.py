@@ -144,7 +144,10 @@ class FeatureCache:
                 f"the feature cache at {root} was built with different settings:\n"
                 + describe_differences(diffs)
                 + "\nWrite to another directory, or delete this one to rebuild it.")
-        (root / SHARDS_DIR).mkdir(exist_ok=True)
+        try:
+            (root / SHARDS_DIR).mkdir(exist_ok=True)
+        except FileExistsError:  # not a directory: open() says so
+            pass
         cache = cls.open(root)
         cache._run_command = requested.get("command")
         return cache
@@ -413,7 +416,7 @@ class FeatureCache:
         name = layer_name(layer)
         _, shape, dtype = loc[1][name]
         if shape != dest.shape:
-            raise CacheError(f"{family[:-1]} {item_id!r}: layer {layer} has shape {shape}, "
+            raise CacheError(f"{_FAMILY_WORD[family]} {item_id!r}: layer {layer} has shape {shape}, "
                              f"expected {dest.shape}")
         if self.dtype == "int8":
             q = self._raw(family, item_id, loc, name)

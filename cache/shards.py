@@ -66,10 +66,14 @@ SHARDS_DIR = "shards"
 LOCKS_DIR = "locks"
 INDEX_NAME = "index.json"
 FAMILIES = ("videos", "queries")
+FAMILY_WORD = {"videos": "video", "queries": "query"}  # an item of a family, in messages
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 SPILL_SUFFIX = ".spill.partial"  # <prefix>-s<seq>.spill.partial: a video too large for RAM, being written
 SHARD_FORMAT = 1
+# shard attribute: manifest.manifest_fingerprint of the manifest the shard was written under
+# (absent in shards written before r2 recorded it)
+FINGERPRINT_ATTR = "manifest_fingerprint"
 # the pinned axes of a stored layer, (T, N, D) of a video and (S, Dt) of a query: the manifest
 # key that holds the cache's value and the axis
 PINNED_AXES = {"videos": (("tokens_per_frame", 1), ("video_width", 2)), "queries": (("query_width", 1),)}
@@ -146,10 +150,16 @@ def file_crc32(path, chunk: int = 8 * 2**20) -> int:
 def list_shards(root: Path) -> dict[str, os.stat_result]:
     """Committed shard files of a cache (``*.h5``; partials ignored) -> their stat."""
     out = {}
+    shards = Path(root) / SHARDS_DIR
     try:
-        entries = list(os.scandir(Path(root) / SHARDS_DIR))
+        entries = list(os.scandir(shards))
     except FileNotFoundError:
         return out
+    except NotADirectoryError:
+        raise CacheError(f"{shards} is not a directory (a feature cache keeps its shard files "
+                         "there): move it away, or rebuild the cache") from None
+    except OSError as exc:
+        raise CacheError(f"cannot list the shards of the cache in {shards}: {exc.strerror or exc}") from None
     for e in entries:
         parsed = parse_shard_name(e.name)
         if parsed and not parsed.partial:
@@ -267,7 +277,7 @@ def _new_item_group(h5file, family: str, item_id: str, attrs_json: str):
     that fails too: :class:`GroupNotRemoved`)."""
     path = f"{family}/{encode_id(item_id)}"
     if path in h5file:
-        raise CacheError(f"{family[:-1]} {item_id!r} was already added to this shard")
+        raise CacheError(f"{FAMILY_WORD[family]} {item_id!r} was already added to this shard")
     group = h5file.require_group(family).create_group(encode_id(item_id))
     try:
         set_text_attr(group, "attrs", attrs_json)
@@ -312,7 +322,7 @@ def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, 
         for data, scales in blocks:
             c = len(data)
             if t + c > t_total:
-                raise CacheError(f"{family[:-1]} {item_id!r}: more clips than announced ({t_total})")
+                raise CacheError(f"{FAMILY_WORD[family]} {item_id!r}: more clips than announced ({t_total})")
             for k, ds in enumerate(data_sets):
                 a = np.ascontiguousarray(data[:, k])
                 ds[t:t + c] = a
@@ -323,7 +333,7 @@ def write_video_blocks(h5file, family: str, item_id: str, layers, shape, dtype, 
                     scale_crcs[k] = crc32(sc, scale_crcs[k])
             t += c
         if t != t_total:
-            raise CacheError(f"{family[:-1]} {item_id!r}: {t} clips written, {t_total} announced")
+            raise CacheError(f"{FAMILY_WORD[family]} {item_id!r}: {t} clips written, {t_total} announced")
         nbytes = 0
         for ds, crc in zip(data_sets + scale_sets, crcs + scale_crcs):
             ds.attrs["crc32"] = np.uint32(crc)

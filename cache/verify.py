@@ -1,17 +1,22 @@
 """``verify``: check every shard of a cache, name the damaged ones, say how to rebuild.
 
 Checks: the manifest (keys, types, format version); every committed shard opens (a
-truncated file, or one whose HDF5 structure is damaged, does not); each item has every layer
-of the manifest with the stored dtype and consistent shapes; every item has the cache's
-pinned shapes (N and D of the videos, Dt of the queries: the manifest's, else those of the
-first item); an id present in two shards has the same data in both (same dataset checksums;
-identical copies are a warning, different data a problem); and, unless ``quick``, the crc32
-of the whole file equals the one recorded in its name at commit (a flipped byte anywhere is
-found). When it differs, every dataset is read and checked against its own crc32 and for
-finite values (int8 scales >= 0, masks 0/1), to name the items hit. (A shard without a
-recorded crc gets those dataset checks.) So a full check reads each file once,
-sequentially. Partial shards (a running writer's, or one left by a killed writer) are a
-warning, not an error.
+truncated file, or one whose HDF5 structure is damaged, does not); each shard was written
+under the manifest's compatibility fields (its ``manifest_fingerprint`` attribute, see
+:func:`r2.cache.manifest.manifest_fingerprint`: an edited ``manifest.json`` or a shard copied
+in from a cache with other settings is reported; shards of an older r2 have no fingerprint,
+which is a note, not a problem); each item has every layer of the manifest with the stored
+dtype and consistent shapes; every item has the cache's pinned shapes (N and D of the videos,
+Dt of the queries: the manifest's, else those of the first item); an id present in two shards
+has the same data in both (same dataset checksums; identical copies are a warning, different
+data a problem); and, unless ``quick``, the crc32 of the whole file equals the one recorded in
+its name at commit (a flipped byte anywhere is found), and every dataset's data equal its own
+crc32 attribute. When the file crc differs, every dataset is also checked for finite values
+(int8 scales >= 0, masks 0/1), in a child process, to name the items hit; when it matches,
+the datasets are read back from the page cache for their crc32s only (the writer checked the
+values). (A shard without a recorded crc gets all the dataset checks.) So a full check reads
+each file from disk once, sequentially. Partial shards (a running writer's, or one left by a
+killed writer) are a warning, not an error.
 
 A damaged shard is rebuilt by deleting it and rerunning the extract command that wrote it
 (the shard's own ``command`` attribute, else the index sidecar's note of it, else the
@@ -31,11 +36,11 @@ from pathlib import Path
 import numpy as np
 
 from .index import ShardIndex
-from .manifest import ADDED_BY_CACHE, load_manifest, normalize_manifest
+from .manifest import ADDED_BY_CACHE, load_manifest, manifest_fingerprint, normalize_manifest
 from .errors import CacheError
-from .shards import (PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32, decode_id, describe_pinned,
-                     encode_id, file_crc32, get_text_attr, layer_name, list_partials, list_shards,
-                     open_h5, parse_shard_name, scale_name)
+from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32,
+                     decode_id, describe_pinned, encode_id, file_crc32, get_text_attr, layer_name,
+                     list_partials, list_shards, open_h5, parse_shard_name, scale_name)
 
 _STORED = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4"), "int8": np.dtype("i1")}
 _MAX_MESSAGES = 5
@@ -58,6 +63,7 @@ class ShardCheck:
     ids: list = field(default_factory=list)
     command: str | None = None  # the shard's ``command`` attribute
     items: dict = field(default_factory=dict)  # id -> {dataset: [dtype, shape, crc32 or None]}
+    fingerprint: str | None = None  # the manifest fingerprint it was written under (None: not recorded)
 
 
 @dataclass
@@ -70,6 +76,7 @@ class VerifyReport:
     cache_problems: list = field(default_factory=list)  # not tied to one shard
     problems: list = field(default_factory=list)  # ShardProblem
     warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)  # worth knowing, not wrong
     commands: list = field(default_factory=list)
 
     @property
@@ -118,6 +125,8 @@ class VerifyReport:
             lines += [f"    {m}" for m in p.messages]
         for w in self.warnings:
             lines.append(f"warning: {w}")
+        for n in self.notes:
+            lines.append(f"note: {n}")
         if self.ok:
             lines.append("OK: every shard is readable and consistent with the manifest")
         else:
@@ -184,31 +193,45 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
             v = manifest.get(key)
             if isinstance(v, int) and not isinstance(v, bool):
                 pinned[key] = (v, f"the manifest says {key} = {v}")
+    fingerprint = manifest_fingerprint(manifest)
+    unfingerprinted, foreign = 0, {}  # shards without a fingerprint; fingerprint -> shards
     for i, name in enumerate(sorted(stats)):
         parsed = parse_shard_name(name)
         family, path = parsed.family, root / SHARDS_DIR / name
-        read_data, file_msg = not quick, None
+        file_msg, intact = None, False
         if not quick and parsed.crc is not None:
             actual = file_crc32(path)
             if actual != parsed.crc:  # damaged: read every dataset to say which items are hit
                 file_msg = (f"file checksum mismatch (crc32 {actual:08x}, {parsed.crc:08x} when "
                             "committed): the file changed after it was written")
-            else:  # byte-identical to what the writer checked and committed
-                read_data = False
+            else:  # byte-identical to what the writer committed
+                intact = True
         if file_msg or (parsed.crc is None and not quick):
             # a damaged file can make HDF5 itself hang or crash: diagnose it in a child process
-            check = _check_shard_isolated(path, family, layers, dtype, not read_data)
+            check = _check_shard_isolated(path, family, layers, dtype, False)
         else:
-            check = _check_shard(path, family, layers, dtype, not read_data)
+            # intact: HDF5 can read it safely here. The datasets' own crc32s are still checked
+            # (the file was just read, so from the page cache): a shard that a writer copied
+            # from a damaged one (an older merge) has a matching file crc but data that do not
+            # match their crc32 attributes
+            check = _check_shard(path, family, layers, dtype, quick, crc_only=intact)
         messages, ids = check.messages, check.ids
         if file_msg:
             messages.append(file_msg)
+        if check.fingerprint is None:
+            unfingerprinted += 0 if messages else 1  # (a damaged shard is reported anyway)
+        elif check.fingerprint != fingerprint:
+            foreign.setdefault(check.fingerprint, []).append(name)
+            _note(messages, f"written under other manifest settings (fingerprint {check.fingerprint}, "
+                            f"manifest.json now gives {fingerprint}): manifest.json was edited after "
+                            "this shard was written, or the shard was copied in from a cache made with "
+                            "another model, layers, fps, preprocessing, dtype or precision")
         report.shards_checked += 1
         if family == "videos":
             report.videos_checked += len(ids)
         else:
             report.queries_checked += len(ids)
-        word = family[:-1]
+        word = FAMILY_WORD[family]
         for item_id in ids:
             datasets = check.items.get(item_id)
             first = seen.setdefault((family, item_id), (name, datasets))
@@ -243,6 +266,14 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
                 queries=list(ids) if family == "queries" else [], command=command))
         if progress is not None:
             progress(i + 1, len(stats))
+    if foreign and sum(map(len, foreign.values())) == report.shards_checked and len(foreign) == 1:
+        report.cache_problems.append(
+            "no shard was written under the compatibility fields (model, layers, fps, preprocessing, "
+            "dtype, precision, ...) that manifest.json has now: it was probably edited; restore its "
+            "original values (or re-extract into a new cache)")
+    if unfingerprinted:
+        report.notes.append(f"{unfingerprinted} shard(s) have no manifest fingerprint (written by an older r2): "
+                            "edits of manifest.json cannot be detected for them")
     partials = list_partials(root)
     if partials:
         report.warnings.append(
@@ -288,8 +319,11 @@ def _check_shard_main():
     sys.stdout.write(json.dumps(asdict(check)))
 
 
-def _check_shard(path: Path, family: str, layers, dtype, quick) -> ShardCheck:
-    """The problems, item ids, command and dataset signatures of one shard."""
+def _check_shard(path: Path, family: str, layers, dtype, quick, crc_only: bool = False) -> ShardCheck:
+    """The problems, item ids, command, manifest fingerprint and dataset signatures of one
+    shard (``quick``: no data read; ``crc_only``: of the data, only their crc32s are checked,
+    for a file known to be byte-identical to the one committed, whose values the writer
+    checked)."""
     check = ShardCheck()
 
     def problem(msg):
@@ -305,6 +339,8 @@ def _check_shard(path: Path, family: str, layers, dtype, quick) -> ShardCheck:
                 problem(f"shard attribute family={get_text_attr(f, 'family')!r}, its name says {family}")
             command = get_text_attr(f, "command")
             check.command = command if isinstance(command, str) and command else None
+            fingerprint = get_text_attr(f, FINGERPRINT_ATTR)
+            check.fingerprint = fingerprint if isinstance(fingerprint, str) else None
             other = [k for k in f.keys() if k != family]
             if other:
                 problem(f"unexpected groups {other}")
@@ -320,10 +356,10 @@ def _check_shard(path: Path, family: str, layers, dtype, quick) -> ShardCheck:
                 try:
                     group = f[family][name]
                     check.items[item_id] = _signature(group)
-                    for msg in _check_item(group, family, layers, dtype, quick):
-                        problem(f"{family[:-1]} {item_id!r}: {msg}")
+                    for msg in _check_item(group, family, layers, dtype, quick, crc_only):
+                        problem(f"{FAMILY_WORD[family]} {item_id!r}: {msg}")
                 except Exception as exc:  # h5py errors on damaged structure
-                    problem(f"{family[:-1]} {item_id!r}: unreadable: {_short(exc)}")
+                    problem(f"{FAMILY_WORD[family]} {item_id!r}: unreadable: {_short(exc)}")
     except Exception as exc:
         problem(f"unreadable: {_short(exc)}")
     return check
@@ -340,7 +376,11 @@ def _signature(group) -> dict:
     return out
 
 
-def _check_item(group, family, layers, dtype, quick):
+def _check_item(group, family, layers, dtype, quick, crc_only=False):
+    """The problems of one item group (empty: none): its attributes, datasets, dtypes and
+    shapes; unless ``quick``, its data against their crc32 attributes and, unless
+    ``crc_only``, for finite values (int8 scales >= 0, masks 0/1). Also used by ``merge``
+    on every item it copies."""
     out = []
     try:
         attrs_from_group(group)
@@ -383,6 +423,8 @@ def _check_item(group, family, layers, dtype, quick):
             out.append(f"{name} has no crc32 attribute")
         elif int(stored) != crc32(data):
             out.append(f"{name}: checksum mismatch (the data changed after it was written)")
+            continue
+        if crc_only:
             continue
         if data.dtype.kind == "f" and not np.isfinite(data).all():
             out.append(f"{name} has NaN or infinite values")

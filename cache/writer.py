@@ -32,7 +32,14 @@ an item of another shape is refused.
 
 Each shard records the command line of the run that wrote it (``command=``, by default the
 ``command`` of the manifest given to :meth:`FeatureCache.create` by this run), so that
-``verify`` can quote what rebuilds that very shard.
+``verify`` can quote what rebuilds that very shard, and the fingerprint of the manifest it
+was written under (``manifest_fingerprint``, see :func:`r2.cache.manifest.manifest_fingerprint`),
+so that ``verify`` can tell when ``manifest.json`` no longer describes it.
+
+A commit that fails (an I/O error or a full disk at flush, close, fsync or rename) drops the
+shard, like an item that could not be removed from it: nothing of it stays visible, its ids
+are free again, the writer is closed, and :class:`ShardDiscardedError` lists the items that
+went with it.
 
 A writer belongs to the process that made it (it refuses to run after a fork): make one
 writer per process. Several threads may share one writer (calls are serialised), and two
@@ -53,11 +60,11 @@ import numpy as np
 
 from .errors import CacheError, CacheWarning, ShardDiscardedError
 from .index import ShardEntry
-from .manifest import pin_manifest
+from .manifest import manifest_fingerprint, pin_manifest
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
-from .shards import (FAMILIES, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, GroupNotRemoved, WriterLock, attrs_to_json,
-                     describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
+from .shards import (FAMILIES, FINGERPRINT_ATTR, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, GroupNotRemoved,
+                     WriterLock, attrs_to_json, describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
                      remove_stale_partials, set_text_attr, shard_name, spill_name, write_item,
                      write_video_blocks)
 
@@ -66,6 +73,12 @@ CHUNK_BYTES = 16 * 2**20  # parts are encoded, and videos written at commit, in 
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
 _WORD = {"videos": "video", "queries": "query"}
+
+
+def _some(ids, n: int = 3) -> str:
+    """The first ``n`` of ``ids`` for a message (``'a', 'b', 'c' and 5 more``)."""
+    shown = ", ".join(repr(i) for i in ids[:n])
+    return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
 @dataclass
@@ -260,8 +273,16 @@ class CacheWriter:
 
     @staticmethod
     def _check_id(family, item_id) -> None:
+        """Refuse an id that cannot be stored, here rather than when its shard is committed:
+        not a non-empty str, or one that has no UTF-8 form (a lone surrogate that is not an
+        undecodable byte of a file name, e.g. ``'\\ud800'``)."""
         if not isinstance(item_id, str) or not item_id:
             raise CacheError(f"{_WORD[family]} ids are non-empty str, got {item_id!r}")
+        try:
+            encode_id(item_id)
+        except UnicodeEncodeError as exc:
+            raise CacheError(f"{_WORD[family]} id {item_id!r} cannot be stored: it is not valid text "
+                             f"({exc.reason} at position {exc.start}); give the id as proper Unicode") from None
 
     def _insert(self, family, item_id, write, command=None, reserved=False):
         self._check_id(family, item_id)
@@ -298,18 +319,47 @@ class CacheWriter:
         with contextlib.suppress(OSError):
             part.path.unlink(missing_ok=True)
         self._release(family, part.ids)
-        try:
-            self.close()  # commits the other family's shard, which is whole
-        except Exception:
-            self.abort()  # it could not be committed either: dropped too, never visible
+        dropped = self._close_after_drop(list(part.ids))  # commits the other family's shard, which is whole
         if not isinstance(exc, Exception):
             raise exc  # Ctrl-C and the like go on as they are
-        dropped = list(part.ids)
         raise ShardDiscardedError(
             f"{_WORD[family]} {item_id!r} failed half-way ({type(exc).__name__}: {exc}) and could not be "
-            f"removed from {part.path.name}; that shard was dropped with the {len(dropped)} item(s) added to "
+            f"removed from {part.path.name}; that shard was dropped with the {len(part.ids)} item(s) added to "
             "it since its last commit, and this writer is closed. Free disk space and rerun: what was "
             "committed is kept, the rest is added again", dropped) from exc
+
+    def _drop_uncommitted(self, family, part: _Partial, final: Path | None, exc: BaseException) -> None:
+        """Committing ``part`` failed with ``exc``: remove it (also under its final name when
+        the rename got that far: the commit is not known to be durable, and the error says the
+        items are gone), free its ids, close this writer and raise :class:`ShardDiscardedError`
+        (``exc`` itself when it is a ``KeyboardInterrupt`` or the like)."""
+        with contextlib.suppress(Exception):
+            part.file.close()
+        for path in (part.path, final):
+            if path is not None:
+                with contextlib.suppress(OSError):
+                    path.unlink(missing_ok=True)
+        self._release(family, part.ids)
+        dropped = self._close_after_drop(list(part.ids))
+        if not isinstance(exc, Exception):
+            raise exc  # Ctrl-C and the like go on as they are
+        raise ShardDiscardedError(
+            f"could not commit the shard {part.path.name} ({type(exc).__name__}: {exc}); it was dropped "
+            f"with the {len(part.ids)} {_WORD[family] if len(part.ids) == 1 else family} added to it since "
+            f"its last commit ({_some(part.ids)}), and this writer is closed. Check the disk (space, I/O "
+            "errors) and rerun: what was committed is kept, the rest is added again", dropped) from exc
+
+    def _close_after_drop(self, dropped: list) -> list:
+        """Close this writer after one of its shards was dropped: the other family's shard is
+        committed when it can be, else dropped too. Returns ``dropped`` plus the ids of that
+        one when it was dropped (all of them go into the one ShardDiscardedError)."""
+        try:
+            self.close()
+        except ShardDiscardedError as other:  # its commit failed as well (the writer is closed by then)
+            return dropped + [i for i in other.dropped if i not in dropped]
+        except Exception:
+            self.abort()  # it could not be committed either: dropped too, never visible
+        return dropped
 
     def _reserve(self, family, item_id) -> None:
         """Claim an id for this writer; refused when the cache has it, or a writer of this
@@ -351,25 +401,37 @@ class CacheWriter:
         set_text_attr(f, "writer", self.prefix)
         if command:
             set_text_attr(f, "command", command)  # verify quotes it to rebuild this shard
+        # what the features mean (model, layers, fps, ...): verify reports a shard whose
+        # manifest was edited afterwards, or one copied in from a cache with other settings
+        set_text_attr(f, FINGERPRINT_ATTR, manifest_fingerprint(self.cache.manifest))
         f.create_group(family)
         part = self._partials[family] = _Partial(seq, path, f, command or None)
         return part
 
     def _commit(self, family) -> None:
+        """Close the family's partial shard, fsync it and rename it into place. When any of
+        that fails (an I/O error, a full disk), the shard is dropped as in :meth:`_discard`:
+        nothing of it stays visible, its ids are free again, this writer is closed, and
+        :class:`ShardDiscardedError` names the items that went with it."""
         part = self._partials.pop(family)
-        part.file.flush()
-        part.file.close()
-        crc = file_crc32(part.path)
-        fd = os.open(part.path, os.O_RDONLY)
+        final = None
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        name = shard_name(family, self.prefix, part.seq, crc)
-        final = self.root / SHARDS_DIR / name
-        os.rename(part.path, final)
-        fsync_dir(final.parent)
-        st = final.stat()
+            part.file.flush()
+            part.file.close()
+            crc = file_crc32(part.path)
+            fd = os.open(part.path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            name = shard_name(family, self.prefix, part.seq, crc)
+            path = self.root / SHARDS_DIR / name
+            os.rename(part.path, path)
+            final = path
+            fsync_dir(final.parent)
+            st = final.stat()
+        except BaseException as exc:
+            self._drop_uncommitted(family, part, final, exc)
         self.cache._index.add(name, ShardEntry(family, st.st_size, st.st_mtime_ns, list(part.ids), part.command))
         self._release(family, part.ids)
         self.committed[family] += len(part.ids)

@@ -23,8 +23,8 @@ CLI has shifted the file's ``start_time`` to 0) as follows:
 YouTube Highlights ("auto"): the rate is ``len(match) / (frames / fps)`` per video and the
 clip count must equal ``len(match)``; pass ``num_clips`` to force it (a count that differs by
 the rounding, :data:`NUM_CLIPS_TOLERANCE`, is cut or padded with the last frame and reported in
-``notes``; a larger difference is a :class:`DecodeError`: the file is not the annotated video). Explicit ``sample_times``
-(seconds) pick, for each time, the last frame shown at or before it.
+``notes``; a larger difference is a :class:`DecodeError`: the file is not the annotated video).
+Explicit ``sample_times`` (seconds) pick, for each time, the last frame shown at or before it.
 
 How it is decoded
 -----------------
@@ -50,8 +50,9 @@ and the scale size comes from the upright frame; the video attrs record ``rotati
 
 A file is refused as truncated (never stored shorter) when it has fewer packets than the frame
 count its header declares (mp4, avi), or when its frames end more than max(1 s, 2 %) before the
-duration its header declares (:func:`declared_duration`: Matroska/WebM, which count no frames). The frames equal the official
-ones bit for bit (tests/extract compares them with libavfilter's fps→scale→crop chain).
+duration its header declares (:func:`declared_duration`: Matroska/WebM, which count no frames).
+The frames equal the official ones bit for bit (tests/extract compares them with libavfilter's
+fps→scale→crop chain).
 Frames leave this module as ``(T, 224, 224, 3)`` uint8 (:func:`sample_video`), or one at a
 time (:class:`VideoClips`) and in chunks (:func:`decode_chunks`, what the extraction workers
 stream): memory per clip is 150 kB whatever the source resolution, one GOP of packets is

@@ -95,7 +95,8 @@ def info(directory, as_json):
 def verify(directory, quick, as_json):
     """Check every shard of the cache in DIRECTORY.
 
-    Opens every shard and checks shapes, dtypes, checksums, finiteness and the manifest.
+    Opens every shard and checks shapes, dtypes, checksums, finiteness and the manifest
+    (each shard records a fingerprint of the manifest it was written under).
     Names each truncated or corrupt shard and prints how to rebuild it. Exit code 1 when
     anything is wrong.
     """
@@ -117,8 +118,9 @@ def merge(sources, out):
 
     The manifests must be compatible (model, layers, fps, dtype, preprocessing, precision,
     token form, sampling, shapes). An id present twice is kept once when its data are
-    identical and is an error otherwise. --out cannot be inside a source. Nothing is left at
-    --out when the merge fails.
+    identical and is an error otherwise. Every item is read and checked (checksums, finite
+    values) before it is copied: a damaged source is refused, naming the item and its shard.
+    --out cannot be inside a source. Nothing is left at --out when the merge fails.
     """
     from r2.cache import merge as merge_caches
 
