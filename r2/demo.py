@@ -292,7 +292,7 @@ def _write_scenes(path: Path, scenes, fps: float, size: tuple[int, int]) -> int:
 
 
 def make_demo_data(out_dir: str | os.PathLike, config: DemoConfig | None = None, *, seed: int = 0,
-                   progress: bool = False) -> DemoData:
+                   progress: bool | None = False) -> DemoData:
     """Write the demo's videos (``out_dir/videos``) and annotations (``out_dir/annotations``).
 
     Deterministic in ``seed``. Video ids: ``train0000`` ..., ``val0000`` ...; query ids are
@@ -333,7 +333,8 @@ def make_demo_data(out_dir: str | os.PathLike, config: DemoConfig | None = None,
                     "vid": vid, "relevant_clip_ids": ids, "saliency_scores": [[4, 4, 4] for _ in ids],
                     "relevant_windows": [[first * CLIP_SECONDS, (first + n) * CLIP_SECONDS]]})
                 qid += 1
-    for path, scenes in tqdm(plan, desc="videos", unit="video", disable=not progress, file=sys.stderr,
+    for path, scenes in tqdm(plan, desc="videos", unit="video",
+                             disable=None if progress is None else not progress, file=sys.stderr,
                              dynamic_ncols=True, leave=False):
         _write_scenes(path, scenes, config.source_fps, config.size)
     train_file, val_file = ann_dir / "train.jsonl", ann_dir / "val.jsonl"
@@ -524,7 +525,7 @@ def _commands(out: Path, model_arg: str, made_tiny: bool, seed: int) -> list[str
 
 def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | None = None, *,
              seed: int = 0, quick: bool = False, config: DemoConfig | None = None,
-             device: str = "cpu", threads: int | None = None, progress: bool = True,
+             device: str = "cpu", threads: int | None = None, progress: bool | None = True,
              log: Callable[[str], None] | None = None) -> DemoResult:
     """Run the demo into ``out_dir`` (see the module docstring) and return a :class:`DemoResult`.
 
@@ -536,7 +537,8 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
         quick: the small configuration (``DEMO_CONFIGS["quick"]``); ``config`` overrides it.
         device: torch device of extraction, training and prediction.
         threads: torch threads (default: the CPUs this process may use).
-        progress: tqdm bars on stderr. log: one-line messages (default: stderr).
+        progress: tqdm bars on stderr (None: only when stderr is a terminal).
+        log: one-line messages (default: stderr).
     Raises:
         DemoError (bad ``out_dir``), ModelNotFoundError (``model`` not found), and the user
         errors of the stages.

@@ -242,7 +242,7 @@ def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, durati
 
 @torch.inference_mode()
 def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: int = 16,
-                    workers: int = 0, amp: str | None = None, progress: bool = False,
+                    workers: int = 0, amp: str | None = None, progress: bool | None = False,
                     desc: str = "predict", seed: int = 0) -> list[dict]:
     """Prediction rows for every sample of an evaluation ``dataset``, in sample order.
 
@@ -261,7 +261,8 @@ def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: in
         worker_init_fn=worker_init_fn if workers else None, generator=loader_generator(seed, -1),
         pin_memory=device.type == "cuda")
     rows: list[dict | None] = [None] * len(dataset.samples)
-    bar = tqdm(total=len(dataset.samples), desc=desc, unit="query", disable=not progress,
+    bar = tqdm(total=len(dataset.samples), desc=desc, unit="query",
+               disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
         for batch in loader:
@@ -286,7 +287,7 @@ def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: in
 def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations: str | os.PathLike, *,
             out: str | os.PathLike | None = None, dataset: str | None = None, domain: str | None = None,
             split: str | None = None, batch_size: int = 16, device: str | None = None,
-            workers: int = 0, amp: str | None = None, progress: bool = True,
+            workers: int = 0, amp: str | None = None, progress: bool | None = True,
             allow_feature_mismatch: bool = False,
             log: Callable[[str], None] | None = None) -> PredictResult:
     """Predict every query of ``annotations`` from the features in ``cache``.

@@ -102,7 +102,8 @@ class FitOptions:
     resume: continue ``run_dir`` from its last checkpoint (a fresh start when it has none).
     init: start from the weights of this run directory (fine-tuning; its feature spec must
     match the cache). device: "cpu", "cuda", "cuda:1" (default: CUDA when available).
-    preload: read the splits into RAM first (when they fit). progress: tqdm bar on stderr.
+    preload: read the splits into RAM first (when they fit). progress: tqdm bar on stderr
+    (None: only when stderr is a terminal).
     eval_batch_size: batch size of the evaluation (default: the preset's batch size).
     """
 
@@ -122,7 +123,7 @@ class FitOptions:
     device: str | None = None
     workers: int | None = None
     preload: bool = False
-    progress: bool = True
+    progress: bool | None = True
     eval_batch_size: int | None = None
 
     def to_json(self) -> dict:
@@ -352,6 +353,12 @@ def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log)
     if "epochs" in saved and _given_now(options, "epochs") and saved["epochs"] != preset.epochs:
         log(f"--epochs {preset.epochs}: the run had {saved['epochs']} epochs")
     return preset.override(keep) if keep else preset
+
+
+def _bar_off(progress: bool | None) -> bool | None:
+    """tqdm's ``disable`` for ``progress``: None (the default of the CLI) is a bar only on a
+    terminal, so that logs of batch jobs get no bar."""
+    return None if progress is None else not progress
 
 
 def _param_checksum(model: torch.nn.Module) -> float:
@@ -648,7 +655,8 @@ class _Trainer:
                      "\"selected_on\": \"test\"; to select on a val split: --val VAL_FILE --set "
                      "eval_split=val)")
         bar = tqdm(total=total, initial=min(total, start_epoch * per_epoch), desc="fit", unit="it",
-                   disable=not (o.progress and ctx.is_main), file=sys.stderr, dynamic_ncols=True)
+                   disable=_bar_off(o.progress) if ctx.is_main else True, file=sys.stderr,
+                   dynamic_ncols=True)
         last_metrics, last_value = None, None
         if history:
             last_metrics = history[-1].get("metrics")

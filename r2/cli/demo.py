@@ -24,7 +24,8 @@ import click
 @click.option("--threads", type=click.IntRange(min=1),
               help="torch threads [default: the CPUs this process may use].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
-def demo(out_dir, model, seed, quick, device, threads, as_json):
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+def demo(out_dir, model, seed, quick, device, threads, as_json, progress):
     """Generate a synthetic grounding set and run extract → fit → predict → score on it.
 
     \b
@@ -43,7 +44,7 @@ def demo(out_dir, model, seed, quick, device, threads, as_json):
     from r2.demo import run_demo
 
     result = run_demo(out_dir, model=model, seed=seed, quick=quick, device=device, threads=threads,
-                      progress=True)
+                      progress=progress)
     if as_json:
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:

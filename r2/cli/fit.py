@@ -54,8 +54,9 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
                    "this process may use where fewer].")
 @click.option("--preload", is_flag=True,
               help="Read the splits into RAM first (checked against the available memory).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, config_file, resume,
-        init, seed, device, workers, preload):
+        init, seed, device, workers, preload, progress):
     """Train the R² Block on cached CLIP features, evaluating every epoch.
 
     \b
@@ -74,7 +75,7 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
                          data_root=data_root, domain=domain, epochs=epochs,
                          overrides=parse_set_options(sets), config_file=config_file, resume=resume,
                          init=init, seed=seed, device=device, workers=workers, preload=preload,
-                         progress=True)
+                         progress=progress)
     if _is_rank0():  # under torchrun, one rank says it
         on_interrupt(lambda: _resume_hint(run_dir))
     result = run(options)

@@ -48,8 +48,9 @@ import click
 @click.option("--allow-feature-mismatch", is_flag=True,
               help="Warn instead of refusing a cache whose features (CLIP model, layers, fps, "
                    "preprocessing) differ from those the checkpoint was trained on.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
 def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, queries, clip_model, plot,
-            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch):
+            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch, progress):
     """Predict moments and saliency with a trained model.
 
     \b
@@ -98,7 +99,7 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         raise click.UsageError(f"missing {', '.join(missing)} (or give a VIDEO with --query)")
     result = inference.predict(checkpoint, cache, annotations, out=out, dataset=dataset, domain=domain,
                                split=split, batch_size=batch_size or 16, device=device, workers=workers,
-                               allow_feature_mismatch=allow_feature_mismatch, progress=True,
+                               allow_feature_mismatch=allow_feature_mismatch, progress=progress,
                                log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {result.num_queries} predictions to {result.out} in {result.seconds:.1f} s")
     click.echo(f"score them: {score_command(result.out, annotations, domain, split)}")

@@ -94,8 +94,12 @@ def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "best MR-full-mAP" in res.output and "r2 predict --checkpoint" in res.output
+    assert "fit:" not in res.output  # stderr is not a terminal here: no bar in a log file
     assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "last" / "trainer.pt").is_file()
     assert json.loads((run / "preset.json").read_text())["seed"] == 3
+    res = CliRunner().invoke(main, args[:args.index("--run-dir") + 1] + [str(tmp_path / "bar")]
+                             + args[args.index("--run-dir") + 2:] + ["--progress"])
+    assert res.exit_code == 0 and "fit: 100%" in res.output, res.output
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and "already holds a run" in res.output and "--resume" in res.output
     res = CliRunner().invoke(main, args[:-2] + ["--set", "no_such_field=1"])
