@@ -114,6 +114,9 @@ def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[
     by_rel: dict[str, list[Path]] = {}
     by_stem: dict[str, list[Path]] = {}
     for folder in inputs:
+        if not folder.exists():
+            raise InputError(f"{folder}: no such folder (with --annotations, inputs are the folders that "
+                             "hold the videos)")
         if not folder.is_dir():
             raise InputError(f"{folder}: with --annotations, inputs are the folders that hold the videos")
         for f in _video_files(folder, every_file=True):
@@ -124,6 +127,10 @@ def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[
         if s.vid not in videos and s.vid not in missing:
             stem = s.video_file_stem
             path = _pick_video(by_rel.get(stem, [])) or _pick_video(by_stem.get(Path(stem).name, []))
+            if path is None and Path(stem).suffix:  # a vid written with its file's extension
+                named = Path(stem).name
+                path = next((f for f in by_rel.get(str(Path(stem).with_suffix("")), [])
+                             + by_stem.get(Path(named).stem, []) if f.name == named), None)
             if path is None:
                 where = ", ".join(str(i) for i in inputs)
                 failures.append(Failure(s.vid, stem, f"no video file named {stem}.* under {where}"))

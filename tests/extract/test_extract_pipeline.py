@@ -230,6 +230,23 @@ def test_cli_youtube_video_that_does_not_match_its_annotation_fails_and_a_roundi
     assert "moving.mp4: clip count 8 at 1.35 fps padded with the last frame to the 9 annotated" in result.output
 
 
+def test_cli_annotations_vid_with_its_extension_and_a_missing_folder(videos, tiny_clip, tmp_path):
+    """A vid written with its file's extension ("sub/green.mkv") is that file (the cache id is
+    the vid as written); a misspelt videos folder is named as missing."""
+    root, jobs = videos
+    ann = tmp_path / "ext.jsonl"
+    ann.write_text(json.dumps({"qid": 1, "vid": "sub/green.mkv", "query": "green", "duration": 4.2,
+                               "relevant_windows": [[0, 4]]}) + "\n")
+    out = tmp_path / "c"
+    args = ["-a", str(ann), "--out", str(out), "--model", str(tiny_clip.info.path), "--fps", "1", "-j", "0",
+            "--no-progress"]
+    result = CliRunner().invoke(main, ["extract", str(root), *args])
+    assert result.exit_code == 0, result.output
+    assert FeatureCache.open(out).video_ids() == ["sub/green.mkv"]
+    result = CliRunner().invoke(main, ["extract", str(root / "vidoes"), *args])
+    assert result.exit_code == 1 and f"Error: {root / 'vidoes'}: no such folder" in result.output
+
+
 def test_a_query_id_with_another_sentence_is_refused_not_skipped(videos, tiny_clip, tmp_path):
     """Two annotation files that both number their queries from 0: the second one's query 0
     is not "already cached" (its features would be the first one's sentence's)."""
