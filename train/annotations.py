@@ -64,7 +64,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -452,6 +452,22 @@ def _window(value, what: str) -> tuple:
     return (start, end)
 
 
+#: a custom window may end this far past ``duration`` (rounding to a clip grid): max(s, share)
+WINDOW_OVERHANG = (2.0, 0.05)
+
+
+def _check_inside(windows: Sequence[tuple], duration: float) -> None:
+    """Custom rows: a window that starts at or after the video's end, or ends far past it, is
+    a unit or video mix-up (milliseconds or frames for seconds, another video's times), not
+    data. The benchmark layouts keep theirs as published (Ego4D, Charades)."""
+    limit = duration + max(WINDOW_OVERHANG[0], WINDOW_OVERHANG[1] * duration)
+    for i, (start, end) in enumerate(windows):
+        if start >= duration or end > limit:
+            where = "starts at or after" if start >= duration else "ends well after"
+            raise _Invalid(f"relevant_windows[{i}] {_show([start, end])} {where} the duration {duration:g} s "
+                           "(windows and duration are in seconds of the same video)")
+
+
 def _infer_scale(dataset: str, domain: str | None, num_annotators: int) -> tuple:
     if dataset in SALIENCY_SCALES:
         return SALIENCY_SCALES[dataset]
@@ -500,6 +516,8 @@ def _sample_from_row(row, dataset: str, split: str, scale, origin) -> GroundingS
         if not isinstance(raw, list):
             raise _Invalid(f"'relevant_windows' must be a list of [start, end], got {_show(raw)}")
         windows = [_window(w, f"relevant_windows[{i}]") for i, w in enumerate(raw)]
+        if dataset == "custom":
+            _check_inside(windows, duration)
 
     ids = row.get("relevant_clip_ids")
     scores = row.get("saliency_scores")

@@ -576,6 +576,26 @@ def test_malformed_row_names_file_and_line(tmp_path, bad, fragment):
         load_annotations(path, dataset="qvhighlights")
 
 
+def test_custom_windows_outside_the_video_name_the_line(tmp_path):
+    """Custom data: a window past the end of its video (milliseconds or frames for seconds,
+    another video's times) is refused with its line; a rounding overhang is kept, and the
+    benchmark layouts keep their windows as published."""
+    path = tmp_path / "train.jsonl"
+    row = {"qid": 1, "vid": "v", "query": "x", "duration": 5.312}
+    for windows, fragment in (([[0.0, 40.0]], "relevant_windows[0] [0.0, 40.0] ends well after the duration "
+                                              "5.312 s"),
+                              ([[6.0, 6.5]], "[6.0, 6.5] starts at or after the duration 5.312 s")):
+        path.write_text(json.dumps({"qid": 0, "vid": "v", "query": "y", "duration": 5.312,
+                                    "relevant_windows": [[0, 2]]}) + "\n"
+                        + json.dumps(dict(row, relevant_windows=windows)) + "\n")
+        with raises_at(path, 2, fragment):
+            load_annotations(path, dataset="custom")
+    path.write_text(json.dumps(dict(row, relevant_windows=[[4.0, 6.0]])) + "\n")  # 0.7 s over: a grid
+    assert load_annotations(path, dataset="custom")[0].relevant_windows == [(4.0, 6.0)]
+    path.write_text(json.dumps(dict(row, relevant_windows=[[0.0, 40.0]])) + "\n")
+    assert load_annotations(path, dataset="charades")[0].relevant_windows == [(0.0, 40.0)]
+
+
 def test_duplicate_qid_names_both_lines(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text("\n".join([json.dumps(GOOD), _with(qid=8), json.dumps(GOOD)]) + "\n")
