@@ -436,6 +436,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
                 f"the checkpoint's features came from the CLIP model in {clip_model}, which is not on this "
                 "machine: pass --model with the folder that holds the same model here"
                 + (f" (the sha256 of its model.safetensors starts with {weights})" if weights else ""))
+    _check_clip_weights(clip_model, features, allow_feature_mismatch, log)  # before extracting
     resize = (features.get("preprocessing") or {}).get("resize", "ffmpeg")
     with tempfile.TemporaryDirectory(prefix="r2-predict-", dir=workdir) as tmp:
         cache_dir = Path(tmp) / "cache"
@@ -524,6 +525,27 @@ def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
 
 
 _NO_MATPLOTLIB = "--plot needs matplotlib: pip install 'r2-vtg[plot]'"
+
+
+def _check_clip_weights(clip_model, features: dict, allow_mismatch: bool, log) -> None:
+    """A local CLIP folder whose weights are not those the checkpoint's features came from is
+    refused before the video is extracted (after it, the error would be about a temporary
+    cache); a hub id or a checkpoint that recorded no weights hash is left to the cache check."""
+    from r2.extract.clip import weights_hash
+
+    expected = features.get("model_weights_hash")
+    folder = Path(str(clip_model)).expanduser()
+    if not expected or not folder.is_dir():
+        return
+    actual = weights_hash(folder)
+    if actual is None or actual == expected:
+        return
+    message = (f"--model {clip_model}: its weights (sha256 {actual}) are not those of the CLIP model the "
+               f"checkpoint's features came from ({features.get('model_id')}, sha256 {expected}): pass --model "
+               "with the folder that holds that model")
+    if not allow_mismatch:
+        raise PredictError(message + ", or --allow-feature-mismatch to run anyway")
+    log("warning: " + message)
 
 
 def check_plot_target(path: str | os.PathLike) -> None:

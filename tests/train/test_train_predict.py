@@ -302,8 +302,15 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args[:-2] + ["--model", str(moved)])
     assert res.exit_code == 0 and "top 5 moments:" in res.output, res.output
     other = make_tiny_clip(tmp_path / "other-clip", seed=1)  # the same config, other weights
+    from r2.extract import pipeline
+
+    def no_extraction(*a, **kw):
+        raise AssertionError("extracted with a CLIP the checkpoint was not trained on")
+
+    monkeypatch.setattr(pipeline, "extract_features", no_extraction)
     res = CliRunner().invoke(main, args[:-2] + ["--model", str(other)])
-    assert res.exit_code == 1 and "model_weights_hash" in res.output
+    assert res.exit_code == 1 and f"Error: --model {other}: its weights (sha256 " in res.output, res.output
+    assert "pass --model with the folder that holds that model" in res.output and "r2-predict-" not in res.output
 
 
 def test_moments_of_a_new_video_lie_inside_it():
