@@ -355,6 +355,19 @@ def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log)
     return preset.override(keep) if keep else preset
 
 
+def _misspelt_label_hint(sample) -> str:
+    """`` (is 'relevant_window' meant to be 'relevant_windows'?)`` for an unknown key of the
+    record that is close to a label key, else ''."""
+    import difflib
+
+    labels = ("relevant_windows", "relevant_clip_ids", "saliency_scores")
+    for key in sample.extras:
+        close = difflib.get_close_matches(str(key), labels, n=1, cutoff=0.75)
+        if close:
+            return f" (is {key!r} meant to be {close[0]!r}?)"
+    return ""
+
+
 def _bar_off(progress: bool | None) -> bool | None:
     """tqdm's ``disable`` for ``progress``: None (the default of the CLI) is a bar only on a
     terminal, so that logs of batch jobs get no bar."""
@@ -458,8 +471,10 @@ class _Trainer:
             raise FitError(f"{train_file}: no training sample left (of {len(train_all)})")
         unlabelled = [s for s in train_samples if not s.labelled]
         if unlabelled:
-            raise FitError(f"{train_file}: {len(unlabelled)} record(s) have no labels (e.g. qid "
-                           f"{unlabelled[0].qid!r}); training needs windows or saliency")
+            first = unlabelled[0]
+            raise FitError(f"{first.origin or train_file}: {len(unlabelled)} record(s) have no labels (e.g. "
+                           f"qid {first.qid!r}); training needs relevant_windows or relevant_clip_ids + "
+                           f"saliency_scores{_misspelt_label_hint(first)}")
         val_samples = (load_split(val_file, preset, preset.eval_split, o.domain)
                        if val_file is not None else [])
         if val_file is not None and not any(s.labelled for s in val_samples):

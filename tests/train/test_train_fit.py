@@ -205,6 +205,22 @@ def test_a_misspelt_main_metric_is_refused_before_the_first_epoch(data, tmp_path
         fit(_opts(data, tmp_path / "run", overrides=overrides, epochs=1), log=lambda m: None)
 
 
+def test_a_training_record_without_labels_names_its_line_and_a_misspelt_key(data, tmp_path):
+    from r2.train import fit
+    from r2.train.loop import FitError
+
+    rows = [json.loads(x) for x in Path(data.train_file).read_text().splitlines()]
+    rows[3]["relevant_window"] = rows[3].pop("relevant_windows")
+    del rows[3]["relevant_clip_ids"], rows[3]["saliency_scores"]
+    train = tmp_path / "train_typo.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(FitError) as err:
+        fit(_opts(data, tmp_path / "run", train=train, epochs=1), log=lambda m: None)
+    assert str(err.value) == (f"{train}:4: 1 record(s) have no labels (e.g. qid {rows[3]['qid']!r}); training "
+                              "needs relevant_windows or relevant_clip_ids + saliency_scores (is "
+                              "'relevant_window' meant to be 'relevant_windows'?)")
+
+
 def test_an_evaluation_file_the_evaluator_refuses_fails_before_training_naming_its_line(data, tmp_path,
                                                                                      monkeypatch):
     """Saliency on some val rows and not on others (optional in training files, where it is
