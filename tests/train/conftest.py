@@ -37,3 +37,53 @@ def wait_for_checkpoint(proc, run_dir, epoch: int = 1, timeout: float = 120.0) -
         if time.monotonic() > deadline:
             pytest.fail(f"no checkpoint after {timeout:.0f} s")
         time.sleep(0.01)
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and every process descended from it (from /proc: parent ids)."""
+    import os
+
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
+        children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        tree.append(p)
+        todo.extend(children.get(p, []))
+    return tree
+
+
+def kill_tree(proc, timeout: float = 30.0) -> None:
+    """SIGKILL the process ``proc`` and all its descendants at once, as a lost node, and wait
+    until they are gone. torchrun starts each rank in a session of its own, so killing the
+    launcher's process group alone leaves the ranks training (and checkpointing) on."""
+    import os
+    import signal
+    import time
+
+    tree = process_tree(proc.pid)
+    for p in tree:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait(timeout)
+    deadline = time.monotonic() + timeout
+    for p in tree[1:]:  # reparented to init: gone when reaped, or dead once a zombie
+        while time.monotonic() < deadline:
+            try:
+                with open(f"/proc/{p}/stat") as fh:
+                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)

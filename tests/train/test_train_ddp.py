@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -15,7 +14,7 @@ from safetensors.torch import load_file
 
 from r2.train.synthetic import TINY_OVERRIDES, make_synthetic_dataset
 
-from .conftest import state_epoch, wait_for_checkpoint
+from .conftest import kill_tree, state_epoch, wait_for_checkpoint
 
 EPOCHS = 3
 
@@ -74,12 +73,10 @@ def test_torchrun_two_gloo_processes_killed_then_resumed_give_the_uninterrupted_
                             stderr=subprocess.PIPE, start_new_session=True)  # its own process group
     try:
         wait_for_checkpoint(proc, run_dir)
-        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks at once, as a lost node
-        proc.wait(30)
+        kill_tree(proc)  # the launcher and both ranks at once, as a lost node
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+            kill_tree(proc)
         proc.stderr.close()
     killed_at = state_epoch(run_dir)
     assert 1 <= killed_at < EPOCHS, "the kill must land before the end of training"
