@@ -299,6 +299,26 @@ def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike |
             "give the queries ids of their own")
 
 
+def extraction_failures(cache) -> dict[str, tuple[str, str]]:
+    """Videos that ``r2 extract`` could not extract into ``cache``: ``{video id: (failures
+    file, reason)}`` from the cache's ``failures*.jsonl`` (an unreadable line is skipped)."""
+    import json
+
+    out: dict[str, tuple[str, str]] = {}
+    for path in sorted(Path(cache.path).glob("failures*.jsonl")):
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError):
+            continue
+        for line in lines:
+            try:
+                row = json.loads(line)
+                out.setdefault(str(row["video_id"]), (str(path), str(row["reason"])))
+            except (ValueError, KeyError, TypeError):
+                continue
+    return out
+
+
 #: lines of ids the message shows (about a screenful with the header and the commands)
 SHOWN_ID_LINES = 12
 #: where ``r2 fit`` writes the complete lists (in the run directory)
@@ -384,6 +404,7 @@ def extract_command(cache, annotations: str | os.PathLike, dataset: str | None =
     from r2.extract.clip import default_layers  # pure; r2.extract.clip imports only numpy and torch
 
     m = cache.manifest
+    annotations = annotations if str(annotations).startswith("<") else os.path.abspath(annotations)
     parts = ["r2", "extract", *(folders or ["<videos folder>"]), "--annotations", str(annotations)]
     if dataset and dataset != "custom":
         parts += ["--dataset", dataset]
@@ -500,6 +521,7 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
     # a screenful in all (the file has the rest); everything when the file could not be written
     per_listing = max(2, SHOWN_ID_LINES // len(listings)) if written else None
     lines = [f"the feature cache at {cache.path} lacks features that {purpose} needs:"]
+    failed = extraction_failures(cache)
     for r, kind, ids, total in listings:
         where = f" ({r.path})" if r.path else ""
         lines.append(f"  {r.name}{where}: {len(ids)} of {total} {kind} missing:")
@@ -507,6 +529,11 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
         lines += shown_lines
         if shown < len(ids):
             lines.append(f"    ... and {len(ids) - shown} more")
+        known = [i for i in ids if i in failed] if kind == "videos" else []
+        if known:  # extracting them again fails again until the file is fixed
+            lines.append(f"    {len(known)} of these failed in r2 extract ({failed[known[0]][0]}): "
+                         + "; ".join(f"{i}: {failed[i][1]}" for i in known[:3])
+                         + (f"; ... and {len(known) - 3} more" if len(known) > 3 else ""))
     if written:
         lines.append(f"Every missing id is listed in {list_file}")
     elif failure is not None:

@@ -128,3 +128,36 @@ def test_the_printed_command_for_youtube_has_no_fps_and_adds_the_missing_ids(tmp
 
     monkeypatch.setattr(r2.extract.clip, "default_layers", lambda n, k=4: [2, 3])
     assert "--layers" not in extract_command(fixed, full, "youtube")
+
+
+def test_videos_that_extract_could_not_read_are_named_with_the_reason(tmp_path, monkeypatch):
+    """A video that r2 extract already failed on is not only listed as missing (rerunning the
+    printed command fails again): the message gives extract's reason from failures.jsonl. The
+    printed command names the annotation file absolutely, whatever the working directory."""
+    from r2.cli import main
+    from r2.extract.synthetic import write_segment_video
+    from r2.extract.tiny import make_tiny_clip
+    from r2.train import fit
+    from r2.train.data import MissingFeaturesError
+
+    clip_dir = make_tiny_clip(tmp_path / "clip", seed=0)
+    rows = []
+    for i in range(3):
+        if i != 1:  # v1's file is missing
+            write_segment_video(tmp_path / "videos" / f"v{i}.mp4", [("red", 4.0), ("blue", 4.0)], fps=4,
+                                size=(64, 48))
+        rows.append({"qid": i, "query": "a red screen", "duration": 8.0, "vid": f"v{i}",
+                     "relevant_windows": [[0.0, 4.0]]})
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(main, ["extract", "videos", "--annotations", "train.jsonl", "--model", str(clip_dir),
+                                    "--workers", "0", "--out", "cache", "--no-progress"])
+    assert res.exit_code == 1 and "no video file named v1.*" in res.output, res.output
+    overrides = {k: v for k, v in TINY_OVERRIDES.items() if k != "layers"}
+    with pytest.raises(MissingFeaturesError) as err:
+        fit(dataset="custom", cache="cache", train="train.jsonl", run_dir="run", epochs=1, workers=0,
+            overrides=overrides, progress=False, log=lambda m: None)
+    msg = str(err.value)
+    assert (f"1 of these failed in r2 extract ({tmp_path / 'cache' / 'failures.jsonl'}): v1: no video file "
+            "named v1.* under videos") in msg, msg
+    assert f"--annotations {tmp_path / 'train.jsonl'} " in msg
