@@ -48,6 +48,11 @@ def _load_ground_truth(path: Path, dataset: str | None, split: str | None,
     if path.suffix.lower() == ".jsonl":
         rows = read_jsonl(path)
         source = Source(str(path), lines=True)
+        predicted = next((k for r in rows[:1] if isinstance(r, dict)
+                          for k in ("pred_relevant_windows", "pred_saliency_scores") if k in r), None)
+        if predicted is not None:
+            raise click.ClickException(f"--gt {path}: line 1 has {predicted!r}: this is a prediction file, "
+                                       "not ground truth; are PREDICTIONS and --gt swapped?")
         others: frozenset = frozenset()
         if domain is not None:
             keep = [i for i, r in enumerate(rows) if str(r.get("domain")) == domain]

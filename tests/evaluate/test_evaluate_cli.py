@@ -91,6 +91,14 @@ def test_moment_retrieval_file_is_detected_and_reported(tmp_path):
     assert "split not in the file name" in result.output
 
 
+def test_swapped_arguments_are_named():
+    preds = GOLDEN / "adv_ties_rounding_32q.preds.jsonl"
+    result = r2(VAL, "--gt", preds)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert (f"Error: --gt {preds}: line 1 has 'pred_relevant_windows': this is a prediction file, not ground "
+            "truth; are PREDICTIONS and --gt swapped?") in result.output
+
+
 def test_unknown_dataset_is_a_usage_error():
     result = r2(GOLDEN / "adv_ties_rounding_32q.preds.jsonl", "--gt", VAL, "--dataset", "coco")
     assert result.exit_code == 2 and "unknown data set 'coco'" in result.output
