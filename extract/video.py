@@ -192,15 +192,21 @@ def declared_duration(container, stream) -> float | None:
         return None
     if stream.duration and stream.time_base:
         return float(stream.duration * stream.time_base)
+    # Matroska's DURATION tag and segment duration are where the stream ends on the file's
+    # timeline: a file whose timestamps start later (every segment after the first of
+    # ``ffmpeg -f segment -c copy``, a -copyts cut) declares its start + length. The decoded
+    # end is measured from the start (as the clips are), so the start comes off here; a muxer
+    # that wrote the length only makes this shorter, never a false "truncated".
+    start = max(0.0, (container.start_time or 0) / 1_000_000)
     tag = (stream.metadata or {}).get("DURATION") or (stream.metadata or {}).get("duration")
     if tag:
         try:
             h, m, sec = tag.strip().split(":")
-            return int(h) * 3600 + int(m) * 60 + float(sec)
+            return max(0.0, int(h) * 3600 + int(m) * 60 + float(sec) - start)
         except ValueError:
             return None
     if container.duration and len(container.streams) == 1:
-        return container.duration / 1_000_000
+        return max(0.0, container.duration / 1_000_000 - start)
     return None
 
 

@@ -272,6 +272,34 @@ def test_a_truncated_matroska_file_is_refused_not_stored_shorter(tmp_path, name,
     assert ok.error is None and ok.frames.shape[0] == 10
 
 
+def test_a_matroska_segment_whose_timestamps_start_later_is_whole(tmp_path):
+    """Every segment after the first of ``ffmpeg -f segment -c copy`` starts at its place on the
+    original timeline, and its header declares start + length (80 s for 20 s from 60 s): that
+    file is whole, while the same file cut short is still refused."""
+    from fractions import Fraction
+
+    path = tmp_path / "part001.mkv"
+    with av.open(str(path), "w", format="matroska") as c:
+        v = c.add_stream("libx264", rate=10)
+        v.width, v.height, v.pix_fmt = 96, 64, "yuv420p"
+        v.codec_context.time_base = Fraction(1, 10)
+        for i in range(200):  # 20 s, timestamps from 60 s
+            f = av.VideoFrame.from_ndarray(np.full((64, 96, 3), (i * 7) % 255, np.uint8), format="rgb24")
+            f.pts, f.time_base = 600 + i, Fraction(1, 10)
+            for p in v.encode(f):
+                c.mux(p)
+        for p in v.encode():
+            c.mux(p)
+    with av.open(str(path)) as c:
+        assert c.start_time == 60_000_000 and V.declared_duration(c, c.streams.video[0]) == pytest.approx(20.0)
+    r = V.decode_job("part001", str(path), 0.5)
+    assert r.error is None and r.frames.shape[0] == 10
+    data = path.read_bytes()
+    (tmp_path / "cut.mkv").write_bytes(data[: len(data) * 6 // 10])
+    r = V.decode_job("cut", str(tmp_path / "cut.mkv"), 0.5)
+    assert r.frames is None and "of the 20.0 s its header declares" in r.error
+
+
 def test_iter_video_files_is_recursive_and_sorted(tmp_path):
     for rel in ["b.mp4", "a/c.MKV", "a/notes.txt", "z/d.webm"]:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
