@@ -503,7 +503,7 @@ def _q(path) -> str:
     return shlex.quote(str(path))
 
 
-def _commands(out: Path, model_arg: str, made_tiny: bool, seed: int) -> list[str]:
+def _commands(out: Path, model_arg: str, made_tiny: bool, seed: int, threads: int) -> list[str]:
     ann = out / "annotations"
     cmds = []
     if made_tiny:
@@ -515,9 +515,9 @@ def _commands(out: Path, model_arg: str, made_tiny: bool, seed: int) -> list[str
     run, preds = out / "run-by-hand", out / "predictions-by-hand.jsonl"
     cmds.append(f"r2 fit --dataset custom --cache {_q(out / 'cache')} --train {_q(ann / 'train.jsonl')} "
                 f"--val {_q(ann / 'val.jsonl')} --run-dir {_q(run)} "
-                f"--config {_q(out / 'fit_settings.json')} --seed {seed} --device cpu")
+                f"--config {_q(out / 'fit_settings.json')} --seed {seed} --device cpu --threads {threads}")
     cmds.append(f"r2 predict --checkpoint {_q(run)} --cache {_q(out / 'cache')} "
-                f"--annotations {_q(ann / 'val.jsonl')} --out {_q(preds)} --device cpu")
+                f"--annotations {_q(ann / 'val.jsonl')} --out {_q(preds)} --device cpu --threads {threads}")
     cmds.append(f"r2 score {_q(preds)} --gt {_q(ann / 'val.jsonl')} "
                 f"--out {_q(out / 'metrics-by-hand.json')}")
     return cmds
@@ -559,7 +559,8 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
         resolve_model(model)  # a clear error now, before any work
     out = prepare_out_dir(out_dir, seed=seed, config=config, model=None if model is None else str(model))
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, threads or usable_cpus()))
+    demo_threads = max(1, threads or usable_cpus())  # printed with the by-hand fit and predict
+    torch.set_num_threads(demo_threads)
     stages: list[StageTime] = []
 
     def stage(name: str, t0: float, detail: str = "") -> None:
@@ -632,7 +633,7 @@ def run_demo(out_dir: str | os.PathLike = "r2-demo", model: str | os.PathLike | 
 
     result = DemoResult(out_dir=out, config=config, seed=seed, model=model_arg, data=data,
                         metrics=json.loads(json.dumps(metrics)), chance_metrics=json.loads(json.dumps(chance)),
-                        stages=stages, commands=_commands(out, model_arg, made_tiny, seed),
+                        stages=stages, commands=_commands(out, model_arg, made_tiny, seed, demo_threads),
                         best_epoch=fitted.best_epoch, trainable_parameters=fitted.trainable_parameters)
     (out / "summary.txt").write_text(result.format() + "\n", encoding="utf-8")
     return result
