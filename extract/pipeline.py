@@ -153,18 +153,20 @@ class ExtractionSummary:
         ]
         if self.notes:
             lines.append(f"  notes  : {len(self.notes)} video(s) extracted with a remark (also in their cache attrs):")
-            for n in self.notes[:20]:
-                lines.append(f"    {n.path}: {n.text}")
-            if len(self.notes) > 20:
-                lines.append(f"    ... and {len(self.notes) - 20} more")
+            lines += _first_lines([f"{n.path}: {n.text}" for n in self.notes])
         if self.failures:
             lines.append(f"  FAILED : {len(self.failures)} video(s), listed in {self.failures_file}:")
-            for f in self.failures[:20]:
-                lines.append(f"    {f.path}: {f.reason}")
-            if len(self.failures) > 20:
-                lines.append(f"    ... and {len(self.failures) - 20} more")
+            lines += _first_lines([f"{f.path}: {f.reason}" for f in self.failures])
             lines.append("  a rerun of the same command retries only the failed and missing videos")
         return "\n".join(lines)
+
+
+def _first_lines(entries: list[str], shown: int = 20) -> list[str]:
+    """The summary's indented listing: the first ``shown`` entries, then how many more."""
+    out = [f"    {e}" for e in entries[:shown]]
+    if len(entries) > shown:
+        out.append(f"    ... and {len(entries) - shown} more")
+    return out
 
 
 def in_shard(item_id: str, num_shards: int, shard_index: int) -> bool:

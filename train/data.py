@@ -278,10 +278,14 @@ def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike |
             if prev is not s and prev.query != s.query:
                 clashes.append(f"query {s.query_id!r}: {prev.query!r} ({prev.origin or 'annotations'}) "
                                f"and {s.query!r} ({s.origin or path or 'annotations'})")
+
+    def some(found: list[str]) -> str:
+        more = f" (and {len(found) - shown} more)" if len(found) > shown else ""
+        return "; ".join(found[:shown]) + more
+
     if clashes:
-        more = f" (and {len(clashes) - shown} more)" if len(clashes) > shown else ""
         raise QuerySentenceError(
-            f"{len(clashes)} query id(s) stand for two sentences: {'; '.join(clashes[:shown])}{more}. "
+            f"{len(clashes)} query id(s) stand for two sentences: {some(clashes)}. "
             "The feature cache keeps one sentence per id: give the queries of each file unique ids "
             "(e.g. a prefix or an offset) and extract them")
     changed = []
@@ -291,10 +295,9 @@ def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike |
             changed.append(f"query {qid!r} ({s.origin or 'annotations'}) is {s.query!r}, "
                            f"the cache's {text!r}")
     if changed:
-        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
         raise QuerySentenceError(
             f"{len(changed)} query id(s) have other sentences in the feature cache at {cache.path} "
-            f"than in the annotations: {'; '.join(changed[:shown])}{more}. Their cached features "
+            f"than in the annotations: {some(changed)}. Their cached features "
             "are of the cached sentences: extract these annotations into another cache folder, or "
             "give the queries ids of their own")
 

@@ -332,25 +332,28 @@ def _preset_differences(saved: dict, current: Preset) -> list[str]:
     return out
 
 
-def _given_now(options: FitOptions, key: str) -> bool:
-    """Whether this command sets preset field ``key`` itself (an option, --set or --config)."""
-    shortcut = {"epochs": options.epochs, "num_workers": options.workers}.get(key)
-    if shortcut is not None or key in (options.overrides or {}):
-        return True
+def _given_now(options: FitOptions) -> set[str]:
+    """The preset fields this command sets itself (an option, --set or --config)."""
+    given = set(options.overrides or {})
+    if options.epochs is not None:
+        given.add("epochs")
+    if options.workers is not None:
+        given.add("num_workers")
     if options.config_file is not None:
         from .presets import load_overrides
 
-        return key in load_overrides(options.config_file)
-    return False
+        given.update(load_overrides(options.config_file))
+    return given
 
 
 def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log) -> Preset:
     """On --resume, the fields that may change (``RESUMABLE_CHANGES``) keep the run's values
     unless this command sets them: a plain ``--resume`` of an ``--epochs 8`` run ends after
     epoch 8, not after the preset's 30; with ``--epochs 40`` it is extended, and says so."""
+    given = _given_now(options)
     keep = {k: saved[k] for k in RESUMABLE_CHANGES
-            if k in saved and not _given_now(options, k) and saved[k] != getattr(preset, k)}
-    if "epochs" in saved and _given_now(options, "epochs") and saved["epochs"] != preset.epochs:
+            if k in saved and k not in given and saved[k] != getattr(preset, k)}
+    if "epochs" in saved and "epochs" in given and saved["epochs"] != preset.epochs:
         log(f"--epochs {preset.epochs}: the run had {saved['epochs']} epochs")
     return preset.override(keep) if keep else preset
 

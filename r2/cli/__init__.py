@@ -83,6 +83,25 @@ def command_line(name: str) -> list[str] | None:
     return None
 
 
+#: ``--progress/--no-progress`` of the commands that do long work (value: True, False or None)
+progress_option = click.option("--progress/--no-progress", default=None,
+                               help="Progress bar [default: on a terminal].")
+
+
+def _set_torch_threads(ctx, param, value):
+    if value is not None:
+        import torch
+
+        torch.set_num_threads(value)
+
+
+#: ``--threads N`` of the commands that run the R² model: sets torch's CPU threads as parsed
+threads_option = click.option(
+    "--threads", type=click.IntRange(min=1), expose_value=False, callback=_set_torch_threads,
+    help="torch threads on the CPU [default: torch's, which OMP_NUM_THREADS sets]; the float sums, "
+         "and so the last digits of a run, depend on it.")
+
+
 _INTERRUPT_HINT = "r2.interrupt_hint"
 
 

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from r2.cli import progress_option
+
 
 @click.command("demo", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "-o", "out_dir", default="r2-demo", show_default=True,
@@ -24,7 +26,7 @@ import click
 @click.option("--threads", type=click.IntRange(min=1),
               help="torch threads [default: the CPUs this process may use].")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON instead of the table.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@progress_option
 def demo(out_dir, model, seed, quick, device, threads, as_json, progress):
     """Generate a synthetic grounding set and run extract → fit → predict → score on it.
 

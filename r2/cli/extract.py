@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import command_line, on_interrupt
+from r2.cli import command_line, on_interrupt, progress_option
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch32"
 
@@ -202,7 +202,7 @@ def _parse_layers(text: str | None):
 @click.option("--decode-threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="FFmpeg threads per decode process (0 = FFmpeg's choice).")
 @click.option("--max-shard-items", type=click.IntRange(min=1), hidden=True, help="Commit a cache shard every N items.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@progress_option
 @click.pass_context
 def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_size, workers, device, precision,
             dtype, resize, num_shards, shard_index, decode_threads, max_shard_items, progress):

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import command_line, on_interrupt
+from r2.cli import command_line, on_interrupt, progress_option, threads_option
 
 DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "custom")
 
@@ -54,12 +54,10 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
                    "this process may use where fewer].")
 @click.option("--preload", is_flag=True,
               help="Read the splits into RAM first (checked against the available memory).")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="torch threads on the CPU [default: torch's, which OMP_NUM_THREADS sets]; the float "
-                   "sums, and so the last digits of a run, depend on it.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@threads_option
+@progress_option
 def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, config_file, resume,
-        init, seed, device, workers, preload, threads, progress):
+        init, seed, device, workers, preload, progress):
     """Train the R² Block on cached CLIP features, evaluating every epoch.
 
     \b
@@ -72,11 +70,6 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
       torchrun --nproc_per_node 4 -m r2 fit -d qvhighlights ...   # DDP, one process per GPU
     """
     from r2.train.loop import FitOptions, fit as run
-
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
     from r2.train.presets import parse_set_options
 
     options = FitOptions(dataset=dataset.lower(), cache=cache, run_dir=run_dir, train=train, val=val,

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from r2.cli import progress_option, threads_option
+
 
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("video", required=False, type=click.Path(dir_okay=False, path_type=Path))
@@ -48,12 +50,10 @@ import click
 @click.option("--allow-feature-mismatch", is_flag=True,
               help="Warn instead of refusing a cache whose features (CLIP model, layers, fps, "
                    "preprocessing) differ from those the checkpoint was trained on.")
-@click.option("--threads", type=click.IntRange(min=1),
-              help="torch threads on the CPU [default: torch's, which OMP_NUM_THREADS sets]; the float "
-                   "sums, and so the last digits of a run, depend on it.")
-@click.option("--progress/--no-progress", default=None, help="Progress bar [default: on a terminal].")
+@threads_option
+@progress_option
 def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, queries, clip_model, plot,
-            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch, threads, progress):
+            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch, progress):
     """Predict moments and saliency with a trained model.
 
     \b
@@ -66,11 +66,6 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
                  --model openai/clip-vit-base-patch32 --plot talk.png
     """
     from r2.train import inference
-
-    if threads is not None:
-        import torch
-
-        torch.set_num_threads(threads)
 
     if video is not None:
         if cache is not None or annotations is not None or out is not None:

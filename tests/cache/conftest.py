@@ -8,6 +8,15 @@ from r2.cache import FeatureCache
 LAYERS = [9, 10, 11, 12]
 
 
+def flip_byte(path, pos, mask):
+    """Damage a file in place: XOR the byte at ``pos`` with ``mask``."""
+    with open(path, "r+b") as fh:
+        fh.seek(pos)
+        b = fh.read(1)
+        fh.seek(pos)
+        fh.write(bytes([b[0] ^ mask]))
+
+
 def manifest(**changes):
     m = {"model_id": "test/tiny-clip", "model_config_hash": "cfg-0001", "layers": LAYERS,
          "fps": 0.5, "preprocessing": {"size": 224, "crop": "center", "mean": [0.48, 0.46, 0.41]},

@@ -15,13 +15,7 @@ from r2.cache import CacheError, FeatureCache, merge, verify
 from r2.cache.shards import encode_id, file_crc32, open_h5, parse_shard_name, shard_name
 from r2.cli import main
 
-
-def _flip(path, pos, mask=0x40):
-    with open(path, "r+b") as fh:
-        fh.seek(pos)
-        b = fh.read(1)
-        fh.seek(pos)
-        fh.write(bytes([b[0] ^ mask]))
+from .conftest import flip_byte
 
 
 def _data_offset(shard, family, item_id, name):
@@ -41,7 +35,7 @@ def _recrc(path):
 def test_merge_refuses_a_source_item_whose_data_do_not_match_their_checksum(build_cache, tmp_path):
     a = build_cache("a", videos={"v0": 0, "v1": 1})
     shard = a.video_shard("v0")
-    _flip(shard, _data_offset(shard, "videos", "v0", "L9") + 10)
+    flip_byte(shard, _data_offset(shard, "videos", "v0", "L9") + 10, 0x40)
     with pytest.raises(CacheError, match=r"video 'v0' in .*a/shards/videos-.*\.h5 is damaged \(L9: checksum "
                                          r"mismatch.*run `r2 cache verify .*a` and repair it before merging"):
         merge([a.path], tmp_path / "m")
@@ -56,7 +50,7 @@ def test_verify_checks_dataset_checksums_of_a_shard_whose_file_checksum_matches(
     # the data do not match their own crc32 attribute
     a = build_cache("a", videos={"v0": 0, "v1": 1}, queries={"q0": 0})
     shard = a.video_shard("v0")
-    _flip(shard, _data_offset(shard, "videos", "v1", "L11") + 3)
+    flip_byte(shard, _data_offset(shard, "videos", "v1", "L11") + 3, 0x40)
     laundered = _recrc(shard)
     report = verify(a.path)
     assert not report.ok
@@ -71,7 +65,7 @@ def test_merge_of_a_source_with_damaged_item_metadata_is_a_one_line_error(build_
     shard = a.video_shard("v1")
     with open_h5(shard) as f:
         header = h5py.h5o.get_info(f["videos/v1/L10"].id).addr
-    _flip(shard, header + 6, 0x20)  # HDF5's metadata checksum catches it
+    flip_byte(shard, header + 6, 0x20)  # HDF5's metadata checksum catches it
     with pytest.raises(CacheError, match=r"cannot read video 'v1' from .*a/shards/videos-.*\.h5: .*checksum.*; "
                                          r"run `r2 cache verify .*a`"):
         merge([a.path], tmp_path / "m")

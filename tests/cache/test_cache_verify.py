@@ -13,19 +13,13 @@ from r2.cache import CacheError, FeatureCache, verify
 from r2.cache.shards import encode_id, open_h5
 from r2.cli import main
 
+from .conftest import flip_byte
+
 
 def _data_offset(shard, family, item_id, name):
     with open_h5(shard) as f:
         ds = f[f"{family}/{encode_id(item_id)}/{name}"]
         return ds.id.get_offset(), ds.nbytes
-
-
-def _flip(path, pos, mask=0x01):
-    with open(path, "r+b") as fh:
-        fh.seek(pos)
-        b = fh.read(1)
-        fh.seek(pos)
-        fh.write(bytes([b[0] ^ mask]))
 
 
 @pytest.fixture
@@ -71,7 +65,7 @@ def test_truncated_shard_is_named_with_rebuild_advice(cache):
 def test_flipped_data_byte_is_found_by_checksum(cache):
     shard = cache.video_shard("v4")
     offset, nbytes = _data_offset(shard, "videos", "v4", "L11")
-    _flip(shard, offset + nbytes // 3, 0x04)
+    flip_byte(shard, offset + nbytes // 3, 0x04)
     # the shard still opens and reads: only the checksum can tell
     assert cache.load_video("v4").shape == (5, 4, 3, 16)
     report = verify(cache.path)
@@ -87,9 +81,9 @@ def test_flipped_query_mask_and_int8_scale_bytes_are_found(build_cache):
     cache = build_cache(name="i8", videos={"v": 0}, queries={"q": 0}, dtype="int8")
     vshard, qshard = cache.video_shard("v"), cache.query_shard("q")
     off, n = _data_offset(vshard, "videos", "v", "L9_scale")
-    _flip(vshard, off + 1)
+    flip_byte(vshard, off + 1, 0x01)
     off, n = _data_offset(qshard, "queries", "q", "mask")
-    _flip(qshard, off)
+    flip_byte(qshard, off, 0x01)
     report = verify(cache.path)
     assert sorted(p.shard for p in report.problems) == sorted([str(vshard), str(qshard)])
     text = report.format()
@@ -109,7 +103,7 @@ def test_flipped_structure_bytes_are_found(cache, where):
             addrs = sorted(h5py.h5o.get_info(f["videos"][k].id).addr for k in f["videos"])
         pos = addrs[0] + 6 if where == "middle" else addrs[-1] + 6
     assert pos < size
-    _flip(shard, pos, 0x20)
+    flip_byte(shard, pos, 0x20)
     report = verify(cache.path)
     assert [p.shard for p in report.problems] == [str(shard)], report.format()
 
