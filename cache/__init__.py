@@ -36,13 +36,13 @@ from .errors import CacheError, CacheWarning, MissingItemError, ShardDiscardedEr
 from .manifest import COMPAT_FIELDS, FORMAT_VERSION, same_weights
 from .merge import merge
 from .quantize import dequantize_int8, quantize_int8
-from .reader import FeatureCache
+from .reader import FeatureCache, SentenceMismatch
 from .shards import decode_id, encode_id
 from .verify import VerifyReport, verify
 from .writer import CacheWriter
 
 __all__ = [
-    "FeatureCache", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "ShardDiscardedError",
+    "FeatureCache", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "ShardDiscardedError",
     "verify", "VerifyReport", "merge", "quantize_int8", "dequantize_int8",
     "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "same_weights",
 ]

@@ -23,7 +23,9 @@ import collections
 import contextlib
 import os
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import numpy as np
 
@@ -47,6 +49,15 @@ def _float_dtype(dtype: np.dtype, what: str) -> np.dtype:
                          "a float type (float16, float32, float64), or None for the stored type")
                          + f"; got {dtype}")
     return dtype
+
+
+@dataclass(frozen=True)
+class SentenceMismatch:
+    """A query id whose cached ``text`` is another sentence than the one given for it."""
+
+    query_id: str
+    cached: str
+    given: str
 
 
 class _Shard:
@@ -346,6 +357,19 @@ class FeatureCache:
     def query_attrs(self, query_id: str) -> dict:
         """The attributes given to ``add_query`` (e.g. ``text``)."""
         return self._attrs("queries", query_id)
+
+    def sentence_mismatches(self, sentences: Mapping[str, str]) -> list[SentenceMismatch]:
+        """The ids of ``sentences`` (``{query id: sentence}``) that the cache holds for
+        another sentence: their features are of the cached ``text``, not of the given one.
+        Ids the cache lacks, and queries stored without a ``text``, are not compared."""
+        out = []
+        for qid, sentence in sentences.items():
+            if not self.has_query(qid):
+                continue
+            text = self.query_attrs(qid).get("text")
+            if text is not None and text != sentence:
+                out.append(SentenceMismatch(qid, text, sentence))
+        return out
 
     def video_shape(self, video_id: str) -> tuple[int, int, int, int]:
         """``(T, K, N, D)`` of a video, from metadata only (no data read)."""

@@ -273,7 +273,7 @@ def extract_features(
     todo_videos = [v for v in videos if not cache.has_video(v.video_id)]
     cached = {q.query_id for q in queries if cache.has_query(q.query_id)}
     todo_queries = [q for q in queries if q.query_id not in cached]
-    _check_cached_sentences(cache, [q for q in queries if q.query_id in cached])
+    _check_cached_sentences(cache, queries)
     summary.videos_skipped = len(videos) - len(todo_videos)
     summary.queries_skipped = len(queries) - len(todo_queries)
     if summary.videos_skipped or summary.queries_skipped:
@@ -312,14 +312,10 @@ def _check_cached_sentences(cache, queries: Sequence[QueryJob], shown: int = 3) 
     """Refuse query ids that the cache holds for another sentence: skipping them as "already
     cached" would leave their features those of the other sentence (ids that collide across
     annotation files, e.g. two files both numbering their queries from 0)."""
-    changed = []
-    for q in queries:
-        text = cache.query_attrs(q.query_id).get("text")
-        if text is not None and text != q.text:
-            changed.append((q.query_id, text, q.text))
+    changed = cache.sentence_mismatches({q.query_id: q.text for q in queries})
     if changed:
-        examples = "; ".join(f"query {qid!r}: cached {old!r}, now {new!r}"
-                             for qid, old, new in changed[:shown])
+        examples = "; ".join(f"query {m.query_id!r}: cached {m.cached!r}, now {m.given!r}"
+                             for m in changed[:shown])
         more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
         raise ExtractionError(
             f"{len(changed)} query id(s) are already in {cache.path} for another sentence: "

@@ -288,12 +288,9 @@ def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike |
             f"{len(clashes)} query id(s) stand for two sentences: {some(clashes)}. "
             "The feature cache keeps one sentence per id: give the queries of each file unique ids "
             "(e.g. a prefix or an offset) and extract them")
-    changed = []
-    for qid, s in first.items():
-        text = cache.query_attrs(qid).get("text")
-        if text is not None and text != s.query:
-            changed.append(f"query {qid!r} ({s.origin or 'annotations'}) is {s.query!r}, "
-                           f"the cache's {text!r}")
+    changed = [f"query {m.query_id!r} ({first[m.query_id].origin or 'annotations'}) is {m.given!r}, "
+               f"the cache's {m.cached!r}"
+               for m in cache.sentence_mismatches({qid: s.query for qid, s in first.items()})]
     if changed:
         raise QuerySentenceError(
             f"{len(changed)} query id(s) have other sentences in the feature cache at {cache.path} "

@@ -8,8 +8,8 @@ import pickle
 import numpy as np
 import pytest
 
-from r2.cache import (CacheError, FeatureCache, MissingItemError, decode_id, dequantize_int8,
-                      encode_id, quantize_int8)
+from r2.cache import (CacheError, FeatureCache, MissingItemError, SentenceMismatch, decode_id,
+                      dequantize_int8, encode_id, quantize_int8)
 from r2.cache.fastio import f16_to_f32
 from r2.cache.index import ShardIndex
 from r2.cache.quantize import clip_like_features, int8_error
@@ -134,6 +134,19 @@ def test_attributes_round_trip(tmp_path, make_manifest, features):
                    "nested": {"a": [1, None, "ü"]}, "flag": True}
     assert cache.query_attrs("q") == {"text": "ein Mann öffnet die Tür", "source_qid": 17}
     assert not cache.has_video("w")
+
+
+def test_sentence_mismatches_names_ids_cached_for_another_sentence(tmp_path, make_manifest, features):
+    _, query = features
+    cache = FeatureCache.create(tmp_path / "c", make_manifest())
+    with cache.writer() as w:
+        w.add_query("0", *query(0), text="a man opens a door")
+        w.add_query("1", *query(1), text="a dog runs")
+        w.add_query("plain", *query(2))  # stored without a text: nothing to compare
+    cache = FeatureCache.open(cache.path)
+    asked = {"0": "a man opens a door", "1": "a cat sleeps", "plain": "anything", "absent": "x"}
+    assert cache.sentence_mismatches(asked) == [SentenceMismatch("1", cached="a dog runs", given="a cat sleeps")]
+    assert cache.sentence_mismatches({"0": "a man opens a door"}) == []
 
 
 def test_writer_refuses_bad_items(tmp_path, make_manifest, features):
