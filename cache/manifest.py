@@ -202,17 +202,13 @@ def differences(existing: dict, requested: dict) -> list[tuple[str, object, obje
     return out
 
 
-def manifest_fingerprint(manifest: dict) -> str:
-    """``"sha256:<hex>"`` of the fields that say what the features mean, normalised as
-    :func:`differences` compares them: :data:`COMPAT_FIELDS` with absent fields at their
-    :data:`DEFAULTS`, ``query_layers`` defaulting to ``layers``, ``fps`` as a float, and the
-    model named by ``model_weights_hash`` when the manifest has one (else by ``model_id``, so
-    copies of one model at other paths agree). The pinned shapes are left out: they are pinned
-    by the first item, after shards may have started, and ``verify`` checks them on the data.
-
-    Each shard records the fingerprint of the manifest it was written under; ``verify``
-    reports a shard whose fingerprint differs from the current manifest's (an edited
-    ``manifest.json``, or a shard copied in from a cache with other settings)."""
+def fingerprint_fields(manifest: dict) -> dict:
+    """The fields :func:`manifest_fingerprint` hashes, normalised as :func:`differences`
+    compares them: :data:`COMPAT_FIELDS` with absent fields at their :data:`DEFAULTS`,
+    ``query_layers`` defaulting to ``layers``, ``fps`` as a float, and the model named by
+    ``model_weights_hash`` when the manifest has one (else by ``model_id``, so copies of one
+    model at other paths agree). The pinned shapes are left out: they are pinned by the first
+    item, after shards may have started, and ``verify`` checks them on the data."""
     fields = {}
     for key in COMPAT_FIELDS:
         if key in PINNED_FIELDS:
@@ -227,7 +223,27 @@ def manifest_fingerprint(manifest: dict) -> str:
     fps = fields.get("fps")
     if isinstance(fps, (int, float)) and not isinstance(fps, bool):
         fields["fps"] = float(fps)
-    text = json.dumps(fields, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+    return fields
+
+
+def fingerprint_text(fields: dict) -> str:
+    """The canonical JSON of :func:`fingerprint_fields` that the fingerprint hashes (each
+    shard stores it beside the fingerprint, so ``verify`` can say which field changed)."""
+    return json.dumps(fields, sort_keys=True, ensure_ascii=True, separators=(",", ":"), default=str)
+
+
+def manifest_fingerprint(manifest: dict) -> str:
+    """``"sha256:<hex>"`` of :func:`fingerprint_text` of the manifest's
+    :func:`fingerprint_fields`: what the features mean.
+
+    Each shard records the fingerprint of the manifest it was written under; ``verify``
+    reports a shard whose fingerprint differs from the current manifest's (an edited
+    ``manifest.json``, or a shard copied in from a cache with other settings)."""
+    return text_fingerprint(fingerprint_text(fingerprint_fields(manifest)))
+
+
+def text_fingerprint(text: str) -> str:
+    """``"sha256:<hex>"`` of a :func:`fingerprint_text`."""
     return "sha256:" + hashlib.sha256(text.encode("ascii")).hexdigest()
 
 

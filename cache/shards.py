@@ -74,6 +74,9 @@ SHARD_FORMAT = 1
 # shard attribute: manifest.manifest_fingerprint of the manifest the shard was written under
 # (absent in shards written before r2 recorded it)
 FINGERPRINT_ATTR = "manifest_fingerprint"
+# shard attribute: the fields that fingerprint hashes (manifest.fingerprint_text), so that
+# verify can name the fields an edited manifest changed (absent in shards of r2 before it)
+FINGERPRINT_FIELDS_ATTR = "manifest_fields"
 # the pinned axes of a stored layer, (T, N, D) of a video and (S, Dt) of a query: the manifest
 # key that holds the cache's value and the axis
 PINNED_AXES = {"videos": (("tokens_per_frame", 1), ("video_width", 2)), "queries": (("query_width", 1),)}

@@ -4,8 +4,9 @@ Checks: the manifest (keys, types, format version); every committed shard opens 
 truncated file, or one whose HDF5 structure is damaged, does not); each shard was written
 under the manifest's compatibility fields (its ``manifest_fingerprint`` attribute, see
 :func:`r2.cache.manifest.manifest_fingerprint`: an edited ``manifest.json`` or a shard copied
-in from a cache with other settings is reported; shards of an older r2 have no fingerprint,
-which is a note, not a problem); each item has every layer of the manifest with the stored
+in from a cache with other settings is reported, with the fields that differ from the ones
+the shard recorded, ``manifest_fields``; shards of an older r2 have no fingerprint, which is a
+note, not a problem); each item has every layer of the manifest with the stored
 dtype and consistent shapes; every item has the cache's pinned shapes (N and D of the videos,
 Dt of the queries: the manifest's, else those of the first item); an id present in two shards
 has the same data in both (same dataset checksums; identical copies are a warning, different
@@ -36,9 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from .index import ShardIndex
-from .manifest import ADDED_BY_CACHE, load_manifest, manifest_fingerprint, normalize_manifest
+from .manifest import (ADDED_BY_CACHE, fingerprint_fields, fingerprint_text, load_manifest, manifest_fingerprint,
+                       normalize_manifest, text_fingerprint)
 from .errors import CacheError
-from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32,
+from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32,
                      decode_id, describe_pinned, encode_id, file_crc32, get_text_attr, layer_name,
                      list_partials, list_shards, open_h5, parse_shard_name, scale_name)
 
@@ -64,6 +66,7 @@ class ShardCheck:
     command: str | None = None  # the shard's ``command`` attribute
     items: dict = field(default_factory=dict)  # id -> {dataset: [dtype, shape, crc32 or None]}
     fingerprint: str | None = None  # the manifest fingerprint it was written under (None: not recorded)
+    fingerprint_fields: str | None = None  # the fields that fingerprint hashes (None: not recorded)
 
 
 @dataclass
@@ -195,6 +198,7 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
                 pinned[key] = (v, f"the manifest says {key} = {v}")
     fingerprint = manifest_fingerprint(manifest)
     unfingerprinted, foreign = 0, {}  # shards without a fingerprint; fingerprint -> shards
+    foreign_fields = {}  # fingerprint -> the fields it differs in, in words ("" when not recorded)
     for i, name in enumerate(sorted(stats)):
         parsed = parse_shard_name(name)
         family, path = parsed.family, root / SHARDS_DIR / name
@@ -222,8 +226,10 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
             unfingerprinted += 0 if messages else 1  # (a damaged shard is reported anyway)
         elif check.fingerprint != fingerprint:
             foreign.setdefault(check.fingerprint, []).append(name)
-            _note(messages, f"written under other manifest settings (fingerprint {check.fingerprint}, "
-                            f"manifest.json now gives {fingerprint}): manifest.json was edited after "
+            changed = _changed_fields(check, manifest)
+            foreign_fields[check.fingerprint] = changed
+            what = (changed or f"fingerprint {check.fingerprint}, manifest.json now gives {fingerprint}")
+            _note(messages, f"written under other manifest settings ({what}): manifest.json was edited after "
                             "this shard was written, or the shard was copied in from a cache made with "
                             "another model, layers, fps, preprocessing, dtype or precision")
         report.shards_checked += 1
@@ -267,10 +273,11 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
         if progress is not None:
             progress(i + 1, len(stats))
     if foreign and sum(map(len, foreign.values())) == report.shards_checked and len(foreign) == 1:
+        [changed] = foreign_fields.values()
         report.cache_problems.append(
             "no shard was written under the compatibility fields (model, layers, fps, preprocessing, "
             "dtype, precision, ...) that manifest.json has now: it was probably edited; restore its "
-            "original values (or re-extract into a new cache)")
+            "original values" + (f" ({changed})" if changed else "") + " (or re-extract into a new cache)")
     if unfingerprinted:
         report.notes.append(f"{unfingerprinted} shard(s) have no manifest fingerprint (written by an older r2): "
                             "edits of manifest.json cannot be detected for them")
@@ -283,6 +290,26 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
     if not stats:
         report.warnings.append("the cache holds no shards yet")
     return report
+
+
+def _changed_fields(check: ShardCheck, manifest: dict) -> str:
+    """The compatibility fields in which the manifest a shard was written under differs from
+    ``manifest``, in words (``"layers: [9, 10, 11, 12] when written, manifest.json now gives
+    [10, 11, 12]"``), from the shard's recorded fields; ``""`` when it recorded none (an older
+    r2) or they do not hash to its fingerprint."""
+    text = check.fingerprint_fields
+    if text is None or not text.isascii() or text_fingerprint(text) != check.fingerprint:
+        return ""
+    try:
+        then = json.loads(text)
+    except ValueError:
+        return ""
+    now = json.loads(fingerprint_text(fingerprint_fields(manifest)))
+    if not isinstance(then, dict):
+        return ""
+    return "; ".join(f"{key}: {json.dumps(then.get(key))} when written, manifest.json now gives "
+                     f"{json.dumps(now.get(key))}"
+                     for key in sorted(set(then) | set(now)) if then.get(key) != now.get(key))
 
 
 def _note(messages: list, msg: str) -> None:
@@ -341,6 +368,8 @@ def _check_shard(path: Path, family: str, layers, dtype, quick, crc_only: bool =
             check.command = command if isinstance(command, str) and command else None
             fingerprint = get_text_attr(f, FINGERPRINT_ATTR)
             check.fingerprint = fingerprint if isinstance(fingerprint, str) else None
+            fields = get_text_attr(f, FINGERPRINT_FIELDS_ATTR)
+            check.fingerprint_fields = fields if isinstance(fields, str) else None
             other = [k for k in f.keys() if k != family]
             if other:
                 problem(f"unexpected groups {other}")

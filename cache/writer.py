@@ -33,8 +33,9 @@ an item of another shape is refused.
 Each shard records the command line of the run that wrote it (``command=``, by default the
 ``command`` of the manifest given to :meth:`FeatureCache.create` by this run), so that
 ``verify`` can quote what rebuilds that very shard, and the fingerprint of the manifest it
-was written under (``manifest_fingerprint``, see :func:`r2.cache.manifest.manifest_fingerprint`),
-so that ``verify`` can tell when ``manifest.json`` no longer describes it.
+was written under (``manifest_fingerprint``, see :func:`r2.cache.manifest.manifest_fingerprint`,
+and the fields it hashes, ``manifest_fields``), so that ``verify`` can tell when
+``manifest.json`` no longer describes it, and say which field changed.
 
 A commit that fails (an I/O error or a full disk at flush, close, fsync or rename) drops the
 shard, like an item that could not be removed from it: nothing of it stays visible, its ids
@@ -60,11 +61,11 @@ import numpy as np
 
 from .errors import CacheError, CacheWarning, ShardDiscardedError
 from .index import ShardEntry
-from .manifest import manifest_fingerprint, pin_manifest
+from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_fingerprint
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
-from .shards import (FAMILIES, FINGERPRINT_ATTR, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR, GroupNotRemoved,
-                     WriterLock, attrs_to_json, describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
+from .shards import (FAMILIES, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR,
+                     GroupNotRemoved, WriterLock, attrs_to_json, describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
                      remove_stale_partials, set_text_attr, shard_name, spill_name, write_item,
                      write_video_blocks)
 
@@ -403,7 +404,9 @@ class CacheWriter:
             set_text_attr(f, "command", command)  # verify quotes it to rebuild this shard
         # what the features mean (model, layers, fps, ...): verify reports a shard whose
         # manifest was edited afterwards, or one copied in from a cache with other settings
-        set_text_attr(f, FINGERPRINT_ATTR, manifest_fingerprint(self.cache.manifest))
+        fields = fingerprint_text(fingerprint_fields(self.cache.manifest))
+        set_text_attr(f, FINGERPRINT_ATTR, text_fingerprint(fields))
+        set_text_attr(f, FINGERPRINT_FIELDS_ATTR, fields)
         f.create_group(family)
         part = self._partials[family] = _Partial(seq, path, f, command or None)
         return part

@@ -11,7 +11,7 @@ import pytest
 
 from r2.cache import CacheError, merge, verify
 from r2.cache.manifest import manifest_fingerprint
-from r2.cache.shards import FINGERPRINT_ATTR, file_crc32, get_text_attr, open_h5, parse_shard_name, shard_name
+from r2.cache.shards import FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, file_crc32, get_text_attr, open_h5, parse_shard_name, shard_name
 
 
 def _edit_manifest(path, **changes):
@@ -22,11 +22,18 @@ def _edit_manifest(path, **changes):
     return original
 
 
-@pytest.mark.parametrize("changes", [{"fps": 2.0}, {"layers": [10, 11, 12]},
-                                     {"model_id": "openai/clip-vit-large-patch14"},
-                                     {"preprocessing": {"size": 336}}, {"precision": "bf16"},
-                                     {"model_config_hash": "cfg-0002"}])
-def test_verify_reports_shards_written_under_other_manifest_settings(build_cache, changes):
+@pytest.mark.parametrize("changes, named", [
+    ({"fps": 2.0}, "fps: 0.5 when written, manifest.json now gives 2.0"),
+    ({"layers": [10, 11, 12]}, "layers: [9, 10, 11, 12] when written, manifest.json now gives [10, 11, 12]"),
+    ({"model_id": "openai/clip-vit-large-patch14"},
+     'model_id: "test/tiny-clip" when written, manifest.json now gives "openai/clip-vit-large-patch14"'),
+    ({"preprocessing": {"size": 336}}, 'preprocessing: {"crop": "center", "mean": [0.48, 0.46, 0.41], '
+                                       '"size": 224} when written, manifest.json now gives {"size": 336}'),
+    ({"precision": "bf16"}, 'precision: "fp32" when written, manifest.json now gives "bf16"'),
+    ({"model_config_hash": "cfg-0002"}, 'model_config_hash: "cfg-0001" when written, manifest.json now gives "cfg-0002"')])
+def test_verify_reports_shards_written_under_other_manifest_settings(build_cache, changes, named):
+    """The shard records the fields its fingerprint hashes: the message names the field that
+    was edited, with the value the shard was written under."""
     cache = build_cache(videos={"v0": 0, "v1": 1}, queries={"q0": 0})
     assert verify(cache.path).ok
     original = _edit_manifest(cache.path, **changes)
@@ -34,8 +41,9 @@ def test_verify_reports_shards_written_under_other_manifest_settings(build_cache
     assert not report.ok
     assert sorted(p.shard for p in report.problems) == sorted(str(p.resolve()) for p in cache.shard_paths())
     for p in report.problems:
-        assert any("written under other manifest settings" in m for m in p.messages), p.messages
-    assert any("manifest.json" in m and "edited" in m for m in report.cache_problems), report.cache_problems
+        assert any(f"written under other manifest settings ({named}" in m for m in p.messages), p.messages
+    assert any("manifest.json" in m and "edited" in m and f"restore its original values ({named}" in m
+               for m in report.cache_problems), report.cache_problems
     assert not verify(cache.path, quick=True).ok  # one attribute: the quick check sees it too
     (cache.path / "manifest.json").write_text(json.dumps(original))
     assert verify(cache.path).ok
@@ -67,12 +75,26 @@ def test_a_shard_copied_in_from_a_cache_with_other_settings_is_named(build_cache
         merge([a.path], a.path.parent / "m")
 
 
-def _strip_fingerprint(path):
+def _strip_fingerprint(path, attrs=(FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR)):
     """Make a shard as an older r2 wrote it (no fingerprint), with a matching file crc."""
     with open_h5(path, "r+") as f:
-        del f.attrs[FINGERPRINT_ATTR]
+        for name in attrs:
+            del f.attrs[name]
     p = parse_shard_name(path.name)
     os.rename(path, path.with_name(shard_name(p.family, p.prefix, p.seq, file_crc32(path))))
+
+
+def test_a_shard_with_a_fingerprint_but_no_recorded_fields_names_the_fingerprints(build_cache):
+    """Shards of the r2 that recorded the fingerprint alone: the edit is found, and told by the
+    two fingerprints."""
+    cache = build_cache(videos={"v0": 0})
+    [shard] = cache.shard_paths()
+    _strip_fingerprint(shard, attrs=[FINGERPRINT_FIELDS_ATTR])
+    original = _edit_manifest(cache.path, fps=2.0)
+    [problem] = verify(cache.path).problems
+    want = manifest_fingerprint(json.loads((cache.path / "manifest.json").read_text()))
+    assert (f"written under other manifest settings (fingerprint {manifest_fingerprint(original)}, "
+            f"manifest.json now gives {want}): manifest.json was edited") in problem.messages[0]
 
 
 def test_shards_without_a_fingerprint_still_verify(build_cache):
