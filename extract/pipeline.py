@@ -462,8 +462,25 @@ _WORKER: dict = {}
 def _init_worker(shm_name, shape, free, sender):
     from multiprocessing import shared_memory
 
+    _exit_with_parent()
     shm = shared_memory.SharedMemory(name=shm_name)
     _WORKER.update(shm=shm, view=np.ndarray(shape, np.uint8, shm.buf), free=free, sender=sender)
+
+
+def _exit_with_parent(every: float = 0.5) -> None:
+    """In a decode worker: exit as soon as the process that started it is gone. A SIGKILLed
+    ``r2 extract`` cannot stop its workers, and one waiting for a free slot would wait for
+    ever, holding the shared memory (whose segment is removed only once every worker is gone)."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(every)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="r2-exit-with-parent", daemon=True).start()
 
 
 def _decode_task(key: int, args: tuple, chunk: int) -> DecodeResult:

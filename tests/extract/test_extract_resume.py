@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +114,68 @@ def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_same_command_finishes(tmp_p
     assert rerun.returncode == 0, rerun.stdout + rerun.stderr
     assert f"{len(ids) - len(kept)} extracted, {len(kept)} already cached" in rerun.stdout
     assert sorted(FeatureCache.open(out).video_ids()) == ids
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_decode_workers_exit_and_free_their_shared_memory_when_extract_is_sigkilled(tmp_path, tiny_clip_dir):
+    """A SIGKILLed `r2 extract` cannot stop its decode workers: they notice that their parent is
+    gone and exit within seconds (a worker waiting for a free slot used to wait for ever), and
+    with them the shared-memory segment of the frames goes."""
+    videos = tmp_path / "videos"
+    for i in range(6):
+        S.write_segment_video(videos / f"v{i}.mp4", [(COLOURS[i], 10), (COLOURS[i + 3], 10)], fps=10, size=(64, 48))
+    out = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "r2", "extract", str(videos), "--out", str(out), "--model", str(tiny_clip_dir),
+           "--fps", "10", "--workers", "2", "--batch-size", "1", "--max-shard-items", "1", "--no-progress"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    segments_before = {p.name for p in Path("/dev/shm").glob("psm_*")}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    children = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "shards").is_dir() and list((out / "shards").glob("videos-*.h5")):
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "extraction ended before it could be killed"
+        children = _children(proc.pid)
+        segments = {p.name for p in Path("/dev/shm").glob("psm_*")} - segments_before
+        assert len(children) >= 2 and segments  # the workers (and resource trackers), the frames' segment
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while any(map(_running, children)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(map(_running, children)), "decode workers outlived the killed extract"
+        while segments & {p.name for p in Path("/dev/shm").glob("psm_*")} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not segments & {p.name for p in Path("/dev/shm").glob("psm_*")}, "its shared memory was left"
+    finally:  # (the resource trackers are left to go by themselves: they remove the segment)
+        for pid in [proc.pid, *children]:
+            with contextlib.suppress(OSError):
+                if b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGKILL)
+        proc.wait(30)
