@@ -304,9 +304,17 @@ def test_loader_batches_are_padded_masked_and_the_same_with_workers(data):
     assert len(ds) == 2 * len(samples)
     ds.set_epoch(4)
 
+    collate = Collator()
+
+    def collate_and_check(items):
+        batch = collate(items)
+        if torch.utils.data.get_worker_info() is not None:  # written once, into shared memory
+            assert batch.video.is_shared() and batch.query.is_shared()
+        return batch
+
     def batches(workers):
         loader = torch.utils.data.DataLoader(ds, batch_size=5, shuffle=False, num_workers=workers,
-                                             collate_fn=Collator(), generator=loader_generator(9, 4))
+                                             collate_fn=collate_and_check, generator=loader_generator(9, 4))
         return [b for _, b in zip(range(4), loader)]
 
     serial, parallel = batches(0), batches(2)
