@@ -17,6 +17,8 @@ import pytest
 from r2.cache import FeatureCache, verify
 from r2.extract import synthetic as S
 
+from ..conftest import process_tree, running
+
 COLOURS = ["red", "green", "blue", "yellow", "cyan", "magenta", "orange", "purple", "white", "black"]
 
 
@@ -116,29 +118,6 @@ def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_same_command_finishes(tmp_p
     assert sorted(FeatureCache.open(out).video_ids()) == ids
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is ``pid`` (from /proc)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as fh:
-                    fields = fh.read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                out.append(int(entry))
-    return out
-
-
-def _running(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
 def test_decode_workers_exit_and_free_their_shared_memory_when_extract_is_sigkilled(tmp_path, tiny_clip_dir):
     """A SIGKILLed `r2 extract` cannot stop its decode workers: they notice that their parent is
     gone and exit within seconds (a worker waiting for a free slot used to wait for ever), and
@@ -161,15 +140,15 @@ def test_decode_workers_exit_and_free_their_shared_memory_when_extract_is_sigkil
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "extraction ended before it could be killed"
-        children = _children(proc.pid)
+        children = process_tree(proc.pid)[1:]
         segments = {p.name for p in Path("/dev/shm").glob("psm_*")} - segments_before
         assert len(children) >= 2 and segments  # the workers (and resource trackers), the frames' segment
         proc.send_signal(signal.SIGKILL)
         proc.wait(30)
         deadline = time.monotonic() + 10
-        while any(map(_running, children)) and time.monotonic() < deadline:
+        while any(map(running, children)) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert not any(map(_running, children)), "decode workers outlived the killed extract"
+        assert not any(map(running, children)), "decode workers outlived the killed extract"
         while segments & {p.name for p in Path("/dev/shm").glob("psm_*")} and time.monotonic() < deadline:
             time.sleep(0.05)
         assert not segments & {p.name for p in Path("/dev/shm").glob("psm_*")}, "its shared memory was left"

@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+from ..conftest import process_tree, running
+
 
 @pytest.fixture
 def one_torch_thread():
@@ -39,29 +41,6 @@ def wait_for_checkpoint(proc, run_dir, epoch: int = 1, timeout: float = 120.0) -
         time.sleep(0.01)
 
 
-def process_tree(pid: int) -> list[int]:
-    """``pid`` and every process descended from it (from /proc: parent ids)."""
-    import os
-
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as fh:
-                stat = fh.read()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])  # after "pid (comm) state"
-        children.setdefault(ppid, []).append(int(entry))
-    tree, todo = [], [pid]
-    while todo:
-        p = todo.pop()
-        tree.append(p)
-        todo.extend(children.get(p, []))
-    return tree
-
-
 def kill_tree(proc, timeout: float = 30.0) -> None:
     """SIGKILL the process ``proc`` and all its descendants at once, as a lost node, and wait
     until they are gone. torchrun starts each rank in a session of its own, so killing the
@@ -79,11 +58,5 @@ def kill_tree(proc, timeout: float = 30.0) -> None:
     proc.wait(timeout)
     deadline = time.monotonic() + timeout
     for p in tree[1:]:  # reparented to init: gone when reaped, or dead once a zombie
-        while time.monotonic() < deadline:
-            try:
-                with open(f"/proc/{p}/stat") as fh:
-                    if fh.read().rsplit(")", 1)[1].split()[0] == "Z":
-                        break
-            except OSError:
-                break
+        while running(p) and time.monotonic() < deadline:
             time.sleep(0.05)
