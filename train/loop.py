@@ -67,7 +67,7 @@ from .annotations import GroundingSample, load_annotations
 from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
                    check_feature_spec, check_ids, feature_spec, loader_generator, loader_workers,
                    resolve_layers, worker_init_fn)
-from .distributed import DistContext, autocast, setup, teardown
+from .distributed import DistContext, autocast, setup, teardown, unused_everywhere
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
 
@@ -695,16 +695,19 @@ class _Trainer:
                         out = ddp(batch.video, batch.video_mask, batch.query, batch.query_mask)
                     loss = model.compute_loss(out, batch.targets)
                     optimizer.zero_grad(set_to_none=True)
-                    total = loss.total
+                    total, unused = loss.total, []
                     if ctx.distributed:
                         # Some parameters can get no gradient in a step: a pyramid level whose
                         # stride is longer than the batch's padded videos is skipped (as
                         # officially), a head or pooling whose loss weight is 0 is not in the
-                        # loss. DDP waits for every gradient, so they get a zero one (and
-                        # AdamW's decay and momentum move them, where one process leaves a
-                        # parameter without a gradient alone). The loss value is unchanged.
+                        # loss. DDP waits for every gradient, so they get a zero one (the loss
+                        # value is unchanged); those that no rank used then get None again,
+                        # and AdamW leaves them alone as in one process
+                        unused = unused_everywhere(total, params)
                         total = total + 0.0 * sum(p.sum() for p in params)
                     scaler.scale(total).backward()
+                    for p in unused:
+                        p.grad = None
                     if preset.grad_clip is not None:
                         scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, preset.grad_clip)

@@ -117,7 +117,8 @@ def test_torchrun_trains_short_videos_and_a_zero_loss_weight(tmp_path):
     """Parameters without a gradient in a step: the stride-8 pyramid level is skipped for
     batches of videos shorter than 8 clips, and the coordinate head gets none with
     reg_weight=0. One process trains on; DDP, which waited for their gradients, crashed with
-    "Expected to have finished reduction in the prior iteration"."""
+    "Expected to have finished reduction in the prior iteration". And a parameter that no rank
+    used stays as it was, as in one process."""
     short = make_synthetic_dataset(tmp_path / "short", train_videos=8, val_videos=2, min_clips=6,
                                    max_clips=7, concepts=4, seed=1)
     run_dir = tmp_path / "run"
@@ -126,3 +127,27 @@ def test_torchrun_trains_short_videos_and_a_zero_loss_weight(tmp_path):
     done = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
     assert (run_dir / "model.safetensors").is_file()
+    # the coordinate head had no gradient on any rank in any step: as one process leaves such a
+    # parameter alone, it keeps its initial values (a zero gradient would decay them)
+    from r2.model import R2Config, R2Model
+    from r2.train.presets import get_preset
+
+    config = R2Config.from_json((run_dir / "config.json").read_text())
+    torch.manual_seed(get_preset("custom").seed)  # as fit seeds the model it builds
+    initial = R2Model(config).state_dict()
+    trained = load_file(str(run_dir / "model.safetensors"))
+    moved = {k: not torch.equal(trained[k], initial[k]) for k in trained if k.startswith(("coord_head.", "class_head."))}
+    assert any(v for k, v in moved.items() if k.startswith("class_head."))  # it trained
+    assert [k for k, v in moved.items() if k.startswith("coord_head.") and v] == [], "the unused head moved"
+
+
+def test_unused_everywhere_names_the_parameters_the_loss_does_not_reach():
+    from r2.train.distributed import unused_everywhere
+
+    a, b, c = (torch.nn.Linear(3, 3) for _ in range(3))
+    x = torch.ones(2, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # parameters reached through their casts
+        loss = b(a(x)).float().sum() + 0 * c(x).detach().sum()
+    params = [*a.parameters(), *b.parameters(), *c.parameters()]
+    unused = unused_everywhere(loss, params)
+    assert [id(p) for p in unused] == [id(c.weight), id(c.bias)]
