@@ -14,6 +14,7 @@ _LAZY = {
     "fit": ".loop",
     "FitOptions": ".loop",
     "FitResult": ".loop",
+    "MetricBest": ".loop",
     "FitError": ".loop",
     "predict": ".inference",
     "predict_video": ".inference",

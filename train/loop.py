@@ -174,6 +174,26 @@ class FitResult:
     def checkpoint(self) -> Path:
         return self.run_dir
 
+    def best_of_each_metric(self) -> dict[str, "MetricBest"]:
+        """Each metric's best value over the evaluated epochs and its epoch (the first, on a
+        tie): what the official code logs as ``best_<key>``. Each may come from another epoch
+        than ``best_epoch``, whose weights the run keeps; all these metrics are higher-better."""
+        out: dict[str, MetricBest] = {}
+        for record in self.history:
+            for key, value in (record.get("metrics") or {}).items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    if key not in out or value > out[key].value:
+                        out[key] = MetricBest(value, int(record["epoch"]))
+        return out
+
+
+@dataclass(frozen=True)
+class MetricBest:
+    """One metric's best value over a run's epochs, and the (1-based) epoch it came from."""
+
+    value: float
+    epoch: int
+
 
 # ----------------------------------------------------------------------------------------------
 # learning rate

@@ -95,6 +95,12 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
         keys = [k for k in _SHOWN if k in shown] or list(shown)[:6]
         if keys:
             click.echo("last epoch: " + ", ".join(f"{k} {shown[k]:.2f}" for k in keys))
+        bests = result.best_of_each_metric()
+        evaluated = sum(1 for r in result.history if r.get("metrics"))
+        if evaluated > 1 and all(k in bests for k in keys):
+            click.echo("best of each over the epochs (the official logs' best_<key>; other epochs' "
+                       "weights are not kept): "
+                       + ", ".join(f"{k} {bests[k].value:.2f} (epoch {bests[k].epoch})" for k in keys))
     click.echo(f"next: r2 predict --checkpoint {result.run_dir} --cache {cache} --annotations FILE "
                "--out predictions.jsonl")
 

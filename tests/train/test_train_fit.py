@@ -4,6 +4,7 @@ data loading (padding, masks, workers, preload, crop), and the errors users meet
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +64,12 @@ def test_training_raises_the_val_metric_far_above_chance(data, tmp_path):
     assert lines[-1]["lr"] == pytest.approx(3e-3)
     best_line = max(lines, key=lambda r: r["value"])
     assert result.best_epoch == best_line["epoch"]
+    # each metric's own best over the epochs (the official logs' best_<key>), first epoch on ties
+    bests = result.best_of_each_metric()
+    for key in ("MR-full-mAP", "MR-full-R1@0.5", "MR-full-mIoU"):
+        values = [r["metrics"][key] for r in lines]
+        assert bests[key].value == max(values) and bests[key].epoch == lines[values.index(max(values))]["epoch"]
+    assert bests["MR-full-mAP"].epoch == result.best_epoch
     assert json.loads((run / "best.json").read_text())["epoch"] == result.best_epoch
     preset = json.loads((run / "preset.json").read_text())
     assert preset["name"] == "custom" and preset["hidden_dim"] == 32 and preset["epochs"] == epochs
@@ -97,9 +104,12 @@ def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
     assert "fit:" not in res.output  # stderr is not a terminal here: no bar in a log file
     assert (run / "model.safetensors").is_file() and (run / "checkpoints" / "last" / "trainer.pt").is_file()
     assert json.loads((run / "preset.json").read_text())["seed"] == 3
+    assert "best of each" not in res.output  # one epoch: its metrics are the best
     res = CliRunner().invoke(main, args[:args.index("--run-dir") + 1] + [str(tmp_path / "bar")]
-                             + args[args.index("--run-dir") + 2:] + ["--progress"])
+                             + args[args.index("--run-dir") + 2:] + ["--progress", "--epochs", "2"])
     assert res.exit_code == 0 and "fit: 100%" in res.output, res.output
+    assert re.search(r"best of each over the epochs \(the official logs' best_<key>; other epochs' weights "
+                     r"are not kept\): MR-full-R1@0.3 \d+\.\d\d \(epoch [12]\), MR-full-R1@0.5", res.output), res.output
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 1 and "already holds a run" in res.output and "--resume" in res.output
     res = CliRunner().invoke(main, args[:-2] + ["--set", "no_such_field=1"])
