@@ -104,6 +104,13 @@ def load_videos(predictions: list, ground_truth: list, *, subset: bool, pred_sou
     return VideoData(j, gt_mats, preds, domains)
 
 
+def in_ground_truth_order(j: Joined) -> list[int]:
+    """The indices ``k`` of ``j.qids`` in ground-truth order: R²-Tuning sums a domain's
+    per-video APs in its data set's order (the domain's split list), so the last bits of the
+    mean, and now and then its 5th decimal, do not depend on the order of the prediction file."""
+    return sorted(range(j.n), key=lambda k: j.gt_index[k])
+
+
 def domain_order(domains: list, canonical: tuple) -> list:
     present = list(OrderedDict.fromkeys(domains))
     known = [d for d in canonical if d in present]

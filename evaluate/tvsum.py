@@ -17,8 +17,8 @@ from collections import OrderedDict
 import numpy as np
 
 from ._common import warn
-from ._highlights import (domain_layout, domain_order, load_videos, ranking, sequential_mean,
-                          trapezoid_aps)
+from ._highlights import (domain_layout, domain_order, in_ground_truth_order, load_videos, ranking,
+                          sequential_mean, trapezoid_aps)
 from .errors import EvaluationError
 
 __all__ = ["evaluate_tvsum", "TVSUM_DOMAINS", "lower_median"]
@@ -67,8 +67,9 @@ def evaluate_tvsum(predictions: list, ground_truth: list, *, subset: bool = Fals
         ranked = labels[top].T  # (A, k)
         per_video.append(trapezoid_aps(ranked, ranked.sum(axis=1)))
     per_domain = OrderedDict()
+    order = in_ground_truth_order(j)
     for domain in domain_order(v.domains, TVSUM_DOMAINS):
-        members = [k for k, d in enumerate(v.domains) if d == domain]
+        members = [k for k in order if v.domains[k] == domain]
         by_annotator = [sequential_mean([per_video[k][a] for k in members]) for a in range(A)]
         per_domain[domain] = (sequential_mean(by_annotator), len(members))
     if details is not None:

@@ -14,8 +14,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ._highlights import (domain_layout, domain_order, load_videos, ranking, sequential_mean,
-                          trapezoid_aps)
+from ._highlights import (domain_layout, domain_order, in_ground_truth_order, load_videos, ranking,
+                          sequential_mean, trapezoid_aps)
 from .errors import EvaluationError
 
 __all__ = ["evaluate_youtube", "YOUTUBE_DOMAINS"]
@@ -42,8 +42,9 @@ def evaluate_youtube(predictions: list, ground_truth: list, *, subset: bool = Fa
         ranked = labels[ranking(scores)]
         aps.append(float(trapezoid_aps(ranked[None, :], np.array([ranked.sum()]))[0]))
     per_domain = OrderedDict()
+    order = in_ground_truth_order(j)
     for domain in domain_order(v.domains, YOUTUBE_DOMAINS):
-        values = [ap for ap, d in zip(aps, v.domains) if d == domain]
+        values = [aps[k] for k in order if v.domains[k] == domain]
         per_domain[domain] = (sequential_mean(values), len(values))
     if details is not None:
         details["queries"] = j.n

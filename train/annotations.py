@@ -1246,12 +1246,23 @@ def _label_highlight_splits(samples: list[GroundingSample], dataset: str) -> lis
         for part, ids in parts.items():
             for vid in ids:
                 membership.setdefault(vid, {})[dom] = part
-    out = []
+    position = {(dom, part, vid): i for dom, parts in lists.items()
+                for part, ids in parts.items() for i, vid in enumerate(ids)}
+    out, groups = [], {}  # groups: (domain, part) -> slots of ``out`` it holds, in file order
     for s in samples:
         by_domain = membership.get(s.vid, {})
         key = (s.domain or "").lower() if dataset == "youtube" else (s.domain or "").upper()
-        part = by_domain.get(key) or (next(iter(by_domain.values())) if by_domain else "unlisted")
+        dom = key if key in by_domain else next(iter(by_domain), None)
+        part = by_domain[dom] if dom is not None else "unlisted"
+        if dom is not None:
+            groups.setdefault((dom, part), []).append(len(out))
         out.append(_replace(s, split=part))
+    # each domain's train and val videos in the order of its split list, in the slots they
+    # held: the reference's data set order, in which its evaluation sums the per-video APs
+    for (dom, part), slots in groups.items():
+        ordered = sorted((out[i] for i in slots), key=lambda r: position.get((dom, part, r.vid), len(position)))
+        for i, r in zip(slots, ordered):
+            out[i] = r
     return out
 
 

@@ -369,6 +369,21 @@ def test_youtube_split_and_domain_selection(tmp_path):
         load_annotations(path, domain="surfing", split="val")
 
 
+def test_highlight_videos_come_in_the_order_of_their_split_lists(tmp_path):
+    """Each domain's train and val videos in their split list's order (the reference's data
+    set order, in which its evaluation sums the per-video APs), in the places of the file
+    they held; other domains' and unlisted videos stay where they were."""
+    dog_val, dog_train = YOUTUBE_SPLITS["dog"]["val"], YOUTUBE_SPLITS["dog"]["train"]
+    ids = [(dog_val[2], "dog"), ("SYNnotlisted", "dog"), (dog_train[1], "dog"), (dog_val[0], "dog"),
+           (YOUTUBE_SPLITS["surfing"]["val"][1], "surfing"), (dog_train[0], "dog"),
+           (YOUTUBE_SPLITS["surfing"]["val"][0], "surfing"), (dog_val[1], "dog")]
+    path = _highlight_file(tmp_path, YT_JSON, ids, "domain")
+    assert [s.vid for s in load_annotations(path)] == [
+        dog_val[0], "SYNnotlisted", dog_train[0], dog_val[1], YOUTUBE_SPLITS["surfing"]["val"][0],
+        dog_train[1], YOUTUBE_SPLITS["surfing"]["val"][1], dog_val[2]]
+    assert [s.vid for s in load_annotations(path, domain="dog", split="val")] == list(dog_val[:3])
+
+
 def test_youtube_malformed(tmp_path):
     doc = json.loads(YT_JSON.read_text())
     doc["SYNyt000002"]["match"] = doc["SYNyt000002"]["match"][:-1]
