@@ -52,6 +52,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import os
+import re
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -73,6 +74,7 @@ SPILL_BYTES = 256 * 2**20  # a video's encoded parts beyond this go to a spill f
 CHUNK_BYTES = 16 * 2**20  # parts are encoded, and videos written at commit, in blocks of about this size
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
+SPACE_MARGIN = 1 << 20  # free bytes left beyond an item and its metadata (the shard's own, its commit)
 _WORD = {"videos": "video", "queries": "query"}
 
 
@@ -80,6 +82,32 @@ def _some(ids, n: int = 3) -> str:
     """The first ``n`` of ``ids`` for a message (``'a', 'b', 'c' and 5 more``)."""
     shown = ", ".join(repr(i) for i in ids[:n])
     return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
+
+
+@contextlib.contextmanager
+def _write_errors_of(prefix: str):
+    """Collect the errors that HDF5 raises about the shards of the writer ``prefix`` while
+    h5py releases its objects: h5py cannot raise them there (``Exception ignored in
+    ObjectID.__dealloc__``), so a failed write (a full disk) would pass unseen. Other
+    unraisable errors go to the previous hook."""
+    import sys
+
+    found: list[str] = []
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        text = " ".join(str(unraisable.exc_value).split())
+        if prefix in text:
+            os_error = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+            found.append(f"[Errno {os_error[1]}] {os_error[2]}" if os_error else text[:300])
+        else:
+            previous(unraisable)
+
+    sys.unraisablehook = hook
+    try:
+        yield found
+    finally:
+        sys.unraisablehook = previous
 
 
 @dataclass
@@ -255,8 +283,11 @@ class CacheWriter:
 
     def _add(self, family, item_id, arrays, scales, mask, attrs):
         attrs_json = attrs_to_json(attrs)
+        nbytes = sum(a.nbytes for a in arrays) + sum(q.nbytes for q in scales or ()) + (
+            0 if mask is None else np.asarray(mask).nbytes)
         self._insert(family, item_id, lambda f: write_item(f, family, item_id, self.cache.layers,
-                                                            arrays, scales, mask, attrs_json))
+                                                            arrays, scales, mask, attrs_json),
+                     nbytes=nbytes)
 
     def _copy(self, family, item_id, src_group, command=None) -> None:
         """Copy an item group from another shard as it is stored (used by ``merge``), into a
@@ -267,10 +298,12 @@ class CacheWriter:
                              f"{first}; run `r2 cache verify` on its cache")
         self._check_shape(family, item_id, src_group[first].shape)
 
+        nbytes = sum(ds.nbytes for ds in src_group.values())
+
         def write(f):
             f[family].copy(src_group, encode_id(item_id))
-            return sum(ds.nbytes for ds in src_group.values())
-        self._insert(family, item_id, write, command)
+            return nbytes
+        self._insert(family, item_id, write, command, nbytes=nbytes)
 
     @staticmethod
     def _check_id(family, item_id) -> None:
@@ -285,8 +318,9 @@ class CacheWriter:
             raise CacheError(f"{_WORD[family]} id {item_id!r} cannot be stored: it is not valid text "
                              f"({exc.reason} at position {exc.start}); give the id as proper Unicode") from None
 
-    def _insert(self, family, item_id, write, command=None, reserved=False):
+    def _insert(self, family, item_id, write, command=None, reserved=False, nbytes=0):
         self._check_id(family, item_id)
+        self._check_space(family, item_id, nbytes)
         command = self.command if command is None else command
         with self._mutex:
             self._check_usable()
@@ -297,8 +331,11 @@ class CacheWriter:
                 if part is not None and part.command != command:
                     self._commit(family)  # one command per shard
                     part = None
-                part = part or self._start(family, command)
-                part.nbytes += write(part.file)
+                with _write_errors_of(self.prefix) as failed:
+                    part = part or self._start(family, command)
+                    part.nbytes += write(part.file)
+                if failed:  # e.g. a full disk, which HDF5 reports only as an ignored error
+                    raise GroupNotRemoved(str(part.path), OSError(f"writing it failed: {failed[0]}"))
             except GroupNotRemoved as exc:  # the half-written group is still in the shard
                 self._release(family, [item_id])
                 self._discard(family, item_id, exc.cause)
@@ -309,13 +346,31 @@ class CacheWriter:
             if len(part.ids) >= self.max_shard_items or part.nbytes >= self.max_shard_bytes:
                 self._commit(family)
 
+    def _check_space(self, family, item_id, nbytes: int) -> None:
+        """Refuse an item of ``nbytes`` when the shards' file system has not room for it, its
+        HDF5 metadata and a margin, before anything of it is written: HDF5 reports a full disk
+        only as ignored errors, and a process whose HDF5 writes failed can crash at exit. (The
+        writes are still checked: another process may fill the disk in between.)"""
+        try:
+            st = os.statvfs(self.root / SHARDS_DIR)
+        except OSError:
+            return
+        free = st.f_bavail * st.f_frsize
+        need = nbytes + nbytes // 32 + SPACE_MARGIN
+        if free < need:
+            raise CacheError(
+                f"no room for {_WORD[family]} {item_id!r} in {self.root / SHARDS_DIR}: it needs about "
+                f"{need / 2**20:.1f} MB with HDF5's metadata, the disk has {free / 2**20:.1f} MB free. "
+                "Free disk space (or write to another disk) and rerun: what was committed is kept, the "
+                "rest is added then")
+
     def _discard(self, family, item_id, exc) -> None:
         """The failed item's group could not be removed from the open partial shard: drop the
         shard (it never becomes visible), with the items added to it since its last commit, and
         close this writer; raises :class:`ShardDiscardedError` (``exc``, the item's failure, when
         that is a ``KeyboardInterrupt`` or the like)."""
         part = self._partials.pop(family)
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), _write_errors_of(self.prefix):  # (reported below)
             part.file.close()
         with contextlib.suppress(OSError):
             part.path.unlink(missing_ok=True)
@@ -334,7 +389,7 @@ class CacheWriter:
         the rename got that far: the commit is not known to be durable, and the error says the
         items are gone), free its ids, close this writer and raise :class:`ShardDiscardedError`
         (``exc`` itself when it is a ``KeyboardInterrupt`` or the like)."""
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(Exception), _write_errors_of(self.prefix):  # (reported below)
             part.file.close()
         for path in (part.path, final):
             if path is not None:
@@ -419,8 +474,12 @@ class CacheWriter:
         part = self._partials.pop(family)
         final = None
         try:
-            part.file.flush()
-            part.file.close()
+            with _write_errors_of(self.prefix) as failed:
+                part.file.flush()
+                part.file.close()
+            if failed:  # HDF5 reported them only while closing, as ignored errors
+                raise OSError(f"writing it failed: {failed[0]}")
+            self._read_back(family, part)
             crc = file_crc32(part.path)
             fd = os.open(part.path, os.O_RDONLY)
             try:
@@ -440,6 +499,21 @@ class CacheWriter:
         self.committed[family] += len(part.ids)
         if self.on_commit is not None:
             self.on_commit(final, family, list(part.ids))
+
+    def _read_back(self, family, part: _Partial) -> None:
+        """Read the closed partial shard back (from the page cache) and raise OSError unless it
+        holds every item added, each dataset equal to its crc32: a shard damaged by a write
+        that failed without an error (HDF5 reports some, a full disk among them, only while
+        closing) must not be committed under a crc32 of the damaged bytes."""
+        from .verify import _check_shard
+
+        manifest = self.cache.manifest
+        check = _check_shard(part.path, family, manifest["layers"], manifest.get("dtype", "float16"),
+                             quick=False, crc_only=True)
+        missing = set(part.ids) - set(check.ids)
+        if check.messages or missing:
+            what = check.messages[0] if check.messages else f"{len(missing)} of its items are missing"
+            raise OSError(f"the shard read back is not what was written: {what}")
 
     def flush(self) -> None:
         """Commit the items added so far (the open shards are renamed into place)."""
@@ -666,11 +740,13 @@ class VideoSink:
             if not self.clips:
                 raise CacheError(f"video {self.video_id!r}: empty features, no clips were appended")
             k, n, d = self._shape
+            nbytes = self.clips * k * n * d * np.dtype(w._stored_dtype).itemsize + (
+                self.clips * k * n * 4 if w.cache.dtype == "int8" else 0)  # (T, K, N, D), the int8 scales
             w._insert("videos", self.video_id,
                       lambda f: write_video_blocks(f, "videos", self.video_id, w.cache.layers, (self.clips, n, d),
                                                    w._stored_dtype, w.cache.dtype == "int8", self._blocks(),
                                                    attrs_json),
-                      reserved=True)
+                      reserved=True, nbytes=nbytes)
         except BaseException:
             self.abort()
             raise

@@ -122,3 +122,99 @@ def test_shards_that_is_a_file_is_a_one_line_error(build_cache, make_manifest):
             "away, or rebuild the cache"], result.output
     with pytest.raises(CacheError, match="is not a directory"):
         FeatureCache.create(cache.path, make_manifest())
+
+
+def test_an_item_without_room_on_the_disk_is_refused_before_anything_is_written(build_cache, make_manifest,
+                                                                             features, monkeypatch):
+    """HDF5 reports a full disk only as ignored errors (and the process may crash at exit):
+    the writer asks the file system first, and an item without room is a one-line error; the
+    shard stays whole and the writer goes on."""
+    from r2.cache import writer as writer_module
+
+    video, _ = features
+    cache = FeatureCache.create(build_cache("c").path, make_manifest())
+    real = os.statvfs
+    free_blocks = {"n": None}
+
+    def statvfs(path):
+        st = real(path)
+        if free_blocks["n"] is None:
+            return st
+        return os.statvfs_result((st.f_bsize, 4096, st.f_blocks, free_blocks["n"], free_blocks["n"],
+                                  st.f_files, st.f_ffree, st.f_favail, st.f_flag, st.f_namemax))
+
+    monkeypatch.setattr(writer_module.os, "statvfs", statvfs)
+    with cache.writer() as w:
+        w.add_video("v0", video(0))
+        free_blocks["n"] = 100  # 0.4 MB: less than the item and the 1 MB margin
+        with pytest.raises(CacheError, match=r"no room for video 'v1' in .*shards: it needs about 1\.\d MB with "
+                                             r"HDF5's metadata, the disk has 0\.4 MB free\. Free disk space"):
+            w.add_video("v1", video(1))
+        free_blocks["n"] = None
+        w.add_video("v2", video(2))
+    reopened = FeatureCache.open(cache.path)
+    assert reopened.video_ids() == ["v0", "v2"] and verify(cache.path).ok
+
+
+def test_write_errors_that_hdf5_only_reports_as_ignored_drop_the_shard(build_cache, make_manifest, features,
+                                                                        monkeypatch, capsys):
+    """A failed write that h5py can only report from a destructor ("Exception ignored in
+    ObjectID.__dealloc__", as with a full disk) drops the shard: its items are never committed
+    under the crc32 of damaged bytes."""
+    import sys
+    import types
+
+    from r2.cache import writer as writer_module
+
+    video, _ = features
+    cache = FeatureCache.create(build_cache("c").path, make_manifest())
+    real = writer_module.write_video_blocks
+
+    def write_video_blocks(f, *args, **kwargs):
+        n = real(f, *args, **kwargs)
+        try:  # what h5py does when HDF5 fails to write while releasing an object
+            raise RuntimeError(f"Can't decrement id ref count (file write failed: filename = '{f.filename}', "
+                               "errno = 28, error message = 'No space left on device')")
+        except RuntimeError as exc:
+            sys.unraisablehook(types.SimpleNamespace(exc_type=type(exc), exc_value=exc, exc_traceback=None,
+                                                     err_msg=None, object=None))
+        return n
+
+    writer = cache.writer()
+    writer.add_video("v0", video(0))
+    monkeypatch.setattr(writer_module, "write_video_blocks", write_video_blocks)
+    with pytest.raises(ShardDiscardedError, match=r"video 'v1' failed half-way \(OSError: writing it failed: "
+                                                  r"\[Errno 28\] No space left on device\).*Free disk space"):
+        writer.add_video("v1", video(1))
+    assert "Exception ignored" not in capsys.readouterr().err  # said once, in the error
+    assert FeatureCache.open(cache.path).video_ids() == [] and not list((cache.path / "shards").iterdir())
+
+
+def test_a_shard_that_reads_back_damaged_is_not_committed(build_cache, make_manifest, features, monkeypatch):
+    """The closed shard is read back before its rename: data that do not match their crc32s
+    (a write lost without an error) drop it instead of committing it under a crc32 of the
+    damaged bytes, which a later quick verify and every read would take as good."""
+    import h5py
+
+    from r2.cache import writer as writer_module
+
+    video, _ = features
+    cache = FeatureCache.create(build_cache("c").path, make_manifest())
+    writer = cache.writer()
+    writer.add_video("v0", video(0))
+    part = writer._partials["videos"]
+    real_close = part.file.close
+
+    def close_then_lose_a_write():
+        real_close()
+        with h5py.File(part.path, "r") as f:
+            offset = f["videos/v0/L9"].id.get_offset()
+        with open(part.path, "r+b") as fh:  # the first bytes of a layer never reached the disk
+            fh.seek(offset)
+            fh.write(b"\0" * 64)
+
+    monkeypatch.setattr(part.file, "close", close_then_lose_a_write, raising=False)
+    with pytest.raises(ShardDiscardedError, match=r"the shard read back is not what was written: video 'v0': "
+                                                  r"L9: checksum mismatch"):
+        writer.close()
+    assert FeatureCache.open(cache.path).video_ids() == [] and verify(cache.path).ok
