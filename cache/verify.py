@@ -40,7 +40,8 @@ from .index import ShardIndex
 from .manifest import (ADDED_BY_CACHE, fingerprint_fields, fingerprint_text, load_manifest, manifest_fingerprint,
                        normalize_manifest, text_fingerprint)
 from .errors import CacheError
-from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PINNED_AXES, SHARDS_DIR, attrs_from_group, crc32,
+from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX, PINNED_AXES,
+                     SHARDS_DIR, SPILL_SUFFIX, attrs_from_group, crc32,
                      decode_id, describe_pinned, encode_id, file_crc32, get_text_attr, layer_name,
                      list_partials, list_shards, open_h5, parse_shard_name, scale_name)
 
@@ -281,6 +282,14 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
     if unfingerprinted:
         report.notes.append(f"{unfingerprinted} shard(s) have no manifest fingerprint (written by an older r2): "
                             "edits of manifest.json cannot be detected for them")
+    strangers = sorted(p.name for p in (root / SHARDS_DIR).iterdir()
+                       if parse_shard_name(p.name) is None and not p.name.endswith((PARTIAL_SUFFIX, SPILL_SUFFIX))
+                       ) if (root / SHARDS_DIR).is_dir() else []
+    if strangers:
+        report.warnings.append(
+            f"{len(strangers)} file(s) in {root / SHARDS_DIR} are not named as shards, so readers ignore "
+            f"them and they were not checked (a shard renamed by hand, or another program's file): "
+            + ", ".join(strangers[:5]) + (f" (and {len(strangers) - 5} more)" if len(strangers) > 5 else ""))
     partials = list_partials(root)
     if partials:
         report.warnings.append(

@@ -38,6 +38,18 @@ def test_a_healthy_cache_verifies(cache):
     assert "4 shards, 6 videos, 2 queries" in result.output and "OK" in result.output
 
 
+def test_files_in_shards_that_are_not_named_as_shards_are_a_warning(cache):
+    """Readers ignore a file whose name is not a shard's (a shard renamed by hand, another
+    program's file): verify says so, instead of passing over it without a word."""
+    (cache.path / "shards" / "stray.h5").write_bytes(b"not hdf5")
+    (cache.path / "shards" / "notes.txt").write_text("x")
+    report = verify(cache.path)
+    assert report.ok and not report.problems
+    assert report.warnings == [f"2 file(s) in {cache.path / 'shards'} are not named as shards, so readers "
+                               "ignore them and they were not checked (a shard renamed by hand, or another "
+                               "program's file): notes.txt, stray.h5"]
+
+
 def test_truncated_shard_is_named_with_rebuild_advice(cache):
     shard = cache.video_shard("v2")
     size = shard.stat().st_size
