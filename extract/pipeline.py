@@ -55,7 +55,8 @@ from r2.cpus import usable_cpus
 from r2.extract.video import DecodeResult, decode_chunks
 from r2.fileio import atomic_write
 
-__all__ = ["ExtractionError", "ExtractionSummary", "Failure", "Note", "QueryJob", "VideoJob", "extract_features",
+__all__ = ["CacheWriteError", "ExtractionError", "ExtractionSummary", "Failure", "Note", "QueryJob", "VideoJob",
+           "extract_features",
            "in_shard", "SAMPLING", "TOKEN_FORM"]
 
 # TOKEN_FORM and SAMPLING go into the cache manifest, and the cache compares them character for
@@ -90,6 +91,28 @@ class ExtractionError(Exception):
     """The extraction cannot go on (e.g. decode worker processes that cannot start)."""
 
     user_error = True
+
+
+class CacheWriteError(ExtractionError, OSError):
+    """The cache folder cannot be written (a full disk, a read-only file system, no permission):
+    one line naming the folder and the system's reason, not the traceback of the write that
+    failed (h5py, ``os.mkdir``, the writer's lock). What was committed before stays in the cache
+    and a rerun resumes from it. Also an ``OSError`` (``errno`` kept), as it was before."""
+
+    def __init__(self, cache_dir, exc: OSError):
+        reason = f"[Errno {exc.errno}] {os.strerror(exc.errno)}" if exc.errno else _one_line(exc)
+        super().__init__(f"cannot write to {cache_dir}: {reason} (what was committed before is kept: "
+                         "free space or make the folder writable, then rerun the same command to add the rest)")
+        self.errno = exc.errno
+
+
+def _write_error(cache_dir, exc: BaseException) -> BaseException:
+    """``exc`` as the one-line :class:`CacheWriteError` when it is a failed write (an ``OSError``,
+    or the writer's :class:`ShardDiscardedError` caused by one), else ``exc`` itself."""
+    cause = exc.__cause__ if isinstance(exc, ShardDiscardedError) else exc
+    if isinstance(cause, OSError) and not isinstance(cause, CacheWriteError):
+        return CacheWriteError(cache_dir, cause)
+    return exc
 
 
 @dataclass
@@ -235,6 +258,8 @@ def extract_features(
         raise ValueError(f"shard_index must be in 0..{num_shards - 1}, got {shard_index}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if fps is not None and not 0 < float(fps) < float("inf"):  # (nan compares False)
+        raise ValueError(f"fps must be a positive finite number of clips per second, got {fps!r}")
     _check_unique((v.video_id for v in videos), "video")
     _check_unique((q.query_id for q in queries), "query")
     if fps is None and any(v.fps is None and v.sample_times is None for v in videos):
@@ -266,7 +291,10 @@ def extract_features(
         manifest["model_weights_hash"] = clip.weights_hash
     if command:
         manifest["command"] = command
-    cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)
+    try:
+        cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)
+    except OSError as exc:  # a read-only file system, no permission, a full disk: one line, no traceback
+        raise _write_error(cache_dir, exc) from None
     summary = ExtractionSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries))
     summary.failures.extend(f for f in known_failures if in_shard(f.video_id, num_shards, shard_index))
     summary.videos_total += len(summary.failures)
@@ -274,6 +302,7 @@ def extract_features(
     cached = {q.query_id for q in queries if cache.has_query(q.query_id)}
     todo_queries = [q for q in queries if q.query_id not in cached]
     _check_cached_sentences(cache, queries)
+    _check_cached_files(cache, videos)
     summary.videos_skipped = len(videos) - len(todo_videos)
     summary.queries_skipped = len(queries) - len(todo_queries)
     if summary.videos_skipped or summary.queries_skipped:
@@ -289,21 +318,38 @@ def extract_features(
     writer_opts = {"on_commit": committed}
     if max_shard_items:
         writer_opts["max_shard_items"] = max_shard_items
-    with cache.writer(**writer_opts) as writer:
-        if todo_queries:
-            _extract_queries(clip, todo_queries, writer, summary, batch_size=max(64, batch_size))
-        summary.startup_seconds = time.perf_counter() - t_start
-        if todo_videos:
-            _extract_videos(clip, todo_videos, writer, summary, prep, fps=fps, batch_size=batch_size,
-                            workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype)
+    # Writes that fail (ENOSPC, EROFS, EACCES) end the run with one line (CacheWriteError); only
+    # the writer's own calls are translated, so an OSError of something else (the decode
+    # workers' shared memory, say) still says what it is.
+    try:
+        writer = cache.writer(**writer_opts)  # creates shards/ and the writer's lock file
+    except (OSError, ShardDiscardedError) as exc:
+        raise _write_error(cache_dir, exc) from None
+    closing = False
+    try:
+        with writer:  # leaving on an error commits what was whole (a rerun resumes from it)
+            if todo_queries:
+                _extract_queries(clip, todo_queries, writer, summary, batch_size=max(64, batch_size))
+            summary.startup_seconds = time.perf_counter() - t_start
+            if todo_videos:
+                _extract_videos(clip, todo_videos, writer, summary, prep, fps=fps, batch_size=batch_size,
+                                workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype)
+            closing = True
+    except (OSError, ShardDiscardedError) as exc:
+        if not closing and not isinstance(exc, ShardDiscardedError):
+            raise  # not the writer's (its writes raise CacheWriteError from inside)
+        raise _write_error(cache_dir, exc) from None
 
     failures_path = Path(cache_dir) / _failures_name(num_shards, shard_index)
-    if summary.failures:
-        atomic_write(failures_path, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
-                                            for f in summary.failures))
-        summary.failures_file = str(failures_path)
-    elif failures_path.exists():
-        failures_path.unlink()  # everything that failed before is in the cache now
+    try:
+        if summary.failures:
+            atomic_write(failures_path, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
+                                                for f in summary.failures))
+            summary.failures_file = str(failures_path)
+        elif failures_path.exists():
+            failures_path.unlink()  # everything that failed before is in the cache now
+    except OSError as exc:
+        raise _write_error(cache_dir, exc) from None
     summary.seconds = time.perf_counter() - t_start
     return summary
 
@@ -324,6 +370,41 @@ def _check_cached_sentences(cache, queries: Sequence[QueryJob], shown: int = 3) 
             "cache folder")
 
 
+def _check_cached_files(cache, videos: Sequence[VideoJob], shown: int = 3) -> None:
+    """Refuse video ids that the cache holds from a file of another size: skipping them as
+    "already cached" would leave their features those of the other file (two data sets that
+    both have a ``clip1.mp4``, extracted into one cache). The size in bytes is what the video's
+    attrs record (``file_bytes``); for a video cached before that was recorded, the size of its
+    recorded ``source`` when that file is still there. A file of the same size elsewhere (a
+    data set folder that was moved or copied) is the same video."""
+    changed = []
+    for v in videos:
+        if not cache.has_video(v.video_id):
+            continue
+        try:
+            size = os.path.getsize(v.path)
+        except OSError:
+            continue  # not there now: nothing to compare, it stays skipped as cached
+        attrs = cache.video_attrs(v.video_id)
+        source, cached = attrs.get("source"), attrs.get("file_bytes")
+        if cached is None and source and source != os.path.abspath(v.path):
+            try:
+                cached = os.path.getsize(source)
+            except OSError:
+                continue  # moved: nothing to compare
+        if cached is not None and cached != size:
+            changed.append((v, source, cached, size))
+    if changed:
+        examples = "; ".join(f"video {v.video_id!r}: cached from {source} ({cached} bytes), now "
+                             f"{os.path.abspath(v.path)} ({size} bytes)" for v, source, cached, size in changed[:shown])
+        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+        raise ExtractionError(
+            f"{len(changed)} video id(s) are already in {cache.path} from another file: {examples}{more}. "
+            "Video ids must be unique across the inputs of one cache: give these videos other ids (e.g. "
+            "extract the folder above them, so that the ids start with their folder's name), or extract "
+            "into another cache folder (also when a file was replaced on purpose)")
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
@@ -333,7 +414,10 @@ def _extract_queries(clip, queries, writer, summary, batch_size):
         chunk = queries[i:i + batch_size]
         feats, lengths = clip.text_features([q.text for q in chunk])
         for q, f, n in zip(chunk, feats, lengths):
-            writer.add_query(q.query_id, f, np.ones(n, dtype=bool), text=q.text)
+            try:
+                writer.add_query(q.query_id, f, np.ones(n, dtype=bool), text=q.text)
+            except (OSError, ShardDiscardedError) as exc:
+                raise _write_error(writer.root, exc) from None
             summary.queries_extracted += 1
 
 
@@ -727,8 +811,8 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
                     if item.sink is None:
                         item.sink = writer.begin_video(item.video_id)
                     item.sink.append(stored, copy=False)  # a new array of this batch
-                except ShardDiscardedError:
-                    raise  # not this video's failure: the writer dropped a shard and closed
+                except (OSError, ShardDiscardedError) as exc:  # a spill that fails, the writer dropped a shard:
+                    raise _write_error(writer.root, exc) from None  # not this video's failure, the run stops
                 except CacheError as exc:  # NaN, a shape...: this video fails at its end, the others go on
                     item.error = _one_line(exc)  # (the sink aborted itself)
                     item.sink = None
@@ -771,8 +855,8 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
             if sink is None:
                 sink = writer.begin_video(r.video_id)  # no frames: commit refuses it
             clips = sink.commit(**r.attrs)
-        except ShardDiscardedError:
-            raise  # videos counted as extracted were dropped with a shard: the run stops, a rerun adds them
+        except (OSError, ShardDiscardedError) as exc:  # a full disk; videos counted as extracted dropped
+            raise _write_error(writer.root, exc) from None  # with a shard: the run stops, a rerun adds them
         except CacheError as exc:  # this video's features (NaN, beyond float16, a shape): the others go on
             fail(r, f"features not stored: {_one_line(exc)}")  # (the sink aborted itself)
             return

@@ -86,6 +86,7 @@ __all__ = [
     "official_scale_size",
     "frame_orientation",
     "declared_duration",
+    "pick_video_stream",
     "sample_video",
     "decode_job",
     "decode_chunks",
@@ -138,6 +139,7 @@ class SampledVideo:
     decoded_frames: int = 0  # frames the decoder actually produced (speed statistics)
     notes: list[str] = field(default_factory=list)  # e.g. clip count cut/padded to num_clips (shown in the summary)
     orientation: Orientation = field(default_factory=lambda: Orientation())  # autorotation applied (display matrix)
+    stream_index: int = 0  # the container's stream that was decoded (pick_video_stream)
 
     @property
     def num_clips(self) -> int:
@@ -208,6 +210,13 @@ def declared_duration(container, stream) -> float | None:
     if container.duration and len(container.streams) == 1:
         return max(0.0, container.duration / 1_000_000 - start)
     return None
+
+
+def _scalable(width: int, height: int) -> bool:
+    """Whether libavutil takes a picture of this size (``av_image_check_size``: a line of 8
+    bytes a pixel, 128 px of margin each way, under INT_MAX bytes); ffmpeg's scale filter
+    fails on a larger one with an opaque EINVAL."""
+    return width > 0 and height > 0 and (width + 128) * 8 * (height + 128) < _INT_MAX
 
 
 class _Rule:
@@ -309,6 +318,34 @@ def _open(path: str):
         container.close()
         raise DecodeError(path, f"no video stream (streams: {', '.join(kinds)})")
     return container
+
+
+_ATTACHED_PIC = int(av.stream.Disposition.attached_pic)
+_DEFAULT_DISPOSITION = int(av.stream.Disposition.default)
+
+
+def pick_video_stream(container):
+    """The video stream the ffmpeg CLI decodes when no ``-map`` is given (what the official
+    extraction runs): fftools' ``map_auto_video`` scores each video stream ``width x height``,
+    plus 5,000,000 when it is marked default, and 1 for an attached picture (cover art, which
+    would otherwise win by its size); the highest score wins, the first of equal ones. (ffmpeg
+    also adds 100,000,000 for a stream whose packets were seen while probing, which real video
+    streams all have.) None when the file has no video stream."""
+    best, best_score = None, -1
+    for s in container.streams.video:
+        disposition = int(s.disposition)
+        if disposition & _ATTACHED_PIC:
+            score = 1
+        else:
+            score = max(0, s.codec_context.width) * max(0, s.codec_context.height)
+            score += 5_000_000 * bool(disposition & _DEFAULT_DISPOSITION)
+        if score > best_score:
+            best, best_score = s, score
+    return best
+
+
+def _is_attached_picture(stream) -> bool:
+    return bool(int(stream.disposition) & _ATTACHED_PIC)
 
 
 def _ffmpeg_reason(exc: Exception) -> str:
@@ -509,19 +546,39 @@ class VideoClips:
         self.info: SampledVideo | None = None
 
     def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
+        self._streams_note = ""
         try:
-            yield from self._run(self.mode)
-        except _NeedsFullDecode:
-            yield from self._run("all")
+            try:
+                yield from self._run(self.mode)
+            except _NeedsFullDecode:
+                yield from self._run("all")
+        except DecodeError as exc:  # with several video streams, say which one failed
+            if not self._streams_note:
+                raise
+            raise DecodeError(exc.path, exc.reason + self._streams_note) from None
 
     def _run(self, mode: str) -> Iterator[tuple[int, np.ndarray]]:
         path, rate, num_clips = self.path, self.rate, self.num_clips
         container = _open(path)
         try:
-            stream = container.streams.video[0]
+            stream = pick_video_stream(container)  # the one ffmpeg picks, not simply the first
+            stream_index, video_streams = stream.index, len(container.streams.video)
+            if video_streams > 1:
+                self._streams_note = (f" (in stream {stream_index}, ffmpeg's default choice of the {video_streams} "
+                                      "video streams: the largest that is not an attached picture)")
+            if _is_attached_picture(stream):
+                raise DecodeError(path, "no video stream, only an attached picture (cover art: "
+                                        f"{stream.codec_context.name}, {stream.codec_context.width}x"
+                                        f"{stream.codec_context.height})")
             cc = stream.codec_context
             if cc.width <= 0 or cc.height <= 0:
                 raise DecodeError(path, "video stream has no frame size (damaged header)")
+            if self.converter is None and self.size:
+                w, h = official_scale_size(cc.width, cc.height, self.size)
+                if not _scalable(w, h):
+                    raise DecodeError(path, f"frame size {cc.width}x{cc.height} is too extreme to scale to "
+                                            f"{self.size}: its short side at {self.size} px makes it {w}x{h}, "
+                                            "larger than FFmpeg's scaler takes (a strip, not a picture)")
             cc.thread_count = self.threads
             cc.thread_type = "AUTO" if self.threads != 1 else "SLICE"
             time_base = stream.time_base or Fraction(1, 90000)
@@ -546,7 +603,7 @@ class VideoClips:
                 try:
                     n, rgb, pts = next(clips)
                 except StopIteration as stop:
-                    end_pts, packets, decoded = stop.value
+                    end_pts, packets, decoded, undecoded = stop.value
                     break
                 total += 1
                 if num_clips is not None and total > num_clips:
@@ -575,6 +632,14 @@ class VideoClips:
                                         f"(round(duration x fps) = 0)")
             raise DecodeError(path, "no decodable video frames")
         notes = []
+        if end_pts is not None and declared_seconds is not None:  # shorter, within the tolerance: kept, said
+            end = float(end_pts * time_base)
+            if end < declared_seconds - TRUNCATION_SECONDS:
+                notes.append(f"frames end at {end:.1f} s of the {declared_seconds:.1f} s its header declares (within "
+                             "the tolerance for a truncated file, so kept: its end may be missing)")
+        if undecoded:  # damaged data in the middle: ffmpeg goes on, the clips there repeat the frame before
+            notes.append(f"{undecoded} of {packets} frames could not be decoded (damaged data; the clips there "
+                         "use the last frame that decoded before it)")
         if num_clips is not None and total != num_clips:
             at = f" at {float(rate):.4g} fps" if rate is not None else ""
             if abs(total - num_clips) > NUM_CLIPS_TOLERANCE:
@@ -601,6 +666,7 @@ class VideoClips:
             decoded_frames=decoded,
             notes=notes,
             orientation=convert.orientation,
+            stream_index=stream_index,
         )
 
 
@@ -615,18 +681,21 @@ def _demux(container, stream):
         return  # truncated data: what was read is kept; the declared frame count flags the rest
 
 
-def _decode(cc, packet) -> list:
+def _decode(cc, packet, errors: list | None = None) -> list:
     try:
         return cc.decode(packet)
     except av.error.FFmpegError:
-        return []  # a damaged packet: ffmpeg goes on with the next one
+        if errors is not None:
+            errors[0] += 1
+        return []  # a damaged packet: ffmpeg goes on with the next one (the caller counts it)
 
 
 def _decode_all(container, stream, rule, convert, offset, default_duration):
     """Decode every frame, run the fps rule on the decoded timestamps (the ffmpeg way).
 
     A generator of ``(clip n, rgb, frame pts)`` in clip order; returns ``(end_pts, packets,
-    decoded frames)``."""
+    decoded frames, frames that did not decode)``: a healthy stream decodes a frame per packet
+    (every codec and container tests/extract and the review tried), damaged data fewer."""
     cc = stream.codec_context
     selector = _Selector(rule)
     clips, cache = [], {}  # clips: the outbox, emptied after each packet
@@ -668,7 +737,7 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
         for n, (fpts, fr) in selector.finish(rule.end(end_pts)):
             emit(n, fpts, fr)
     yield from clips
-    return end_pts, packets, decoded
+    return end_pts, packets, decoded, max(0, packets - decoded)
 
 
 def _decode_skipping(container, stream, rule, convert, offset, default_duration):
@@ -684,6 +753,7 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
     resolved: dict[int, tuple[np.ndarray, int]] = {}  # packet seq -> (rgb, pts)
     last_placed: list[_Packet | None] = [None]
     stats = {"decoded": 0}
+    errors = [0]  # packets of the decoded GOPs that the decoder refused (the others are not known)
     clips: list[tuple[int, np.ndarray, int]] = []  # the outbox, emptied after each packet
     handed: list[_Packet | None] = [None]  # the packet whose frame the last clip used
     packets = 0
@@ -715,7 +785,7 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
         cc.flush_buffers()
         for entry in run[:last + 1]:
             cc.skip_frame = "DEFAULT" if entry.targets else "NONREF"
-            keep(_decode(cc, entry.packet))
+            keep(_decode(cc, entry.packet, errors))
         cc.skip_frame = "DEFAULT"
         keep(_decode(cc, None))
         cc.flush_buffers()
@@ -791,7 +861,7 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
             assignments.append((n, target))
     flush_ready(at_eof=True)
     yield from clips
-    return end_pts, packets, stats["decoded"]
+    return end_pts, packets, stats["decoded"], errors[0]
 
 
 def is_video_file(path: str | os.PathLike) -> bool:
@@ -804,16 +874,20 @@ def is_video_file(path: str | os.PathLike) -> bool:
             return False
         with av.open(path, metadata_errors="ignore") as container:
             name = container.format.name
-            return bool(container.streams.video) and name != "image2" and not name.endswith("_pipe")
+            return (any(not _is_attached_picture(s) for s in container.streams.video)  # not a song's cover art
+                    and name != "image2" and not name.endswith("_pipe"))
     except Exception:  # not a format FFmpeg knows, unreadable, ...: not a video
         return False
 
 
-def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] | None = VIDEO_EXTENSIONS) -> Iterator[str]:
+def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] | None = VIDEO_EXTENSIONS,
+                     skipped: list[str] | None = None) -> Iterator[str]:
     """Video files under ``folder`` (recursive, sorted, by extension, case-insensitive;
     ``extensions=None``: every file).
 
-    Symlinked folders are followed (a link back to a folder already walked is skipped)."""
+    Symlinked folders are followed (a link back to a folder already walked is skipped). A name
+    that is only dots before a video extension (``..mp4``: no name, so no id) is not collected;
+    with ``skipped`` given, its path is appended there, so that the caller can say so."""
     exts = None if extensions is None else {e.lower() for e in extensions}
     seen: set[tuple[int, int]] = set()  # (device, inode) of the folders walked
     for root, dirs, files in os.walk(folder, followlinks=True):
@@ -826,6 +900,10 @@ def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] | None
         for name in sorted(files):
             if exts is None or os.path.splitext(name)[1].lower() in exts:
                 yield os.path.join(root, name)
+            elif skipped is not None and "." in name:
+                base, ext = name.rsplit(".", 1)
+                if not base.strip(".") and f".{ext.lower()}" in exts:  # "..mp4", "...mp4", ".mp4"
+                    skipped.append(os.path.join(root, name))
 
 
 @dataclass
@@ -908,6 +986,7 @@ def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Seq
             yield "frames", np.stack(buf)
             t0 = time.perf_counter()
         sv = clips.info
+        file_bytes = os.path.getsize(path)  # a rerun compares it: another file with this id is refused
     except DecodeError as exc:
         error = exc.reason
     except MemoryError:
@@ -920,6 +999,7 @@ def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Seq
         return
     attrs = {
         "source": os.path.abspath(path),
+        "file_bytes": file_bytes,
         "duration": round(sv.duration, 6),
         "fps": sv.fps,
         "source_fps": round(sv.source_fps, 6),
@@ -928,6 +1008,7 @@ def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Seq
         "sample_times": [round(float(t), 6) for t in sv.frame_times],
         "clip_start": round(float(sv.clip_times[0]), 6),
         "rotation": sv.orientation.rotation,  # degrees clockwise, turned upright before scaling (as ffmpeg)
+        "stream_index": sv.stream_index,  # the container's video stream used (ffmpeg's default choice)
     }
     if sv.orientation.filters:
         attrs["autorotate"] = sv.orientation.describe()

@@ -24,20 +24,49 @@ class InputError(Exception):
 
 
 def _video_files(folder: Path, every_file: bool = False) -> list[Path]:
+    """The video files under ``folder``; says which files it skips because their name is only
+    dots before the extension (``..mp4``: no name left for an id)."""
     from r2.extract.video import VIDEO_EXTENSIONS, iter_video_files
 
-    return [Path(p) for p in iter_video_files(folder, None if every_file else VIDEO_EXTENSIONS)]
+    skipped: list[str] = []
+    files = [Path(p) for p in iter_video_files(folder, None if every_file else VIDEO_EXTENSIONS, skipped=skipped)]
+    if skipped:
+        shown = ", ".join(skipped[:3]) + (f" and {len(skipped) - 3} more" if len(skipped) > 3 else "")
+        click.echo(f"warning: skipped {len(skipped)} file(s) whose name is only dots before the extension, so "
+                   f"they have no video id: {shown}; rename them to extract them", err=True)
+    return files
 
 
-def _pick_video(candidates: list[Path]) -> Path | None:
-    """The file to use among those with a video's name: the first with a video extension, else
-    the first PyAV opens as a video (a camcorder's ``.MOD``, a file without extension, ...)."""
+def _pick_video(candidates: list[Path], video_id: str) -> Path | None:
+    """The file to use among those with a video's name: the one with a video extension, else
+    the one PyAV opens as a video (a camcorder's ``.MOD``, a file without extension, ...).
+    Two such files (``a.mp4`` and ``a.mkv``; ``s1/x.mp4`` and ``s2/x.mp4`` found by name) are
+    the error they are without annotations: which one the annotation means is not known."""
     from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
 
-    listed = [f for f in candidates if f.suffix.lower() in VIDEO_EXTENSIONS]
-    if listed:
-        return listed[0]
-    return next((f for f in candidates if is_video_file(f)), None)
+    unique = list({os.path.realpath(f): f for f in candidates}.values())  # overlapping input folders
+    listed = [f for f in unique if f.suffix.lower() in VIDEO_EXTENSIONS]
+    if not listed:
+        listed = [f for f in unique if is_video_file(f)]
+    if len(listed) > 1:
+        raise _two_videos(video_id, listed[0], listed[1], more=len(listed) - 2)
+    return listed[0] if listed else None
+
+
+def _two_videos(video_id: str, first, second, more: int = 0, paths=None) -> InputError:
+    """The error for two files that get one video id, saying why they collide (``paths``: the
+    two files, when ``first``/``second`` carry more, e.g. a list file's line)."""
+    a, b = Path(first), Path(second)
+    pa, pb = (Path(paths[0]), Path(paths[1])) if paths else (a, b)
+    if pa.with_suffix("") == pb.with_suffix(""):
+        why = "same name, different extension"
+    elif pa.name == pb.name:
+        why = "same file name in different folders"
+    else:
+        why = "same name in different folders"
+    also = f" (and {more} more)" if more else ""
+    return InputError(f"two videos get the id {video_id!r}: {a} and {b}{also} ({why}); rename one, or move it out "
+                      "of the inputs")
 
 
 def _video_id(path: Path, folder: Path) -> str:
@@ -45,18 +74,25 @@ def _video_id(path: Path, folder: Path) -> str:
 
 
 def _jobs_from_inputs(inputs: list[Path]):
-    """Folders (recursive), video files and list files → VideoJobs keyed by relative path
-    without extension (a video file given itself: its name without extension)."""
-    from r2.extract.pipeline import VideoJob
+    """Folders (recursive), video files and list files → (VideoJobs keyed by relative path
+    without extension (a video file given itself: its name without extension), failures: the
+    list files' lines that name no file, with their line numbers)."""
+    from r2.extract.pipeline import Failure, VideoJob
     from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
 
     jobs: dict[str, VideoJob] = {}
+    failures: list[Failure] = []
+    origin: dict[str, str] = {}  # id -> " (line N of list.txt)" for ids from a list file
 
-    def add(video_id, path):
+    def add(video_id, path, where=""):
+        if not video_id.rsplit("/", 1)[-1].strip("."):
+            raise InputError(f"{path}{where}: its name is only dots before the extension, so it has no video id; "
+                             "rename it")
         if video_id in jobs and jobs[video_id].path != str(path):
-            raise InputError(f"two videos get the id {video_id!r}: {jobs[video_id].path} and {path} "
-                             "(same name, different extension); rename one")
+            raise _two_videos(video_id, f"{jobs[video_id].path}{origin.get(video_id, '')}", f"{path}{where}",
+                              paths=(jobs[video_id].path, path))
         jobs[video_id] = VideoJob(video_id, str(path))
+        origin[video_id] = where
 
     for inp in inputs:
         if inp.is_dir():
@@ -71,7 +107,7 @@ def _jobs_from_inputs(inputs: list[Path]):
         elif inp.is_file():
             base = inp.parent
             try:
-                text = inp.read_text(encoding="utf-8")
+                text = inp.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first path
             except UnicodeDecodeError:  # binary: a video whatever its extension, if PyAV reads it as one
                 if is_video_file(inp):
                     add(inp.stem, inp)
@@ -85,10 +121,22 @@ def _jobs_from_inputs(inputs: list[Path]):
                 p = Path(entry)
                 full = p if p.is_absolute() else base / p
                 vid = p.stem if p.is_absolute() else p.with_suffix("").as_posix()
-                add(vid, full)
+                where = f" (line {lineno} of {inp})"
+                add(vid, full, where)
+                if not full.exists():  # said here, where the line is known (decoding would say "file not found")
+                    del jobs[vid]
+                    failures.append(Failure(vid, str(full), f"file not found{where}"))
         else:
             raise InputError(f"{inp}: no such file or folder")
-    return list(jobs.values())
+    return list(jobs.values()), failures
+
+
+def _nfc(name: str) -> str:
+    """``name`` in Unicode NFC: an annotation's "café" (NFC, as typed) is the file a macOS copy
+    names "café" in NFD (decomposed: e + combining accent)."""
+    import unicodedata
+
+    return unicodedata.normalize("NFC", name)
 
 
 def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[Path], fps: float | None):
@@ -119,18 +167,19 @@ def _jobs_from_annotations(annotations: Path, dataset: str | None, inputs: list[
                              "hold the videos)")
         if not folder.is_dir():
             raise InputError(f"{folder}: with --annotations, inputs are the folders that hold the videos")
-        for f in _video_files(folder, every_file=True):
-            by_rel.setdefault(_video_id(f, folder), []).append(f)
-            by_stem.setdefault(f.stem, []).append(f)
+        for f in _video_files(folder, every_file=True):  # by the NFC names: a macOS copy names files in NFD
+            by_rel.setdefault(_nfc(_video_id(f, folder)), []).append(f)
+            by_stem.setdefault(_nfc(f.stem), []).append(f)
     videos, queries, failures, seen_q, missing = {}, [], [], set(), set()
     for s in samples:
         if s.vid not in videos and s.vid not in missing:
             stem = s.video_file_stem
-            path = _pick_video(by_rel.get(stem, [])) or _pick_video(by_stem.get(Path(stem).name, []))
-            if path is None and Path(stem).suffix:  # a vid written with its file's extension
-                named = Path(stem).name
-                path = next((f for f in by_rel.get(str(Path(stem).with_suffix("")), [])
-                             + by_stem.get(Path(named).stem, []) if f.name == named), None)
+            key = _nfc(stem)
+            path = _pick_video(by_rel.get(key, []), s.vid) or _pick_video(by_stem.get(Path(key).name, []), s.vid)
+            if path is None and Path(key).suffix:  # a vid written with its file's extension
+                named = Path(key).name
+                path = next((f for f in by_rel.get(str(Path(key).with_suffix("")), [])
+                             + by_stem.get(Path(named).stem, []) if _nfc(f.name) == named), None)
             if path is None:
                 where = ", ".join(str(i) for i in inputs)
                 failures.append(Failure(s.vid, stem, f"no video file named {stem}.* under {where}"))
@@ -155,6 +204,22 @@ def _preset_fps(dataset: str | None):
 
     fps = get_preset(dataset).fps
     return None if fps == "auto" else float(fps)
+
+
+#: The highest ``--fps``: past a clip per source frame (60 fps video at most, in practice) the
+#: clips only repeat frames; the benchmarks use 0.5-2.
+MAX_FPS = 60.0
+
+
+def _check_fps(value: float | None) -> float | None:
+    """``--fps``: a finite rate in (0, MAX_FPS]; ``inf``/``nan`` would otherwise reach the cache
+    manifest and fail there ("invalid cache manifest")."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value <= MAX_FPS):
+        raise click.BadParameter(f"{value:g} is not a clip rate: give a number of clips per second in (0, {MAX_FPS:g}] "
+                                 "(the benchmarks use 0.5 to 2)", param_hint="'--fps'")
+    return value
 
 
 def _parse_layers(text: str | None):
@@ -182,7 +247,9 @@ def _parse_layers(text: str | None):
 @click.option("--dataset", "-d", help="Data set preset (qvhighlights, charades, ego4d, tacos, youtube, tvsum): "
                                       "sets --fps and how the annotation file is read.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
-              help="Clips per second [default: the preset's, else 0.5; YouTube: per video].")
+              callback=lambda _ctx, _param, value: _check_fps(value),
+              help=f"Clips per second, at most {MAX_FPS:g} (a clip per source frame and more are the same frames "
+                   "repeated) [default: the preset's, else 0.5; YouTube: per video].")
 @click.option("--layers", help="Hidden-state indices to keep, e.g. 9,10,11,12 or -4,-3,-2,-1 [default: last 4].")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1), default=64, show_default=True,
               help="Frames per CLIP forward.")
@@ -235,7 +302,7 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     else:
         if not inputs:
             raise click.UsageError("give video folders / list files, or --annotations FILE with the video folder")
-        videos, queries = _jobs_from_inputs(inputs), []
+        (videos, failures), queries = _jobs_from_inputs(inputs), []
         run_fps = fps if fps is not None else _preset_fps(dataset)
     if run_fps is None and any(v.fps is None for v in videos):
         raise InputError("this data set samples per video (YouTube: one frame per annotated clip): use its "
