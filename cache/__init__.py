@@ -32,7 +32,7 @@ the writer locks and of ``merge``). The ``r2 cache`` command
 (``info``, ``verify``, ``merge``) calls these functions.
 """
 
-from .errors import CacheError, CacheWarning, MissingItemError, ShardDiscardedError
+from .errors import CacheError, CacheWarning, MissingItemError, NoSpaceError, ShardDiscardedError
 from .manifest import COMPAT_FIELDS, FORMAT_VERSION, same_weights
 from .merge import merge
 from .quantize import dequantize_int8, quantize_int8
@@ -42,7 +42,8 @@ from .verify import VerifyReport, verify
 from .writer import CacheWriter
 
 __all__ = [
-    "FeatureCache", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "ShardDiscardedError",
+    "FeatureCache", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "NoSpaceError",
+    "ShardDiscardedError",
     "verify", "VerifyReport", "merge", "quantize_int8", "dequantize_int8",
     "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "same_weights",
 ]

@@ -25,6 +25,11 @@ class ShardDiscardedError(CacheError):
         self.dropped = list(dropped)
 
 
+class NoSpaceError(CacheError, OSError):
+    """The disk has no room for an item (``errno`` ENOSPC); nothing of it was written. Also an
+    ``OSError``, so that a caller that stops on failed writes stops on it too."""
+
+
 class MissingItemError(CacheError, KeyError):
     """A video or query id that the cache does not hold (also a ``KeyError``)."""
 

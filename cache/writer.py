@@ -50,6 +50,7 @@ writers made from one cache object see each other's uncommitted ids.
 from __future__ import annotations
 
 import contextlib
+import errno
 import itertools
 import os
 import re
@@ -60,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import CacheError, CacheWarning, ShardDiscardedError
+from .errors import CacheError, CacheWarning, NoSpaceError, ShardDiscardedError
 from .index import ShardEntry
 from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_fingerprint
 from r2.fileio import fsync_dir
@@ -358,8 +359,8 @@ class CacheWriter:
         free = st.f_bavail * st.f_frsize
         need = nbytes + nbytes // 32 + SPACE_MARGIN
         if free < need:
-            raise CacheError(
-                f"no room for {_WORD[family]} {item_id!r} in {self.root / SHARDS_DIR}: it needs about "
+            raise NoSpaceError(
+                errno.ENOSPC, f"no room for {_WORD[family]} {item_id!r} in {self.root / SHARDS_DIR}: it needs about "
                 f"{need / 2**20:.1f} MB with HDF5's metadata, the disk has {free / 2**20:.1f} MB free. "
                 "Free disk space (or write to another disk) and rerun: what was committed is kept, the "
                 "rest is added then")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from r2.cache import CacheError, FeatureCache, ShardDiscardedError, verify
+from r2.cache import CacheError, FeatureCache, NoSpaceError, ShardDiscardedError, verify
 from r2.cli import main
 
 
@@ -147,9 +147,10 @@ def test_an_item_without_room_on_the_disk_is_refused_before_anything_is_written(
     with cache.writer() as w:
         w.add_video("v0", video(0))
         free_blocks["n"] = 100  # 0.4 MB: less than the item and the 1 MB margin
-        with pytest.raises(CacheError, match=r"no room for video 'v1' in .*shards: it needs about 1\.\d MB with "
-                                             r"HDF5's metadata, the disk has 0\.4 MB free\. Free disk space"):
+        with pytest.raises(NoSpaceError, match=r"no room for video 'v1' in .*shards: it needs about 1\.\d MB with "
+                                               r"HDF5's metadata, the disk has 0\.4 MB free\. Free disk space") as err:
             w.add_video("v1", video(1))
+        assert isinstance(err.value, CacheError) and err.value.errno == errno.ENOSPC  # and an OSError
         free_blocks["n"] = None
         w.add_video("v2", video(2))
     reopened = FeatureCache.open(cache.path)
