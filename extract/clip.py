@@ -515,6 +515,11 @@ class FrozenCLIP:
         return self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.context_length,
                               return_tensors="pt")
 
+    def token_counts(self, texts: Sequence[str]) -> list[int]:
+        """Tokens of each text with SOT and EOT, not truncated: above ``context_length`` (77),
+        :meth:`text_features` encodes only the first ones."""
+        return [len(ids) for ids in self.tokenizer(list(texts))["input_ids"]]
+
     @torch.inference_mode()
     def text_features(self, texts: Sequence[str]) -> tuple[list[np.ndarray], list[int]]:
         """Texts → per text ``(K, S, Dt)`` float32 features of tokens SOT…EOT, and ``S``."""

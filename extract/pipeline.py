@@ -329,10 +329,10 @@ def extract_features(
     try:
         with writer:  # leaving on an error commits what was whole (a rerun resumes from it)
             if todo_queries:
-                _extract_queries(clip, todo_queries, writer, summary, batch_size=max(64, batch_size))
+                _extract_queries(clip, todo_queries, writer, summary, log, batch_size=max(64, batch_size))
             summary.startup_seconds = time.perf_counter() - t_start
             if todo_videos:
-                _extract_videos(clip, todo_videos, writer, summary, prep, fps=fps, batch_size=batch_size,
+                _extract_videos(clip, todo_videos, writer, summary, prep, log, fps=fps, batch_size=batch_size,
                                 workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype)
             closing = True
     except (OSError, ShardDiscardedError) as exc:
@@ -409,7 +409,13 @@ def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())
 
 
-def _extract_queries(clip, queries, writer, summary, batch_size):
+def _extract_queries(clip, queries, writer, summary, log, batch_size, shown=3):
+    long = [(q, n) for q, n in zip(queries, clip.token_counts([q.text for q in queries])) if n > clip.context_length]
+    if long:  # CLIP's text tower reads at most context_length tokens: the rest is not in the features
+        examples = "; ".join(f"query {q.query_id!r} ({n} tokens)" for q, n in long[:shown])
+        more = f" and {len(long) - shown} more" if len(long) > shown else ""
+        log(f"warning: {len(long)} query(ies) are longer than CLIP's {clip.context_length} tokens and are cut "
+            f"to their first {clip.context_length}: {examples}{more}")
     for i in range(0, len(queries), batch_size):
         chunk = queries[i:i + batch_size]
         feats, lengths = clip.text_features([q.text for q in chunk])
@@ -756,7 +762,7 @@ class _CPUThreads:
         return False
 
 
-def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, workers, decode_threads, progress,
+def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, workers, decode_threads, progress,
                     dtype):
     import torch
     from tqdm import tqdm
@@ -834,9 +840,13 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         item.queued = 0
         item.overflow = 0.0
 
+    def say(message: str):  # through the caller's log, with the bar out of the way
+        with bar.external_write_mode(file=sys.stderr):
+            log(message)
+
     def fail(result: DecodeResult, reason: str):
         summary.failures.append(Failure(result.video_id, os.path.abspath(result.path), reason))
-        bar.write(f"failed: {result.path}: {reason}", file=sys.stderr)
+        say(f"failed: {result.path}: {reason}")
         bar.update(1)
 
     def finish(item: _Pending):
@@ -864,7 +874,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, *, fps, batch_size, worke
         summary.clips += clips
         if r.attrs.get("notes"):  # e.g. a YouTube clip count within the rounding of its annotation
             summary.notes.append(Note(r.video_id, os.path.abspath(r.path), r.attrs["notes"]))
-            bar.write(f"note: {r.path}: {r.attrs['notes']}", file=sys.stderr)
+            say(f"note: {r.path}: {r.attrs['notes']}")
         bar.update(1)
         elapsed = time.perf_counter() - t0
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)

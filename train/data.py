@@ -176,13 +176,13 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
             diffs.append(f"{key}: {expected_name} has {_short(a)}, {cache_name} has {_short(b)}")
     if diffs:
         message = (f"{expected_name} was trained on other features than {cache_name} holds:\n  "
-                   + "\n  ".join(diffs)
-                   + "\nExtract the videos with the checkpoint's CLIP model, layers, fps and "
-                     "preprocessing (or pass --allow-feature-mismatch to go on anyway).")
+                   + "\n  ".join(diffs))
         if not allow_mismatch:
-            raise FeatureSpecError(message)
+            raise FeatureSpecError(message + "\nExtract the videos with the checkpoint's CLIP model, layers, "
+                                   "fps and preprocessing (or pass --allow-feature-mismatch to go on anyway).")
         if warn is not None:
-            warn("Warning: " + message)
+            warn("Warning: " + message + "\nGoing on as --allow-feature-mismatch asks: the predictions are "
+                 "of features the model was not trained on.")
     return diffs
 
 

@@ -14,10 +14,12 @@ Videos of any length (:func:`infer_clips`). A video of at most ``config.max_clip
 is run whole (the official inference). A longer one is cut into windows of ``W =
 max_clips`` clips that overlap by ``W // 4`` clips (starts ``0, W - W//4, ...``; the last
 window is aligned with the end of the video), run as a batch. Moments: every window's raw
-top-``max_moments`` windows are shifted by the window's start, merged, sorted by score, cut
-to ``max_moments`` and post-processed once over the whole video (clamp to the duration,
-rounding ``unit``, the configured NMS), so duplicates from the overlaps are suppressed like
-any other overlap. Saliency: clip ``t`` takes its score from the window in which it lies
+top-``max_moments`` windows are shifted by the window's start; a window keeps those whose
+centre lies in the part of the video it owns (from the middle of its overlap with the window
+before to the middle of its overlap with the next: a moment cut off at a window's edge is
+centred near that edge, in its neighbour's part, where the neighbour sees it whole); the kept
+ones are merged, sorted by score, cut to ``max_moments`` and post-processed once over the
+whole video (clamp to the duration, rounding ``unit``, the configured NMS). Saliency: clip ``t`` takes its score from the window in which it lies
 farthest from the window's edges (the most context on both sides; the first such window
 on ties), so the stitched curve has no seams inside the overlaps.
 
@@ -115,6 +117,11 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
         raise PredictError(f"--checkpoint {path}: no such directory (a run directory of `r2 fit`, "
                            "or the output of `r2 convert-official`)")
     if (path / PRESET_NAME).is_file() and not (path / WEIGHTS_NAME).is_file():
+        if (path / METRICS_NAME).is_file() and (path / METRICS_NAME).stat().st_size:
+            raise PredictError(f"--checkpoint {path}: the run has finished epochs ({path / METRICS_NAME}) but "
+                               f"its best weights, {WEIGHTS_NAME}, are not there (deleted or not copied with "
+                               f"the run); {path / 'checkpoints' / 'last'} holds the last epoch's, if it is "
+                               "there")
         raise PredictError(f"--checkpoint {path} is an `r2 fit` run with no weights yet: its first epoch "
                            "has not finished (`r2 fit ... --resume` continues the run; each epoch's log "
                            f"goes to {path / METRICS_NAME})")
@@ -177,15 +184,21 @@ def window_starts(num_clips: int, window: int, overlap: int | None = None) -> li
 @torch.inference_mode()
 def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, duration: float, *,
                 batch_size: int = 8, amp: str | None = None, window: int | None = None,
-                overlap: int | None = None) -> Prediction:
+                overlap: int | None = None, fps: float | None = None) -> Prediction:
     """Ground one query in one video of any length.
 
     video (T, K, N, D), query (K, S, Dt) (real tokens), on the model's device. Full-length
-    inference when T <= ``window`` (default ``config.max_clips``), else sliding windows.
+    inference when T <= ``window`` (default ``config.max_clips``), else sliding windows: each
+    clip's saliency comes from the window where it lies farthest from an edge, and each
+    window's moments are kept when their centre lies in the part of the video that window
+    owns (up to the middle of its overlaps with its neighbours), so that a moment cut off
+    at a window's edge does not stand beside the whole one from the window before. ``fps``:
+    the clip rate of ``video`` when it is not the checkpoint's (``config.fps``).
     """
     cfg = model.config
     device = next(model.parameters()).device
     window = window or cfg.max_clips
+    fps = cfg.fps if fps is None else float(fps)
     t = video.shape[0]
     query_b = query[None]  # (1, K, S, Dt)
     qmask = torch.ones((1, query.shape[1]), dtype=torch.bool, device=device)
@@ -193,10 +206,12 @@ def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, durati
         vmask = torch.ones((1, t), dtype=torch.bool, device=device)
         with autocast(device, amp):
             out = model(video[None], vmask, query_b, qmask)
-        return model.decode(out, [duration])[0]
-    if cfg.coord_head and cfg.fps is None:
+        return model.decode(out, [duration], fps=fps)[0]
+    if cfg.coord_head and fps is None:
         raise R2ModelError("decoding windows needs the clip rate: the checkpoint's config has fps=None")
     starts = window_starts(t, window, overlap)
+    # the clips each window owns: up to the middle of its overlap with the next one
+    bounds = [0] + [(nxt + s + window) / 2 for s, nxt in zip(starts, starts[1:])] + [t]
     saliency = [None] * len(starts)
     raw = []
     for i in range(0, len(starts), batch_size):
@@ -211,12 +226,14 @@ def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, durati
             saliency[i + j] = sal[j]
         if out.coord_offsets is not None:
             valid = strict_point_mask(out.points, out.num_clips)
-            rows = raw_windows(out.class_logits, out.coord_offsets, out.points, valid, cfg.fps,
+            rows = raw_windows(out.class_logits, out.coord_offsets, out.points, valid, fps,
                                cfg.max_moments)
             for j, r in enumerate(rows):
                 r = r.copy()
-                r[:, :2] += np.float32(chunk[j] / cfg.fps)
-                raw.append(r)
+                r[:, :2] += np.float32(chunk[j] / fps)
+                centre = (r[:, 0] + r[:, 1]) / 2 * fps  # in clips of the whole video
+                lo, hi = bounds[i + j], bounds[i + j + 1]
+                raw.append(r[(centre >= lo) & (centre < hi)])
     # saliency: each clip from the window where it is farthest from an edge
     clip = np.arange(t)
     best_margin = np.full(t, -1)
@@ -317,6 +334,9 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     t0 = time.perf_counter()
     if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
         raise PredictError(f"--out {out}: {problem}")  # before the model runs, not after
+    if out is not None and Path(annotations).exists() and Path(out).exists() and os.path.samefile(out, annotations):
+        raise PredictError(f"--out {out} is the annotation file: the predictions would replace the ground "
+                           "truth they are scored against; write them to another file")
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
     fc = FeatureCache.open(cache)
@@ -349,7 +369,8 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
         out_path = Path(out)
         if out_path.parent and not out_path.parent.exists():
             out_path.parent.mkdir(parents=True, exist_ok=True)
-        write_jsonl(rows, out_path)
+        # a symlink's target is replaced (atomically), the link kept
+        write_jsonl(rows, Path(os.path.realpath(out_path)) if out_path.is_symlink() else out_path)
     return PredictResult(rows=rows, out=out_path, num_queries=len(rows),
                          seconds=time.perf_counter() - t0, dataset=samples[0].dataset)
 
@@ -443,7 +464,8 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
         summary = extract_features(
             [VideoJob("video", str(video))], [QueryJob(f"q{i}", t) for i, t in enumerate(texts)],
             cache_dir, clip_model, fps=float(rate), layers=layers, workers=0, device=str(dev),
-            resize=resize, progress=progress, batch_size=extract_batch_size, log=lambda m: None)
+            resize=resize, progress=progress, batch_size=extract_batch_size,
+            log=lambda m: log(m) if m.startswith("warning:") else None)  # a failure comes as the error
         if not summary.ok:
             raise PredictError(f"{video}: {summary.failures[0].reason}")
         fc = FeatureCache.open(cache_dir)
@@ -457,7 +479,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
         for i, text in enumerate(texts):
             q, mask = fc.load_query(f"q{i}", layers=used, dtype=None)
             q = torch.from_numpy(np.ascontiguousarray(q[:, mask])).to(dev)  # (K, S, Dt)
-            pred = infer_clips(model, feats, q, duration, batch_size=batch_size)
+            pred = infer_clips(model, feats, q, duration, batch_size=batch_size, fps=float(rate))
             out.append(VideoGrounding(
                 video=str(video), query=text, duration=duration, fps=float(rate), num_clips=t,
                 moments=within_video(pred.windows, duration), saliency=[float(x) for x in pred.saliency],
@@ -504,14 +526,15 @@ def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
     shown = None
     if g.moments is not None:
         shown = listed_moments(g, top_k)
-        lines.append(f"top {len(shown)} moments:" if shown else
+        lines.append(f"top {len(shown)} moment{'' if len(shown) == 1 else 's'} (score: the model's confidence, "
+                     "0 to 1):" if shown else
                      "moments: none (every window the model predicted has no length or a score of 0)")
         for rank, (s, e, score) in enumerate(shown, 1):
             lines.append(f"  {rank}. {s:8.1f} s – {e:8.1f} s   score {score:.3f}")
     line, per = sparkline(g.saliency, width)
     sal = np.asarray(g.saliency)
-    lines.append(f"saliency (min {sal.min():.3f}, max {sal.max():.3f}; one character = {per} clip(s) = "
-                 f"{per / g.fps:g} s):")
+    lines.append(f"saliency (the model's relevance of each clip to this query, to compare clips, not queries; "
+                 f"min {sal.min():.3f}, max {sal.max():.3f}; one character = {per} clip(s) = {per / g.fps:g} s):")
     lines.append("  |" + line + "|")
     if shown:
         s, e = shown[0][0], shown[0][1]
@@ -557,18 +580,19 @@ def check_plot_target(path: str | os.PathLike) -> None:
 
     if importlib.util.find_spec("matplotlib") is None:
         raise PredictError(_NO_MATPLOTLIB)
-    path = Path(path)
-    suffix = path.suffix.lower().lstrip(".")
-    if suffix:
-        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-        kinds = FigureCanvasAgg.get_supported_filetypes()
-        if suffix not in kinds:
-            raise PredictError(f"--plot {path}: matplotlib does not write .{suffix} files; name a "
-                               f".png (or .{', .'.join(sorted(kinds))}) file")
+    path = Path(path)
     problem = why_not_writable(path, "plot.png")
     if problem is not None:
         raise PredictError(f"--plot {path}: {problem}")
+    if path.exists() and not path.is_file():
+        raise PredictError(f"--plot {path}: not a regular file (the plot replaces the file there)")
+    suffix = path.suffix.lower().lstrip(".")
+    kinds = FigureCanvasAgg.get_supported_filetypes()
+    if suffix not in kinds:
+        what = f"matplotlib does not write .{suffix} files" if suffix else "the file type is its extension"
+        raise PredictError(f"--plot {path}: {what}; name a .png (or .{', .'.join(sorted(kinds))}) file")
 
 
 def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike, top_k: int = 3) -> Path:

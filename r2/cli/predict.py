@@ -38,8 +38,9 @@ from r2.cli import progress_option, threads_option
                    "permissions, before extraction).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="With VIDEO: moments to print per query.")
-@click.option("--fps", type=float, help="With VIDEO: clip rate, for checkpoints trained on per-video "
-                                        "sampling (YouTube) [default: the checkpoint's].")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=60),
+              help="With VIDEO: clip rate, for checkpoints trained on per-video sampling (YouTube) "
+                   "[default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="With VIDEO: print the results as JSON.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1),
               help="Queries per forward pass [default: 16]; with VIDEO, overlapping windows of a long "
@@ -65,8 +66,15 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
       r2 predict talk.mp4 --query "a man opens a door" --checkpoint runs/qvh \\
                  --model openai/clip-vit-base-patch32 --plot talk.png
     """
+    import math
+    import sys
+
+    from click.core import ParameterSource
+
     from r2.train import inference
 
+    if fps is not None and math.isnan(fps):
+        raise click.BadParameter("nan is not a clip rate", param_hint="'--fps'")
     if video is not None:
         if cache is not None or annotations is not None or out is not None:
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
@@ -75,7 +83,8 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         if plot is not None:
             inference.check_plot_target(plot)  # before minutes of extraction, not after
         results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
-                                          fps=fps, batch_size=batch_size or 8, progress=False,
+                                          fps=fps, batch_size=batch_size or 8,
+                                          progress=sys.stderr.isatty() if progress is None else progress,
                                           allow_feature_mismatch=allow_feature_mismatch,
                                           log=lambda m: click.echo(m, err=True))
         if as_json:
@@ -85,35 +94,52 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
                                     "pred_saliency_scores": g.saliency} for g in results], indent=1))
         else:
             g0 = results[0]
-            click.echo(f"{g0.video}: {g0.duration:.1f} s, {g0.num_clips} clips at {g0.fps:g} clips/s"
+            click.echo(f"{g0.video}: {g0.duration:.1f} s, {g0.num_clips} clip{'' if g0.num_clips == 1 else 's'} "
+                       f"at {g0.fps:g} clips/s"
                        + (f", {g0.windows_used} overlapping windows" if g0.windows_used > 1 else ""))
             for g in results:
                 click.echo("")
                 click.echo(inference.format_grounding(g, top_k=top_k))
         if plot is not None:
-            path = inference.plot_grounding(results, plot)
-            click.echo(f"\nwrote {path}")
+            path = inference.plot_grounding(results, plot, top_k=top_k)
+            click.echo(f"{'' if as_json else chr(10)}wrote {path}", err=as_json)  # stdout stays JSON
         return
-    if queries or plot is not None or clip_model is not None:
-        raise click.UsageError("--query, --model and --plot go with a VIDEO argument")
+    ctx = click.get_current_context()
+    video_only = [name for name, given in (("--query", bool(queries)), ("--model", clip_model is not None),
+                                           ("--plot", plot is not None), ("--json", as_json),
+                                           ("--fps", fps is not None),
+                                           ("--top-k", ctx.get_parameter_source("top_k") != ParameterSource.DEFAULT))
+                  if given]
+    if video_only:
+        raise click.UsageError(f"{', '.join(video_only)} go{'es' if len(video_only) == 1 else ''} with a VIDEO "
+                               "argument (over a cache, every moment goes to --out)")
     missing = [name for name, value in (("--cache", cache), ("--annotations", annotations), ("--out", out))
                if value is None]
     if missing:
         raise click.UsageError(f"missing {', '.join(missing)} (or give a VIDEO with --query)")
+    if split is not None and annotations.suffix.lower() == ".jsonl":
+        click.echo(f"Warning: --split {split} is ignored for a .jsonl file (it holds one split already; "
+                   "--split selects the YouTube/TVSum videos of youtube_anno.json / tvsum_anno.json)", err=True)
+        split = None
     result = inference.predict(checkpoint, cache, annotations, out=out, dataset=dataset, domain=domain,
                                split=split, batch_size=batch_size or 16, device=device, workers=workers,
                                allow_feature_mismatch=allow_feature_mismatch, progress=progress,
                                log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {result.num_queries} predictions to {result.out} in {result.seconds:.1f} s")
-    click.echo(f"score them: {score_command(result.out, annotations, domain, split)}")
+    named = result.dataset if dataset is not None else None  # the canonical name of what was given
+    click.echo(f"score them: {score_command(result.out, annotations, domain, split, named)}")
 
 
-def score_command(predictions, annotations, domain: str | None, split: str | None) -> str:
-    """The ``r2 score`` command for what ``r2 predict`` wrote: the same --domain and --split
+def score_command(predictions, annotations, domain: str | None, split: str | None,
+                  dataset: str | None = None) -> str:
+    """The ``r2 score`` command for what ``r2 predict`` wrote: the same --dataset (the metrics
+    of the benchmark, where a jsonl alone would be scored as custom data), --domain and --split
     (r2 score, too, takes YouTube/TVSum's val list by default)."""
     import shlex
 
     words = ["r2", "score", str(predictions), "--gt", str(annotations)]
+    if dataset is not None:
+        words += ["--dataset", dataset]
     if domain is not None:
         words += ["--domain", domain]
     if split is not None:

@@ -210,6 +210,36 @@ def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
     assert scores == sorted(scores, reverse=True) and len(scores) <= model.config.max_moments
     assert all(0 <= w[0] <= w[1] <= t / 0.5 for w in slid.windows)
     assert any(w[1] > 24 for w in slid.windows)  # moments from the later windows, in video time
+    # moments: each window keeps those centred in the part it owns (up to the middle of its
+    # overlaps), so a moment cut off at a window's edge does not stand beside the whole one
+    from r2.model.decoding import postprocess_windows, raw_windows, strict_point_mask
+
+    cfg = model.config
+    bounds = [0] + [(b + a + 12) / 2 for a, b in zip(starts, starts[1:])] + [t]
+    kept, dropped = [], 0
+    for i, s in enumerate(starts):
+        with torch.inference_mode():
+            out = model(video[None, s:s + 12], torch.ones(1, 12, dtype=torch.bool), query[None],
+                        torch.ones(1, q.shape[1], dtype=torch.bool))
+        [r] = raw_windows(out.class_logits, out.coord_offsets, out.points, strict_point_mask(out.points, out.num_clips),
+                          cfg.fps, cfg.max_moments)
+        r = r.copy()
+        r[:, :2] += np.float32(s / cfg.fps)
+        centre = (r[:, 0] + r[:, 1]) / 2 * cfg.fps
+        owned = (centre >= bounds[i]) & (centre < bounds[i + 1])
+        kept.append(r[owned])
+        dropped += int((~owned).sum())
+    rows = np.concatenate(kept)
+    rows = rows[np.argsort(-rows[:, 2], kind="stable")[:cfg.max_moments]]
+    assert dropped > 0
+    expected = postprocess_windows(rows, t / 0.5, cfg.unit, cfg.nms, cfg.nms_threshold)
+    assert np.allclose(np.asarray(slid.windows), expected, atol=1e-4)  # (a batch of windows vs one at a time)
+    # features at another clip rate (r2 predict VIDEO --fps): moments in seconds of that rate
+    assert cfg.unit is None
+    for window in (None, 12):
+        at_half = np.asarray(infer_clips(model, video, query, t / 0.5, window=window).windows)
+        at_one = np.asarray(infer_clips(model, video, query, t / 1.0, window=window, fps=1.0).windows)
+        assert np.allclose(at_one[:, :2], at_half[:, :2] / 2, atol=1e-4) and np.allclose(at_one[:, 2], at_half[:, 2])
 
     # through predict(): a checkpoint whose max_clips is 12 predicts every clip of the long videos
     model.config.max_clips = 12
@@ -254,7 +284,7 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert "40.0 s, 20 clips at 0.5 clips/s, 3 overlapping windows" in res.output  # max_clips 8
-    assert res.output.count("query: ") == 2 and "top 5 moments:" in res.output and "saliency" in res.output
+    assert res.output.count("query: ") == 2 and "top 5 moments (score: the model's confidence, 0 to 1):" in res.output and "saliency" in res.output
     assert "^ best moment" in res.output
     res = CliRunner().invoke(main, args + ["--json"])
     assert res.exit_code == 0, res.output
@@ -281,7 +311,7 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     monkeypatch.undo()
     # the model recorded with the checkpoint is the default --model
     res = CliRunner().invoke(main, args[:-2] + ["--top-k", "2"])
-    assert res.exit_code == 0 and "top 2 moments:" in res.output
+    assert res.exit_code == 0 and "top 2 moments (score: the model's confidence, 0 to 1):" in res.output
     # --plot: matplotlib is an optional extra
     plot = tmp_path / "curve.png"
     res = CliRunner().invoke(main, args + ["--plot", str(plot)])
@@ -289,9 +319,21 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
         assert res.exit_code == 1 and "pip install 'r2-vtg[plot]'" in res.output
     else:
         assert res.exit_code == 0 and plot.stat().st_size > 1000
+        res = CliRunner().invoke(main, args + ["--plot", str(plot), "--json"])
+        assert res.exit_code == 0 and len(json.loads(res.stdout)) == 2  # stdout stays JSON
+        assert f"wrote {plot}" in res.stderr
     res = CliRunner().invoke(main, ["predict", str(tmp_path / "missing.mp4"), "--query", "x",
                                     "--checkpoint", str(tmp_path / "run")])
     assert res.exit_code == 1 and "no such video file" in res.output
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video" * 100)
+    res = CliRunner().invoke(main, ["predict", str(broken), "--query", "x", "--checkpoint", str(tmp_path / "run")])
+    assert res.exit_code == 1 and res.output.count("not a readable video") == 1, res.output  # said once
+    long_query = "a red screen with many dots and stripes and " * 10
+    res = CliRunner().invoke(main, ["predict", str(new.path), "--query", long_query, "--query", "a red screen",
+                                    "--checkpoint", str(tmp_path / "run")])
+    assert res.exit_code == 0 and ("warning: 1 query(ies) are longer than CLIP's 77 tokens and are cut to their "
+                                   "first 77: query 'q0' (92 tokens)") in res.output, res.output
     # on a machine where the CLIP lies elsewhere: the recorded folder is missing, the same model
     # passed from its new folder is recognised by its weights
     (tmp_path / "models").mkdir()
@@ -300,7 +342,7 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     assert res.exit_code == 1 and f"came from the CLIP model in {clip_dir}, which is not on this machine" in res.output
     assert "pass --model with the folder that holds the same model" in res.output
     res = CliRunner().invoke(main, args[:-2] + ["--model", str(moved)])
-    assert res.exit_code == 0 and "top 5 moments:" in res.output, res.output
+    assert res.exit_code == 0 and "top 5 moments (score: the model's confidence, 0 to 1):" in res.output, res.output
     other = make_tiny_clip(tmp_path / "other-clip", seed=1)  # the same config, other weights
     from r2.extract import pipeline
 
@@ -346,7 +388,7 @@ def test_the_text_report_lists_the_top_moments_with_a_length_and_marks_the_best(
     g.moments = [[0.0, 0.0, 0.95], [10.0, 18.0, 0.9], [40.0, 40.0, 0.5], [30.0, 34.0, 0.2],
                  [10.0, 18.0, 0.0], [10.5, 18.0, 0.0]]
     text = format_grounding(g, top_k=5)
-    assert "top 2 moments:" in text
+    assert "top 2 moments (score: the model's confidence, 0 to 1):" in text
     assert "1.     10.0 s –     18.0 s   score 0.900" in text
     assert "2.     30.0 s –     34.0 s   score 0.200" in text
     assert "0.950" not in text and "0.500" not in text and "0.000" not in text
@@ -467,3 +509,55 @@ def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
     assert res.exit_code == 1, res.output
     assert "Error: --plot needs matplotlib: pip install 'r2-vtg[plot]'" in res.output
     assert "Traceback" not in res.output
+
+
+def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_path):
+    """Over a cache: --out that is the annotation file (the ground truth would be replaced),
+    options of the VIDEO form, --split on a jsonl (said, and kept out of the score command),
+    --dataset carried into the score command, a symlinked --out (its target is written), and a
+    run whose best weights are gone. With VIDEO: --plot without a file type or at a device,
+    and --fps that is no clip rate, all refused before any extraction."""
+    import shutil
+
+    from r2.cli import main
+
+    data, run = trained
+    base = ["predict", "-k", str(run), "-c", str(data.cache_dir), "--device", "cpu"]
+    copy = tmp_path / "val.jsonl"
+    shutil.copy(data.val_file, copy)
+    res = CliRunner().invoke(main, base + ["-a", str(copy), "-o", str(copy)])
+    assert res.exit_code == 1 and "is the annotation file" in res.output, res.output
+    assert copy.read_text() == Path(data.val_file).read_text()
+    for extra, named in ((["--json"], "--json goes"), (["--top-k", "3"], "--top-k goes"),
+                         (["--fps", "1", "--json"], "--json, --fps go")):
+        res = CliRunner().invoke(main, base + ["-a", str(copy), "-o", str(tmp_path / "p.jsonl"), *extra])
+        assert res.exit_code == 2 and f"{named} with a VIDEO argument" in res.output, res.output
+
+    target = tmp_path / "real.jsonl"
+    target.write_text("old\n")
+    link = tmp_path / "link.jsonl"
+    link.symlink_to(target)
+    res = CliRunner().invoke(main, base + ["-a", str(copy), "-o", str(link), "--split", "train", "-d", "custom"])
+    assert res.exit_code == 0, res.output
+    assert "Warning: --split train is ignored for a .jsonl file" in res.output
+    assert f"score them: r2 score {link} --gt {copy} --dataset custom\n" in res.output
+    assert link.is_symlink() and _rows(target)[0]["qid"] == _rows(copy)[0]["qid"]
+
+    gone = tmp_path / "run-copy"
+    shutil.copytree(run, gone)
+    (gone / "model.safetensors").unlink()
+    res = CliRunner().invoke(main, ["predict", "-k", str(gone), "-c", str(data.cache_dir), "-a", str(copy),
+                                    "-o", str(tmp_path / "q.jsonl"), "--device", "cpu"])
+    assert res.exit_code == 1 and "the run has finished epochs" in res.output and "not there" in res.output
+
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"never read: each refusal comes first")
+    vbase = ["predict", str(video), "-q", "red", "-k", str(run), "--device", "cpu"]
+    if importlib.util.find_spec("matplotlib") is not None:
+        for plot, said in ((tmp_path / "noext", "the file type is its extension"),
+                           (Path("/dev/null"), "not a regular file")):
+            res = CliRunner().invoke(main, vbase + ["--plot", str(plot)])
+            assert res.exit_code == 1 and said in res.output, res.output
+    for fps in ("0", "-1", "nan", "inf"):
+        res = CliRunner().invoke(main, vbase + ["--fps", fps])
+        assert res.exit_code == 2 and "--fps" in res.output, res.output
