@@ -616,14 +616,15 @@ def plot_grounding(groundings: Sequence[VideoGrounding], path: str | os.PathLike
                 ax.axvspan(s, e, color="tab:orange", alpha=0.35 if rank == 0 else 0.15,
                            label=f"moment {rank + 1} ({score:.2f})")
             ax.set_xlim(0, g.duration)
-            ax.set_title(g.query, fontsize=10)
+            ax.set_title(f"{Path(g.video).name}: {g.query}", fontsize=10)
             ax.set_xlabel("seconds")
-            ax.legend(loc="upper right", fontsize=8)
+            ax.set_ylabel("saliency")
+            ax.legend(loc="best", fontsize=8)  # where it covers the least of the curve
         fig.tight_layout()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             with atomic_path(path) as tmp:
-                fig.savefig(tmp)
+                fig.savefig(tmp, format=path.suffix.lower().lstrip("."))  # (tmp's own name ends in .partial)
         except OSError as exc:  # checked up front by check_plot_target; still a message, not a traceback
             raise PredictError(f"--plot {path}: cannot write it ({exc.strerror or exc})") from None
     finally:  # a failed write does not leave the figure open in pyplot's registry
