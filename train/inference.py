@@ -210,8 +210,10 @@ def infer_clips(model: R2Model, video: torch.Tensor, query: torch.Tensor, durati
     if cfg.coord_head and fps is None:
         raise R2ModelError("decoding windows needs the clip rate: the checkpoint's config has fps=None")
     starts = window_starts(t, window, overlap)
-    # the clips each window owns: up to the middle of its overlap with the next one
-    bounds = [0] + [(nxt + s + window) / 2 for s, nxt in zip(starts, starts[1:])] + [t]
+    # the clips each window owns: up to the middle of its overlap with the next one (the first
+    # and the last also own what their raw moments put before the start or past the end, which
+    # post-processing clamps to the video, as on the whole-video path)
+    bounds = [-math.inf] + [(nxt + s + window) / 2 for s, nxt in zip(starts, starts[1:])] + [math.inf]
     saliency = [None] * len(starts)
     raw = []
     for i in range(0, len(starts), batch_size):

@@ -215,7 +215,7 @@ def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
     from r2.model.decoding import postprocess_windows, raw_windows, strict_point_mask
 
     cfg = model.config
-    bounds = [0] + [(b + a + 12) / 2 for a, b in zip(starts, starts[1:])] + [t]
+    bounds = [-np.inf] + [(b + a + 12) / 2 for a, b in zip(starts, starts[1:])] + [np.inf]
     kept, dropped = [], 0
     for i, s in enumerate(starts):
         with torch.inference_mode():
@@ -234,6 +234,23 @@ def test_long_videos_go_through_overlapping_windows(trained, tmp_path):
     assert dropped > 0
     expected = postprocess_windows(rows, t / 0.5, cfg.unit, cfg.nms, cfg.nms_threshold)
     assert np.allclose(np.asarray(slid.windows), expected, atol=1e-4)  # (a batch of windows vs one at a time)
+    # a moment that hangs over the video's start or end is the first or the last window's,
+    # clamped as on the whole-video path, not owned by none
+    from r2.train import inference
+
+    def overhanging(class_logits, *args, **kwargs):  # one batch of all the windows, in their own seconds
+        rows = [[[10.0, 12.0, 0.1]] for _ in range(class_logits.shape[0])]
+        rows[0], rows[-1] = [[-10.0, 4.0, 0.99]], [[20.0, 30.0, 0.98]]
+        return [np.array(r, dtype=np.float32) for r in rows]
+
+    real_raw = inference.raw_windows
+    inference.raw_windows = overhanging
+    try:
+        edge = infer_clips(model, video, query, t / 0.5, window=12, batch_size=len(starts))
+    finally:
+        inference.raw_windows = real_raw
+    kept = {(w[0], w[1]) for w in edge.windows if w[2] > 0}
+    assert (0.0, 4.0) in kept and (starts[-1] / 0.5 + 20.0, t / 0.5) in kept, edge.windows
     # features at another clip rate (r2 predict VIDEO --fps): moments in seconds of that rate
     assert cfg.unit is None
     for window in (None, 12):
