@@ -85,30 +85,48 @@ def _some(ids, n: int = 3) -> str:
     return shown + (f" and {len(ids) - n} more" if len(ids) > n else "")
 
 
+_COLLECTORS: dict[int, tuple[str, list]] = {}  # active _write_errors_of: id -> (writer prefix, found)
+_COLLECTORS_LOCK = threading.Lock()
+_PREVIOUS_HOOK = None  # sys.unraisablehook before ours (installed once, never swapped back and forth)
+
+
+def _unraisable(unraisable) -> None:
+    """``sys.unraisablehook`` while any writer collects: an error that names an active writer's
+    shards goes to that writer's list, every other one to the hook that was there before."""
+    text = " ".join(str(unraisable.exc_value).split())
+    with _COLLECTORS_LOCK:
+        found = next((f for prefix, f in _COLLECTORS.values() if prefix in text), None)
+    if found is None:
+        _PREVIOUS_HOOK(unraisable)
+        return
+    os_error = re.search(r"errno = (\d+), error message = '([^']*)'", text)
+    found.append(f"[Errno {os_error[1]}] {os_error[2]}" if os_error else text[:300])
+
+
 @contextlib.contextmanager
 def _write_errors_of(prefix: str):
     """Collect the errors that HDF5 raises about the shards of the writer ``prefix`` while
     h5py releases its objects: h5py cannot raise them there (``Exception ignored in
-    ObjectID.__dealloc__``), so a failed write (a full disk) would pass unseen. Other
-    unraisable errors go to the previous hook."""
+    ObjectID.__dealloc__``), so a failed write (a full disk) would pass unseen. One module
+    hook serves every thread and writer (a registry under a lock); other unraisable errors go
+    to the hook that was installed before it."""
     import sys
 
+    global _PREVIOUS_HOOK
     found: list[str] = []
-    previous = sys.unraisablehook
-
-    def hook(unraisable):
-        text = " ".join(str(unraisable.exc_value).split())
-        if prefix in text:
-            os_error = re.search(r"errno = (\d+), error message = '([^']*)'", text)
-            found.append(f"[Errno {os_error[1]}] {os_error[2]}" if os_error else text[:300])
-        else:
-            previous(unraisable)
-
-    sys.unraisablehook = hook
+    key = id(found)
+    with _COLLECTORS_LOCK:
+        if sys.unraisablehook is not _unraisable:
+            _PREVIOUS_HOOK = sys.unraisablehook
+            sys.unraisablehook = _unraisable
+        _COLLECTORS[key] = (prefix, found)
     try:
         yield found
     finally:
-        sys.unraisablehook = previous
+        with _COLLECTORS_LOCK:
+            del _COLLECTORS[key]
+            if not _COLLECTORS and sys.unraisablehook is _unraisable:
+                sys.unraisablehook = _PREVIOUS_HOOK  # nobody collects: as it was
 
 
 @dataclass
@@ -321,13 +339,13 @@ class CacheWriter:
 
     def _insert(self, family, item_id, write, command=None, reserved=False, nbytes=0):
         self._check_id(family, item_id)
-        self._check_space(family, item_id, nbytes)
         command = self.command if command is None else command
         with self._mutex:
             self._check_usable()
             if not reserved:
-                self._reserve(family, item_id)
+                self._reserve(family, item_id)  # a duplicate is said as such, also on a full disk
             try:
+                self._check_space(family, item_id, nbytes)
                 part = self._partials.get(family)
                 if part is not None and part.command != command:
                     self._commit(family)  # one command per shard
@@ -355,6 +373,8 @@ class CacheWriter:
         try:
             st = os.statvfs(self.root / SHARDS_DIR)
         except OSError:
+            return
+        if st.f_blocks == 0:  # a file system that reports no sizes (some FUSE mounts): nothing to go by
             return
         free = st.f_bavail * st.f_frsize
         need = nbytes + nbytes // 32 + SPACE_MARGIN

@@ -219,3 +219,28 @@ def test_a_shard_that_reads_back_damaged_is_not_committed(build_cache, make_mani
                                                   r"L9: checksum mismatch"):
         writer.close()
     assert FeatureCache.open(cache.path).video_ids() == [] and verify(cache.path).ok
+
+
+def test_collecting_write_errors_in_overlapping_writers_restores_the_hook():
+    """Two writers' commits overlapping (in two threads: enter A, enter B, exit A, exit B):
+    each collects only its own shards' errors, and once neither collects, the process's hook
+    is the one it had."""
+    import sys
+    import types
+
+    from r2.cache.writer import _write_errors_of
+
+    def unraisable(text):
+        sys.unraisablehook(types.SimpleNamespace(exc_type=RuntimeError, exc_value=RuntimeError(text),
+                                                 exc_traceback=None, err_msg=None, object=None))
+
+    before = sys.unraisablehook
+    a, b = _write_errors_of("hostA-1-aaaa"), _write_errors_of("hostB-1-bbbb")
+    found_a, found_b = a.__enter__(), b.__enter__()
+    unraisable("file write failed: filename = 'shards/videos-hostB-1-bbbb-00001.h5.partial', errno = 28, "
+               "error message = 'No space left on device'")
+    a.__exit__(None, None, None)
+    assert found_a == [] and found_b == ["[Errno 28] No space left on device"]
+    assert sys.unraisablehook is not before  # B still collects
+    b.__exit__(None, None, None)
+    assert sys.unraisablehook is before
