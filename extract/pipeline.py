@@ -475,7 +475,8 @@ class _DecodePool:
         for slot in range(self.slots):
             self.free.put(slot)
         self.executor = ProcessPoolExecutor(self.workers, timeout=30, initializer=_init_worker,
-                                            initargs=(self.shm.name, self.view.shape, self.free, self.sender))
+                                            initargs=(self.shm.name, self.view.shape, self.free, self.sender,
+                                                      os.getpid()))
 
     def submit(self, key: int, args: tuple):
         return self.executor.submit(_decode_task, key, args, self.chunk)
@@ -549,24 +550,38 @@ def _shm_budget() -> int:
 _WORKER: dict = {}
 
 
-def _init_worker(shm_name, shape, free, sender):
+def _init_worker(shm_name, shape, free, sender, parent):
     from multiprocessing import shared_memory
 
-    _exit_with_parent()
+    _exit_with_parent(parent)
     shm = shared_memory.SharedMemory(name=shm_name)
     _WORKER.update(shm=shm, view=np.ndarray(shape, np.uint8, shm.buf), free=free, sender=sender)
 
 
-def _exit_with_parent(every: float = 0.5) -> None:
-    """In a decode worker: exit as soon as the process that started it is gone. A SIGKILLed
-    ``r2 extract`` cannot stop its workers, and one waiting for a free slot would wait for
+def _exit_with_parent(parent: int, every: float = 0.5) -> None:
+    """In a decode worker: exit as soon as ``parent``, the ``r2 extract`` process (its pid is
+    passed, so that one that died before this worker started is noticed too), is gone. A
+    SIGKILLed extract cannot stop its workers, and one waiting for a free slot would wait for
     ever, holding the shared memory (whose segment is removed only once every worker is gone)."""
     import threading
 
-    parent = os.getppid()
+    child = os.getppid() == parent  # (a child is reparented when its parent dies, zombie or not)
+
+    def gone() -> bool:
+        if os.getppid() == parent:
+            return False
+        if child:
+            return True
+        try:  # started by another process: is the extract still there?
+            os.kill(parent, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
 
     def watch():
-        while os.getppid() == parent:
+        while not gone():
             time.sleep(every)
         os._exit(1)
 

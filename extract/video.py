@@ -618,11 +618,14 @@ class VideoClips:
         declared = stream.frames or 0
         if declared and packets < declared - max(2, declared // 100):
             raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
+        ends_early = None  # where the frames end, when before the header's duration by more than 1 s
         if end_pts is not None and declared_seconds is not None:
             end = float(end_pts * time_base)
             if end < declared_seconds - max(TRUNCATION_SECONDS, TRUNCATION_FRACTION * declared_seconds):
                 raise DecodeError(path, f"truncated or damaged: frames end at {end:.1f} s of the {declared_seconds:.1f} s "
                                         "its header declares")
+            if end < declared_seconds - TRUNCATION_SECONDS:
+                ends_early = end
         if not total:
             if packets == 0:
                 raise DecodeError(path, "no video frames in the file")
@@ -632,11 +635,9 @@ class VideoClips:
                                         f"(round(duration x fps) = 0)")
             raise DecodeError(path, "no decodable video frames")
         notes = []
-        if end_pts is not None and declared_seconds is not None:  # shorter, within the tolerance: kept, said
-            end = float(end_pts * time_base)
-            if end < declared_seconds - TRUNCATION_SECONDS:
-                notes.append(f"frames end at {end:.1f} s of the {declared_seconds:.1f} s its header declares (within "
-                             "the tolerance for a truncated file, so kept: its end may be missing)")
+        if ends_early is not None:  # shorter, within the tolerance: kept, said
+            notes.append(f"frames end at {ends_early:.1f} s of the {declared_seconds:.1f} s its header declares "
+                         "(within the tolerance for a truncated file, so kept: its end may be missing)")
         if undecoded:  # damaged data in the middle: ffmpeg goes on, the clips there repeat the frame before
             notes.append(f"{undecoded} of {packets} frames could not be decoded (damaged data; the clips there "
                          "use the last frame that decoded before it)")
@@ -727,8 +728,10 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
             cache[fpts] = convert(frame)
         clips.append((n, cache[fpts], fpts))
 
+    discarded = 0  # packets the container marks to be dropped after decoding (an edit list's pre-roll)
     for packet in _demux(container, stream):
         packets += 1
+        discarded += bool(packet.is_discard)
         take(_decode(cc, packet))
         yield from clips
         clips.clear()
@@ -737,7 +740,7 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
         for n, (fpts, fr) in selector.finish(rule.end(end_pts)):
             emit(n, fpts, fr)
     yield from clips
-    return end_pts, packets, decoded, max(0, packets - decoded)
+    return end_pts, packets, decoded, max(0, packets - discarded - decoded)
 
 
 def _decode_skipping(container, stream, rule, convert, offset, default_duration):

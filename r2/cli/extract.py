@@ -44,13 +44,27 @@ def _pick_video(candidates: list[Path], video_id: str) -> Path | None:
     the error they are without annotations: which one the annotation means is not known."""
     from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
 
-    unique = list({os.path.realpath(f): f for f in candidates}.values())  # overlapping input folders
+    first: dict = {}
+    for f in candidates:  # one file by several names (overlapping input folders, links): its first name
+        first.setdefault(_file_identity(f), f)
+    unique = list(first.values())
     listed = [f for f in unique if f.suffix.lower() in VIDEO_EXTENSIONS]
     if not listed:
         listed = [f for f in unique if is_video_file(f)]
     if len(listed) > 1:
         raise _two_videos(video_id, listed[0], listed[1], more=len(listed) - 2)
     return listed[0] if listed else None
+
+
+def _file_identity(path: Path):
+    """The file behind ``path``: (device, inode), so that one file reached by two names (a
+    symlink, a hardlink, overlapping input folders) counts once; the real path if it cannot
+    be stat'ed."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return os.path.realpath(path)
+    return st.st_dev, st.st_ino
 
 
 def _two_videos(video_id: str, first, second, more: int = 0, paths=None) -> InputError:

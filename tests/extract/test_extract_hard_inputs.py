@@ -139,6 +139,24 @@ def test_an_annotated_video_with_two_candidate_files_is_the_error_it_is_without_
     assert not (tmp_path / "c").exists()
 
 
+def test_one_file_reached_by_two_names_is_not_two_candidates():
+    """A hardlink (a train/ folder linked into all/) or a symlink is the same file, not an
+    ambiguity."""
+    import tempfile
+
+    from r2.cli.extract import _pick_video
+
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        (root / "all").mkdir()
+        (root / "train").mkdir()
+        (root / "train" / "x.mp4").write_bytes(b"x")
+        os.link(root / "train" / "x.mp4", root / "all" / "x.mp4")
+        (root / "alias.mp4").symlink_to(root / "train" / "x.mp4")
+        files = [root / "all" / "x.mp4", root / "train" / "x.mp4", root / "alias.mp4"]
+        assert _pick_video(files, "x") == files[0]
+
+
 def test_two_absolute_paths_with_one_file_name_in_a_list_say_why_they_collide(tiny_clip, tmp_path):
     for d in ("a", "b"):
         (tmp_path / d).mkdir()
@@ -223,6 +241,42 @@ def test_a_file_cut_within_the_truncation_tolerance_is_kept_with_a_note(tiny_cli
     result = _cli(tiny_clip, tmp_path / "cut", "--out", out, "--fps", "0.5")
     assert result.exit_code == 0 and "notes  : 1 video(s)" in result.output and "frames end at 298.0 s" in result.output
     assert "frames end at 298.0 s" in FeatureCache.open(out).video_attrs("cut")["notes"]
+
+
+def test_an_edit_lists_pre_roll_is_not_taken_for_frames_that_did_not_decode(tmp_path):
+    """A clip cut with stream copy (``ffmpeg -ss X -c copy``) starts before 0: its pre-roll
+    packets are marked to be dropped after decoding. That is a healthy file: no note."""
+    import av
+    import numpy as np
+
+    from r2.extract.video import sample_video
+
+    src, cut = tmp_path / "src.mp4", tmp_path / "cut.mp4"
+    with av.open(str(src), "w") as out:
+        s = out.add_stream("libx264", rate=25, options={"bf": "0", "g": "25"})
+        s.width, s.height, s.pix_fmt = 64, 48, "yuv420p"
+        for i in range(100):
+            img = np.zeros((48, 64, 3), np.uint8)
+            img[:, (i * 3) % 64:] = 200
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    with av.open(str(src)) as inp, av.open(str(cut), "w") as out:
+        ist = inp.streams.video[0]
+        ost = out.add_stream_from_template(ist)
+        shift = int(0.4 / ist.time_base)  # the first 10 frames before 0
+        for p in inp.demux(ist):
+            if p.dts is None:
+                continue
+            p.pts -= shift
+            p.dts -= shift
+            p.stream = ost
+            out.mux(p)
+    with av.open(str(cut)) as c:
+        assert sum(bool(p.is_discard) for p in c.demux(c.streams.video[0]) if p.size) == 10
+    for mode in ("all", "skip"):
+        assert sample_video(str(cut), 2, mode=mode).notes == [], mode
 
 
 def test_frames_that_do_not_decode_in_the_middle_are_counted_in_a_note(tiny_clip, tmp_path):
