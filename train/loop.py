@@ -67,7 +67,7 @@ from .annotations import GroundingSample, load_annotations
 from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
                    check_feature_spec, check_ids, feature_spec, loader_generator, loader_workers,
                    resolve_layers, worker_init_fn)
-from .distributed import DistContext, autocast, setup, teardown, unused_everywhere
+from .distributed import DistContext, UnusedParameters, autocast, setup, teardown
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
 
@@ -715,7 +715,7 @@ class _Trainer:
                         out = ddp(batch.video, batch.video_mask, batch.query, batch.query_mask)
                     loss = model.compute_loss(out, batch.targets)
                     optimizer.zero_grad(set_to_none=True)
-                    total, unused = loss.total, []
+                    total, unused = loss.total, None
                     if ctx.distributed:
                         # Some parameters can get no gradient in a step: a pyramid level whose
                         # stride is longer than the batch's padded videos is skipped (as
@@ -723,10 +723,10 @@ class _Trainer:
                         # loss. DDP waits for every gradient, so they get a zero one (the loss
                         # value is unchanged); those that no rank used then get None again,
                         # and AdamW leaves them alone as in one process
-                        unused = unused_everywhere(total, params)
+                        unused = UnusedParameters(total, params)
                         total = total + 0.0 * sum(p.sum() for p in params)
                     scaler.scale(total).backward()
-                    for p in unused:
+                    for p in unused.collect() if unused is not None else ():
                         p.grad = None
                     if preset.grad_clip is not None:
                         scaler.unscale_(optimizer)

@@ -141,13 +141,13 @@ def test_torchrun_trains_short_videos_and_a_zero_loss_weight(tmp_path):
     assert [k for k, v in moved.items() if k.startswith("coord_head.") and v] == [], "the unused head moved"
 
 
-def test_unused_everywhere_names_the_parameters_the_loss_does_not_reach():
-    from r2.train.distributed import unused_everywhere
+def test_unused_parameters_are_those_the_loss_does_not_reach():
+    from r2.train.distributed import UnusedParameters
 
     a, b, c = (torch.nn.Linear(3, 3) for _ in range(3))
     x = torch.ones(2, 3)
     with torch.autocast("cpu", dtype=torch.bfloat16):  # parameters reached through their casts
         loss = b(a(x)).float().sum() + 0 * c(x).detach().sum()
     params = [*a.parameters(), *b.parameters(), *c.parameters()]
-    unused = unused_everywhere(loss, params)
+    unused = UnusedParameters(loss, params).collect()
     assert [id(p) for p in unused] == [id(c.weight), id(c.bias)]
