@@ -33,11 +33,11 @@ from r2.cli import progress_option, threads_option
               help="With VIDEO: the CLIP model (hub id or folder) [default: the one recorded in the "
                    "checkpoint's config, else openai/clip-vit-base-patch32].")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path),
-              help="With VIDEO: draw the saliency curve and the top moments into this PNG "
-                   "(needs matplotlib: pip install 'r2-vtg[plot]'; checked, with its folder's "
-                   "permissions, before extraction).")
+              help="With VIDEO: draw the saliency curve and the --top-k moments into this file "
+                   "(.png, or .pdf, .svg, ...: its extension names the type; needs matplotlib: pip install "
+                   "'r2-vtg[plot]'; checked, with its folder's permissions, before extraction).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
-              help="With VIDEO: moments to print per query.")
+              help="With VIDEO: moments to print (and plot) per query.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=60),
               help="With VIDEO: clip rate, for checkpoints trained on per-video sampling (YouTube) "
                    "[default: the checkpoint's].")
