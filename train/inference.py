@@ -414,6 +414,18 @@ class VideoGrounding:
     def clip_times(self) -> list[float]:
         return [self.clip_start + i / self.fps for i in range(self.num_clips)]
 
+    def to_row(self, qid) -> dict:
+        """A QVHighlights-layout prediction row (``r2 predict VIDEO --out``): ``qid``, ``query``,
+        ``vid`` (the file name without extension), ``duration``, the moments as
+        ``pred_relevant_windows`` and the per-clip ``pred_saliency_scores``, numbers as the
+        shortest decimals of their float32 values, as the cache form writes them."""
+        row = {"qid": qid, "query": self.query, "vid": Path(self.video).stem, "duration": self.duration}
+        if self.moments is not None:
+            flat = f32_list(np.asarray(self.moments, dtype=np.float32).reshape(-1))
+            row["pred_relevant_windows"] = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+        row["pred_saliency_scores"] = f32_list(self.saliency)
+        return row
+
 
 def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkpoint: str | os.PathLike,
                   clip_model: str | os.PathLike | None = None, *, device: str | None = None,

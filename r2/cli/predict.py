@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from r2.cli import progress_option, threads_option
+from r2.fileio import why_not_writable
 
 
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
@@ -22,7 +23,8 @@ from r2.cli import progress_option, threads_option
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Prediction file to write (QVHighlights-layout jsonl, what `r2 score` reads); ids "
                    "missing from the cache are listed in missing_ids.txt beside it (removed by the next "
-                   "successful run).")
+                   "successful run). With VIDEO: one row per --query (qid 0, 1, ... in their order, vid "
+                   "the file name without extension).")
 @click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
 @click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")
 @click.option("--split", help="YouTube/TVSum: the split list to predict (train, val or all) [default: "
@@ -76,12 +78,14 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
     if fps is not None and math.isnan(fps):
         raise click.BadParameter("nan is not a clip rate", param_hint="'--fps'")
     if video is not None:
-        if cache is not None or annotations is not None or out is not None:
+        if cache is not None or annotations is not None:
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
         if not queries:
             raise click.UsageError("VIDEO needs at least one --query \"...\"")
         if plot is not None:
             inference.check_plot_target(plot)  # before minutes of extraction, not after
+        if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
+            raise inference.PredictError(f"--out {out}: {problem}")
         results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
                                           fps=fps, batch_size=batch_size or 8,
                                           progress=sys.stderr.isatty() if progress is None else progress,
@@ -103,6 +107,12 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         if plot is not None:
             path = inference.plot_grounding(results, plot, top_k=top_k)
             click.echo(f"{'' if as_json else chr(10)}wrote {path}", err=as_json)  # stdout stays JSON
+        if out is not None:
+            from r2.evaluate import write_jsonl
+
+            out.parent.mkdir(parents=True, exist_ok=True)
+            write_jsonl([g.to_row(i) for i, g in enumerate(results)], out)  # qid: the --query's index
+            click.echo(f"wrote {len(results)} prediction row(s) to {out}", err=as_json)
         return
     ctx = click.get_current_context()
     video_only = [name for name, given in (("--query", bool(queries)), ("--model", clip_model is not None),

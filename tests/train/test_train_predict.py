@@ -310,6 +310,17 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     for o in out:
         assert len(o["pred_saliency_scores"]) == 20 and o["duration"] == pytest.approx(40.0)
         assert all(0 <= w[0] <= w[1] <= 40.0 for w in o["pred_relevant_windows"])
+    # --out: one QVHighlights-layout row per --query, what --json shows, as the cache form writes rows
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "rows" / "new.jsonl")])
+    assert res.exit_code == 0 and "wrote 2 prediction row(s) to" in res.output, res.output
+    rows = _rows(tmp_path / "rows" / "new.jsonl")
+    assert [(r["qid"], r["query"], r["vid"]) for r in rows] == [(0, "a red screen", "new"), (1, "a green screen", "new")]
+    for r, o in zip(rows, out):
+        assert r["duration"] == o["duration"] and len(r["pred_saliency_scores"]) == 20
+        assert np.allclose(r["pred_relevant_windows"], o["pred_relevant_windows"], atol=1e-5)
+    (tmp_path / "a-file").write_text("x")
+    res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "a-file" / "p.jsonl")])
+    assert res.exit_code == 1 and f"--out {tmp_path / 'a-file' / 'p.jsonl'}: " in res.output, res.output
     # --batch-size: the overlapping windows per forward pass (3 windows: batches of 2 and 1)
     from r2.train import inference
 
