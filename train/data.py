@@ -263,6 +263,13 @@ def find_missing(cache, samples: Iterable[GroundingSample], name: str = "data",
     return report
 
 
+def with_features(cache, samples: Sequence[GroundingSample]) -> tuple[list[GroundingSample], int]:
+    """The samples whose video and query features the cache holds (``--skip-missing``), and
+    how many were left out."""
+    kept = [s for s in samples if cache.has_video(s.vid) and cache.has_query(s.query_id)]
+    return kept, len(samples) - len(kept)
+
+
 def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike | None,
                                                       Sequence[GroundingSample]]],
                           shown: int = 3) -> None:

@@ -64,9 +64,9 @@ from r2.model import R2Config, R2Model
 from . import checkpoint as ckpt
 from .allocator import reuse_freed_memory
 from .annotations import GroundingSample, load_annotations
-from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, cache_widths, check_cache_fps,
-                   check_feature_spec, check_ids, feature_spec, loader_generator, loader_workers,
-                   resolve_layers, worker_init_fn)
+from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, MissingFeaturesError, cache_widths,
+                   check_cache_fps, check_feature_spec, check_ids, check_query_sentences, feature_spec,
+                   loader_generator, loader_workers, resolve_layers, with_features, worker_init_fn)
 from .distributed import DistContext, UnusedParameters, autocast, setup, teardown
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
@@ -105,6 +105,9 @@ class FitOptions:
     preload: read the splits into RAM first (when they fit). progress: tqdm bar on stderr
     (None: only when stderr is a terminal).
     eval_batch_size: batch size of the evaluation (default: the preset's batch size).
+    skip_missing: train and evaluate on the queries whose features the cache holds, instead of
+    refusing to start; the others are listed in ``RUN_DIR/missing_ids.txt``, counted in the log
+    and in ``best.json`` (``"skipped_missing"``): the val metrics are then of a subset.
     """
 
     dataset: str
@@ -125,6 +128,7 @@ class FitOptions:
     preload: bool = False
     progress: bool | None = True
     eval_batch_size: int | None = None
+    skip_missing: bool = False
 
     def to_json(self) -> dict:
         out = {}
@@ -524,10 +528,18 @@ class _Trainer:
         if val_samples_eval:
             splits.append((preset.eval_split, str(val_file), val_samples_eval))
         missing_list = self.run_dir / MISSING_IDS_NAME
-        check_ids(cache, splits, dataset=preset.name, list_file=missing_list, write=ctx.is_main,
-                  make_folder=True)  # RUN_DIR/missing_ids.txt, even before the run's first file
-        if ctx.is_main:
-            missing_list.unlink(missing_ok=True)  # from an earlier attempt: the cache is complete now
+        self.skipped: dict[str, int] = {}
+        try:
+            check_ids(cache, splits, dataset=preset.name, list_file=missing_list, write=ctx.is_main,
+                      make_folder=True)  # RUN_DIR/missing_ids.txt, even before the run's first file
+        except MissingFeaturesError as exc:
+            if not o.skip_missing:
+                raise
+            self._skip_missing(cache, splits, missing_list, exc)
+            train_samples, val_samples_eval = self.train_samples, self.val_samples
+        else:
+            if ctx.is_main:
+                missing_list.unlink(missing_ok=True)  # from an earlier attempt: the cache is complete now
         video_dim, query_dim = cache_widths(cache)
 
         # model
@@ -613,6 +625,32 @@ class _Trainer:
         return json.loads(json.dumps(metrics)), value, time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the run
+    def _skip_missing(self, cache, splits, missing_list: Path, exc: MissingFeaturesError) -> None:
+        """``--skip-missing``: go on with the queries whose features are in the cache (check_ids
+        has listed the others in ``missing_list``); the log says how many of each split are left
+        out and that the val metrics are then of a subset."""
+        preset = self.preset
+        train, n_train = with_features(cache, self.train_samples)
+        val, n_val = with_features(cache, self.val_samples)
+        if not train:
+            raise FitError(f"--skip-missing: no training query has its features in {cache.path}\n{exc}")
+        self.skipped = {"train": n_train, preset.eval_split: n_val}
+        said = [f"{n_train} of {len(self.train_samples)} training queries"]
+        if self.val_samples:
+            said.append(f"{n_val} of {len(self.val_samples)} {preset.eval_split} queries (its metrics are of "
+                        "the others: not comparable with results on the whole split)")
+        where = f"{missing_list}" if missing_list.is_file() else "the message of a run without --skip-missing"
+        self.log(f"warning: --skip-missing: {' and '.join(said)} have no features in {cache.path} and are "
+                 f"left out; the missing ids are in {where}")
+        self.train_samples, self.val_samples = train, val
+        if not val:
+            self.selected_on = None
+        self.gt_rows = [s.to_row() for s in val]
+        self.gt_source = evaluation_source(val, self.val_file)
+        kept = [("train", str(self.train_file), train)] + (
+            [(preset.eval_split, str(self.val_file), val)] if val else [])
+        check_query_sentences(cache, kept)
+
     def run(self) -> FitResult:
         from tqdm import tqdm
 
@@ -779,6 +817,8 @@ class _Trainer:
                     if is_best:
                         best = {"epoch": epoch + 1, "value": value, "metric": preset.main_metric,
                                 "selected_on": self.selected_on, "metrics": metrics}
+                        if any(self.skipped.values()):  # --skip-missing: the metrics are of a subset
+                            best["skipped_missing"] = self.skipped
                 rng_states = ctx.gather_objects(ckpt.get_rng_state())
                 if ctx.is_main:
                     if is_best:

@@ -54,10 +54,15 @@ DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "c
                    "this process may use where fewer].")
 @click.option("--preload", is_flag=True,
               help="Read the splits into RAM first (checked against the available memory).")
+@click.option("--skip-missing", is_flag=True,
+              help="Train and evaluate on the queries whose features are in the cache instead of "
+                   "refusing to start (videos that could not be extracted); the others are listed in "
+                   "RUN_DIR/missing_ids.txt and counted in the log and in best.json: the val metrics "
+                   "are then of a subset, not comparable with published numbers.")
 @threads_option
 @progress_option
 def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, config_file, resume,
-        init, seed, device, workers, preload, progress):
+        init, seed, device, workers, preload, skip_missing, progress):
     """Train the R² Block on cached CLIP features, evaluating every epoch.
 
     \b
@@ -76,7 +81,7 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
                          data_root=data_root, domain=domain, epochs=epochs,
                          overrides=parse_set_options(sets), config_file=config_file, resume=resume,
                          init=init, seed=seed, device=device, workers=workers, preload=preload,
-                         progress=progress)
+                         progress=progress, skip_missing=skip_missing)
     if _is_rank0():  # under torchrun, one rank says it
         on_interrupt(lambda: _resume_hint(run_dir))
     result = run(options)

@@ -156,8 +156,22 @@ def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
     assert sorted(p.name for p in run.iterdir()) == ["missing_ids.txt"]  # no weights, no checkpoint
     assert getattr(err.value, "user_error", False)
     # with the ids back, the run starts and the stale list goes
-    fit(_opts(data, run, epochs=1), log=lambda m: None)
+    plain = fit(_opts(data, run, epochs=1), log=lambda m: None)
     assert not listed.exists() and (run / "model.safetensors").is_file()
+
+    # --skip-missing: the run goes on without them, says so, keeps the list, and records in
+    # best.json that its metrics are of a subset
+    said = []
+    skip = tmp_path / "skip"
+    result = fit(_opts(data, skip, val=val, epochs=1, skip_missing=True), log=said.append)
+    assert result.num_val == len(rows) and result.best_epoch == 1
+    assert any(m.startswith(f"warning: --skip-missing: 0 of {data.num_train} training queries and 200 of "
+                            f"{len(rows) + 200} val queries (its metrics are of the others: not comparable "
+                            "with results on the whole split) have no features") and str(skip / "missing_ids.txt") in m
+               for m in said), said
+    assert json.loads((skip / "best.json").read_text())["skipped_missing"] == {"train": 0, "val": 200}
+    assert (skip / "missing_ids.txt").is_file()
+    assert result.best_metrics == plain.best_metrics  # the same training, scored on the same queries
 
     # the other DDP ranks name the file without writing it; a small list is shown whole
     cache = FeatureCache.open(data.cache_dir)
