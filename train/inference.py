@@ -48,8 +48,9 @@ from r2.model.decoding import Prediction, postprocess_windows, raw_windows, stri
 from .checkpoint import METRICS_NAME, PRESET_NAME
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
-                   LengthBatchSampler, cache_widths, check_feature_spec, check_ids, feature_spec,
-                   loader_generator, remove_missing_list, worker_init_fn)
+                   LengthBatchSampler, MissingFeaturesError, cache_widths, check_feature_spec, check_ids,
+                   check_query_sentences, feature_spec, loader_generator, remove_missing_list, with_features,
+                   worker_init_fn)
 
 __all__ = [
     "PredictError",
@@ -84,6 +85,7 @@ class PredictResult:
     num_queries: int
     seconds: float
     dataset: str
+    skipped: int = 0  # queries left out by skip_missing (their features are not in the cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -307,7 +309,7 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
             out: str | os.PathLike | None = None, dataset: str | None = None, domain: str | None = None,
             split: str | None = None, batch_size: int = 16, device: str | None = None,
             workers: int = 0, amp: str | None = None, progress: bool | None = True,
-            allow_feature_mismatch: bool = False,
+            allow_feature_mismatch: bool = False, skip_missing: bool = False,
             log: Callable[[str], None] | None = None) -> PredictResult:
     """Predict every query of ``annotations`` from the features in ``cache``.
 
@@ -324,6 +326,9 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
             written and the error lists them all.
         allow_feature_mismatch: warn instead of refusing a cache whose feature spec differs
             from the checkpoint's.
+        skip_missing: predict the queries whose features the cache holds, instead of refusing
+            (the others listed as above; ``PredictResult.skipped`` counts them: score the rows
+            with ``subset=True``, ``r2 score --subset``).
     Raises:
         FeatureSpecError, MissingFeaturesError, PredictError, AnnotationError, CacheError.
     """
@@ -358,10 +363,24 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     # every missing id goes to a file beside --out (when its folder exists; without ``out``
     # no file is written: the error lists them all)
     list_file = None if out is None else Path(out).parent / MISSING_IDS_NAME
-    check_ids(fc, [("annotations", str(annotations), samples)], dataset=samples[0].dataset,
-              purpose="prediction", list_file=list_file)
-    if list_file is not None:  # from an earlier attempt: the cache is complete now
-        remove_missing_list(list_file, "prediction")
+    skipped = 0
+    try:
+        check_ids(fc, [("annotations", str(annotations), samples)], dataset=samples[0].dataset,
+                  purpose="prediction", list_file=list_file)
+    except MissingFeaturesError:
+        if not skip_missing:
+            raise
+        total = len(samples)
+        samples, skipped = with_features(fc, samples)
+        if not samples:
+            raise
+        check_query_sentences(fc, [("annotations", str(annotations), samples)])
+        where = f" (listed in {list_file})" if list_file is not None and list_file.is_file() else ""
+        log(f"warning: --skip-missing: {skipped} of {total} queries have no features in {fc.path} and are "
+            f"not predicted{where}; score the others with r2 score --subset")
+    else:
+        if list_file is not None:  # from an earlier attempt: the cache is complete now
+            remove_missing_list(list_file, "prediction")
     fps = model.config.fps
     data = GroundingDataset(samples, fc, layers, None, train=False, fps=fps)
     rows = predict_dataset(model, data, batch_size=batch_size, workers=workers, amp=amp,
@@ -374,7 +393,7 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
         # a symlink's target is replaced (atomically), the link kept
         write_jsonl(rows, Path(os.path.realpath(out_path)) if out_path.is_symlink() else out_path)
     return PredictResult(rows=rows, out=out_path, num_queries=len(rows),
-                         seconds=time.perf_counter() - t0, dataset=samples[0].dataset)
+                         seconds=time.perf_counter() - t0, dataset=samples[0].dataset, skipped=skipped)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -53,10 +53,13 @@ from r2.fileio import why_not_writable
 @click.option("--allow-feature-mismatch", is_flag=True,
               help="Warn instead of refusing a cache whose features (CLIP model, layers, fps, "
                    "preprocessing) differ from those the checkpoint was trained on.")
+@click.option("--skip-missing", is_flag=True,
+              help="With --cache: predict the queries whose features are in the cache instead of "
+                   "refusing (the others are listed in missing_ids.txt); score them with r2 score --subset.")
 @threads_option
 @progress_option
 def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, queries, clip_model, plot,
-            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch, progress):
+            top_k, fps, as_json, batch_size, device, workers, allow_feature_mismatch, skip_missing, progress):
     """Predict moments and saliency with a trained model.
 
     \b
@@ -82,6 +85,8 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
         if not queries:
             raise click.UsageError("VIDEO needs at least one --query \"...\"")
+        if skip_missing:
+            raise click.UsageError("--skip-missing goes with --cache (a new video is extracted whole)")
         if plot is not None:
             inference.check_plot_target(plot)  # before minutes of extraction, not after
         if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
@@ -133,11 +138,12 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         split = None
     result = inference.predict(checkpoint, cache, annotations, out=out, dataset=dataset, domain=domain,
                                split=split, batch_size=batch_size or 16, device=device, workers=workers,
-                               allow_feature_mismatch=allow_feature_mismatch, progress=progress,
-                               log=lambda m: click.echo(m, err=True))
+                               allow_feature_mismatch=allow_feature_mismatch, skip_missing=skip_missing,
+                               progress=progress, log=lambda m: click.echo(m, err=True))
     click.echo(f"wrote {result.num_queries} predictions to {result.out} in {result.seconds:.1f} s")
     named = result.dataset if dataset is not None else None  # the canonical name of what was given
-    click.echo(f"score them: {score_command(result.out, annotations, domain, split, named)}")
+    command = score_command(result.out, annotations, domain, split, named)
+    click.echo(f"score them: {command}" + (" --subset" if result.skipped else ""))
 
 
 def score_command(predictions, annotations, domain: str | None, split: str | None,

@@ -571,6 +571,19 @@ def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_pat
     assert f"score them: r2 score {link} --gt {copy} --dataset custom\n" in res.output
     assert link.is_symlink() and _rows(target)[0]["qid"] == _rows(copy)[0]["qid"]
 
+    # --skip-missing: the cached queries are predicted, and the score command has --subset
+    rows = _rows(copy)
+    extra = tmp_path / "val_plus.jsonl"
+    extra.write_text("".join(json.dumps(r) + "\n" for r in rows + [dict(rows[0], qid=90_000, vid="unseen")]))
+    res = CliRunner().invoke(main, base + ["-a", str(extra), "-o", str(tmp_path / "s.jsonl")])
+    assert res.exit_code == 1 and "lacks features that prediction needs" in res.output, res.output
+    res = CliRunner().invoke(main, base + ["-a", str(extra), "-o", str(tmp_path / "s.jsonl"), "--skip-missing"])
+    assert res.exit_code == 0, res.output
+    assert "warning: --skip-missing: 1 of " in res.output and "score the others with r2 score --subset" in res.output
+    assert res.output.rstrip().endswith(f"--gt {extra} --subset") and len(_rows(tmp_path / "s.jsonl")) == len(rows)
+    scored = CliRunner().invoke(main, ["score", str(tmp_path / "s.jsonl"), "--gt", str(extra), "--subset"])
+    assert scored.exit_code == 0, scored.output
+
     gone = tmp_path / "run-copy"
     shutil.copytree(run, gone)
     (gone / "model.safetensors").unlink()
