@@ -535,7 +535,7 @@ class _Trainer:
         except MissingFeaturesError as exc:
             if not o.skip_missing:
                 raise
-            self._skip_missing(cache, splits, missing_list, exc)
+            self._skip_missing(cache, missing_list, exc)
             train_samples, val_samples_eval = self.train_samples, self.val_samples
         else:
             if ctx.is_main:
@@ -625,7 +625,7 @@ class _Trainer:
         return json.loads(json.dumps(metrics)), value, time.perf_counter() - t0
 
     # ------------------------------------------------------------------ the run
-    def _skip_missing(self, cache, splits, missing_list: Path, exc: MissingFeaturesError) -> None:
+    def _skip_missing(self, cache, missing_list: Path, exc: MissingFeaturesError) -> None:
         """``--skip-missing``: go on with the queries whose features are in the cache (check_ids
         has listed the others in ``missing_list``); the log says how many of each split are left
         out and that the val metrics are then of a subset."""
