@@ -34,10 +34,9 @@ from .index import ShardIndex
 from .manifest import (MANIFEST_NAME, describe_differences, differences, new_manifest,
                        read_manifest, write_manifest_exclusive)
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
-from .shards import (FAMILIES, SHARDS_DIR, attrs_from_group, encode_id, layer_name,
+from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, attrs_from_group, encode_id, layer_name,
                      list_partials, open_h5, scale_name)
 
-_FAMILY_WORD = {"videos": "video", "queries": "query"}
 _RAW = {"<f2", "<f4", "|i1", "|u1"}  # stored bytes == in-memory bytes on little-endian hosts
 _BLOCK_BYTES = 512 * 1024  # float16 bytes read and converted to float32 per step (stays in L2)
 
@@ -285,7 +284,7 @@ class FeatureCache:
     def _shard(self, family, item_id) -> str:
         shard = self._index.shard_of(family, item_id)
         if shard is None:
-            raise MissingItemError(f"{_FAMILY_WORD[family]} {item_id!r} is not in the feature cache "
+            raise MissingItemError(f"{FAMILY_WORD[family]} {item_id!r} is not in the feature cache "
                                    f"at {self.path}")
         return shard
 
@@ -297,7 +296,7 @@ class FeatureCache:
         except CacheError:
             raise
         except Exception as exc:
-            raise CacheError(f"cannot read {_FAMILY_WORD[family]} {item_id!r} from "
+            raise CacheError(f"cannot read {FAMILY_WORD[family]} {item_id!r} from "
                              f"{self.path / SHARDS_DIR / shard}: {type(exc).__name__}: {exc}; "
                              f"run `r2 cache verify {self.path}`") from None
 
@@ -318,7 +317,7 @@ class FeatureCache:
             with self._reading(family, item_id, shard):
                 if key not in f:
                     raise CacheError(f"shard {self.path / SHARDS_DIR / shard} does not hold "
-                                     f"{_FAMILY_WORD[family]} {item_id!r} although its index says so; "
+                                     f"{FAMILY_WORD[family]} {item_id!r} although its index says so; "
                                      f"run `r2 cache verify {self.path}`")
         with self._reading(family, item_id, shard):
             return f[key], shard
@@ -440,7 +439,7 @@ class FeatureCache:
         name = layer_name(layer)
         _, shape, dtype = loc[1][name]
         if shape != dest.shape:
-            raise CacheError(f"{_FAMILY_WORD[family]} {item_id!r}: layer {layer} has shape {shape}, "
+            raise CacheError(f"{FAMILY_WORD[family]} {item_id!r}: layer {layer} has shape {shape}, "
                              f"expected {dest.shape}")
         if self.dtype == "int8":
             q = self._raw(family, item_id, loc, name)

@@ -66,17 +66,16 @@ from .index import ShardEntry
 from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_fingerprint
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
-from .shards import (FAMILIES, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX, PINNED_AXES, SHARDS_DIR,
-                     GroupNotRemoved, WriterLock, attrs_to_json, describe_pinned, encode_id, file_crc32, layer_name, new_prefix, open_h5,
-                     remove_stale_partials, set_text_attr, shard_name, spill_name, write_item,
-                     write_video_blocks)
+from .shards import (FAMILIES, FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX,
+                     PINNED_AXES, SHARDS_DIR, GroupNotRemoved, WriterLock, attrs_to_json, describe_pinned,
+                     encode_id, file_crc32, layer_name, new_prefix, open_h5, remove_stale_partials,
+                     set_text_attr, shard_name, spill_name, write_item, write_video_blocks)
 
 SPILL_BYTES = 256 * 2**20  # a video's encoded parts beyond this go to a spill file (read at run time)
 CHUNK_BYTES = 16 * 2**20  # parts are encoded, and videos written at commit, in blocks of about this size
 DEFAULT_MAX_SHARD_BYTES = 256 * 2**20
 DEFAULT_MAX_SHARD_ITEMS = 1000
 SPACE_MARGIN = 1 << 20  # free bytes left beyond an item and its metadata (the shard's own, its commit)
-_WORD = {"videos": "video", "queries": "query"}
 
 
 def _some(ids, n: int = 3) -> str:
@@ -248,7 +247,7 @@ class CacheWriter:
         for key, axis in PINNED_AXES[family]:
             expected, got = manifest.get(key), int(shape[axis])
             if got != expected:
-                raise CacheError(f"{_WORD[family]} {item_id!r}: {describe_pinned(key, got)}, the manifest "
+                raise CacheError(f"{FAMILY_WORD[family]} {item_id!r}: {describe_pinned(key, got)}, the manifest "
                                  f"says {key} = {expected} (the cache at {self.root} holds the features "
                                  "of one model; write these to another directory)")
 
@@ -313,7 +312,7 @@ class CacheWriter:
         shard that records ``command`` (the source shard's)."""
         first = layer_name(self.cache.layers[0])
         if first not in src_group:
-            raise CacheError(f"{_WORD[family]} {item_id!r} in {src_group.file.filename} has no dataset "
+            raise CacheError(f"{FAMILY_WORD[family]} {item_id!r} in {src_group.file.filename} has no dataset "
                              f"{first}; run `r2 cache verify` on its cache")
         self._check_shape(family, item_id, src_group[first].shape)
 
@@ -330,11 +329,11 @@ class CacheWriter:
         not a non-empty str, or one that has no UTF-8 form (a lone surrogate that is not an
         undecodable byte of a file name, e.g. ``'\\ud800'``)."""
         if not isinstance(item_id, str) or not item_id:
-            raise CacheError(f"{_WORD[family]} ids are non-empty str, got {item_id!r}")
+            raise CacheError(f"{FAMILY_WORD[family]} ids are non-empty str, got {item_id!r}")
         try:
             encode_id(item_id)
         except UnicodeEncodeError as exc:
-            raise CacheError(f"{_WORD[family]} id {item_id!r} cannot be stored: it is not valid text "
+            raise CacheError(f"{FAMILY_WORD[family]} id {item_id!r} cannot be stored: it is not valid text "
                              f"({exc.reason} at position {exc.start}); give the id as proper Unicode") from None
 
     def _insert(self, family, item_id, write, command=None, reserved=False, nbytes=0):
@@ -380,7 +379,7 @@ class CacheWriter:
         need = nbytes + nbytes // 32 + SPACE_MARGIN
         if free < need:
             raise NoSpaceError(
-                errno.ENOSPC, f"no room for {_WORD[family]} {item_id!r} in {self.root / SHARDS_DIR}: it needs about "
+                errno.ENOSPC, f"no room for {FAMILY_WORD[family]} {item_id!r} in {self.root / SHARDS_DIR}: it needs about "
                 f"{need / 2**20:.1f} MB with HDF5's metadata, the disk has {free / 2**20:.1f} MB free. "
                 "Free disk space (or write to another disk) and rerun: what was committed is kept, the "
                 "rest is added then")
@@ -391,16 +390,11 @@ class CacheWriter:
         close this writer; raises :class:`ShardDiscardedError` (``exc``, the item's failure, when
         that is a ``KeyboardInterrupt`` or the like)."""
         part = self._partials.pop(family)
-        with contextlib.suppress(Exception), _write_errors_of(self.prefix):  # (reported below)
-            part.file.close()
-        with contextlib.suppress(OSError):
-            part.path.unlink(missing_ok=True)
-        self._release(family, part.ids)
-        dropped = self._close_after_drop(list(part.ids))  # commits the other family's shard, which is whole
+        dropped = self._drop(family, part)
         if not isinstance(exc, Exception):
             raise exc  # Ctrl-C and the like go on as they are
         raise ShardDiscardedError(
-            f"{_WORD[family]} {item_id!r} failed half-way ({type(exc).__name__}: {exc}) and could not be "
+            f"{FAMILY_WORD[family]} {item_id!r} failed half-way ({type(exc).__name__}: {exc}) and could not be "
             f"removed from {part.path.name}; that shard was dropped with the {len(part.ids)} item(s) added to "
             "it since its last commit, and this writer is closed. Free disk space and rerun: what was "
             "committed is kept, the rest is added again", dropped) from exc
@@ -410,26 +404,28 @@ class CacheWriter:
         the rename got that far: the commit is not known to be durable, and the error says the
         items are gone), free its ids, close this writer and raise :class:`ShardDiscardedError`
         (``exc`` itself when it is a ``KeyboardInterrupt`` or the like)."""
-        with contextlib.suppress(Exception), _write_errors_of(self.prefix):  # (reported below)
+        dropped = self._drop(family, part, final)
+        if not isinstance(exc, Exception):
+            raise exc  # Ctrl-C and the like go on as they are
+        raise ShardDiscardedError(
+            f"could not commit the shard {part.path.name} ({type(exc).__name__}: {exc}); it was dropped "
+            f"with the {len(part.ids)} {FAMILY_WORD[family] if len(part.ids) == 1 else family} added to it since "
+            f"its last commit ({_some(part.ids)}), and this writer is closed. Check the disk (space, I/O "
+            "errors) and rerun: what was committed is kept, the rest is added again", dropped) from exc
+
+    def _drop(self, family, part: _Partial, final: Path | None = None) -> list:
+        """Drop ``part`` (an uncommitted shard): close and delete it (also under its ``final``
+        name when a commit got that far), free its ids, and close this writer: the other
+        family's shard is committed when it can be, else dropped too. Returns the ids dropped,
+        that shard's included (all of them go into the one ShardDiscardedError)."""
+        with contextlib.suppress(Exception), _write_errors_of(self.prefix):  # (the caller reports)
             part.file.close()
         for path in (part.path, final):
             if path is not None:
                 with contextlib.suppress(OSError):
                     path.unlink(missing_ok=True)
         self._release(family, part.ids)
-        dropped = self._close_after_drop(list(part.ids))
-        if not isinstance(exc, Exception):
-            raise exc  # Ctrl-C and the like go on as they are
-        raise ShardDiscardedError(
-            f"could not commit the shard {part.path.name} ({type(exc).__name__}: {exc}); it was dropped "
-            f"with the {len(part.ids)} {_WORD[family] if len(part.ids) == 1 else family} added to it since "
-            f"its last commit ({_some(part.ids)}), and this writer is closed. Check the disk (space, I/O "
-            "errors) and rerun: what was committed is kept, the rest is added again", dropped) from exc
-
-    def _close_after_drop(self, dropped: list) -> list:
-        """Close this writer after one of its shards was dropped: the other family's shard is
-        committed when it can be, else dropped too. Returns ``dropped`` plus the ids of that
-        one when it was dropped (all of them go into the one ShardDiscardedError)."""
+        dropped = list(part.ids)
         try:
             self.close()
         except ShardDiscardedError as other:  # its commit failed as well (the writer is closed by then)
@@ -448,7 +444,7 @@ class CacheWriter:
             if in_cache or owner is not None:
                 where = ("" if in_cache else " (added earlier by this writer)" if owner is self
                          else " (added by another writer of this cache, not committed yet)")
-                raise CacheError(f"{_WORD[family]} {item_id!r} is already in the feature cache at "
+                raise CacheError(f"{FAMILY_WORD[family]} {item_id!r} is already in the feature cache at "
                                  f"{self.root}{where}")
             cache._pending[family][item_id] = self
 
