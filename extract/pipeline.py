@@ -360,12 +360,11 @@ def _check_cached_sentences(cache, queries: Sequence[QueryJob], shown: int = 3) 
     annotation files, e.g. two files both numbering their queries from 0)."""
     changed = cache.sentence_mismatches({q.query_id: q.text for q in queries})
     if changed:
-        examples = "; ".join(f"query {m.query_id!r}: cached {m.cached!r}, now {m.given!r}"
-                             for m in changed[:shown])
-        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+        examples = _first_of([f"query {m.query_id!r}: cached {m.cached!r}, now {m.given!r}" for m in changed],
+                             shown)
         raise ExtractionError(
             f"{len(changed)} query id(s) are already in {cache.path} for another sentence: "
-            f"{examples}{more}. Query ids must be unique across the annotation files of one "
+            f"{examples}. Query ids must be unique across the annotation files of one "
             "cache: give one file's queries other ids (e.g. a prefix), or extract into another "
             "cache folder")
 
@@ -395,14 +394,20 @@ def _check_cached_files(cache, videos: Sequence[VideoJob], shown: int = 3) -> No
         if cached is not None and cached != size:
             changed.append((v, source, cached, size))
     if changed:
-        examples = "; ".join(f"video {v.video_id!r}: cached from {source} ({cached} bytes), now "
-                             f"{os.path.abspath(v.path)} ({size} bytes)" for v, source, cached, size in changed[:shown])
-        more = f" (and {len(changed) - shown} more)" if len(changed) > shown else ""
+        examples = _first_of([f"video {v.video_id!r}: cached from {source} ({cached} bytes), now "
+                              f"{os.path.abspath(v.path)} ({size} bytes)" for v, source, cached, size in changed],
+                             shown)
         raise ExtractionError(
-            f"{len(changed)} video id(s) are already in {cache.path} from another file: {examples}{more}. "
+            f"{len(changed)} video id(s) are already in {cache.path} from another file: {examples}. "
             "Video ids must be unique across the inputs of one cache: give these videos other ids (e.g. "
             "extract the folder above them, so that the ids start with their folder's name), or extract "
             "into another cache folder (also when a file was replaced on purpose)")
+
+
+def _first_of(entries: list[str], shown: int) -> str:
+    """The first ``shown`` entries for a one-line message, ``"a; b; c (and 4 more)"``."""
+    more = f" (and {len(entries) - shown} more)" if len(entries) > shown else ""
+    return "; ".join(entries[:shown]) + more
 
 
 def _one_line(exc: Exception) -> str:

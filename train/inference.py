@@ -450,7 +450,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
                   clip_model: str | os.PathLike | None = None, *, device: str | None = None,
                   fps: float | None = None, batch_size: int = 8, extract_batch_size: int = 32,
                   workdir: str | os.PathLike | None = None,
-                  allow_feature_mismatch: bool = False, progress: bool = False,
+                  allow_feature_mismatch: bool = False, progress: bool | None = False,
                   log: Callable[[str], None] | None = None) -> list[VideoGrounding]:
     """Ground ``queries`` in a new video of any length.
 
@@ -459,7 +459,8 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
     ``config.features``; ``clip_model`` overrides the model, default: the one recorded, else
     ``openai/clip-vit-base-patch32``), then every query goes through :func:`infer_clips`.
     ``batch_size``: overlapping windows of a long video per forward pass;
-    ``extract_batch_size``: frames per CLIP forward pass of the extraction.
+    ``extract_batch_size``: frames per CLIP forward pass of the extraction; ``progress``: its
+    bar (None: only when stderr is a terminal).
     """
     from r2.cache import FeatureCache
     from r2.extract.pipeline import QueryJob, VideoJob, extract_features

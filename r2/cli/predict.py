@@ -72,7 +72,6 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
                  --model openai/clip-vit-base-patch32 --plot talk.png
     """
     import math
-    import sys
 
     from click.core import ParameterSource
 
@@ -93,7 +92,7 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
             raise inference.PredictError(f"--out {out}: {problem}")
         results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
                                           fps=fps, batch_size=batch_size or 8,
-                                          progress=sys.stderr.isatty() if progress is None else progress,
+                                          progress=progress,
                                           allow_feature_mismatch=allow_feature_mismatch,
                                           log=lambda m: click.echo(m, err=True))
         if as_json:
