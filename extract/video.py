@@ -333,12 +333,11 @@ def pick_video_stream(container):
     streams all have.) None when the file has no video stream."""
     best, best_score = None, -1
     for s in container.streams.video:
-        disposition = int(s.disposition)
-        if disposition & _ATTACHED_PIC:
+        if _is_attached_picture(s):
             score = 1
         else:
             score = max(0, s.codec_context.width) * max(0, s.codec_context.height)
-            score += 5_000_000 * bool(disposition & _DEFAULT_DISPOSITION)
+            score += 5_000_000 * bool(int(s.disposition) & _DEFAULT_DISPOSITION)
         if score > best_score:
             best, best_score = s, score
     return best
