@@ -107,7 +107,8 @@ class FitOptions:
     eval_batch_size: batch size of the evaluation (default: the preset's batch size).
     skip_missing: train and evaluate on the queries whose features the cache holds, instead of
     refusing to start; the others are listed in ``RUN_DIR/missing_ids.txt``, counted in the log
-    and in ``best.json`` (``"skipped_missing"``): the val metrics are then of a subset.
+    and in ``best.json`` (``"skipped_missing"``): the val metrics are then of a subset. A run
+    started with it keeps it on ``resume``.
     """
 
     dataset: str
@@ -473,6 +474,9 @@ class _Trainer:
                                    f"{self.run_dir / ckpt.PRESET_NAME}):\n  " + "\n  ".join(diffs))
                 self.resume_state = (path, state, trainer)
                 before = state.get("options") or {}
+                if before.get("skip_missing") and not o.skip_missing:  # the run's subset, as it began
+                    o = self.options = dataclasses.replace(o, skip_missing=True)
+                    self.log("--resume: --skip-missing kept from the run")
                 for key in ("dataset", "cache", "train", "val", "data_root", "domain"):
                     a, b = before.get(key), o.to_json().get(key)
                     if a is not None and b is not None and key != "dataset" and key != "domain":

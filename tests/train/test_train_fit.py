@@ -172,6 +172,12 @@ def test_missing_ids_are_all_listed_with_the_extract_command(data, tmp_path):
     assert json.loads((skip / "best.json").read_text())["skipped_missing"] == {"train": 0, "val": 200}
     assert (skip / "missing_ids.txt").is_file()
     assert result.best_metrics == plain.best_metrics  # the same training, scored on the same queries
+    # a resume of that run keeps skipping (the run's subset), without being told again
+    said.clear()
+    resumed = fit(_opts(data, skip, val=val, epochs=2, resume=True), log=said.append)
+    assert resumed.resumed_from == 1 and resumed.num_val == len(rows), said
+    assert "--resume: --skip-missing kept from the run" in said
+    assert json.loads((skip / "best.json").read_text())["skipped_missing"] == {"train": 0, "val": 200}
 
     # the other DDP ranks name the file without writing it; a small list is shown whole
     cache = FeatureCache.open(data.cache_dir)
