@@ -227,7 +227,30 @@ def usable_clips(sample: GroundingSample, num_features: int, fps: float | None =
                               f"video {sample.vid!r} but its {sample.duration}-s annotation grid "
                               f"has {grid} (the cache may hold at most {tolerance - 1} fewer)")
         return num_features
+    if dataset == "custom" and fps is not None:
+        _check_custom_clips(sample, num_features, fps, tolerance)
     return num_features
+
+
+def _check_custom_clips(sample: GroundingSample, num_features: int, fps: float, tolerance: int) -> None:
+    """Custom rows: the row's duration must be that of the cached video (its clip count at
+    ``fps`` within ``tolerance`` of the cache's), and ``relevant_clip_ids`` inside it: else the
+    windows would be clamped onto the wrong clips, and the saliency of clips past the end
+    dropped, without a word (the evaluator refuses such val rows; the training split gets the
+    same check)."""
+    where = sample.origin or f"qid {sample.qid!r}"
+    duration = float(sample.duration)
+    expected = ffmpeg_clips(duration, fps)
+    if abs(expected - num_features) >= tolerance:
+        raise TargetError(f"{where}: the row gives video {sample.vid!r} a duration of {duration:g} s "
+                          f"({expected} clips at {fps:g} clips/s), but the cache has {num_features} clips "
+                          f"({num_features / fps:g} s) for it: the duration (and the windows) must be in "
+                          "seconds of the video extracted under that id")
+    sal = sample.saliency
+    if sal is not None and sal.clip_ids.size and int(sal.clip_ids.max()) >= max(expected, num_features):
+        raise TargetError(f"{where}: relevant_clip_ids holds {int(sal.clip_ids.max())}, outside the "
+                          f"{max(expected, num_features)} clips of video {sample.vid!r} ({duration:g} s at "
+                          f"{fps:g} clips/s; clip ids count clips of 1 / fps seconds from 0)")
 
 
 # ----------------------------------------------------------------------------------------------

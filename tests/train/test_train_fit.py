@@ -251,6 +251,23 @@ def test_a_training_record_without_labels_names_its_line_and_a_misspelt_key(data
                               "'relevant_window' meant to be 'relevant_windows'?)")
 
 
+def test_a_custom_training_row_of_another_videos_duration_fails_naming_its_line(data, tmp_path):
+    """The windows of a row whose duration is not its cached video's would be clamped onto
+    its last clip and trained on without a word; the fit refuses it before the first epoch."""
+    from r2.train import fit
+    from r2.train.targets import TargetError
+
+    rows = [json.loads(x) for x in Path(data.train_file).read_text().splitlines()]
+    rows[4] = dict(rows[4], duration=rows[4]["duration"] * 8,
+                   relevant_windows=[[rows[4]["duration"] * 6, rows[4]["duration"] * 7]])
+    rows[4].pop("relevant_clip_ids", None), rows[4].pop("saliency_scores", None)
+    train = tmp_path / "train_duration.jsonl"
+    train.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(TargetError, match=f"^{train}:5: the row gives video {rows[4]['vid']!r} a duration"):
+        fit(_opts(data, tmp_path / "run", train=train, epochs=1), log=lambda m: None)
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+
+
 def test_an_evaluation_file_the_evaluator_refuses_fails_before_training_naming_its_line(data, tmp_path,
                                                                                      monkeypatch):
     """Saliency on some val rows and not on others (optional in training files, where it is

@@ -1,5 +1,6 @@
 """r2.train.targets: clip counts and per-sample targets on hand-computed cases."""
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,33 @@ def test_usable_clips_follow_the_official_asserts():
     assert usable_clips(yt, 12) == 12
     with pytest.raises(TargetError, match="one per annotated clip"):
         usable_clips(yt, 13)
-    assert usable_clips(mr([[1, 2]]), 999) == 999
+    assert usable_clips(mr([[1, 2]]), 999) == 999  # Charades: as published, no check
     with pytest.raises(TargetError, match="no clips"):
         usable_clips(mr([[1, 2]]), 0)
+
+
+def test_a_custom_row_must_have_the_duration_and_clip_ids_of_the_cached_video():
+    """Custom rows: a duration whose clip count at the preset's rate is 5 or more away from
+    the cache's (another video's, or other units) and clip ids past the end are refused,
+    naming the row's file:line; within 4 clips, and ids inside, the cache's count is used."""
+    row = dataclasses.replace(mr([[150, 160]], duration=200.0, dataset="custom"), origin="train.jsonl:7")
+    with pytest.raises(TargetError) as err:
+        usable_clips(row, 13, fps=0.5)
+    assert str(err.value) == ("train.jsonl:7: the row gives video 'v' a duration of 200 s (100 clips at 0.5 "
+                              "clips/s), but the cache has 13 clips (26 s) for it: the duration (and the "
+                              "windows) must be in seconds of the video extracted under that id")
+    assert usable_clips(mr([[1, 2]], duration=34.0, dataset="custom"), 13, fps=0.5) == 13  # 17 vs 13
+    with pytest.raises(TargetError, match="18 clips at 0.5"):
+        usable_clips(mr([[1, 2]], duration=36.0, dataset="custom"), 13, fps=0.5)
+    with pytest.raises(TargetError, match="26 clips at 1 clips/s"):  # the rate is the preset's
+        usable_clips(mr([[1, 2]], duration=26.0, dataset="custom"), 13, fps=1.0)
+    ids = scored([3, 12], [[2], [2]], (0, 4), "custom", duration=26.0)
+    assert usable_clips(ids, 13, fps=0.5) == 13
+    ids = dataclasses.replace(scored([3, 13], [[2], [2]], (0, 4), "custom", duration=26.0), origin="train.jsonl:2")
+    with pytest.raises(TargetError) as err:
+        usable_clips(ids, 13, fps=0.5)
+    assert str(err.value) == ("train.jsonl:2: relevant_clip_ids holds 13, outside the 13 clips of video 'x' "
+                              "(26 s at 0.5 clips/s; clip ids count clips of 1 / fps seconds from 0)")
 
 
 # ---------------------------------------------------------------------------------------------
