@@ -49,8 +49,10 @@ __all__ = [
     "has_run",
     "load_last",
     "read_metrics",
+    "remove_first_epoch",
     "save_last",
     "set_rng_state",
+    "stopped_in_first_epoch",
     "truncate_metrics",
     "write_json",
 ]
@@ -136,6 +138,24 @@ def has_run(run_dir: str | os.PathLike) -> bool:
     """True when ``run_dir`` holds a checkpoint or trained weights."""
     run_dir = Path(run_dir)
     return find_last(run_dir) is not None or (run_dir / "model.safetensors").exists()
+
+
+def stopped_in_first_epoch(run_dir: str | os.PathLike) -> bool:
+    """True when ``run_dir`` holds epoch 1's best weights but no checkpoint: a run killed at the
+    end of its first epoch, after the best weights were written and before ``checkpoints/last``
+    (a run with more epochs in ``metrics.jsonl`` had its checkpoints removed: not this)."""
+    run_dir = Path(run_dir)
+    return (find_last(run_dir) is None and (run_dir / "model.safetensors").exists()
+            and all(int(r.get("epoch", 0)) <= 1 for r in read_metrics(run_dir)))
+
+
+def remove_first_epoch(run_dir: str | os.PathLike) -> None:
+    """Remove what a run stopped in its first epoch wrote of it (:func:`stopped_in_first_epoch`):
+    the best weights, their config, ``best.json`` and ``metrics.jsonl``; the epoch is trained
+    again."""
+    run_dir = Path(run_dir)
+    for name in ("model.safetensors", "config.json", BEST_NAME, METRICS_NAME):
+        (run_dir / name).unlink(missing_ok=True)
 
 
 def clean_partials(run_dir: str | os.PathLike) -> None:

@@ -460,12 +460,25 @@ class _Trainer:
         if o.resume:
             loaded = ckpt.load_last(self.run_dir)
             if loaded is None:
-                if ckpt.has_run(self.run_dir):
-                    raise FitError(f"{self.run_dir} has weights but no checkpoints/last to resume from")
-                self.log(f"--resume: {self.run_dir} has no checkpoint yet; starting a new run")
+                if ckpt.stopped_in_first_epoch(self.run_dir):
+                    self.log(f"--resume: {self.run_dir} was stopped at the end of its first epoch, before "
+                             "its checkpoint was written; starting the run again")
+                    if ctx.is_main:
+                        ckpt.remove_first_epoch(self.run_dir)
+                elif ckpt.has_run(self.run_dir):
+                    raise FitError(f"{self.run_dir} has weights but no checkpoints/last to resume from (its "
+                                   "checkpoints were removed): remove the folder, or choose another --run-dir, "
+                                   "to train again")
+                else:
+                    self.log(f"--resume: {self.run_dir} has no checkpoint yet; starting a new run")
             else:
                 path, state, trainer = loaded
                 preset = _keep_the_runs_own(preset, state.get("preset", {}), o, self.log)
+                done = int(state.get("epoch", 0))
+                if preset.epochs < done:  # its weights and records are of later epochs
+                    raise FitError(f"--resume {self.run_dir}: --epochs {preset.epochs} is fewer than the {done} "
+                                   f"epochs the run has done; resume with --epochs {done} or more (to train "
+                                   "fewer epochs, start a new run in another --run-dir)")
                 diffs = _preset_differences(state.get("preset", {}), preset)
                 if diffs:
                     raise FitError(f"--resume {self.run_dir}: the settings differ from the run's "

@@ -109,6 +109,54 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(data, tmp_path):
     assert not list((run_dir / "checkpoints").glob(".last.partial-*"))
 
 
+def test_a_run_killed_between_its_first_best_weights_and_its_first_checkpoint_resumes(data, tmp_path):
+    """SIGKILL at the end of epoch 1, after the best weights and before ``checkpoints/last``
+    (here: the process kills itself as the checkpoint write begins): ``--resume`` trains the run
+    again from the start and ends with the weights of an uninterrupted run; a run whose
+    checkpoints were removed after more epochs is refused, saying what to do."""
+    run_dir = tmp_path / "killed"
+    args = _args(data, run_dir)
+    args[args.index("--epochs") + 1] = "2"
+    kill_at_checkpoint = ("import os, signal, sys\n"
+                          "import r2.train.checkpoint as ckpt\n"
+                          "ckpt.save_last = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+                          "from r2.cli import main\n"
+                          "sys.exit(main(sys.argv[1:]))\n")
+    done = subprocess.run([sys.executable, "-c", kill_at_checkpoint, *args], env=_env(), capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-3000:]
+    assert (run_dir / "model.safetensors").is_file() and not (run_dir / "checkpoints" / "last").exists()
+    refused = subprocess.run([sys.executable, "-m", "r2", *args], env=_env(), capture_output=True, text=True,
+                             timeout=300)
+    assert refused.returncode != 0 and "pass --resume to continue it" in refused.stderr
+
+    resumed = subprocess.run([sys.executable, "-m", "r2", *args, "--resume"], env=_env(), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "was stopped at the end of its first epoch, before its checkpoint was written; starting the run " \
+           "again" in resumed.stderr
+    ref_dir = tmp_path / "uninterrupted"
+    ref_args = _args(data, ref_dir)
+    ref_args[ref_args.index("--epochs") + 1] = "2"
+    ref = subprocess.run([sys.executable, "-m", "r2", *ref_args], env=_env(), capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+    _assert_same_weights(ref_dir / "checkpoints" / "last" / "model.safetensors",
+                         run_dir / "checkpoints" / "last" / "model.safetensors")
+    assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert json.loads((ref_dir / "best.json").read_text()) == json.loads((run_dir / "best.json").read_text())
+
+    # two epochs done, checkpoints removed (to save space): not the first epoch's kill
+    import shutil
+
+    shutil.rmtree(run_dir / "checkpoints")
+    again = subprocess.run([sys.executable, "-m", "r2", *args, "--resume"], env=_env(), capture_output=True,
+                           text=True, timeout=300)
+    assert again.returncode == 1 and (run_dir / "model.safetensors").is_file()
+    assert (f"{run_dir} has weights but no checkpoints/last to resume from (its checkpoints were removed): "
+            "remove the folder, or choose another --run-dir, to train again") in again.stderr
+
+
 @pytest.mark.parametrize("sig, word", [(signal.SIGINT, "interrupted"), (signal.SIGTERM, "terminated (SIGTERM)")])
 def test_ctrl_c_or_sigterm_says_what_is_kept_and_the_printed_command_resumes(data, tmp_path, terminal, sig, word):
     """Ctrl-C in the middle of `r2 fit`, or SIGTERM as Slurm sends it (to the process group: the
@@ -175,6 +223,14 @@ def test_resume_adds_epochs_and_refuses_changed_settings(data, tmp_path):
                 **{**common, "overrides": {**TINY_OVERRIDES, "lr": 1e-4}})
         with pytest.raises(FitError, match="already holds a run"):
             fit(run_dir=tmp_path / "b", epochs=2, **common)
+        # fewer epochs than done: refused, the run's record untouched
+        preset_before = (tmp_path / "c" / "preset.json").read_text()
+        with pytest.raises(FitError) as err:
+            fit(run_dir=tmp_path / "c", epochs=1, resume=True, **common)
+        assert str(err.value) == (f"--resume {tmp_path / 'c'}: --epochs 1 is fewer than the 3 epochs the run has "
+                                  "done; resume with --epochs 3 or more (to train fewer epochs, start a new run "
+                                  "in another --run-dir)")
+        assert (tmp_path / "c" / "preset.json").read_text() == preset_before
     finally:
         torch.set_num_threads(threads)
 
