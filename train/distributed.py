@@ -98,6 +98,8 @@ def resolve_device(device: str | None) -> torch.device:
         dev = torch.device(device)
     except RuntimeError:
         raise DeviceError(f"--device {device!r}: not a torch device (cpu, cuda, cuda:1, ...)") from None
+    if dev.type not in ("cpu", "cuda"):  # torch knows mps, xpu, meta, ...: r2 is built and tested on these two
+        raise DeviceError(f"--device {device}: r2 trains and predicts on cpu or cuda (cuda:1, ...)")
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise DeviceError(f"--device {device}: CUDA is not available here (use --device cpu)")

@@ -88,16 +88,28 @@ progress_option = click.option("--progress/--no-progress", default=None,
                                help="Progress bar [default: on a terminal].")
 
 
+#: the most --threads taken (OpenMP crashes creating some 100,000 threads; the largest machines
+#: have a few hundred cores)
+MAX_THREADS = 1024
+
+
 def _set_torch_threads(ctx, param, value):
     if value is not None:
         import torch
 
+        from r2.cpus import usable_cpus
+
+        cpus = usable_cpus()
+        if value > cpus:
+            click.echo(f"warning: --threads {value} is more than the {cpus} CPU(s) this process may use: the "
+                       "threads take turns on them, which is slower (often much slower) than --threads "
+                       f"{cpus}", err=True)
         torch.set_num_threads(value)
 
 
 #: ``--threads N`` of the commands that run the R² model: sets torch's CPU threads as parsed
 threads_option = click.option(
-    "--threads", type=click.IntRange(min=1), expose_value=False, callback=_set_torch_threads,
+    "--threads", type=click.IntRange(min=1, max=MAX_THREADS), expose_value=False, callback=_set_torch_threads,
     help="torch threads on the CPU [default: torch's, which OMP_NUM_THREADS sets]; the float sums, "
          "and so the last digits of a run, depend on it.")
 

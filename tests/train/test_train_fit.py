@@ -90,7 +90,7 @@ def test_training_raises_the_val_metric_far_above_chance(data, tmp_path):
     assert score("custom", rows, gt)["brief"]["MR-full-mAP"] == result.best_value
 
 
-def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
+def test_cli_fit_then_refuses_to_overwrite(data, tmp_path, monkeypatch):
     from r2.cli import main
 
     run = tmp_path / "cli-run"
@@ -114,6 +114,26 @@ def test_cli_fit_then_refuses_to_overwrite(data, tmp_path):
     assert res.exit_code == 1 and "already holds a run" in res.output and "--resume" in res.output
     res = CliRunner().invoke(main, args[:-2] + ["--set", "no_such_field=1"])
     assert res.exit_code == 1 and "unknown preset field 'no_such_field'" in res.output
+    # devices torch knows but r2 does not train on, and absurd thread counts: one line each, before any
+    # file is written (mps and meta failed deep inside torch; --threads 99999 crashed OpenMP)
+    other = args[:args.index("--run-dir") + 1] + [str(tmp_path / "dev")] + args[args.index("--run-dir") + 2:]
+    for device in ("mps", "meta"):
+        res = CliRunner().invoke(main, other + ["--device", device])
+        assert res.exit_code == 1 and res.output.strip().splitlines()[-1] == (
+            f"Error: --device {device}: r2 trains and predicts on cpu or cuda (cuda:1, ...)"), res.output
+    assert not (tmp_path / "dev").exists()
+    res = CliRunner().invoke(main, other + ["--threads", "99999"])
+    assert res.exit_code == 2 and "99999 is not in the range 1<=x<=1024" in res.output
+    import r2.cpus
+
+    threads = torch.get_num_threads()
+    try:
+        monkeypatch.setattr(r2.cpus, "usable_cpus", lambda: 2)
+        res = CliRunner().invoke(main, other + ["--threads", "8", "--device", "meta"])
+        assert ("warning: --threads 8 is more than the 2 CPU(s) this process may use: the threads take turns "
+                "on them, which is slower (often much slower) than --threads 2") in res.stderr
+    finally:
+        torch.set_num_threads(threads)
     res = CliRunner().invoke(main, ["fit", "--help"])
     assert res.exit_code == 0
     for option in ("--dataset", "--cache", "--train", "--val", "--run-dir", "--data-root", "--domain",
