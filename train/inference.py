@@ -45,7 +45,7 @@ from r2.fileio import atomic_path, why_not_writable
 from r2.model import WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
-from .checkpoint import METRICS_NAME, PRESET_NAME
+from .checkpoint import METRICS_NAME, PRESET_NAME, read_metrics
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
                    LengthBatchSampler, MissingFeaturesError, cache_widths, check_feature_spec, check_ids,
@@ -119,7 +119,14 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
         raise PredictError(f"--checkpoint {path}: no such directory (a run directory of `r2 fit`, "
                            "or the output of `r2 convert-official`)")
     if (path / PRESET_NAME).is_file() and not (path / WEIGHTS_NAME).is_file():
-        if (path / METRICS_NAME).is_file() and (path / METRICS_NAME).stat().st_size:
+        records = read_metrics(path)
+        last = path / "checkpoints" / "last"
+        if records and not any(r.get("best") for r in records):  # still training, no epoch evaluated yet
+            n = len(records)
+            raise PredictError(f"--checkpoint {path}: the run has finished {n} epoch{'' if n == 1 else 's'} and "
+                               "evaluated none yet (eval_every); its best weights are written at its first "
+                               f"evaluation. The last epoch's weights: --checkpoint {last}")
+        if records:
             raise PredictError(f"--checkpoint {path}: the run has finished epochs ({path / METRICS_NAME}) but "
                                f"its best weights, {WEIGHTS_NAME}, are not there (deleted or not copied with "
                                f"the run); {path / 'checkpoints' / 'last'} holds the last epoch's, if it is "

@@ -231,6 +231,30 @@ class LRSchedule:
                 "gamma": self.gamma, "warmup_iters": self.warmup_iters, "warmup_ratio": self.warmup_ratio}
 
 
+def schedule_warnings(preset: Preset, per_epoch: int) -> list[str]:
+    """What the learning-rate schedule of ``preset`` never does in a run of ``per_epoch``
+    iterations an epoch: a milestone at or after the last epoch never lowers the rate, and a
+    warm-up longer than the iterations before the first lowering (or the run) never reaches
+    ``lr`` (the preset's ``warmup_iters`` are sized for its benchmark's data; a small custom set
+    has far fewer iterations an epoch)."""
+    out = []
+    epochs, total = preset.epochs, per_epoch * preset.epochs
+    steps = preset.lr_schedule == "step"
+    late = [m for m in preset.lr_milestones if m >= epochs] if steps else []
+    if late:
+        out.append(f"lr_milestones {','.join(map(str, late))} at or after the last epoch ({epochs} epochs, counted "
+                   "from 0): the learning rate is never lowered there")
+    first = next((m for m in preset.lr_milestones if m < epochs), None) if steps else None
+    bound, where = (first * per_epoch, f"its first lowering (epoch {first}, from 0)") if first is not None \
+        else (total, "the end of the run")
+    if bound > 0 and preset.warmup_iters > bound:
+        peak = LRSchedule(preset).factor(0, bound - 1)
+        out.append(f"warmup_iters {preset.warmup_iters} outlasts the {bound} iterations before {where} "
+                   f"({per_epoch} an epoch): the learning rate peaks at {peak:.1%} of lr {preset.lr:g}; "
+                   f"a shorter warm-up: --set warmup_iters={max(1, bound // 10)}")
+    return out
+
+
 # ----------------------------------------------------------------------------------------------
 # helpers
 
@@ -739,6 +763,9 @@ class _Trainer:
                  f"{per_epoch} iterations, batch {preset.batch_size}"
                  + (f" over {ctx.world_size} ranks" if ctx.distributed else "")
                  + f", device {ctx.device}, amp {self.amp}")
+        if start_epoch < preset.epochs:
+            for warning in schedule_warnings(preset, per_epoch):
+                self.log(f"warning: {warning}")
         if self.selected_on == "test":
             official = PRESETS[preset.name].eval_split == "test"
             self.log(f"note: {preset.name} selects the best epoch by {preset.main_metric} on the test "

@@ -689,3 +689,29 @@ def test_loader_workers_none_on_the_cpu_and_at_most_the_cpus_elsewhere(data, tmp
     fit(_opts(data, tmp_path / "run2", workers=0, epochs=1,
               overrides={**TINY_OVERRIDES, "num_workers": cpus + 1}), log=logs.append)
     assert not any(m.startswith(("num_workers", "device cpu")) for m in logs), logs
+
+
+def test_a_schedule_that_never_warms_up_or_never_steps_is_named():
+    """The custom preset's 500 warm-up iterations on a few hundred queries (14 iterations an
+    epoch): the rate would never reach lr before its milestone; a milestone past the last epoch
+    never lowers it. The benchmark presets at their real sizes get no warning."""
+    from r2.train.loop import LRSchedule, schedule_warnings
+    from r2.train.presets import get_preset
+
+    custom = get_preset("custom")  # 30 epochs, milestone 20, warm-up 500
+    said = schedule_warnings(custom, per_epoch=14)
+    peak = LRSchedule(custom).factor(0, 279)
+    assert said == [f"warmup_iters 500 outlasts the 280 iterations before its first lowering (epoch 20, from 0) "
+                    f"(14 an epoch): the learning rate peaks at {peak:.1%} of lr {custom.lr:g}; a shorter "
+                    "warm-up: --set warmup_iters=28"]
+    assert f"{peak:.1%}" == "55.8%"  # 1 - 0.999 · (1 - 279 / 500)
+    assert schedule_warnings(custom, per_epoch=60) == []  # 1200 iterations before the step
+    short = custom.override({"epochs": 1, "lr_milestones": [10, 20], "warmup_iters": 3})
+    assert schedule_warnings(short, per_epoch=4) == [
+        "lr_milestones 10,20 at or after the last epoch (1 epochs, counted from 0): the learning rate is "
+        "never lowered there"]
+    assert schedule_warnings(custom.override({"lr_schedule": "constant", "warmup_iters": 5}), per_epoch=4) == []
+    # the benchmarks at their sizes (r2tuning.md: QVHighlights ~226 iterations an epoch, TVSum 1)
+    assert schedule_warnings(get_preset("qvhighlights"), per_epoch=226) == []
+    assert schedule_warnings(get_preset("tvsum"), per_epoch=1) == []
+    assert schedule_warnings(get_preset("youtube"), per_epoch=2) == []

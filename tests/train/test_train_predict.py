@@ -126,6 +126,16 @@ def test_predict_on_a_run_whose_first_epoch_has_not_finished_says_so(trained, tm
                           "has not finished (`r2 fit ... --resume` continues the run; each epoch's log goes to "
                           f"{young / 'metrics.jsonl'})\n")
     assert not (tmp_path / "p.jsonl").exists()
+    # epochs done, none evaluated yet (eval_every > 1): not "deleted", and where the last weights are
+    record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
+    (young / "metrics.jsonl").write_text("".join(json.dumps(dict(record, epoch=e, best=False, value=None,
+                                                                 metrics=None)) + "\n" for e in (1, 2)))
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(young), "--cache", str(data.cache_dir),
+                                    "--annotations", str(data.val_file), "--out", str(tmp_path / "p.jsonl")])
+    assert res.exit_code == 1
+    assert res.output == (f"Error: --checkpoint {young}: the run has finished 2 epochs and evaluated none yet "
+                          "(eval_every); its best weights are written at its first evaluation. The last epoch's "
+                          f"weights: --checkpoint {young / 'checkpoints' / 'last'}\n")
 
 
 def test_predict_missing_ids_list_is_written_beside_out_only_and_removed_on_success(trained, tmp_path):
