@@ -355,8 +355,10 @@ def moment_retrieval_sections(j: Joined, *, r2_style: bool, empty_bucket: str,
                     f"{j.gsrc.name} of the {j.n} queries scored from {j.psrc.name} has a length "
                     "in it")
             if empty_bucket == "error":
+                reference = ("R²-Tuning's evaluator silently reports the full set's numbers there" if r2_style
+                             else "The reference evaluator crashes here")
                 raise EvaluationError(
-                    what + ". The reference evaluator crashes here; pass --empty-bucket null "
+                    f"{what}. {reference}; pass --empty-bucket null "
                     "(Python: empty_bucket='null') to report this bucket as null")
             warn(what + "; its metrics are reported as null")
             sections[name] = null_bucket(thresholds, r2_style)

@@ -22,8 +22,8 @@ from r2.fileio import why_not_writable
               help="Annotation file whose queries are predicted (any layout r2 reads).")
 @click.option("--out", "-o", type=click.Path(dir_okay=False, path_type=Path),
               help="Prediction file to write (QVHighlights-layout jsonl, what `r2 score` reads); ids "
-                   "missing from the cache are listed in missing_ids.txt beside it (removed by the next "
-                   "successful run). With VIDEO: one row per --query (qid 0, 1, ... in their order, vid "
+                   "missing from the cache are listed in missing_ids.txt beside it when that folder exists "
+                   "(removed by the next successful run). With VIDEO: one row per --query (qid 0, 1, ... in their order, vid "
                    "the file name without extension).")
 @click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
 @click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")

@@ -154,6 +154,15 @@ def test_moment_retrieval_sets_default_to_null_buckets(tmp_path):
     assert result["middle"]["MR-mIoU"] is None
     with pytest.raises(EvaluationError, match="bucket 'middle'"):
         evaluate_moment_retrieval(preds, gt, empty_bucket="error")
+    with pytest.raises(EvaluationError, match="bucket 'middle'.*The reference evaluator crashes here; pass "
+                                              "--empty-bucket null"):  # QVHighlights: moment_detr's evaluator
+        score("qvhighlights", preds, gt)
+    # Charades, TACoS, Ego4D: R²-Tuning's evaluator, which does not crash there
+    with pytest.raises(EvaluationError) as err:
+        score("charades", preds, gt, empty_bucket="error")
+    assert "is empty: no ground-truth window" in str(err.value)
+    assert ". R²-Tuning's evaluator silently reports the full set's numbers there; pass --empty-bucket null" \
+        in str(err.value) and "crashes" not in str(err.value)
 
 
 def test_ground_truth_problems(tmp_path):

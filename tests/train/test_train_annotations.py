@@ -363,8 +363,9 @@ def test_youtube_split_and_domain_selection(tmp_path):
     assert [s.vid for s in dog_val] == [ids[1][0]]
     with pytest.raises(AnnotationError, match="unknown youtube domain 'cats'"):
         load_annotations(path, domain="cats")
-    with pytest.raises(AnnotationError, match="'train' or 'val'"):
+    with pytest.raises(AnnotationError, match="must be 'train', 'val' or 'all'"):
         load_annotations(path, split="test")
+    assert load_annotations(path, split="all") == every
     with pytest.raises(AnnotationError, match="no youtube video of the val list"):
         load_annotations(path, domain="surfing", split="val")
 
