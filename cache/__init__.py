@@ -33,7 +33,7 @@ the writer locks and of ``merge``). The ``r2 cache`` command
 """
 
 from .errors import CacheError, CacheWarning, MissingItemError, NoSpaceError, ShardDiscardedError
-from .manifest import COMPAT_FIELDS, FORMAT_VERSION, same_weights
+from .manifest import COMPAT_FIELDS, FORMAT_VERSION, default_layers, same_weights
 from .merge import merge
 from .quantize import dequantize_int8, quantize_int8
 from .reader import FeatureCache, SentenceMismatch
@@ -45,5 +45,5 @@ __all__ = [
     "FeatureCache", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "NoSpaceError",
     "ShardDiscardedError",
     "verify", "VerifyReport", "merge", "quantize_int8", "dequantize_int8",
-    "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "same_weights",
+    "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "default_layers", "same_weights",
 ]

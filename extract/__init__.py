@@ -17,6 +17,10 @@ The names below are resolved on first use, so ``import r2.extract`` stays cheap.
 
 from r2.lazy import lazy_exports
 
+#: the CLIP model of ``r2 extract`` and of ``r2 predict VIDEO`` when none is named (the
+#: official R²-Tuning features: ViT-B/32)
+DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+
 _LAZY = {
     "extract_features": "r2.extract.pipeline",
     "VideoJob": "r2.extract.pipeline",
@@ -35,7 +39,7 @@ _LAZY = {
     "write_segment_video": "r2.extract.synthetic",
 }
 
-__all__ = list(_LAZY)
+__all__ = ["DEFAULT_MODEL", *_LAZY]
 
 
 __getattr__, __dir__ = lazy_exports(__name__, _LAZY, globals())

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from r2 import onednn
+from r2.cache import default_layers
 
 __all__ = [
     "FrozenCLIP",
@@ -44,7 +45,6 @@ __all__ = [
     "check_device",
     "config_hash",
     "weights_hash",
-    "default_layers",
     "load_tokenizer",
     "onednn_linears",
     "resolve_model",
@@ -298,13 +298,6 @@ def weights_hash(path: Path) -> str | None:
                 raise ModelError(f"cannot read the weights {f} ({exc.strerror or exc})") from None
         return digest.hexdigest()[:16]
     return None
-
-
-def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
-    """The last ``k`` hidden-state indices: 9, 10, 11, 12 for a 12-layer tower."""
-    if not 1 <= k <= num_hidden_layers + 1:
-        raise ValueError(f"k must be in 1..{num_hidden_layers + 1}, got {k}")
-    return list(range(num_hidden_layers + 1 - k, num_hidden_layers + 1))
 
 
 def onednn_linears(module: torch.nn.Module) -> int:

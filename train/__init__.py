@@ -4,7 +4,9 @@ Keep this module light: it must not import torch at import time (``r2 score`` re
 annotations through ``r2.train.annotations`` and has to start in well under a second).
 The training and prediction entry points are imported on first use::
 
-    from r2.train import fit, predict, predict_video
+    from r2.train import fit, predict
+
+(a new video, which needs ``r2.extract`` too: ``r2.grounding.predict_video``)
 """
 
 from r2.lazy import lazy_exports
@@ -17,9 +19,7 @@ _LAZY = {
     "MetricBest": ".loop",
     "FitError": ".loop",
     "predict": ".inference",
-    "predict_video": ".inference",
     "PredictResult": ".inference",
-    "VideoGrounding": ".inference",
     "GroundingDataset": ".data",
     "load_annotations": ".annotations",
     "GroundingSample": ".annotations",

@@ -408,7 +408,7 @@ def extract_command(cache, annotations: str | os.PathLike, dataset: str | None =
     layers, dtype, resize rule and precision wherever extract's defaults would differ (else
     extract would refuse the cache as holding other features). ``folders``: the video folders
     (default: a ``<videos folder>`` placeholder)."""
-    from r2.extract.clip import default_layers  # pure; r2.extract.clip imports only numpy and torch
+    from r2.cache import default_layers
 
     m = cache.manifest
     annotations = annotations if str(annotations).startswith("<") else os.path.abspath(annotations)

@@ -15,8 +15,7 @@ from pathlib import Path
 import click
 
 from r2.cli import command_line, on_interrupt, progress_option
-
-DEFAULT_MODEL = "openai/clip-vit-base-patch32"
+from r2.extract import DEFAULT_MODEL
 
 
 class InputError(Exception):

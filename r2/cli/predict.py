@@ -75,6 +75,7 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
 
     from click.core import ParameterSource
 
+    from r2 import grounding
     from r2.train import inference
 
     if fps is not None and math.isnan(fps):
@@ -87,19 +88,15 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
         if skip_missing:
             raise click.UsageError("--skip-missing goes with --cache (a new video is extracted whole)")
         if plot is not None:
-            inference.check_plot_target(plot)  # before minutes of extraction, not after
+            grounding.check_plot_target(plot)  # before minutes of extraction, not after
         if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
             raise inference.PredictError(f"--out {out}: {problem}")
-        results = inference.predict_video(video, list(queries), checkpoint, clip_model, device=device,
-                                          fps=fps, batch_size=batch_size or 8,
-                                          progress=progress,
+        results = grounding.predict_video(video, list(queries), checkpoint, clip_model, device=device,
+                                          fps=fps, batch_size=batch_size or 8, progress=progress,
                                           allow_feature_mismatch=allow_feature_mismatch,
                                           log=lambda m: click.echo(m, err=True))
         if as_json:
-            click.echo(json.dumps([{"query": g.query, "video": g.video, "duration": g.duration,
-                                    "fps": g.fps, "clip_start": g.clip_start,
-                                    "pred_relevant_windows": g.moments,
-                                    "pred_saliency_scores": g.saliency} for g in results], indent=1))
+            click.echo(json.dumps([g.to_dict() for g in results], indent=1))
         else:
             g0 = results[0]
             click.echo(f"{g0.video}: {g0.duration:.1f} s, {g0.num_clips} clip{'' if g0.num_clips == 1 else 's'} "
@@ -107,9 +104,9 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
                        + (f", {g0.windows_used} overlapping windows" if g0.windows_used > 1 else ""))
             for g in results:
                 click.echo("")
-                click.echo(inference.format_grounding(g, top_k=top_k))
+                click.echo(grounding.format_grounding(g, top_k=top_k))
         if plot is not None:
-            path = inference.plot_grounding(results, plot, top_k=top_k)
+            path = grounding.plot_grounding(results, plot, top_k=top_k)
             click.echo(f"{'' if as_json else chr(10)}wrote {path}", err=as_json)  # stdout stays JSON
         if out is not None:
             from r2.evaluate import write_jsonl

@@ -70,7 +70,7 @@ def test_the_printed_command_for_youtube_has_no_fps_and_adds_the_missing_ids(tmp
     """YouTube Highlights (preset fps "auto"): extract takes one frame per annotated clip and
     refuses --fps with its annotations, so the printed command never carries one, whatever the
     cache's rate; run as printed it adds the missing val videos of a per-video cache. Layers
-    are compared with extract's own default (``r2.extract.clip.default_layers``)."""
+    are compared with the default extract keeps (``r2.cache.default_layers``)."""
     from r2.cache import FeatureCache
     from r2.cli import main
     from r2.extract.synthetic import write_segment_video
@@ -122,11 +122,13 @@ def test_the_printed_command_for_youtube_has_no_fps_and_adds_the_missing_ids(tmp
     command = extract_command(fixed, full, "youtube")
     assert "--fps" not in command and "--dataset youtube" in command
     assert "--fps 0.5" in extract_command(fixed, tmp_path / "rows.jsonl", "charades")  # charades: 1.0
-    # the layers extract would keep by default come from extract itself
+    # the layers extract would keep by default: the cache's rule, which extract applies
     assert "--layers 2,3" in command
+    import r2.cache
     import r2.extract.clip
 
-    monkeypatch.setattr(r2.extract.clip, "default_layers", lambda n, k=4: [2, 3])
+    assert r2.extract.clip.default_layers is r2.cache.default_layers
+    monkeypatch.setattr(r2.cache, "default_layers", lambda n, k=4: [2, 3])
     assert "--layers" not in extract_command(fixed, full, "youtube")
 
 

@@ -332,15 +332,15 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "a-file" / "p.jsonl")])
     assert res.exit_code == 1 and f"--out {tmp_path / 'a-file' / 'p.jsonl'}: " in res.output, res.output
     # --batch-size: the overlapping windows per forward pass (3 windows: batches of 2 and 1)
-    from r2.train import inference
+    from r2 import grounding
 
-    seen, infer = [], inference.infer_clips
+    seen, infer = [], grounding.infer_clips
 
     def spy(*a, **kw):
         seen.append(kw["batch_size"])
         return infer(*a, **kw)
 
-    monkeypatch.setattr(inference, "infer_clips", spy)
+    monkeypatch.setattr(grounding, "infer_clips", spy)
     res = CliRunner().invoke(main, args + ["--json", "--batch-size", "2"])
     assert res.exit_code == 0, res.output
     assert seen == [2, 2]
@@ -398,7 +398,7 @@ def test_moments_of_a_new_video_lie_inside_it():
     files): at 30.56 s with Charades' 0.1 s an end becomes 30.6. A new video's moments are cut
     back to its duration."""
     from r2.model.decoding import postprocess_windows
-    from r2.train.inference import within_video
+    from r2.grounding import within_video
 
     rows = np.array([[10.0, 30.5599, 0.9], [30.551, 30.5599, 0.6], [0.0, 5.0, 0.5]], np.float32)
     decoded = postprocess_windows(rows, 30.56, unit=0.1).tolist()
@@ -409,7 +409,7 @@ def test_moments_of_a_new_video_lie_inside_it():
 
 
 def _groundings(moments: bool = True):
-    from r2.train.inference import VideoGrounding
+    from r2.grounding import VideoGrounding
 
     saliency = [0.1] * 5 + [0.9] * 4 + [0.2] * 11  # 20 clips of 2 s, the peak at 10-18 s
     return [VideoGrounding(video="v.mp4", query=q, duration=40.0, fps=0.5, num_clips=20,
@@ -418,7 +418,7 @@ def _groundings(moments: bool = True):
 
 
 def test_the_text_report_lists_the_top_moments_with_a_length_and_marks_the_best():
-    from r2.train.inference import format_grounding
+    from r2.grounding import format_grounding
 
     g = _groundings()[0]
     # windows of no length, and two that normal NMS zeroed under the 10-18 s one (kept in the
@@ -450,7 +450,7 @@ def test_plot_grounding_draws_one_panel_per_query_with_the_moments_shaded(tmp_pa
     pytest.importorskip("matplotlib")
     from matplotlib.image import imread
 
-    from r2.train.inference import plot_grounding
+    from r2.grounding import plot_grounding
 
     path = plot_grounding(_groundings(), tmp_path / "sub" / "curve.png")
     assert path == tmp_path / "sub" / "curve.png"
@@ -476,7 +476,7 @@ def test_plot_grounding_draws_one_panel_per_query_with_the_moments_shaded(tmp_pa
     for g in noisy:
         g.moments = [[0.0, 0.0, 0.95], g.moments[0], [10.5, 18.0, 0.0], [0.0, 40.0, 0.0], g.moments[1]]
     assert np.array_equal(imread(plot_grounding(noisy, tmp_path / "noisy.png")), img)
-    from r2.train.inference import PredictError, check_plot_target
+    from r2.grounding import PredictError, check_plot_target
 
     with pytest.raises(PredictError, match="matplotlib does not write .txt"):
         check_plot_target(tmp_path / "curve.txt")
@@ -491,8 +491,7 @@ def test_plot_target_must_be_writable_and_a_failed_write_closes_the_figure(tmp_p
 
     import matplotlib.pyplot as plt
 
-    from r2.train import inference
-    from r2.train.inference import PredictError, check_plot_target, plot_grounding
+    from r2.grounding import PredictError, check_plot_target, plot_grounding
 
     check_plot_target(tmp_path / "a" / "b" / "curve.png")  # folders still to be made: fine
     assert not (tmp_path / "a").exists()
@@ -512,7 +511,7 @@ def test_plot_target_must_be_writable_and_a_failed_write_closes_the_figure(tmp_p
             return False
         return real_access(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(inference.os, "access", access)
+    monkeypatch.setattr(os, "access", access)
     for target in (locked / "curve.png", locked / "new" / "curve.png"):
         with pytest.raises(PredictError, match=f"cannot write into {locked}"):
             check_plot_target(target)
@@ -528,18 +527,18 @@ def test_plot_target_must_be_writable_and_a_failed_write_closes_the_figure(tmp_p
 def test_plot_without_matplotlib_fails_before_any_work(tmp_path, monkeypatch):
     import sys
 
+    from r2 import grounding
     from r2.cli import main
-    from r2.train import inference
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)  # `import matplotlib` now fails
-    with pytest.raises(inference.PredictError, match=r"pip install 'r2-vtg\[plot\]'"):
-        inference.plot_grounding(_groundings(), tmp_path / "curve.png")
+    with pytest.raises(grounding.PredictError, match=r"pip install 'r2-vtg\[plot\]'"):
+        grounding.plot_grounding(_groundings(), tmp_path / "curve.png")
     assert not (tmp_path / "curve.png").exists()
 
     def no_work(*args, **kwargs):
         raise AssertionError("predict_video ran before the --plot check")
 
-    monkeypatch.setattr(inference, "predict_video", no_work)
+    monkeypatch.setattr(grounding, "predict_video", no_work)
     video = tmp_path / "v.mp4"
     video.write_bytes(b"not looked at")
     res = CliRunner().invoke(main, ["predict", str(video), "--query", "x", "--checkpoint", str(tmp_path / "run"),
