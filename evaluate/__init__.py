@@ -8,7 +8,9 @@ Public API (imported on first use, so ``import r2.evaluate`` costs about a milli
   Ego4D-NLQ), :func:`evaluate_youtube`, :func:`evaluate_tvsum`;
 * :func:`read_jsonl`, :func:`write_jsonl`, :func:`dumps_metrics`, :func:`write_metrics_json`;
 * :func:`detect_dataset_from_rows`, :func:`normalize_dataset`, :func:`format_report`;
-* :class:`EvaluationError` (``user_error = True``), :class:`EvaluationWarning`.
+* :class:`EvaluationError` (``user_error = True``), :class:`EvaluationWarning`;
+* :class:`Source` (where rows came from: ``score(..., pred_source=, gt_source=)`` names their
+  file and lines in errors).
 """
 
 from .errors import EvaluationError, EvaluationWarning
@@ -26,6 +28,7 @@ _LAZY = {
     "normalize_dataset": ".detect",
     "DATASETS": ".detect",
     "format_report": ".report",
+    "Source": "._common",
 }
 
 __all__ = ["EvaluationError", "EvaluationWarning", "read_jsonl", "write_jsonl", "dumps_metrics",

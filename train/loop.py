@@ -72,7 +72,7 @@ from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
 
 if TYPE_CHECKING:
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
 
 __all__ = ["FitError", "FitOptions", "FitResult", "LRSchedule", "fit", "metric_value"]
 
@@ -275,7 +275,7 @@ def metric_value(metrics: Mapping, key: str) -> float:
 def evaluation_source(samples: Sequence, path) -> "Source":
     """Where the evaluation's ground-truth rows came from, for the evaluator's messages: the
     file's own line numbers (from each sample's ``origin``, ``file:line``), else row numbers."""
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
 
     lines = []
     for s in samples:
@@ -296,7 +296,7 @@ def check_evaluation(preset, gt_rows: list[dict], gt_source) -> None:
     naming its file and line, and ``preset.main_metric`` is checked against the metric names
     the evaluation reports. Raises :class:`FitError`."""
     from r2.evaluate import EvaluationError, score
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
 
     preds = []
     for row in gt_rows:

@@ -42,7 +42,7 @@ def _hashable(qid) -> bool:
 def _load_ground_truth(path: Path, dataset: str | None, split: str | None,
                        domain: str | None) -> GroundTruth:
     from r2.evaluate import read_jsonl
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
     from r2.evaluate.detect import detect_dataset_from_rows
 
     if path.suffix.lower() == ".jsonl":
@@ -102,7 +102,7 @@ def _load_ground_truth(path: Path, dataset: str | None, split: str | None,
 def _drop_other_domains(rows: list, others: frozenset, path: Path, domain: str):
     """The prediction rows outside --domain set aside, and a Source whose line numbers are
     still those of the file."""
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
 
     keep = [i for i, r in enumerate(rows)
             if not (isinstance(r, dict) and _hashable(r.get("qid")) and r.get("qid") in others)]
@@ -162,7 +162,7 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
     """
     from r2.evaluate import EvaluationError, EvaluationWarning, format_report, score as run
     from r2.evaluate import read_jsonl, write_metrics_json
-    from r2.evaluate._common import Source
+    from r2.evaluate import Source
     from r2.evaluate.detect import DISPLAY_NAMES, normalize_dataset
 
     from r2.fileio import why_not_writable
