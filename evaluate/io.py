@@ -33,7 +33,7 @@ def read_jsonl(path: str | os.PathLike, *, error: type[Exception] = EvaluationEr
     """
     path = Path(path)
     try:
-        with open(path, encoding="utf-8") as f:  # universal newlines: \r\n reads as \n
+        with open(path, encoding="utf-8-sig") as f:  # universal newlines: \r\n reads as \n; a BOM is skipped
             text = f.read()
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None

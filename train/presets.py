@@ -553,8 +553,10 @@ def _coerce_inner(value, tp, key: str):
             elif parsed is None or value.strip() == "":
                 value = []
             else:
-                value = [_parse_string(p) if p.strip() else p for p in value.split(",")]
-                value = [v for v in value if v != ""]
+                parts = value.split(",")
+                if any(not p.strip() for p in parts):
+                    raise _Mismatch(f"an empty value in the list {value!r}")
+                value = [_parse_string(p) for p in parts]
         if not isinstance(value, (list, tuple)):
             value = [value]
         if len(args) == 2 and args[1] is Ellipsis:
@@ -662,7 +664,10 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise PresetError(f"{path}: no such override file")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a BOM (some editors write one) is skipped
+    except UnicodeDecodeError as exc:
+        raise PresetError(f"{path}: not UTF-8 text ({exc.reason})") from None
     if path.suffix.lower() in (".yaml", ".yml"):
         try:
             import yaml  # optional; not a dependency of r2
@@ -678,6 +683,9 @@ def load_overrides(path: str | Path) -> dict[str, Any]:
             context = getattr(exc, "context", None)
             raise PresetError(f"{where}: invalid YAML: {problem}"
                               + (f" ({context})" if context else "")) from None
+    elif not text.strip():
+        raise PresetError(f"{path}: empty file; write a JSON object of preset fields, e.g. "
+                          '{"lr": 1e-4, "epochs": 20}')
     else:
         try:
             data = json.loads(text)

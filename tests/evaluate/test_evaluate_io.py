@@ -17,6 +17,8 @@ def test_read_jsonl_accepts_a_missing_final_newline_and_crlf(tmp_path):
     assert read_jsonl(p) == [{"qid": 1}, {"qid": 2}]
     p.write_text("")
     assert read_jsonl(p) == []
+    p.write_bytes(b'\xef\xbb\xbf{"qid": 1}\n{"qid": 2}\n')  # a UTF-8 BOM, as some editors save files
+    assert read_jsonl(p) == [{"qid": 1}, {"qid": 2}]
 
 
 def test_read_jsonl_raises_the_callers_error_class(tmp_path):

@@ -132,6 +132,7 @@ def test_override_typed_and_from_strings():
     ({"fps": "auto"}, "'auto' only goes with clip_rule youtube_per_clip"),
     ({"name": "tacos"}, "'name' cannot be overridden"),
     ({"hidden_dim": 100}, "not divisible by num_heads"),
+    ({"lr_milestones": "5,,10"}, "lr_milestones: an empty value in the list '5,,10'"),  # was read as 5,10
 ])
 def test_override_errors(overrides, fragment):
     with pytest.raises(PresetError) as info:
@@ -169,6 +170,18 @@ def test_overrides_from_json_and_yaml(tmp_path, monkeypatch):
         load_overrides(listing)
     with pytest.raises(PresetError, match="no such override file"):
         load_overrides(tmp_path / "none.json")
+    empty = tmp_path / "empty.json"
+    empty.write_text("\n")
+    with pytest.raises(PresetError) as err:
+        load_overrides(empty)
+    assert str(err.value) == f'{empty}: empty file; write a JSON object of preset fields, e.g. {{"lr": 1e-4, "epochs": 20}}'
+    bom = tmp_path / "bom.json"
+    bom.write_bytes(b"\xef\xbb\xbf" + json.dumps({"lr": 1e-4}).encode())  # as some editors save it
+    assert load_overrides(bom) == {"lr": 1e-4}
+    latin = tmp_path / "latin.json"
+    latin.write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(PresetError, match=r"latin\.json: not UTF-8 text"):
+        load_overrides(latin)
 
     yml = tmp_path / "o.yaml"
     yml.write_text("lr: 1.0e-4\nlr_milestones: [5]\nuse_tef: false\n")
