@@ -266,8 +266,14 @@ def metric_value(metrics: Mapping, key: str) -> float:
             value = section[key]
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 return float(value)
-    keys = sorted(set((metrics.get("brief") or {}).keys())
-                  | {k for k, v in metrics.items() if isinstance(v, (int, float))})
+    def numbers(section) -> set:
+        return {k for k, v in (section or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+    keys = sorted(numbers(metrics.get("brief")) | numbers(metrics))
+    if key in (metrics.get("brief") or {}) or key in metrics:  # there, but null
+        raise FitError(f"main_metric {key!r} has no value on this evaluation split (null: e.g. a length bucket "
+                       f"in which no ground-truth window falls); pick one that has, with --set main_metric=NAME "
+                       f"({', '.join(keys)})")
     raise FitError(f"main_metric {key!r} is not among the evaluation's metrics ({', '.join(keys)}); "
                    "pick one with --set main_metric=NAME")
 
@@ -896,6 +902,10 @@ class _Trainer:
                                  f"{preset.main_metric} {value:.2f}"
                                  + (" (best)" if is_best else f" (best {best['value']:.2f} at epoch "
                                                               f"{best['epoch']})"))
+                    else:  # a line for every epoch: a batch job's log (no bar) is not silent for long
+                        why = ("no evaluation split" if self.val_data is None
+                               else f"evaluated every {preset.eval_every} epochs")
+                        self.log(f"epoch {epoch + 1}/{preset.epochs}: loss {losses.get('total', 0):.4f} ({why})")
                     if self.callback is not None:
                         self.callback(record)
                 ctx.barrier()

@@ -253,6 +253,14 @@ def test_a_misspelt_main_metric_is_refused_before_the_first_epoch(data, tmp_path
     with pytest.raises(FitError, match=r"main_metric 'MR-full-R1@0.70' is not among the evaluation's "
                                        r"metrics \(.*MR-full-R1@0.7,.*--set main_metric=NAME"):
         fit(_opts(data, tmp_path / "run", overrides=overrides, epochs=1), log=lambda m: None)
+    # a metric that exists but is null here (no val window longer than 30 s): said so, and not listed
+    overrides = {**TINY_OVERRIDES, "main_metric": "MR-long-mAP"}
+    with pytest.raises(FitError) as err:
+        fit(_opts(data, tmp_path / "run", overrides=overrides, epochs=1), log=lambda m: None)
+    message = str(err.value)
+    assert message.startswith("main_metric 'MR-long-mAP' has no value on this evaluation split (null: e.g. a "
+                              "length bucket in which no ground-truth window falls)"), message
+    assert "MR-full-mAP" in message and "MR-long" not in message.partition("main_metric=NAME")[2]
 
 
 def test_a_training_record_without_labels_names_its_line_and_a_misspelt_key(data, tmp_path):
@@ -715,3 +723,19 @@ def test_a_schedule_that_never_warms_up_or_never_steps_is_named():
     assert schedule_warnings(get_preset("qvhighlights"), per_epoch=226) == []
     assert schedule_warnings(get_preset("tvsum"), per_epoch=1) == []
     assert schedule_warnings(get_preset("youtube"), per_epoch=2) == []
+
+
+def test_every_epoch_gets_a_log_line_also_when_it_is_not_evaluated(data, tmp_path):
+    """With eval_every 2, or without a val split, the epochs not evaluated were silent: a batch
+    job's log (no progress bar there) said nothing for long stretches."""
+    from r2.train import fit
+
+    said = []
+    fit(_opts(data, tmp_path / "a", epochs=2, overrides={**TINY_OVERRIDES, "eval_every": 2}), log=said.append)
+    lines = [m for m in said if m.startswith("epoch ")]
+    assert len(lines) == 2 and re.fullmatch(r"epoch 1/2: loss \d+\.\d{4} \(evaluated every 2 epochs\)", lines[0])
+    assert re.fullmatch(r"epoch 2/2: loss \d+\.\d{4}, MR-full-mAP \d+\.\d\d \(best\)", lines[1]), lines
+    said.clear()
+    fit(_opts(data, tmp_path / "b", val=None, epochs=1), log=said.append)
+    assert [m for m in said if m.startswith("epoch ")] == [m for m in said if m.endswith("(no evaluation split)")]
+    assert len([m for m in said if m.startswith("epoch ")]) == 1
