@@ -31,8 +31,6 @@ except (AttributeError, ValueError, OSError):
     pass
 
 HAVE_PREADV = hasattr(os, "preadv") and sys.byteorder == "little"
-# dtypes whose bytes on disk are the native in-memory representation (little-endian hosts)
-RAW_DTYPES = {np.dtype("<f2"), np.dtype("<f4"), np.dtype("i1"), np.dtype("u1")}
 
 
 def f16_to_f32(src: np.ndarray, dst: np.ndarray) -> np.ndarray:

@@ -70,7 +70,6 @@ FAMILY_WORD = {"videos": "video", "queries": "query"}  # an item of a family, in
 SHARD_SUFFIX = ".h5"
 PARTIAL_SUFFIX = ".h5.partial"
 SPILL_SUFFIX = ".spill.partial"  # <prefix>-s<seq>.spill.partial: a video too large for RAM, being written
-SHARD_FORMAT = 1
 # shard attribute: manifest.manifest_fingerprint of the manifest the shard was written under
 # (absent in shards written before r2 recorded it)
 FINGERPRINT_ATTR = "manifest_fingerprint"

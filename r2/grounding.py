@@ -28,7 +28,8 @@ import torch
 from r2.extract import DEFAULT_MODEL
 from r2.fileio import atomic_path, why_not_writable
 from r2.train.distributed import resolve_device
-from r2.train.inference import PredictError, check_cache, f32_list, infer_clips, load_model, window_starts
+from r2.train.inference import (PredictError, check_cache, f32_list, f32_windows, infer_clips, load_model,
+                                window_starts)
 
 __all__ = [
     "Sparkline",
@@ -90,8 +91,7 @@ class VideoGrounding:
         shortest decimals of their float32 values, as the cache form writes them."""
         row = {"qid": qid, "query": self.query, "vid": Path(self.video).stem, "duration": self.duration}
         if self.moments is not None:
-            flat = f32_list(np.asarray(self.moments, dtype=np.float32).reshape(-1))
-            row["pred_relevant_windows"] = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+            row["pred_relevant_windows"] = f32_windows(self.moments)
         row["pred_saliency_scores"] = f32_list(self.saliency)
         return row
 

@@ -340,10 +340,6 @@ class GroundingSample:
         """Key of the query in the feature cache: ``str(qid)`` (YouTube/TVSum: the video id)."""
         return str(self.qid)
 
-    def windows_array(self) -> np.ndarray:
-        """(G, 2) float64 windows in seconds, as written."""
-        return np.asarray(self.relevant_windows, dtype=np.float64).reshape(-1, 2)
-
     # -- rows --------------------------------------------------------------------------------
 
     def to_row(self, extras: bool = True) -> dict[str, Any]:

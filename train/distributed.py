@@ -66,14 +66,6 @@ class DistContext:
         dist.all_gather_object(out, obj)
         return out
 
-    def broadcast_object(self, obj):
-        """Rank 0's ``obj`` on every rank."""
-        if not self.distributed:
-            return obj
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
-
 
 class DeviceError(ValueError):
     """A device that does not exist here (one-line message)."""

@@ -91,12 +91,17 @@ def f32_list(values) -> list[float]:
     return [float(x) for x in arr.astype(str)]
 
 
+def f32_windows(windows) -> list[list[float]]:
+    """``[[start, end, score], ...]`` as the shortest decimals of their float32 values."""
+    flat = f32_list(np.asarray(windows, dtype=np.float32).reshape(-1))
+    return [flat[i:i + 3] for i in range(0, len(flat), 3)]
+
+
 def prediction_row(sample, pred: Prediction) -> dict:
     """The QVHighlights-layout prediction row of one sample."""
     row = {"qid": sample.qid, "query": sample.query, "vid": sample.vid}
     if pred.windows is not None:
-        flat = f32_list(np.asarray(pred.windows, dtype=np.float32).reshape(-1))
-        row["pred_relevant_windows"] = [flat[i:i + 3] for i in range(0, len(flat), 3)]
+        row["pred_relevant_windows"] = f32_windows(pred.windows)
     row["pred_saliency_scores"] = f32_list(pred.saliency)
     return row
 

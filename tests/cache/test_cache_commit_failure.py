@@ -197,8 +197,6 @@ def test_a_shard_that_reads_back_damaged_is_not_committed(build_cache, make_mani
     damaged bytes, which a later quick verify and every read would take as good."""
     import h5py
 
-    from r2.cache import writer as writer_module
-
     video, _ = features
     cache = FeatureCache.create(build_cache("c").path, make_manifest())
     writer = cache.writer()
