@@ -413,6 +413,12 @@ def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log)
     return preset.override(keep) if keep else preset
 
 
+def _shared_queries(train: Sequence, val: Sequence) -> list:
+    """The val samples whose video and sentence are also a training sample's."""
+    seen = {(s.vid, s.query.strip().lower()) for s in train}
+    return [s for s in val if (s.vid, s.query.strip().lower()) in seen]
+
+
 def _misspelt_label_hint(sample) -> str:
     """`` (is 'relevant_window' meant to be 'relevant_windows'?)`` for an unknown key of the
     record that is close to a label key, else ''."""
@@ -557,6 +563,14 @@ class _Trainer:
         else:
             val_samples_eval = val_samples
         self.train_samples, self.val_samples = train_samples, val_samples_eval
+        shared = _shared_queries(train_samples, val_samples_eval)
+        if shared:
+            first = shared[0]
+            self.log(f"warning: {len(shared)} of {len(val_samples_eval)} {preset.eval_split} queries are also "
+                     f"training queries (the same video and sentence, e.g. {first.origin or first.qid}): the "
+                     f"{preset.eval_split} metrics are not of held-out data"
+                     + (" (--val is the --train file)" if val_file is not None
+                        and os.path.abspath(val_file) == os.path.abspath(train_file) else ""))
         # the split the best epoch is chosen on, the one evaluated (best.json "selected_on");
         # None: no evaluation
         self.selected_on = preset.eval_split if val_samples_eval else None

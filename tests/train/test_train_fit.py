@@ -739,3 +739,33 @@ def test_every_epoch_gets_a_log_line_also_when_it_is_not_evaluated(data, tmp_pat
     fit(_opts(data, tmp_path / "b", val=None, epochs=1), log=said.append)
     assert [m for m in said if m.startswith("epoch ")] == [m for m in said if m.endswith("(no evaluation split)")]
     assert len([m for m in said if m.startswith("epoch ")]) == 1
+
+
+def test_val_queries_that_are_training_queries_are_named():
+    """A val split copied from (or the same file as) the training one trains and selects its
+    best epoch on seen data: warned, with the first such line."""
+    from r2.train.loop import _shared_queries
+    from r2.train.annotations import GroundingSample
+
+    def sample(qid, vid, query, origin):
+        return GroundingSample(qid=qid, vid=vid, query=query, duration=10.0, relevant_windows=[(1.0, 2.0)],
+                               saliency=None, split="x", dataset="custom", origin=origin)
+
+    train = [sample(1, "a", "a red door", "t.jsonl:1"), sample(2, "b", "a dog", "t.jsonl:2")]
+    val = [sample(7, "a", "A red door ", "v.jsonl:1"), sample(8, "b", "a cat", "v.jsonl:2"),
+           sample(9, "c", "a dog", "v.jsonl:3")]
+    assert [s.origin for s in _shared_queries(train, val)] == ["v.jsonl:1"]  # same video, same sentence
+
+
+def test_fit_warns_when_the_val_file_is_the_training_file(data, tmp_path):
+    from r2.train import fit
+
+    said = []
+    fit(_opts(data, tmp_path / "same", val=data.train_file, epochs=1), log=said.append)
+    n = len(Path(data.train_file).read_text().splitlines())
+    assert any(m.startswith(f"warning: {n} of {n} val queries are also training queries (the same video and "
+                            f"sentence, e.g. {data.train_file}:1): the val metrics are not of held-out data "
+                            "(--val is the --train file)") for m in said), said
+    said.clear()
+    fit(_opts(data, tmp_path / "apart", epochs=1), log=said.append)
+    assert not any("are also training queries" in m for m in said)
