@@ -102,8 +102,8 @@ class FeatureCache:
     Use :meth:`create` (extraction, every run) or :meth:`open` (everything else); the
     constructor is internal.
 
-    Video features are ``(T, K, N, D)``: T clips, K layers, N tokens (CLS + patches), D
-    width; query features are ``(K, S, Dt)`` with a ``(S,)`` bool mask. ``layers=``
+    Video features are ``(T, K, N, D)``, query features ``(K, S, Dt)`` with a ``(S,)`` bool
+    mask (the shape letters of :mod:`r2`: clips, layers, tokens, width; query tokens). ``layers=``
     arguments take layer ids as in ``manifest["layers"]`` (e.g. ``[11, 12]``), in the order
     given; None means all of them.
     """

@@ -521,6 +521,6 @@ class FrozenCLIP:
         mask = enc["attention_mask"].to(self.device)
         with self.autocast():
             out = self.text(input_ids=ids, attention_mask=mask, output_hidden_states=True)
-        hs = torch.stack([out.hidden_states[i] for i in self.query_layers], dim=1).float()  # (B, K, L, Dt)
+        hs = torch.stack([out.hidden_states[i] for i in self.query_layers], dim=1).float()  # (B, K, S, Dt)
         lengths = mask.sum(dim=1).tolist()
         return [hs[b, :, :n].cpu().numpy() for b, n in enumerate(lengths)], lengths

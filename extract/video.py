@@ -127,7 +127,7 @@ class DecodeError(Exception):
 class SampledVideo:
     """The frames of one video, one per clip, and what was learnt about the file."""
 
-    frames: np.ndarray | None  # (T, S, S, 3) uint8 RGB, S = the crop size; None from VideoClips.info
+    frames: np.ndarray | None  # (T, H, W, 3) uint8 RGB, H = W = the crop size; None from VideoClips.info
     clip_times: np.ndarray  # (T,) float64: output time of clip j (n / fps, or the sample time)
     frame_times: np.ndarray  # (T,) float64: time of the source frame used for clip j
     duration: float  # seconds: end of the last frame (t_end above)
@@ -422,7 +422,7 @@ def _graph(frame, filters: Sequence[tuple[str, str | None]], threads: int):
 
 
 class _Converter:
-    """Converts decoded frames to (S, S, 3) uint8 RGB with libavfilter's own ``scale`` and ``crop``.
+    """Converts decoded frames to (H, W, 3) uint8 RGB with libavfilter's own ``scale`` and ``crop``.
 
     The graph ``[autorotate,]scale=w:h:flags=bicubic,crop=S:S:x:y,format=rgb24`` is the official
     script's filter chain minus ``fps`` (the selection is done before), with the ffmpeg CLI's
@@ -500,7 +500,7 @@ def sample_video(
     ``size``: short side after scaling (the model's image size), ``None`` keeps the source
     size; ``crop``: centre square crop of ``size``. ``threads``: decoder threads (0 = as many
     as FFmpeg wants; 1 suits parallel worker processes). ``converter``: a callable
-    ``av.VideoFrame → (S, S, 3) uint8`` used instead of libavfilter's scale + crop (e.g.
+    ``av.VideoFrame → (H, W, 3) uint8`` used instead of libavfilter's scale + crop (e.g.
     :class:`r2.extract.preprocess.HFResize`). Raises :class:`DecodeError` with the
     path and a reason for a file that cannot be used. All frames are returned at once;
     :class:`VideoClips` gives the same frames one at a time, in bounded memory.
@@ -518,7 +518,7 @@ def sample_video(
 class VideoClips:
     """The frames of one video, one per clip, in clip order, as they are decoded.
 
-    ``for j, frame in VideoClips(path, fps)``: clip index ``j`` and its ``(S, S, 3)`` uint8
+    ``for j, frame in VideoClips(path, fps)``: clip index ``j`` and its ``(H, W, 3)`` uint8
     frame (arguments as :func:`sample_video`). Memory stays at one group of pictures of packets
     and a few frames, whatever the length of the video. A consumer handles two cases:
 
@@ -914,7 +914,7 @@ class DecodeResult:
 
     video_id: str
     path: str
-    frames: np.ndarray | None = None  # (T, S, S, 3) uint8
+    frames: np.ndarray | None = None  # (T, H, W, 3) uint8
     attrs: dict = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
@@ -947,7 +947,7 @@ def decode_chunks(video_id: str, path: str, fps: float | None, sample_times: Seq
                   chunk: int = 32) -> Iterator[tuple[str, object]]:
     """:func:`decode_job`, streamed: yields, in this order,
 
-    - ``("frames", (c, S, S, 3) uint8)``: the next ``c <= chunk`` frames, in clip order;
+    - ``("frames", (c, H, W, 3) uint8)``: the next ``c <= chunk`` frames, in clip order;
     - ``("restart", None)``: decoding started over (:class:`VideoClips`): drop the frames so far;
     - last ``("done", DecodeResult)`` with ``frames`` None; ``error`` set: the video failed, drop
       its frames (a truncated file is known only at its end).

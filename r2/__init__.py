@@ -16,6 +16,9 @@ Shape letters, used in comments and docstrings throughout (``# (B, T, K, N, D)``
     Dt  width of the query features (512 for ViT-B/32)
     C   hidden width of the R² Block (256)
     P   points of the temporal pyramid, all levels together
+    L   points of one level of the pyramid (T / stride)
+    G   ground-truth windows of a query
+    H W height and width of a frame in pixels (224 × 224 after CLIP's crop)
 
 Importing ``r2`` is cheap: torch is imported only when a model class is first used, so
 ``r2 score`` and ``r2.evaluate`` run in environments without a GPU stack.

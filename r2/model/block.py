@@ -5,8 +5,8 @@ post-norm transformer decoder layer) is applied at every recurrent step; only th
 scalar pooling scales (K) and gates (K-1) are per step. The K cached CLIP layers are
 stored ascending (e.g. hidden states 9, 10, 11, 12) and walked from the last to the first.
 
-Shape letters: B batch, T clips, K layers, N tokens per frame, D video width, S query
-tokens, Dt query width, C hidden width.
+Shape letters as in :mod:`r2` (B batch, T clips, K layers, N tokens, D width, S query tokens,
+Dt query width, C hidden width).
 """
 
 from __future__ import annotations
