@@ -25,7 +25,7 @@ import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 import numpy as np
 
@@ -57,6 +57,13 @@ class SentenceMismatch:
     query_id: str
     cached: str
     given: str
+
+
+class QueryFeatures(NamedTuple):
+    """What :meth:`FeatureCache.load_query` returns (``q, mask = cache.load_query(qid)`` unpacks it)."""
+
+    features: np.ndarray  # (K, S, Dt)
+    mask: np.ndarray  # (S,) bool: the tokens SOT ... EOT of the sentence
 
 
 class _Shard:
@@ -488,8 +495,8 @@ class FeatureCache:
                     self._read_layer("videos", video_id, loc, layer, out[:, k])
         return out
 
-    def load_query(self, query_id: str, layers=None, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
-        """Features of a query: ``((K', S, Dt) features, (S,) bool mask)``."""
+    def load_query(self, query_id: str, layers=None, dtype=np.float32) -> QueryFeatures:
+        """Features of a query: ``(K', S, Dt)`` features and their ``(S,)`` bool mask."""
         ids = self._layer_ids(layers)
         out_dtype = self._out_dtype(dtype)
         with self._guard():
@@ -500,7 +507,7 @@ class FeatureCache:
                 for k, layer in enumerate(ids):
                     self._read_layer("queries", query_id, loc, layer, out[k])
                 mask = self._raw("queries", query_id, loc, "mask", np.empty(s, np.uint8)).astype(bool)
-        return out, mask
+        return QueryFeatures(out, mask)
 
     # ------------------------------------------------------------------ writing and summary
     def writer(self, **options):

@@ -29,7 +29,7 @@ import random
 import secrets
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from r2.fileio import atomic_write, fsync_dir
 __all__ = [
     "BEST_NAME",
     "CHECKPOINTS_DIR",
+    "LastCheckpoint",
     "METRICS_NAME",
     "PRESET_NAME",
     "RunDirError",
@@ -195,8 +196,16 @@ def save_last(run_dir: str | os.PathLike, model, trainer: dict, state: dict) -> 
     return root / LAST
 
 
-def load_last(run_dir: str | os.PathLike) -> tuple[Path, dict, dict] | None:
-    """(directory, state.json, trainer state) of the last checkpoint, or None."""
+class LastCheckpoint(NamedTuple):
+    """The last checkpoint of a run (``path, state, trainer = load_last(run)`` unpacks it)."""
+
+    path: Path  # its directory
+    state: dict  # state.json: epoch, iteration, best, preset, options, ...
+    trainer: dict  # trainer.pt: optimiser, scaler, schedule, RNG and loader states
+
+
+def load_last(run_dir: str | os.PathLike) -> LastCheckpoint | None:
+    """The last checkpoint of ``run_dir``, or None when it has none."""
     path = find_last(run_dir)
     if path is None:
         return None
@@ -206,7 +215,7 @@ def load_last(run_dir: str | os.PathLike) -> tuple[Path, dict, dict] | None:
             trainer = torch.load(fh, map_location="cpu", weights_only=True)
     except Exception as exc:  # a damaged checkpoint: say which file
         raise RunDirError(f"cannot read the checkpoint {path}: {type(exc).__name__}: {exc}") from None
-    return path, state, trainer
+    return LastCheckpoint(path, state, trainer)
 
 
 # ----------------------------------------------------------------------------------------------

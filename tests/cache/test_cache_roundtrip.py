@@ -53,7 +53,9 @@ def test_every_dtype_and_layer_subset_round_trips(tmp_path, make_manifest, dtype
             assert np.linalg.norm(got - want) / np.linalg.norm(want) < 0.06
         else:
             assert np.array_equal(got.view(np.uint32), _expected(want, dtype).view(np.uint32))  # bit-exact
-        q, m = cache.load_query("q", layers=layers)
+        query = cache.load_query("q", layers=layers)
+        q, m = query  # a QueryFeatures unpacks as (features, mask)
+        assert query.features is q and query.mask is m
         assert q.shape == (len(sel), 7, 8) and m.dtype == bool and np.array_equal(m, qmask)
         if dtype != "int8":
             assert np.array_equal(q, _expected(qfeat[sel], dtype))

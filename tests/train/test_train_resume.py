@@ -264,8 +264,9 @@ def test_checkpoint_swap_survives_a_crash_between_the_renames(tmp_path):
     # a kill after `last` -> `last.old` and before the partial became `last`
     os.replace(root / "last", root / "last.old")
     (root / ".last.partial-1-abcd").mkdir()
-    path, state, loaded = ckpt.load_last(tmp_path)
-    assert path.name == "last.old" and state["epoch"] == 2
+    last = ckpt.load_last(tmp_path)
+    path, state, loaded = last
+    assert path.name == "last.old" and state["epoch"] == 2 and last.trainer is loaded and last.path == path
     ckpt.set_rng_state(loaded["rng"][0])  # RNG states read back with weights_only=True
     ckpt.clean_partials(tmp_path)
     assert not (root / ".last.partial-1-abcd").exists()
