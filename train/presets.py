@@ -639,6 +639,8 @@ def _validate(p: Preset) -> None:
         fail("sal_directions", f"must be a non-empty subset of row, col, got {p.sal_directions}")
     if p.fps == "auto" and p.clip_rule != "youtube_per_clip":
         fail("fps", "'auto' only goes with clip_rule youtube_per_clip")
+    if p.eval_split not in ("val", "test"):  # the name of what --val holds, in logs and best.json
+        fail("eval_split", f"must be val or test (the split the --val file holds), got {p.eval_split!r}")
 
 
 # ----------------------------------------------------------------------------------------------

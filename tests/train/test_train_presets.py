@@ -132,6 +132,7 @@ def test_override_typed_and_from_strings():
     ({"fps": "auto"}, "'auto' only goes with clip_rule youtube_per_clip"),
     ({"name": "tacos"}, "'name' cannot be overridden"),
     ({"hidden_dim": 100}, "not divisible by num_heads"),
+    ({"eval_split": "train"}, "eval_split: must be val or test (the split the --val file holds), got 'train'"),
     ({"lr_milestones": "5,,10"}, "lr_milestones: an empty value in the list '5,,10'"),  # was read as 5,10
 ])
 def test_override_errors(overrides, fragment):
