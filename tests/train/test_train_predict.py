@@ -119,8 +119,9 @@ def test_predict_on_a_run_whose_first_epoch_has_not_finished_says_so(trained, tm
     young = tmp_path / "young"  # what `r2 fit` has written before its first epoch ends
     young.mkdir()
     shutil.copy(run / "preset.json", young / "preset.json")
-    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(young), "--cache", str(data.cache_dir),
-                                    "--annotations", str(data.val_file), "--out", str(tmp_path / "p.jsonl")])
+    args = ["predict", "--checkpoint", str(young), "--cache", str(data.cache_dir), "--annotations",
+            str(data.val_file), "--out", str(tmp_path / "p.jsonl")]
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 1
     assert res.output == (f"Error: --checkpoint {young} is an `r2 fit` run with no weights yet: its first epoch "
                           "has not finished (`r2 fit ... --resume` continues the run; each epoch's log goes to "
@@ -130,8 +131,7 @@ def test_predict_on_a_run_whose_first_epoch_has_not_finished_says_so(trained, tm
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[0])
     (young / "metrics.jsonl").write_text("".join(json.dumps(dict(record, epoch=e, best=False, value=None,
                                                                  metrics=None)) + "\n" for e in (1, 2)))
-    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(young), "--cache", str(data.cache_dir),
-                                    "--annotations", str(data.val_file), "--out", str(tmp_path / "p.jsonl")])
+    res = CliRunner().invoke(main, args)
     assert res.exit_code == 1
     assert res.output == (f"Error: --checkpoint {young}: the run has finished 2 epochs and evaluated none yet "
                           "(eval_every); its best weights are written at its first evaluation. The last epoch's "
