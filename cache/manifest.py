@@ -64,6 +64,13 @@ FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 DTYPES = ("float16", "float32", "int8")
 PINNED_FIELDS = ("tokens_per_frame", "video_width", "query_width")  # compared when both have them
+COMPAT_FIELDS = ("format_version", "model_id", "model_weights_hash", "model_config_hash", "layers", "query_layers",
+                 "fps", "dtype", "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
+DEFAULTS = {"dtype": "float16", "precision": "fp32"}  # the value of an absent field
+REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
+ADDED_BY_CACHE = ("format_version", "r2_version", "created")
+
+
 def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
     """The ``layers`` a cache keeps unless told otherwise (``r2 extract`` without ``--layers``):
     the last ``k`` hidden-state indices of a tower of ``num_hidden_layers`` layers (9, 10, 11, 12
@@ -71,13 +78,6 @@ def default_layers(num_hidden_layers: int, k: int = 4) -> list[int]:
     if not 1 <= k <= num_hidden_layers + 1:
         raise ValueError(f"k must be in 1..{num_hidden_layers + 1}, got {k}")
     return list(range(num_hidden_layers + 1 - k, num_hidden_layers + 1))
-
-
-COMPAT_FIELDS = ("format_version", "model_id", "model_weights_hash", "model_config_hash", "layers", "query_layers",
-                 "fps", "dtype", "preprocessing", "precision", "token_form", "sampling") + PINNED_FIELDS
-DEFAULTS = {"dtype": "float16", "precision": "fp32"}  # the value of an absent field
-REQUIRED = ("model_id", "model_config_hash", "layers", "fps", "preprocessing")
-ADDED_BY_CACHE = ("format_version", "r2_version", "created")
 
 
 def r2_version() -> str:

@@ -417,10 +417,9 @@ def _one_line(exc: Exception) -> str:
 def _extract_queries(clip, queries, writer, summary, log, batch_size, shown=3):
     long = [(q, n) for q, n in zip(queries, clip.token_counts([q.text for q in queries])) if n > clip.context_length]
     if long:  # CLIP's text tower reads at most context_length tokens: the rest is not in the features
-        examples = "; ".join(f"query {q.query_id!r} ({n} tokens)" for q, n in long[:shown])
-        more = f" and {len(long) - shown} more" if len(long) > shown else ""
+        examples = _first_of([f"query {q.query_id!r} ({n} tokens)" for q, n in long], shown)
         log(f"warning: {len(long)} query(ies) are longer than CLIP's {clip.context_length} tokens and are cut "
-            f"to their first {clip.context_length}: {examples}{more}")
+            f"to their first {clip.context_length}: {examples}")
     for i in range(0, len(queries), batch_size):
         chunk = queries[i:i + batch_size]
         feats, lengths = clip.text_features([q.text for q in chunk])

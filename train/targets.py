@@ -246,10 +246,10 @@ def _check_custom_clips(sample: GroundingSample, num_features: int, fps: float, 
                           f"({expected} clips at {fps:g} clips/s), but the cache has {num_features} clips "
                           f"({num_features / fps:g} s) for it: the duration (and the windows) must be in "
                           "seconds of the video extracted under that id")
-    sal = sample.saliency
-    if sal is not None and sal.clip_ids.size and int(sal.clip_ids.max()) >= max(expected, num_features):
+    sal, clips = sample.saliency, max(expected, num_features)
+    if sal is not None and sal.clip_ids.size and int(sal.clip_ids.max()) >= clips:
         raise TargetError(f"{where}: relevant_clip_ids holds {int(sal.clip_ids.max())}, outside the "
-                          f"{max(expected, num_features)} clips of video {sample.vid!r} ({duration:g} s at "
+                          f"{clips} clips of video {sample.vid!r} ({duration:g} s at "
                           f"{fps:g} clips/s; clip ids count clips of 1 / fps seconds from 0)")
 
 
