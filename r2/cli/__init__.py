@@ -88,6 +88,23 @@ progress_option = click.option("--progress/--no-progress", default=None,
                                help="Progress bar [default: on a terminal].")
 
 
+#: The highest ``--fps``: past a clip per source frame (60 fps video at most, in practice) the
+#: clips only repeat frames; the benchmarks use 0.5-2.
+MAX_FPS = 60.0
+
+
+def check_fps(ctx, param, value: float | None) -> float | None:
+    """The callback of a ``--fps`` option (``r2 extract``, ``r2 predict VIDEO``): a finite rate in
+    (0, MAX_FPS]; ``inf``/``nan`` would otherwise reach the cache manifest and fail there
+    ("invalid cache manifest")."""
+    import math
+
+    if value is not None and not (math.isfinite(value) and value <= MAX_FPS):
+        raise click.BadParameter(f"{value:g} is not a clip rate: give a number of clips per second in (0, {MAX_FPS:g}] "
+                                 "(the benchmarks use 0.5 to 2)", param_hint="'--fps'")
+    return value
+
+
 #: the most --threads taken (OpenMP crashes creating some 100,000 threads; the largest machines
 #: have a few hundred cores)
 MAX_THREADS = 1024

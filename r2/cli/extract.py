@@ -14,7 +14,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import command_line, on_interrupt, progress_option
+from r2.cli import MAX_FPS, check_fps, command_line, on_interrupt, progress_option
 from r2.extract import DEFAULT_MODEL
 
 
@@ -219,22 +219,6 @@ def _preset_fps(dataset: str | None):
     return None if fps == "auto" else float(fps)
 
 
-#: The highest ``--fps``: past a clip per source frame (60 fps video at most, in practice) the
-#: clips only repeat frames; the benchmarks use 0.5-2.
-MAX_FPS = 60.0
-
-
-def _check_fps(value: float | None) -> float | None:
-    """``--fps``: a finite rate in (0, MAX_FPS]; ``inf``/``nan`` would otherwise reach the cache
-    manifest and fail there ("invalid cache manifest")."""
-    import math
-
-    if value is not None and not (math.isfinite(value) and value <= MAX_FPS):
-        raise click.BadParameter(f"{value:g} is not a clip rate: give a number of clips per second in (0, {MAX_FPS:g}] "
-                                 "(the benchmarks use 0.5 to 2)", param_hint="'--fps'")
-    return value
-
-
 def _parse_layers(text: str | None):
     if text is None:
         return None
@@ -260,7 +244,7 @@ def _parse_layers(text: str | None):
 @click.option("--dataset", "-d", help="Data set preset (qvhighlights, charades, ego4d, tacos, youtube, tvsum): "
                                       "sets --fps and how the annotation file is read.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True),
-              callback=lambda _ctx, _param, value: _check_fps(value),
+              callback=check_fps,
               help=f"Clips per second, at most {MAX_FPS:g} (a clip per source frame and more are the same frames "
                    "repeated) [default: the preset's, else 0.5; YouTube: per video].")
 @click.option("--layers", help="Hidden-state indices to keep, e.g. 9,10,11,12 or -4,-3,-2,-1 [default: last 4].")

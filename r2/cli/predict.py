@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import progress_option, threads_option
+from r2.cli import MAX_FPS, check_fps, progress_option, threads_option
 from r2.fileio import why_not_writable
 
 
@@ -40,8 +40,8 @@ from r2.fileio import why_not_writable
                    "'r2-vtg[plot]'; checked, with its folder's permissions, before extraction).")
 @click.option("--top-k", default=5, show_default=True, type=click.IntRange(min=1),
               help="With VIDEO: moments to print (and plot) per query.")
-@click.option("--fps", type=click.FloatRange(min=0, min_open=True, max=60),
-              help="With VIDEO: clip rate, for checkpoints trained on per-video sampling (YouTube) "
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), callback=check_fps,
+              help=f"With VIDEO: clip rate (at most {MAX_FPS:g}), for checkpoints trained on per-video sampling (YouTube) "
                    "[default: the checkpoint's].")
 @click.option("--json", "as_json", is_flag=True, help="With VIDEO: print the results as JSON.")
 @click.option("--batch-size", "-b", type=click.IntRange(min=1),
@@ -71,15 +71,11 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
       r2 predict talk.mp4 --query "a man opens a door" --checkpoint runs/qvh \\
                  --model openai/clip-vit-base-patch32 --plot talk.png
     """
-    import math
-
     from click.core import ParameterSource
 
     from r2 import grounding
     from r2.train import inference
 
-    if fps is not None and math.isnan(fps):
-        raise click.BadParameter("nan is not a clip rate", param_hint="'--fps'")
     if video is not None:
         if cache is not None or annotations is not None:
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
