@@ -63,6 +63,14 @@ def atomic_write(target: str | os.PathLike, data: bytes | str) -> Path:
     return Path(target)
 
 
+def link_target(path: str | os.PathLike) -> Path:
+    """``path``, or the file it links to when it is a symlink: an output written there (e.g.
+    ``r2 predict --out``) replaces that file and keeps the link, where a rename onto ``path``
+    itself would replace the link by a file."""
+    path = Path(path)
+    return Path(os.path.realpath(path)) if path.is_symlink() else path
+
+
 def why_not_writable(target: str | os.PathLike, example: str) -> str | None:
     """Why a file cannot be written at ``target`` (its missing folders created first), or
     ``None`` when it can. For checking an output option before long work rather than after:

@@ -2,7 +2,7 @@
 
 import pytest
 
-from r2.fileio import atomic_path, atomic_write
+from r2.fileio import atomic_path, atomic_write, link_target
 
 
 def test_atomic_write_replaces_whole_file(tmp_path):
@@ -23,3 +23,14 @@ def test_failed_write_keeps_old_file_and_leaves_no_partial(tmp_path):
             raise RuntimeError("writer crashed")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["plot.png"]
+
+
+def test_link_target_is_the_file_a_symlink_names(tmp_path):
+    target = tmp_path / "real" / "out.jsonl"
+    target.parent.mkdir()
+    link = tmp_path / "out.jsonl"
+    link.symlink_to(target)  # the target need not exist yet
+    assert link_target(link) == target.resolve()
+    atomic_write(link_target(link), "x\n")
+    assert link.is_symlink() and target.read_text() == "x\n"
+    assert link_target(target) == target and link_target(tmp_path / "new.jsonl") == tmp_path / "new.jsonl"

@@ -41,7 +41,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from r2.fileio import why_not_writable
+from r2.fileio import link_target, why_not_writable
 from r2.model import WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
@@ -397,7 +397,6 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
         out_path = Path(out)
         if out_path.parent and not out_path.parent.exists():
             out_path.parent.mkdir(parents=True, exist_ok=True)
-        # a symlink's target is replaced (atomically), the link kept
-        write_jsonl(rows, Path(os.path.realpath(out_path)) if out_path.is_symlink() else out_path)
+        write_jsonl(rows, link_target(out_path))  # a symlink's target is replaced (atomically), the link kept
     return PredictResult(rows=rows, out=out_path, num_queries=len(rows),
                          seconds=time.perf_counter() - t0, dataset=samples[0].dataset, skipped=skipped)

@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from r2.cli import MAX_FPS, check_fps, progress_option, threads_option
-from r2.fileio import why_not_writable
+from r2.fileio import link_target, why_not_writable
 
 
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
@@ -108,7 +108,7 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
             from r2.evaluate import write_jsonl
 
             out.parent.mkdir(parents=True, exist_ok=True)
-            write_jsonl([g.to_row(i) for i, g in enumerate(results)], out)  # qid: the --query's index
+            write_jsonl([g.to_row(i) for i, g in enumerate(results)], link_target(out))  # qid: the --query's index
             click.echo(f"wrote {len(results)} prediction row(s) to {out}", err=as_json)
         return
     ctx = click.get_current_context()

@@ -328,6 +328,11 @@ def test_predict_a_new_video_with_the_tiny_clip(tmp_path, monkeypatch):
     for r, o in zip(rows, out):
         assert r["duration"] == o["duration"] and len(r["pred_saliency_scores"]) == 20
         assert np.allclose(r["pred_relevant_windows"], o["pred_relevant_windows"], atol=1e-5)
+    link = tmp_path / "rows" / "link.jsonl"  # a symlinked --out: its target is written, the link kept
+    link.symlink_to(tmp_path / "rows" / "target.jsonl")
+    res = CliRunner().invoke(main, args + ["--out", str(link)])
+    assert res.exit_code == 0 and link.is_symlink(), res.output
+    assert _rows(tmp_path / "rows" / "target.jsonl") == rows
     (tmp_path / "a-file").write_text("x")
     res = CliRunner().invoke(main, args + ["--out", str(tmp_path / "a-file" / "p.jsonl")])
     assert res.exit_code == 1 and f"--out {tmp_path / 'a-file' / 'p.jsonl'}: " in res.output, res.output
