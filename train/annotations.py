@@ -1284,9 +1284,9 @@ def load_annotations(path: str | Path, dataset: str | None = None, domain: str |
             category (BK, BT, DS, FM, GA, MS, PK, PR, VT, VU) to keep; for other rows, keeps
             the rows whose ``domain`` equals it.
         split: YouTube/TVSum: "train" or "val" keeps that R²-Tuning/UMT id list (None keeps
-            every video, labelled "train"/"val"/"unlisted"; so does "all"). Other data sets: the label given
+            every video, labelled "train"/"val"/"unlisted"). Other data sets: the label given
             to every record (default: from the file name, e.g. ``charades_test.jsonl`` →
-            "test"; Ego4D rows from their qid; else "unknown").
+            "test"; Ego4D rows from their qid; else "unknown"). "all" is None, for any data set.
         **layout_options: TALL ``lengths`` (csv path or {vid: seconds}; default: a
             ``Charades_v1_<split>.csv`` or single ``*length*.csv`` next to the file),
             ``qid_start``, ``reversed_windows`` ("drop" | "error"); Ego4D official
@@ -1308,7 +1308,7 @@ def load_annotations(path: str | Path, dataset: str | None = None, domain: str |
             raise AnnotationError(f"this is {_LAYOUT_TEXT[layout]} ({implied}), not {dataset}",
                                   path)
     highlight = dataset in ("youtube", "tvsum")
-    if highlight and split == "all":  # every video of the file, as split=None
+    if split == "all":  # every video of the file, as split=None
         split = None
     if highlight and split is not None and split not in ("train", "val"):
         raise AnnotationError(f"split for {dataset} must be 'train', 'val' or 'all' (R²-Tuning evaluates "

@@ -355,8 +355,7 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     model = load_model(checkpoint, dev)
     fc = FeatureCache.open(cache)
     layers = check_cache(model, fc, f"the checkpoint {checkpoint}", allow_feature_mismatch, log)
-    samples = load_annotations(annotations, dataset=dataset, domain=domain,
-                               split=None if split in (None, "all") else split)
+    samples = load_annotations(annotations, dataset=dataset, domain=domain, split=split)  # "all": every video
     if not samples:
         raise PredictError(f"{annotations}: no queries")
     if split is None and samples[0].dataset in ("youtube", "tvsum"):
