@@ -127,8 +127,7 @@ def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None 
         if records:
             raise PredictError(f"--checkpoint {path}: the run has finished epochs ({path / METRICS_NAME}) but "
                                f"its best weights, {WEIGHTS_NAME}, are not there (deleted or not copied with "
-                               f"the run); {path / 'checkpoints' / 'last'} holds the last epoch's, if it is "
-                               "there")
+                               f"the run); {last} holds the last epoch's, if it is there")
         raise PredictError(f"--checkpoint {path} is an `r2 fit` run with no weights yet: its first epoch "
                            "has not finished (`r2 fit ... --resume` continues the run; each epoch's log "
                            f"goes to {path / METRICS_NAME})")
