@@ -586,6 +586,8 @@ class VideoClips:
             guessed = stream.average_rate or stream.guessed_rate or stream.base_rate or Fraction(25)
             default_duration = max(1, _round_near_inf(1 / (Fraction(guessed) * time_base)))
             declared_seconds = declared_duration(container, stream)
+            declared = stream.frames or 0  # read while the file is open (PyAV 18.1.1 refuses it after)
+            width, height = cc.width, cc.height
             rule = _Rule(time_base, rate, self.sample_times)
             if self.converter is not None:
                 convert = _Upright(self.converter, self.threads)
@@ -614,7 +616,6 @@ class VideoClips:
         finally:
             container.close()
 
-        declared = stream.frames or 0
         if declared and packets < declared - max(2, declared // 100):
             raise DecodeError(path, f"truncated or damaged: {packets} of {declared} frames readable")
         ends_early = None  # where the frames end, when before the header's duration by more than 1 s
@@ -661,8 +662,8 @@ class VideoClips:
             fps=float(rate) if rate is not None else None,
             source_fps=float(guessed),
             frame_count=packets,
-            width=cc.width,
-            height=cc.height,
+            width=width,
+            height=height,
             decoded_frames=decoded,
             notes=notes,
             orientation=convert.orientation,
