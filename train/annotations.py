@@ -649,7 +649,9 @@ class _Lines:
         return self.line_of(at)
 
 
-def _split_from_name(path: Path) -> str | None:
+def split_from_name(path: Path) -> str | None:
+    """The split a file's name says (``highlight_val_release.jsonl``: val; valid/validation: val),
+    or None."""
     match = _SPLIT_IN_NAME.search(path.stem.lower())
     if not match:
         return None
@@ -824,7 +826,7 @@ def _check_options(layout: str, options: dict, allowed: tuple[str, ...], path: P
 def _parse_rows(items, path: Path, dataset: str, split: str | None, line_numbers: bool):
     samples = []
     seen: dict = {}
-    base_split = split or _split_from_name(path)
+    base_split = split or split_from_name(path)
     for number, row in items:
         origin = f"{path}:{number}" if line_numbers else f"{path}: item {number}"
         where = (path, number, None) if line_numbers else (path, None, f"item {number}")
@@ -890,7 +892,7 @@ def _read_lengths(source, txt_path: Path) -> dict[str, float]:
 
 def _find_lengths_csv(txt_path: Path) -> Path:
     folder = txt_path.parent
-    split = _split_from_name(txt_path)
+    split = split_from_name(txt_path)
     candidates = []
     if split:
         candidates.append(folder / f"Charades_v1_{split}.csv")
@@ -926,7 +928,7 @@ def _parse_tall(text: str, path: Path, split: str | None, options: dict):
     if on_reversed not in ("drop", "error"):
         raise AnnotationError(f"reversed_windows must be 'drop' or 'error', got {on_reversed!r}",
                               path)
-    split = split or _split_from_name(path) or "unknown"
+    split = split or split_from_name(path) or "unknown"
     samples, dropped = [], []
     for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
@@ -978,7 +980,7 @@ def _parse_tan2d(doc: dict, text: str, path: Path, split: str | None, options: d
     times = frame ÷ fps, duration = num_frames ÷ fps, end clipped to the duration.
     """
     _check_options("tan2d", options, (), path)
-    split = split or _split_from_name(path) or "unknown"
+    split = split or split_from_name(path) or "unknown"
     lines = _Lines(text)
     samples = []
     for key, entry in doc.items():
@@ -1027,7 +1029,7 @@ def _parse_ego4d(doc: dict, text: str, path: Path, split: str | None, options: d
     ``video_end_sec``. Queries without times (the unannotated test file) are unlabelled.
     """
     _check_options("ego4d_nlq", options, ("qid_prefix",), path)
-    split = split or _split_from_name(path) or "unknown"
+    split = split or split_from_name(path) or "unknown"
     prefix = options.get("qid_prefix", split if split in ("train", "val", "test") else "nlq")
     lines = _Lines(text)
     samples, skipped = [], 0

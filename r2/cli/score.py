@@ -2,115 +2,12 @@
 
 from __future__ import annotations
 
-import re
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 DATASET_HELP = "qvhighlights, charades, tacos, ego4d, youtube, tvsum, custom, or auto"
-
-
-def _split_from_name(path: Path) -> str | None:
-    match = re.search(r"(?:^|[^a-z])(train|val|valid|validation|test)(?:[^a-z]|$)",
-                      path.name.lower())
-    return match.group(1) if match else None
-
-
-@dataclass
-class GroundTruth:
-    """The --gt rows to score and how they were found, for the report's header."""
-
-    rows: list
-    source: object  # r2.evaluate._common.Source
-    dataset: str
-    how: str  # "given" or how the data set was detected
-    split_text: str
-    #: with --domain: qids of the file in other domains (their predictions are set aside)
-    other_domains: frozenset = frozenset()
-
-
-def _hashable(qid) -> bool:
-    try:
-        hash(qid)
-    except TypeError:
-        return False
-    return True
-
-
-def _load_ground_truth(path: Path, dataset: str | None, split: str | None,
-                       domain: str | None) -> GroundTruth:
-    from r2.evaluate import read_jsonl
-    from r2.evaluate import Source
-    from r2.evaluate.detect import detect_dataset_from_rows
-
-    if path.suffix.lower() == ".jsonl":
-        rows = read_jsonl(path)
-        source = Source(str(path), lines=True)
-        predicted = next((k for r in rows[:1] if isinstance(r, dict)
-                          for k in ("pred_relevant_windows", "pred_saliency_scores") if k in r), None)
-        if predicted is not None:
-            raise click.ClickException(f"--gt {path}: line 1 has {predicted!r}: this is a prediction file, "
-                                       "not ground truth; are PREDICTIONS and --gt swapped?")
-        others: frozenset = frozenset()
-        if domain is not None:
-            keep = [i for i, r in enumerate(rows) if str(r.get("domain")) == domain]
-            if not keep:
-                raise click.ClickException(f"{path}: no row has domain {domain!r}")
-            others = frozenset(r.get("qid") for i, r in enumerate(rows)
-                               if str(r.get("domain")) != domain and _hashable(r.get("qid")))
-            source = Source(str(path), lines=True, line_numbers=[i + 1 for i in keep])
-            rows = [rows[i] for i in keep]
-        if split not in (None, "all"):
-            click.echo(f"Warning: --split {split} is ignored for a .jsonl file (it holds one "
-                       "split already)", err=True)
-        how = "given"
-        if dataset is None:
-            dataset, reason = detect_dataset_from_rows(rows)
-            how = f"detected: {reason}"
-        guess = _split_from_name(path)
-        split_text = f'split "{guess}" by the file name' if guess else "split not in the file name"
-        return GroundTruth(rows, source, dataset, how, split_text, others)
-    from r2.train import annotations  # imported only for non-jsonl layouts
-
-    how = "given"
-    if dataset is None:
-        dataset = annotations.detect_dataset(str(path))
-        how = "detected by r2.train.annotations"
-    if split is None and dataset in ("youtube", "tvsum"):
-        split = "val"
-        split_text = 'split "val" (the default for this benchmark; --split to change)'
-    elif split not in (None, "all"):
-        split_text = f'split "{split}"'
-    else:
-        guess = _split_from_name(path)
-        split_text = (f'all of it; split "{guess}" by the file name' if guess and split is None
-                      else "all splits in the file")
-    split = None if split == "all" else split
-    others = frozenset()
-    if domain is not None:
-        everything = annotations.load_annotations(path, dataset=dataset, split=split)
-    samples = annotations.load_annotations(path, dataset=dataset, domain=domain, split=split)
-    rows = [s.to_row() for s in samples]
-    if domain is not None:
-        others = frozenset(s.to_row()["qid"] for s in everything) - {r["qid"] for r in rows}
-        split_text += f", domain {domain}"
-    return GroundTruth(rows, Source(str(path), lines=False), dataset, how, split_text, others)
-
-
-def _drop_other_domains(rows: list, others: frozenset, path: Path, domain: str):
-    """The prediction rows outside --domain set aside, and a Source whose line numbers are
-    still those of the file."""
-    from r2.evaluate import Source
-
-    keep = [i for i, r in enumerate(rows)
-            if not (isinstance(r, dict) and _hashable(r.get("qid")) and r.get("qid") in others)]
-    if len(keep) < len(rows):
-        click.echo(f"--domain {domain}: set aside the {len(rows) - len(keep)} prediction lines "
-                   "of other domains", err=True)
-    return [rows[i] for i in keep], Source(str(path), lines=True,
-                                           line_numbers=[i + 1 for i in keep])
 
 
 @click.command("score")
@@ -160,12 +57,10 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
     Example:
       r2 score preds.jsonl --gt highlight_val_release.jsonl --out metrics.json
     """
-    from r2.evaluate import EvaluationError, EvaluationWarning, format_report, score as run
-    from r2.evaluate import read_jsonl, write_metrics_json
-    from r2.evaluate import Source
+    from r2.evaluate import EvaluationError, EvaluationWarning, format_report, read_jsonl, write_metrics_json
     from r2.evaluate.detect import DISPLAY_NAMES, normalize_dataset
-
     from r2.fileio import why_not_writable
+    from r2.scoring import ScoringError, load_ground_truth, score_predictions
 
     try:
         dataset = normalize_dataset(dataset)
@@ -177,30 +72,22 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
         warnings.simplefilter("always", EvaluationWarning)
         try:
             pred_rows = read_jsonl(predictions)
-            truth = _load_ground_truth(gt, dataset, split, domain)
-            dataset = truth.dataset
+            truth = load_ground_truth(gt, dataset, split, domain)
             click.echo(f"Scoring  {predictions}  ({len(pred_rows)} lines)")
             click.echo(f"against  {gt}  ({len(truth.rows)} queries; {truth.split_text})")
-            click.echo(f"as       {DISPLAY_NAMES[dataset]} ({truth.how})")
-            psrc = Source(str(predictions), lines=True)
-            if truth.other_domains:
-                pred_rows, psrc = _drop_other_domains(pred_rows, truth.other_domains,
-                                                      predictions, domain)
-            options = {"subset": subset, "pred_source": psrc, "gt_source": truth.source}
-            if dataset == "tvsum":
-                options["top_k"] = top_k
-            elif dataset != "youtube":
-                options["empty_bucket"] = empty_bucket
-                if dataset in ("qvhighlights", "custom"):
-                    options["extended"] = extended or dataset == "custom"
-            details: dict = {}
-            metrics = run(dataset, pred_rows, truth.rows, details=details, **options)
-        except EvaluationError as exc:
+            click.echo(f"as       {DISPLAY_NAMES[truth.dataset]} ({truth.how})")
+            result = score_predictions(predictions, truth, pred_rows, subset=subset, empty_bucket=empty_bucket,
+                                       extended=extended, top_k=top_k)
+        except (EvaluationError, ScoringError) as exc:
             _show(caught)
             raise click.ClickException(str(exc)) from None
+        except BaseException:  # an annotation error (shown by r2 as one line), Ctrl-C: the warnings first
+            _show(caught)
+            raise
     _show(caught)
     click.echo("")
-    click.echo(format_report(metrics, details))
+    metrics = result.metrics
+    click.echo(format_report(metrics, result.details))
     if print_json:
         from r2.evaluate import dumps_metrics
 

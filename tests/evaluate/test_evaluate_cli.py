@@ -122,7 +122,10 @@ class FakeSample:
 
 @pytest.fixture
 def fake_annotations(monkeypatch):
-    """Stand-in for r2.train.annotations (another room) with its contract's two functions."""
+    """Stand-in for r2.train.annotations (another room) with its contract's three functions
+    (``split_from_name`` the real one)."""
+    from r2.train.annotations import split_from_name
+
     calls = []
     rows = [
         {"qid": "yt1", "vid": "yt1", "query": "t", "domain": "dog", "duration": 8.0,
@@ -139,6 +142,7 @@ def fake_annotations(monkeypatch):
     module = types.ModuleType("r2.train.annotations")
     module.load_annotations = load_annotations
     module.detect_dataset = lambda path: "youtube"
+    module.split_from_name = split_from_name
     monkeypatch.setitem(sys.modules, "r2.train.annotations", module)
     import r2.train
 

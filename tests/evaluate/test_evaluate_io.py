@@ -61,7 +61,7 @@ def test_import_is_light_and_never_loads_torch():
             "dt = time.perf_counter() - t\n"
             "assert 'numpy' not in sys.modules, 'numpy imported by read_jsonl'\n"
             "import r2.evaluate.qvhighlights, r2.evaluate.moment_retrieval, r2.evaluate.youtube\n"
-            "import r2.evaluate.tvsum, r2.evaluate.report, r2.cli.score\n"
+            "import r2.evaluate.tvsum, r2.evaluate.report, r2.cli.score, r2.scoring\n"
             "assert 'torch' not in sys.modules and 'sklearn' not in sys.modules\n"
             "print(dt)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
