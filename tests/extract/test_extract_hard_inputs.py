@@ -144,7 +144,7 @@ def test_one_file_reached_by_two_names_is_not_two_candidates():
     ambiguity."""
     import tempfile
 
-    from r2.cli.extract import _pick_video
+    from r2.jobs import _pick_video
 
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
