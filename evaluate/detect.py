@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
-__all__ = ["DATASETS", "DISPLAY_NAMES", "normalize_dataset", "detect_dataset_from_rows"]
+from r2 import DATASETS  # canonical names, those of r2.train.annotations.detect_dataset
 
-#: Canonical names (the same as ``r2.train.annotations.detect_dataset``).
-DATASETS = ("qvhighlights", "charades", "tacos", "ego4d", "youtube", "tvsum", "custom")
+__all__ = ["DATASETS", "DISPLAY_NAMES", "DetectedDataset", "normalize_dataset", "detect_dataset_from_rows"]
 
 DISPLAY_NAMES = {
     "qvhighlights": "QVHighlights",
@@ -45,8 +45,15 @@ def normalize_dataset(name: str | None) -> str | None:
     return key
 
 
-def detect_dataset_from_rows(rows: list) -> tuple[str, str]:
-    """(canonical name, the reason in words) for QVHighlights-layout ground-truth rows.
+class DetectedDataset(NamedTuple):
+    """What :func:`detect_dataset_from_rows` found."""
+
+    name: str  # canonical (DATASETS)
+    reason: str  # why, in words, for a report's header
+
+
+def detect_dataset_from_rows(rows: list) -> DetectedDataset:
+    """The benchmark of QVHighlights-layout ground-truth rows, and the reason in words.
 
     * ``saliency_scores`` with 3 annotators -> qvhighlights (every video id in QVHighlights'
       ``<youtube id>_<start>_<end>`` form) or custom (QVHighlights metrics all the same);
@@ -55,6 +62,10 @@ def detect_dataset_from_rows(rows: list) -> tuple[str, str]:
       ``train…``/``val…`` and ``video_uid``), charades (int qids, 5-character Charades video
       ids); anything else -> custom, scored with the same moment-retrieval metrics.
     """
+    return DetectedDataset(*_detect(rows))
+
+
+def _detect(rows: list) -> tuple[str, str]:
     dict_rows = [r for r in rows if isinstance(r, dict)]
     if not dict_rows:
         return "custom", "no rows to look at"

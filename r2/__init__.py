@@ -26,6 +26,12 @@ Importing ``r2`` is cheap: torch is imported only when a model class is first us
 
 __version__ = "0.1.0"
 
+#: The paper's six benchmarks by their canonical names; ``DATASETS`` adds ``custom`` (a
+#: QVHighlights-layout jsonl of one's own). One list for the presets, the annotation readers,
+#: the evaluators and the CLI.
+BENCHMARKS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum")
+DATASETS = BENCHMARKS + ("custom",)
+
 from r2.lazy import lazy_exports
 
 # Public names resolved on first use (PEP 562), so `import r2.evaluate` never pulls in torch.

@@ -39,6 +39,17 @@ def _module_name(room: str, folder: Path, path: Path) -> str:
     return ".".join([room, *parts])
 
 
+def _root_import(name: str) -> str:
+    """The module that ``from r2 import <name>`` imports: ``r2.<name>`` for a module or package
+    of the root (``r2/fileio.py``, ``r2/cli/``), the module a lazy name comes from
+    (``R2Model``: ``r2.model``), else ``r2`` itself (``DATASETS``, ``__version__``)."""
+    import r2
+
+    if (ROOT / "r2" / f"{name}.py").is_file() or (ROOT / "r2" / name / "__init__.py").is_file():
+        return f"r2.{name}"
+    return r2._LAZY.get(name, "r2")
+
+
 def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
     """(line, absolute module name) of every import statement in the file of ``module``,
     also those inside functions (they run as well, only later)."""
@@ -54,9 +65,9 @@ def imports_of(path: Path, module: str) -> list[tuple[int, str]]:
                 name = ".".join(base + ([node.module] if node.module else []))
             else:
                 name = node.module
-            # `from r2 import onednn` imports the module r2.onednn
-            found += [(node.lineno, f"r2.{a.name}" if name == "r2" and a.name != "__version__" else name)
-                      for a in node.names]
+            # `from r2 import onednn` imports the module r2.onednn, `from r2 import R2Model`
+            # r2.model; `from r2 import DATASETS` a name of the root (standard library only)
+            found += [(node.lineno, _root_import(a.name) if name == "r2" else name) for a in node.names]
     return found
 
 
@@ -109,3 +120,7 @@ def test_the_check_sees_a_forbidden_import(tmp_path):
     assert [n for _, n in found if not _allowed(n, "r2.train", modules, third_party)] == ["r2.extract",
                                                                                           "r2.extract.clip"]
     assert not _allowed("torch", "r2.evaluate", *ROOMS["r2.evaluate"][1:])
+    # a lazy name of the root is its module's import; a plain constant of the root is the root's
+    path.write_text("from r2 import DATASETS, R2Model\n")
+    assert imports_of(path, "r2.evaluate.detect") == [(1, "r2"), (1, "r2.model")]
+    assert not _allowed("r2.model", "r2.evaluate", *ROOMS["r2.evaluate"][1:])

@@ -68,6 +68,8 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from r2 import DATASETS  # the names accepted for ``dataset`` (``r2 fit --dataset``)
+
 from .splits import TVSUM_SPLITS, YOUTUBE_SPLITS
 
 __all__ = [
@@ -88,9 +90,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: Names accepted for ``dataset`` (``r2 fit --dataset``), in the issue's order.
-DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "custom")
 
 _ALIASES = {
     "qvh": "qvhighlights",

@@ -36,7 +36,7 @@ import random
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 import torch
@@ -211,8 +211,15 @@ def check_cache_fps(preset_fps, cache_fps, cache_path) -> None:
                         f"{float(preset_fps)} (or --set fps={float(cache_fps)} if you mean it)")
 
 
-def cache_widths(cache) -> tuple[int, int]:
-    """(video width D, query width Dt): the manifest's, else the shapes of the first items."""
+class CacheWidths(NamedTuple):
+    """Feature widths of a cache (the model's input widths)."""
+
+    video: int  # D
+    query: int  # Dt
+
+
+def cache_widths(cache) -> CacheWidths:
+    """Video width D and query width Dt: the manifest's, else the shapes of the first items."""
     m = cache.manifest
     d, dt = m.get("video_width"), m.get("query_width")
     if d is None:
@@ -225,7 +232,7 @@ def cache_widths(cache) -> tuple[int, int]:
         if not ids:
             raise DataError(f"the feature cache at {cache.path} holds no query")
         dt = cache.query_shape(ids[0])[2]
-    return int(d), int(dt)
+    return CacheWidths(int(d), int(dt))
 
 
 @dataclass
@@ -263,11 +270,18 @@ def find_missing(cache, samples: Iterable[GroundingSample], name: str = "data",
     return report
 
 
-def with_features(cache, samples: Sequence[GroundingSample]) -> tuple[list[GroundingSample], int]:
+class WithFeatures(NamedTuple):
+    """What :func:`with_features` kept, and how many samples it left out."""
+
+    samples: list  # [GroundingSample]
+    left_out: int
+
+
+def with_features(cache, samples: Sequence[GroundingSample]) -> WithFeatures:
     """The samples whose video and query features the cache holds (``--skip-missing``), and
     how many were left out."""
     kept = [s for s in samples if cache.has_video(s.vid) and cache.has_query(s.query_id)]
-    return kept, len(samples) - len(kept)
+    return WithFeatures(kept, len(samples) - len(kept))
 
 
 def check_query_sentences(cache, splits: Sequence[tuple[str, str | os.PathLike | None,

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import numpy as np
 
@@ -458,16 +458,23 @@ def keep_for_training(sample: GroundingSample, min_duration: float = 5.0) -> boo
     return not (min_duration > 0 and float(sample.duration) < min_duration)
 
 
+class TrainingSamples(NamedTuple):
+    """The samples :func:`filter_for_training` kept and those it dropped, in their order."""
+
+    kept: list  # [GroundingSample]
+    dropped: list  # [GroundingSample]
+
+
 def filter_for_training(samples: Iterable[GroundingSample], preset=None,
-                        min_duration: float | None = None
-                        ) -> tuple[list[GroundingSample], list[GroundingSample]]:
-    """(kept, dropped) by the minimum-duration rule (``preset.min_duration`` by default)."""
+                        min_duration: float | None = None) -> TrainingSamples:
+    """The samples kept and dropped by the minimum-duration rule (``preset.min_duration`` by
+    default)."""
     if min_duration is None:
         min_duration = preset.min_duration if preset is not None else 5.0
     kept, dropped = [], []
     for s in samples:
         (kept if keep_for_training(s, min_duration) else dropped).append(s)
-    return kept, dropped
+    return TrainingSamples(kept, dropped)
 
 
 def crop_range(num_clips: int, max_clips: int, anchor: int = -1,

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import click
 
+from r2 import DATASETS
 from r2.cli import command_line, on_interrupt, progress_option, threads_option
-
-DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum", "custom")
 
 
 @click.command("fit", context_settings={"help_option_names": ["-h", "--help"]})

@@ -6,6 +6,8 @@ Reference `r2tuning.md` §3.2 and §4.1 (official ``PointGenerator`` with offset
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 
 
@@ -47,22 +49,28 @@ def bind_boundary(windows: torch.Tensor, window_mask: torch.Tensor, num_clips: t
     return torch.where(window_mask[..., None], w, torch.zeros_like(w))
 
 
+class PointTargets(NamedTuple):
+    """Targets of every point: ``cls`` (B, P) float, 1 where a GT qualifies; ``reg`` (B, P, 2),
+    the distances (p - gs, ge - p) / s to the chosen GT (arbitrary where ``cls`` is 0)."""
+
+    cls: torch.Tensor
+    reg: torch.Tensor
+
+
 def assign_targets(points: torch.Tensor, windows: torch.Tensor, window_mask: torch.Tensor,
-                   center_radius: float = 1.5):
+                   center_radius: float = 1.5) -> PointTargets:
     """Class and regression targets of every point (official ``get_target_single``).
 
     points (P, 4) [p, lo, hi, s]; windows (B, G, 2) clip units (already bound);
     window_mask (B, G). A point qualifies for a GT if it lies in the GT's centre region
     max(c - r*s, gs) <= p <= min(c + r*s, ge) (or inside the GT when r <= 0) and the larger
     of its distances (p - gs, ge - p) is within the level range [lo, hi]. Among the
-    qualifying GTs the shortest wins. Returns cls_target (B, P) float (1 if any GT
-    qualifies) and reg_target (B, P, 2) = (p - gs, ge - p) / s of the chosen GT (arbitrary
-    where cls_target is 0).
+    qualifying GTs the shortest wins. Returns :class:`PointTargets`.
     """
     b, g = window_mask.shape
     num_points = points.shape[0]
     if g == 0 or num_points == 0:
-        return points.new_zeros(b, num_points), points.new_zeros(b, num_points, 2)
+        return PointTargets(points.new_zeros(b, num_points), points.new_zeros(b, num_points, 2))
     p, lo, hi, s = (points[None, :, i, None] for i in range(4))  # (1, P, 1) each
     gs, ge = windows[:, None, :, 0], windows[:, None, :, 1]  # (B, 1, G)
     r_start, r_end = p - gs, ge - p  # (B, P, G)
@@ -81,7 +89,7 @@ def assign_targets(points: torch.Tensor, windows: torch.Tensor, window_mask: tor
     cls_target = torch.isfinite(min_len).to(points.dtype)
     reg = torch.stack((r_start, r_end), dim=-1)  # (B, P, G, 2)
     reg = torch.gather(reg, 2, idx[:, :, None, None].expand(b, num_points, 1, 2))[:, :, 0]  # (B, P, 2)
-    return cls_target, reg / points[None, :, 3, None]
+    return PointTargets(cls_target, reg / points[None, :, 3, None])
 
 
-__all__ = ["make_points", "bind_boundary", "assign_targets"]
+__all__ = ["make_points", "bind_boundary", "assign_targets", "PointTargets"]

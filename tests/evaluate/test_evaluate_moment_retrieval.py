@@ -89,8 +89,8 @@ def test_detection_of_moment_retrieval_files(name, expected):
 def test_detection_of_qvhighlights_and_custom(val_gt):
     assert detect_dataset_from_rows(val_gt[:50])[0] == "qvhighlights"
     custom = [dict(r, vid=f"my_video_{i}") for i, r in enumerate(val_gt[:5])]
-    name, reason = detect_dataset_from_rows(custom)
-    assert name == "custom" and "3 annotators" in reason
+    found = detect_dataset_from_rows(custom)
+    assert found.name == "custom" and "3 annotators" in found.reason
     rows = [{"qid": "a", "vid": "x", "relevant_windows": [[1, 2]]}]
     assert detect_dataset_from_rows(rows) == ("custom", "windows only: moment retrieval (detected)")
 

@@ -116,8 +116,8 @@ def test_label_assignment_by_hand():
     torch.testing.assert_close(reg[0, pos], torch.tensor([[1.0, 2.0], [2.0, 1.0], [0.0, 1.5], [1.0, 0.5],
                                                           [3.0, 1.0]]))
     # a padded GT never qualifies
-    cls2, _ = assign_targets(points, windows, torch.tensor([[True, False]]), center_radius=1.5)
-    assert cls2[0, 8 + 3].item() == 0
+    targets = assign_targets(points, windows, torch.tensor([[True, False]]), center_radius=1.5)
+    assert targets.cls[0, 8 + 3].item() == 0 and targets.reg.shape == (1, 12, 2)
 
 
 def test_criterion_terms_and_weights(h):

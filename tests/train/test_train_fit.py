@@ -3,6 +3,7 @@ data loading (padding, masks, workers, preload, crop), and the errors users meet
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -333,6 +334,22 @@ def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():
     with pytest.raises(FeatureSpecError, match="model_id: run has \"/home/a/clip\", cache has \"/data/clip-b32\""):
         check_feature_spec(legacy, moved, "run", "cache")
     assert check_feature_spec(legacy, dict(moved, model_id="/home/a/clip"), "run", "cache") == []
+
+
+def test_cache_widths_and_the_samples_with_features(data):
+    from r2.cache import FeatureCache
+    from r2.train.annotations import load_annotations
+    from r2.train.data import cache_widths, with_features
+
+    cache = FeatureCache.open(data.cache_dir)
+    widths = cache_widths(cache)
+    assert widths.video == cache.video_shape(cache.video_ids()[0])[3] and widths.query == cache.query_shape(cache.query_ids()[0])[2]
+    samples = load_annotations(data.train_file)
+    found = with_features(cache, samples)
+    assert found.samples == samples and found.left_out == 0
+    unknown = [dataclasses.replace(s, vid="no-such-video") for s in samples[:2]]
+    found = with_features(cache, unknown + samples)
+    assert found.samples == samples and found.left_out == 2
 
 
 def test_cache_and_checkpoint_mismatches_are_refused(data, tmp_path):

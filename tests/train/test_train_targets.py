@@ -330,8 +330,8 @@ def test_min_duration_filter():
     samples = [mr([[1, 2]], duration=d) for d in (4.9, 5.0, 30.0)]
     kept, dropped = filter_for_training(samples, get_preset("charades"))
     assert [s.duration for s in kept] == [5.0, 30.0] and [s.duration for s in dropped] == [4.9]
-    kept, dropped = filter_for_training(samples, get_preset("custom"))
-    assert len(kept) == 3 and not dropped
+    split = filter_for_training(samples, get_preset("custom"))
+    assert len(split.kept) == 3 and not split.dropped
 
 
 def test_long_video_crop():
