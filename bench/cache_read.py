@@ -128,7 +128,7 @@ def main(argv=None):
         total = sum(s[2] for s in segs)
         info = cache.info()
         print(f"\ncache: {len(ids)} videos x ({args.clips}, {len(args.layers)}, {args.tokens}, {args.width}) "
-              f"{args.dtype}, {info['bytes'] / 1e6:.0f} MB in {info['video_shards']} shards "
+              f"{args.dtype}, {info.bytes / 1e6:.0f} MB in {info.video_shards} shards "
               f"(built in {build_s:.1f} s) at {root}")
         print(f"reading layers {layers}: {total / 1e6:.0f} MB per pass, {args.rounds} rounds, median")
 

@@ -34,16 +34,16 @@ the writer locks and of ``merge``). The ``r2 cache`` command
 
 from .errors import CacheError, CacheWarning, MissingItemError, NoSpaceError, ShardDiscardedError
 from .manifest import COMPAT_FIELDS, FORMAT_VERSION, default_layers, same_weights
-from .merge import merge
+from .merge import MergeSummary, merge
 from .quantize import dequantize_int8, quantize_int8
-from .reader import FeatureCache, QueryFeatures, SentenceMismatch
+from .reader import CacheInfo, FeatureCache, QueryFeatures, SentenceMismatch
 from .shards import decode_id, encode_id
 from .verify import VerifyReport, verify
 from .writer import CacheWriter
 
 __all__ = [
-    "FeatureCache", "QueryFeatures", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "NoSpaceError",
+    "FeatureCache", "CacheInfo", "QueryFeatures", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "NoSpaceError",
     "ShardDiscardedError",
-    "verify", "VerifyReport", "merge", "quantize_int8", "dequantize_int8",
+    "verify", "VerifyReport", "merge", "MergeSummary", "quantize_int8", "dequantize_int8",
     "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "default_layers", "same_weights",
 ]

@@ -26,6 +26,7 @@ manifests and the duplicate rule.)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import glob
 import os
@@ -195,11 +196,25 @@ def _move_into_place(tmp: Path, out: Path) -> None:
         raise CacheError(f"cannot move the merge output into place at {out}: {exc}") from None
 
 
+@dataclass(frozen=True)
+class MergeSummary:
+    """What :func:`merge` made."""
+
+    out: str  # the merged cache
+    videos: int
+    queries: int
+    duplicates_identical: int  # ids in two sources with identical data, kept once
+    shards: int
+    bytes: int
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
 def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
-          max_shard_items: int | None = None) -> dict:
+          max_shard_items: int | None = None) -> MergeSummary:
     """Merge the caches at ``sources`` into a new cache at ``out`` (which must not exist, or
-    be an empty directory). Returns a summary dict (videos, queries, duplicates kept once,
-    shards, bytes). ``progress(done, total)`` is called after each source shard.
+    be an empty directory). Returns a :class:`MergeSummary`. ``progress(done, total)`` is called after each source shard.
 
     Raises :class:`CacheError` (nothing is left at ``out``) when a source is missing, has
     unreadable shards or a damaged item (every item is read whole and checked, so a merge
@@ -219,14 +234,14 @@ def merge(sources, out, *, progress=None, max_shard_bytes: int | None = None,
     try:  # the sources' shard files are closed however the merge ends
         for s in sources:
             caches.append(FeatureCache.open(s))
-        summary = _merge(sources, caches, out, progress, options)
+        counts = _merge(sources, caches, out, progress, options)
     finally:
         for c in caches:
             c.close()
     with FeatureCache.open(out) as result:
         info = result.info()
-        summary.update(out=str(result.path), shards=info["shards"], bytes=info["bytes"])
-    return summary
+    return MergeSummary(str(result.path), counts["videos"], counts["queries"], counts["duplicates_identical"],
+                        info.shards, info.bytes)
 
 
 def _merge(sources: list[Path], caches: list[FeatureCache], out: Path, progress, options) -> dict:

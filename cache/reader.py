@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import os
 import threading
 from dataclasses import dataclass
@@ -48,6 +49,43 @@ def _float_dtype(dtype: np.dtype, what: str) -> np.dtype:
                          "a float type (float16, float32, float64), or None for the stored type")
                          + f"; got {dtype}")
     return dtype
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What :meth:`FeatureCache.info` reports: the manifest's description of the features, the
+    committed items and shards, and what needs attention. ``to_dict()``: the JSON of
+    ``r2 cache info --json``."""
+
+    path: str
+    format_version: int | None
+    r2_version: str | None
+    created: str | None
+    model_id: str | None
+    model_weights_hash: str | None
+    model_config_hash: str | None
+    layers: list[int]
+    dtype: str
+    fps: float | None  # None: a rate per video
+    precision: str
+    token_form: str | None
+    sampling: str | None
+    tokens_per_frame: int | None
+    video_width: int | None
+    query_width: int | None
+    videos: int
+    queries: int
+    shards: int
+    video_shards: int
+    query_shards: int
+    bytes: int  # of the committed shards
+    unreadable_shards: list[str]  # names: run r2 cache verify
+    partial_shards: list[str]  # names: a writer is running or was stopped (ignored)
+    duplicate_ids: int  # ids in two shards (reads use one)
+    command: str | None  # the r2 extract command line that made the cache
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -521,40 +559,40 @@ class FeatureCache:
         """The committed shard files the index knows."""
         return [self.path / SHARDS_DIR / n for n in sorted(self._index.shards)]
 
-    def info(self) -> dict:
+    def info(self) -> "CacheInfo":
         """A summary: items, layers, dtype, shards, bytes, and what needs attention."""
         idx = self._index
         fam = collections.Counter(e.family for e in idx.shards.values())
         partials = list_partials(self.path)
         m = self.manifest
-        return {
-            "path": str(self.path),
-            "format_version": m.get("format_version"),
-            "r2_version": m.get("r2_version"),
-            "created": m.get("created"),
-            "model_id": m.get("model_id"),
-            "model_weights_hash": m.get("model_weights_hash"),
-            "model_config_hash": m.get("model_config_hash"),
-            "layers": self.layers,
-            "dtype": self.dtype,
-            "fps": m.get("fps"),
-            "precision": m.get("precision", "fp32"),
-            "token_form": m.get("token_form"),
-            "sampling": m.get("sampling"),
-            "tokens_per_frame": m.get("tokens_per_frame"),
-            "video_width": m.get("video_width"),
-            "query_width": m.get("query_width"),
-            "videos": len(idx.items["videos"]),
-            "queries": len(idx.items["queries"]),
-            "shards": len(idx.shards),
-            "video_shards": fam["videos"],
-            "query_shards": fam["queries"],
-            "bytes": sum(e.size for e in idx.shards.values()),
-            "unreadable_shards": sorted(idx.bad),
-            "partial_shards": [p.name for p in partials],
-            "duplicate_ids": len(idx.duplicates),
-            "command": m.get("command"),
-        }
+        return CacheInfo(
+            path=str(self.path),
+            format_version=m.get("format_version"),
+            r2_version=m.get("r2_version"),
+            created=m.get("created"),
+            model_id=m.get("model_id"),
+            model_weights_hash=m.get("model_weights_hash"),
+            model_config_hash=m.get("model_config_hash"),
+            layers=self.layers,
+            dtype=self.dtype,
+            fps=m.get("fps"),
+            precision=m.get("precision", "fp32"),
+            token_form=m.get("token_form"),
+            sampling=m.get("sampling"),
+            tokens_per_frame=m.get("tokens_per_frame"),
+            video_width=m.get("video_width"),
+            query_width=m.get("query_width"),
+            videos=len(idx.items["videos"]),
+            queries=len(idx.items["queries"]),
+            shards=len(idx.shards),
+            video_shards=fam["videos"],
+            query_shards=fam["queries"],
+            bytes=sum(e.size for e in idx.shards.values()),
+            unreadable_shards=sorted(idx.bad),
+            partial_shards=[p.name for p in partials],
+            duplicate_ids=len(idx.duplicates),
+            command=m.get("command"),
+        )
 
     def __repr__(self):
         return (f"FeatureCache({str(self.path)!r}, videos={len(self._index.items['videos'])}, "

@@ -54,36 +54,36 @@ def info(directory, as_json):
 
     summary = FeatureCache.open(directory).info()
     if as_json:
-        click.echo(json.dumps(summary, indent=2, ensure_ascii=False))
+        click.echo(json.dumps(summary.to_dict(), indent=2, ensure_ascii=False))
         return
-    fps = summary["fps"]
+    fps = summary.fps
     rows = [
-        ("path", summary["path"]),
-        ("model", f"{summary['model_id']} (" + (f"weights {summary['model_weights_hash']}, "
-                   if summary.get("model_weights_hash") else "") + f"config {summary['model_config_hash']})"),
-        ("layers", ", ".join(map(str, summary["layers"]))),
-        ("dtype", f"{summary['dtype']} (computed in {summary['precision']})"),
+        ("path", summary.path),
+        ("model", f"{summary.model_id} (" + (f"weights {summary.model_weights_hash}, "
+                   if summary.model_weights_hash else "") + f"config {summary.model_config_hash})"),
+        ("layers", ", ".join(map(str, summary.layers))),
+        ("dtype", f"{summary.dtype} (computed in {summary.precision})"),
         ("fps", "per video" if fps is None else f"{fps:g}"),
-        ("videos", f"{summary['videos']} in {summary['video_shards']} shards"),
-        ("queries", f"{summary['queries']} in {summary['query_shards']} shards"),
-        ("bytes", f"{summary['bytes']} ({_human(summary['bytes'])})"),
-        ("created", f"{summary['created']} by r2 {summary['r2_version']}"),
+        ("videos", f"{summary.videos} in {summary.video_shards} shards"),
+        ("queries", f"{summary.queries} in {summary.query_shards} shards"),
+        ("bytes", f"{summary.bytes} ({_human(summary.bytes)})"),
+        ("created", f"{summary.created} by r2 {summary.r2_version}"),
     ]
-    if summary.get("token_form"):
-        rows.append(("tokens", summary["token_form"]))
-    if summary.get("command"):
-        rows.append(("command", summary["command"]))
+    if summary.token_form:
+        rows.append(("tokens", summary.token_form))
+    if summary.command:
+        rows.append(("command", summary.command))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
-    if summary["partial_shards"]:
-        click.echo(f"note: {len(summary['partial_shards'])} partial shard(s) (a writer is running "
+    if summary.partial_shards:
+        click.echo(f"note: {len(summary.partial_shards)} partial shard(s) (a writer is running "
                    "or was stopped; ignored)")
-    if summary["unreadable_shards"]:
-        click.echo(f"warning: {len(summary['unreadable_shards'])} unreadable shard(s): run "
+    if summary.unreadable_shards:
+        click.echo(f"warning: {len(summary.unreadable_shards)} unreadable shard(s): run "
                    f"`r2 cache verify {directory}`")
-    if summary["duplicate_ids"]:
-        click.echo(f"note: {summary['duplicate_ids']} id(s) are in two shards (reads use one)")
+    if summary.duplicate_ids:
+        click.echo(f"note: {summary.duplicate_ids} id(s) are in two shards (reads use one)")
 
 
 @cache.command()
@@ -125,7 +125,7 @@ def merge(sources, out):
     from r2.cache import merge as merge_caches
 
     s = merge_caches(sources, out, progress=_progress("merging", True))
-    click.echo(f"merged {len(sources)} caches into {s['out']}: {s['videos']} videos, "
-               f"{s['queries']} queries, {s['shards']} shards, {_human(s['bytes'])}"
-               + (f" ({s['duplicates_identical']} identical duplicates kept once)"
-                  if s["duplicates_identical"] else ""))
+    click.echo(f"merged {len(sources)} caches into {s.out}: {s.videos} videos, "
+               f"{s.queries} queries, {s.shards} shards, {_human(s.bytes)}"
+               + (f" ({s.duplicates_identical} identical duplicates kept once)"
+                  if s.duplicates_identical else ""))

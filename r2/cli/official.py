@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import click
 
-DATASETS = ("qvhighlights", "charades", "ego4d", "tacos", "youtube", "tvsum")
+from r2 import BENCHMARKS
 
 
 @click.command("convert-official")
 @click.argument("checkpoint", type=click.Path(exists=True, dir_okay=False))
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Run directory to write (config.json + model.safetensors).")
-@click.option("--dataset", type=click.Choice(DATASETS, case_sensitive=False), default=None,
+@click.option("--dataset", type=click.Choice(BENCHMARKS, case_sensitive=False), default=None,
               help="Data set the checkpoint was trained on: sets fps, rounding unit and NMS of the "
                    "converted config. Required unless the file keeps its released name "
                    "(r2_tuning_<dataset>[_<domain>]-<hash>.pth): the weights cannot tell the data sets apart.")
@@ -33,15 +33,15 @@ def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, force):
 
     summary = run(checkpoint, out_dir, dataset=dataset.lower() if dataset else None,
                   trust_checkpoint=trust_checkpoint, overwrite=force)
-    cfg = summary["config"]
-    click.echo(f"converted {summary['source']}")
-    click.echo(f"  sha256       {summary['sha256']}")
-    click.echo(f"  dataset      {summary['dataset']}"
-               + (" (from the file name)" if summary["dataset_source"] == "file name" else ""))
-    click.echo(f"  parameters   {summary['trainable_parameters']:,} trainable")
+    cfg = summary.config
+    click.echo(f"converted {summary.source}")
+    click.echo(f"  sha256       {summary.sha256}")
+    click.echo(f"  dataset      {summary.dataset}"
+               + (" (from the file name)" if summary.dataset_source == "file name" else ""))
+    click.echo(f"  parameters   {summary.trainable_parameters:,} trainable")
     click.echo(f"  layers K={cfg['num_layers']}, C={cfg['hidden_dim']}, strides={cfg['strides']}, "
                f"TEF={cfg['use_tef']}, coordinate head={cfg['coord_head']}")
     click.echo(f"  decoding     fps={cfg['fps']}, unit={cfg['unit']}, nms={cfg['nms']}"
                + (f" ({cfg['nms_threshold']})" if cfg['nms'] == 'normal' else ""))
     click.echo(f"  features     {cfg['features']}")
-    click.echo(f"wrote {summary['out_dir']}")
+    click.echo(f"wrote {summary.out_dir}")

@@ -31,6 +31,7 @@ import math
 import pickle
 import re
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -413,13 +414,31 @@ def _load_official(path, dataset: str | None, trust_checkpoint: bool):
     return model.eval(), dataset, dataset_source
 
 
+@dataclass(frozen=True)
+class ConvertedCheckpoint:
+    """What :func:`convert_official` wrote: where from (``source``, its ``sha256``), the data set
+    and how it was known (``dataset_source``: "given" or "file name"), and the converted model."""
+
+    source: str
+    sha256: str
+    dataset: str
+    dataset_source: str
+    trainable_parameters: int
+    config: dict  # R2Config.to_dict()
+    out_dir: str
+
+    def record(self) -> dict:
+        """The ``official_source.json`` of the run directory."""
+        return {k: getattr(self, k) for k in ("source", "sha256", "dataset", "dataset_source", "trainable_parameters")}
+
+
 def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_checkpoint: bool = False,
-                     overwrite: bool = False) -> dict:
+                     overwrite: bool = False) -> ConvertedCheckpoint:
     """Convert an official checkpoint into an r2 run directory (config.json + model.safetensors).
 
     dataset: as in `load_official_model` (given, or read from the released file name).
     Also writes ``official_source.json`` (source path, sha256, data set and where it came
-    from). Returns a summary.
+    from). Returns a :class:`ConvertedCheckpoint`.
     """
     from .model import WEIGHTS_NAME
 
@@ -432,20 +451,13 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
     with open(checkpoint, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             sha.update(chunk)
-    summary = {
-        "source": str(Path(checkpoint).resolve()),
-        "sha256": sha.hexdigest(),
-        "dataset": dataset,
-        "dataset_source": dataset_source,
-        "trainable_parameters": model.num_trainable_parameters(),
-        "config": model.config.to_dict(),
-        "out_dir": str(out_dir),
-    }
-    record = {k: summary[k] for k in ("source", "sha256", "dataset", "dataset_source", "trainable_parameters")}
-    atomic_write(out_dir / "official_source.json", json.dumps(record, indent=2) + "\n")
-    return summary
+    converted = ConvertedCheckpoint(str(Path(checkpoint).resolve()), sha.hexdigest(), dataset, dataset_source,
+                                    model.num_trainable_parameters(), model.config.to_dict(), str(out_dir))
+    atomic_write(out_dir / "official_source.json", json.dumps(converted.record(), indent=2) + "\n")
+    return converted
 
 
 __all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
            "official_key", "official_key_map", "infer_config", "dataset_from_filename",
-           "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official"]
+           "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official",
+           "ConvertedCheckpoint"]

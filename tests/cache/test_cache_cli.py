@@ -34,6 +34,10 @@ def test_info_text_and_json(build_cache):
     assert data["bytes"] == sum(p.stat().st_size for p in cache.shard_paths()) > 0
     assert data["partial_shards"] == [] and data["unreadable_shards"] == []
     assert data["model_weights_hash"] is None  # a manifest without it (older r2)
+    from r2.cache import CacheInfo, FeatureCache
+
+    info = FeatureCache.open(cache.path).info()
+    assert isinstance(info, CacheInfo) and info.to_dict() == data and list(data)[:2] == ["path", "format_version"]
     hashed = build_cache("hashed", model_weights_hash="0123456789abcdef")
     result = runner.invoke(main, ["cache", "info", str(hashed.path)])
     assert "test/tiny-clip (weights 0123456789abcdef, config cfg-0001)" in result.output

@@ -107,7 +107,7 @@ def test_shards_without_a_fingerprint_still_verify(build_cache):
                             "manifest.json cannot be detected for them"]
     assert "note: 2 shard(s) have no manifest fingerprint" in report.format()
     summary = merge([cache.path], cache.path.parent / "m")  # and merge: the output records one
-    assert summary["videos"] == 2
+    assert summary.videos == 2
     merged = verify(cache.path.parent / "m")
     assert merged.ok and not merged.notes
 

@@ -17,7 +17,7 @@ def test_merge_joins_caches_and_keeps_identical_duplicates_once(build_cache, tmp
                     command="r2 extract vids --out b --num-shards 2 --shard-index 1",
                     writer_options={"max_shard_items": 1})
     summary = merge([a.path, b.path], tmp_path / "out")
-    assert summary["videos"] == 4 and summary["queries"] == 2 and summary["duplicates_identical"] == 2
+    assert summary.videos == 4 and summary.queries == 2 and summary.duplicates_identical == 2
     out = FeatureCache.open(tmp_path / "out")
     assert out.video_ids() == ["shared", "v0", "v1", "v2"] and out.query_ids() == ["q0", "q1"]
     for vid in out.video_ids():
@@ -178,7 +178,7 @@ def test_a_merge_whose_new_temporary_output_is_cleaned_away_keeps_it_locked(buil
         warnings.simplefilter("ignore")  # the cleaner's "removed ... that was stopped"
         summary = merge([a.path], out, progress=another_merge_starts)
     monkeypatch.undo()
-    assert struck and summary["videos"] == 2
+    assert struck and summary.videos == 2
     merged = FeatureCache.open(out)
     assert merged.video_ids() == ["v0", "v1"] and verify(out).ok
     assert np.array_equal(merged.load_video("v1"), a.load_video("v1"))
@@ -216,4 +216,4 @@ def test_a_failed_merge_closes_its_sources(build_cache, tmp_path, failure):
     assert _open_files_under(tmp_path) == [], failed.value
     assert not (tmp_path / "out").exists()
     summary = merge([a.path], tmp_path / "ok")
-    assert summary["videos"] == 2 and _open_files_under(tmp_path) == []
+    assert summary.videos == 2 and _open_files_under(tmp_path) == []

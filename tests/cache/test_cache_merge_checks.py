@@ -95,7 +95,7 @@ def test_merge_keeps_identical_duplicates_spread_over_more_shards_than_are_kept_
     os.rename(big, a.path / "shards" / shard_name("videos", "zzzzzz-late", 0, p.crc))
     assert verify(a.path).ok
     summary = merge([a.path], tmp_path / "m")
-    assert summary["videos"] == 70 and summary["duplicates_identical"] == 70
+    assert summary.videos == 70 and summary.duplicates_identical == 70
     merged = FeatureCache.open(tmp_path / "m")
     assert merged.video_ids() == sorted(feats) and verify(merged.path).ok
     assert np.array_equal(merged.load_video("v69", dtype=None), feats["v69"].astype(np.float16))

@@ -71,7 +71,7 @@ def test_truncated_shard_is_named_with_rebuild_advice(cache):
     with pytest.warns(UserWarning, match="skipping unreadable shard"):
         reopened = FeatureCache.open(cache.path)
     assert reopened.video_ids() == ["v0", "v1", "v4", "v5"]
-    assert reopened.info()["unreadable_shards"] == [shard.name]
+    assert reopened.info().unreadable_shards == [shard.name]
 
 
 def test_flipped_data_byte_is_found_by_checksum(cache):

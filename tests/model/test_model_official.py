@@ -226,12 +226,13 @@ def test_wrapped_checkpoint_with_clip_and_module_prefixes_gives_the_same_model(h
     torch.save(wrapped, tmp_path / "wrapped.pth")
     run = tmp_path / "run"
     summary = convert_official(tmp_path / "wrapped.pth", run, dataset="charades")
-    assert summary["trainable_parameters"] == 2_836_242
+    assert summary.trainable_parameters == 2_836_242
     loaded = R2Model.from_pretrained(run)  # the converted directory is an ordinary r2 run
     cfg = loaded.config
     assert (cfg.fps, cfg.unit, cfg.nms, cfg.dropout, cfg.sal_weight) == (1.0, 0.1, "linear", 0.35, 0.01)
     assert cfg.features == {"model_id": "openai/clip-vit-base-patch32", "layers": [9, 10, 11, 12], "fps": 1.0}
-    assert json.loads((run / "official_source.json").read_text())["dataset"] == "charades"
+    record = json.loads((run / "official_source.json").read_text())
+    assert record == summary.record() and record["dataset"] == "charades" and summary.dataset_source == "given"
     video, query = _features(20, 6)
     args = (video[None], torch.ones(1, 20, dtype=torch.bool), query[None], torch.ones(1, 6, dtype=torch.bool))
     ref, out = source(*args), loaded(*args)
@@ -370,7 +371,7 @@ def test_the_data_set_is_required_unless_the_released_file_name_gives_it(tmp_pat
     assert (record["dataset"], record["dataset_source"]) == ("charades", "file name")
     # --dataset, when given, is what counts
     summary = convert_official(released, tmp_path / "tac", dataset="TACoS")
-    assert (summary["dataset"], summary["dataset_source"], summary["config"]["unit"]) == ("tacos", "given", None)
+    assert (summary.dataset, summary.dataset_source, summary.config["unit"]) == ("tacos", "given", None)
     hd = _save(official_state(True), tmp_path / "r2_tuning_youtube_dog-702bd293.pth")
     assert R2Model.from_official(hd).config.fps is None  # YouTube: per-video clip rate
 
