@@ -86,6 +86,34 @@ class FitError(ValueError):
     user_error = True
 
 
+#: the R2Config fields that make a model's shape (with the feature widths and layers, which the
+#: feature spec checks): an --init run must have the same
+ARCHITECTURE_FIELDS = ("hidden_dim", "num_heads", "ffn_ratio", "use_tef", "strides", "coord_head")
+
+
+def _set_value(value) -> str:
+    """``value`` as ``--set key=value`` writes it."""
+    if isinstance(value, (tuple, list)):
+        return ",".join(map(str, value))
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "none" if value is None else str(value)
+
+
+def _check_init_shape(init_config, config, init_path) -> None:
+    """Raise :class:`FitError` when the ``--init`` run's architecture is not this run's, naming
+    each field both ways and the ``--set`` that trains at the init run's shape (instead of a
+    list of state-dict keys)."""
+    diffs = [(f, getattr(init_config, f), getattr(config, f)) for f in ARCHITECTURE_FIELDS
+             if _set_value(getattr(init_config, f)) != _set_value(getattr(config, f))]
+    if diffs:
+        theirs = ", ".join(f"{f}={_set_value(a)}" for f, a, _ in diffs)
+        ours = ", ".join(f"{f}={_set_value(b)}" for f, _, b in diffs)
+        sets = " ".join(f"--set {f}={_set_value(a)}" for f, a, _ in diffs)
+        raise FitError(f"--init {init_path} is a model of another shape: it has {theirs}, this run's preset "
+                       f"{ours}; add {sets} to train at its shape, or drop --init")
+
+
 @dataclass
 class FitOptions:
     """Everything ``r2 fit`` takes (the CLI maps its options one to one onto these fields).
@@ -614,6 +642,7 @@ class _Trainer:
             init = R2Model.from_pretrained(o.init)
             check_feature_spec(init.config.features, spec, f"--init {o.init}",
                                f"the feature cache at {cache.path}", cache_layers=cache.layers)
+            _check_init_shape(init.config, self.config, o.init)
             model.load_state_dict_strict(init.state_dict(), source=f"--init {o.init}")
             with torch.no_grad():  # the loss temperature is the preset's, not the init run's
                 model.criterion.sal_log_scale.fill_(math.log(1.0 / self.config.tau))

@@ -249,14 +249,18 @@ class R2Model(nn.Module):
         unexpected = sorted(set(state) - set(own))
         shapes = sorted(f"{k}: {tuple(state[k].shape)} != {tuple(own[k].shape)}"
                         for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+        def some(items: list[str], sep: str, shown: int = 4) -> str:
+            more = f"{sep}and {len(items) - shown} more" if len(items) > shown else ""
+            return sep.join(items[:shown]) + more
+
         if missing or unexpected or shapes:
             parts = []
             if missing:
-                parts.append("missing keys: " + ", ".join(missing))
+                parts.append(f"{len(missing)} missing keys: " + some(missing, ", "))
             if unexpected:
-                parts.append("unexpected keys: " + ", ".join(unexpected))
+                parts.append(f"{len(unexpected)} unexpected keys: " + some(unexpected, ", "))
             if shapes:
-                parts.append("shape mismatches: " + "; ".join(shapes))
+                parts.append(f"{len(shapes)} shape mismatches: " + some(shapes, "; "))
             raise R2ModelError(f"{source} does not match the model config: " + " | ".join(parts))
         self.load_state_dict(state, strict=True)
 

@@ -372,6 +372,12 @@ def test_cache_and_checkpoint_mismatches_are_refused(data, tmp_path):
     model.save_pretrained(tmp_path / "other")
     with pytest.raises(FeatureSpecError, match="model_config_hash"):
         fit(_opts(data, tmp_path / "r3", init=tmp_path / "other", epochs=1), log=lambda m: None)
+    # --init from a run of another shape names the fields and the --set that matches it
+    with pytest.raises(FitError, match=r"--init \S+ is a model of another shape: it has hidden_dim=(\d+), "
+                                       r"use_tef=true, this run's preset hidden_dim=24, use_tef=false; add "
+                                       r"--set hidden_dim=\1 --set use_tef=true to train at its shape"):
+        fit(_opts(data, tmp_path / "r3", init=tmp_path / "base", epochs=1,
+                  overrides={**TINY_OVERRIDES, "hidden_dim": 24, "use_tef": False}), log=lambda m: None)
     # --init from a matching run starts from its weights
     result = fit(_opts(data, tmp_path / "r4", init=tmp_path / "base", epochs=1), log=lambda m: None)
     assert result.last_epoch == 1
