@@ -75,6 +75,11 @@ def _hashable(qid) -> bool:
     return True
 
 
+def _selected(rows: list, keep: list[int], path: Path) -> tuple[list, Source]:
+    """Rows ``keep`` of the jsonl file ``path``, and a Source that still names their lines."""
+    return [rows[i] for i in keep], Source(str(path), lines=True, line_numbers=[i + 1 for i in keep])
+
+
 def load_ground_truth(path: str | Path, dataset: str | None = None, split: str | None = None,
                       domain: str | None = None) -> GroundTruth:
     """The ground truth of ``path`` as QVHighlights-layout rows.
@@ -107,8 +112,7 @@ def load_ground_truth(path: str | Path, dataset: str | None = None, split: str |
                 raise ScoringError(f"{path}: no row has domain {domain!r}")
             others = frozenset(r.get("qid") for i, r in enumerate(rows)
                                if str(r.get("domain")) != domain and _hashable(r.get("qid")))
-            source = Source(str(path), lines=True, line_numbers=[i + 1 for i in keep])
-            rows = [rows[i] for i in keep]
+            rows, source = _selected(rows, keep, path)
         if split not in (None, "all"):
             warnings.warn(f"--split {split} is ignored for a .jsonl file (it holds one split already)",
                           EvaluationWarning, stacklevel=2)
@@ -173,8 +177,7 @@ def score_predictions(predictions: str | Path, truth: GroundTruth, rows: list | 
         if set_aside:
             warnings.warn(f"--domain {truth.domain}: set aside the {set_aside} prediction lines of other domains",
                           EvaluationWarning, stacklevel=2)
-        rows = [rows[i] for i in keep]
-        source = Source(str(predictions), lines=True, line_numbers=[i + 1 for i in keep])
+        rows, source = _selected(rows, keep, predictions)
     options: dict = {"subset": subset}
     if truth.dataset == "tvsum":
         options["top_k"] = top_k
