@@ -38,7 +38,9 @@ every frame like the ffmpeg pipeline does: the benchmark baseline, and the fallb
 skipping cannot be trusted (packets without timestamps, duplicate timestamps, a chosen frame
 that does not come out of its GOP, e.g. damaged data). Both give the same frames (tests/extract
 checks both against libavfilter's own ``fps`` filter, with B-frames, open GOPs, h264, vp9,
-mpeg4, mp4/mkv/webm/avi/ts).
+mpeg4, mp4/mkv/webm/avi/ts). Where the format allows timestamps to jump (MPEG-TS and MPEG-PS,
+e.g. ``cat a.ts b.ts``, or a broadcast whose clock restarts), a jump is joined as the ffmpeg CLI
+joins it (:class:`_Demuxer`), and the video's notes say so.
 
 Only the chosen frames are converted, and the conversion scales: they go through libavfilter's
 ``scale=w:h:flags=bicubic,crop=224:224:x:y,format=rgb24`` (short side → 224, long side
@@ -594,7 +596,8 @@ class VideoClips:
             else:
                 convert = _Converter(self.size, self.crop, self.interpolation, self.threads)
             decode = _decode_skipping if mode == "skip" else _decode_all
-            clips = decode(container, stream, rule, convert, offset, default_duration)
+            demuxer = _Demuxer(container, stream, offset)
+            clips = decode(demuxer, stream, rule, convert, offset, default_duration)
 
             def clip_time(n):
                 return rule.clip_time(min(n, len(rule.times) - 1) if rule.times else n)
@@ -638,6 +641,9 @@ class VideoClips:
         if ends_early is not None:  # shorter, within the tolerance: kept, said
             notes.append(f"frames end at {ends_early:.1f} s of the {declared_seconds:.1f} s its header declares "
                          "(within the tolerance for a truncated file, so kept: its end may be missing)")
+        if demuxer.joins:  # cat a.ts b.ts: joined as ffmpeg does, said
+            notes.append(f"its timestamps jump {demuxer.joins} time{'s' if demuxer.joins > 1 else ''} (joined MPEG-TS "
+                         "files, or a clock that restarts): the parts are put one after the other, as ffmpeg does")
         if undecoded:  # damaged data in the middle: ffmpeg goes on, the clips there repeat the frame before
             notes.append(f"{undecoded} of {packets} frames could not be decoded (damaged data; the clips there "
                          "use the last frame that decoded before it)")
@@ -671,15 +677,86 @@ class VideoClips:
         )
 
 
-def _demux(container, stream):
-    """Video packets in decoding order; a read error ends the stream like ffmpeg does."""
-    try:
-        for packet in container.demux(stream):
-            if packet.size == 0 and packet.pts is None and packet.dts is None:
-                continue  # the flush packet
-            yield packet
-    except av.error.FFmpegError:
-        return  # truncated data: what was read is kept; the declared frame count flags the rest
+_TS_DISCONT = 0x0200  # AVFMT_TS_DISCONT: the format's timestamps may jump (MPEG-TS, ...)
+_DTS_DELTA_THRESHOLD_US = 10_000_000  # fftools' -dts_delta_threshold default: 10 s
+_BACKWARDS_US = 100_000  # AV_TIME_BASE / 10
+
+
+class _Demuxer:
+    """Video packets in decoding order (a read error ends the stream like ffmpeg does), with the
+    ffmpeg CLI's timestamp-discontinuity correction for formats that declare jumps
+    (``AVFMT_TS_DISCONT``: MPEG-TS, e.g. ``cat a.ts b.ts > ab.ts``, or a broadcast whose clock
+    restarts). As fftools' ``ts_discontinuity_detect`` does with its defaults: when a packet's
+    dts is more than 10 s from the predicted next dts (the last dts + the packet duration), or
+    more than 0.1 s before the last dts, the difference is taken off this and every later
+    packet, so the part after the jump continues the timeline at the predicted dts. Without it,
+    the second file's frames would all fall before the end of the first and be lost. Only the
+    video stream takes part, as in the official extraction, whose output has no audio.
+    ``joins``: how many jumps were corrected."""
+
+    def __init__(self, container, stream, offset: int):
+        self.container, self.stream = container, stream
+        self.time_base = stream.time_base or Fraction(1, 90000)
+        self.correct = bool(int(container.format.flags) & _TS_DISCONT)
+        self.offset = offset  # the start-time shift (stream ticks), applied before the detection as fftools does
+        self.joins = 0
+        rate = stream.average_rate or stream.guessed_rate
+        self._frame_us = _round_near_inf(1_000_000 / Fraction(rate)) if rate else 0
+        self._shift_us = 0  # ts_offset_discont
+        self._dts_us = self._next_dts_us = None
+
+    def __iter__(self):
+        try:
+            for packet in self.container.demux(self.stream):
+                if packet.size == 0 and packet.pts is None and packet.dts is None:
+                    continue  # the flush packet
+                if self.correct:
+                    self._join(packet)
+                yield packet
+        except av.error.FFmpegError:
+            return  # truncated data: what was read is kept; the declared frame count flags the rest
+
+    def _ticks(self, us: int) -> int:  # av_rescale_q(us, AV_TIME_BASE_Q, time_base)
+        return _rescale(us, self.time_base.denominator, 1_000_000 * self.time_base.numerator)
+
+    def _us(self, ticks: int) -> int:  # the same in reverse, on fftools' timeline (start shifted to 0)
+        return _rescale(ticks + self.offset, 1_000_000 * self.time_base.numerator, self.time_base.denominator)
+
+    @staticmethod
+    def _move(packet, ticks: int) -> None:
+        if ticks:
+            if packet.dts is not None:
+                packet.dts += ticks
+            if packet.pts is not None:
+                packet.pts += ticks
+
+    def _join(self, packet) -> None:
+        self._move(packet, self._ticks(self._shift_us))  # the jumps found before
+        if packet.dts is not None and self._next_dts_us is not None:
+            dts_us = self._us(packet.dts)
+            delta = dts_us - self._next_dts_us
+            if abs(delta) > _DTS_DELTA_THRESHOLD_US or dts_us + _BACKWARDS_US < self._dts_us:
+                self._shift_us -= delta
+                self._move(packet, -self._ticks(delta))
+                self.joins += 1
+        # the predicted next dts (fftools' ist_dts_update)
+        if self._next_dts_us is None:
+            self._next_dts_us = self._us(packet.pts) if packet.pts is not None else 0
+        if packet.dts is not None:
+            self._next_dts_us = self._us(packet.dts)
+        self._dts_us = self._next_dts_us
+        if packet.duration:
+            self._next_dts_us += _rescale(packet.duration, 1_000_000 * self.time_base.numerator,
+                                          self.time_base.denominator)
+        else:
+            self._next_dts_us += self._frame_us
+
+
+def _rescale(a: int, num: int, den: int) -> int:
+    """``a · num / den`` rounded halves away from zero, in integers (libavutil's av_rescale_rnd
+    with AV_ROUND_NEAR_INF): per packet, where a Fraction would cost more."""
+    q = (2 * abs(a) * num + den) // (2 * den)
+    return q if a >= 0 else -q
 
 
 def _decode(cc, packet, errors: list | None = None) -> list:
@@ -691,7 +768,7 @@ def _decode(cc, packet, errors: list | None = None) -> list:
         return []  # a damaged packet: ffmpeg goes on with the next one (the caller counts it)
 
 
-def _decode_all(container, stream, rule, convert, offset, default_duration):
+def _decode_all(demuxed, stream, rule, convert, offset, default_duration):
     """Decode every frame, run the fps rule on the decoded timestamps (the ffmpeg way).
 
     A generator of ``(clip n, rgb, frame pts)`` in clip order; returns ``(end_pts, packets,
@@ -729,7 +806,7 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
         clips.append((n, cache[fpts], fpts))
 
     discarded = 0  # packets the container marks to be dropped after decoding (an edit list's pre-roll)
-    for packet in _demux(container, stream):
+    for packet in demuxed:
         packets += 1
         discarded += bool(packet.is_discard)
         take(_decode(cc, packet))
@@ -743,7 +820,7 @@ def _decode_all(container, stream, rule, convert, offset, default_duration):
     return end_pts, packets, decoded, max(0, packets - discarded - decoded)
 
 
-def _decode_skipping(container, stream, rule, convert, offset, default_duration):
+def _decode_skipping(demuxed, stream, rule, convert, offset, default_duration):
     """Decide the chosen frames from packet timestamps, decode only their GOPs.
 
     A generator like :func:`_decode_all`; a frame is dropped once the clips after it are out."""
@@ -829,7 +906,7 @@ def _decode_skipping(container, stream, rule, convert, offset, default_duration)
                 handed[0] = entry
             clips.append((n, rgb, pts))
 
-    for packet in _demux(container, stream):
+    for packet in demuxed:
         packets += 1
         pts = packet.pts if packet.pts is not None else packet.dts
         dts = packet.dts if packet.dts is not None else packet.pts

@@ -323,6 +323,44 @@ def test_open_gop_and_start_time_offset(tmp_path):
                 assert got == ref, (path.name, rate, mode)
 
 
+def test_joined_mpegts_files_continue_the_timeline(tmp_path):
+    """``cat a.ts b.ts``: b's clock starts again at 1.4 s. As the ffmpeg CLI does for a format
+    whose timestamps may jump, b is put right after a (its first dts at a's last dts + one
+    frame), so the file gives the frames of one continuous video of both; without it, b's
+    frames all fell before a's end and the joined file decoded as a alone."""
+    params = {"x264-params": "keyint=20:min-keyint=20:scenecut=0:bframes=3"}
+    a = S.write_index_video(tmp_path / "a.ts", 100, fps=25, options=params).path
+    b = S.write_index_video(tmp_path / "b.ts", 60, fps=25, options=params).path
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    whole = S.write_index_video(tmp_path / "whole.mp4", 160, fps=25, options=params).path
+    for rate in (0.5, 1.0, 3.3, 25.0):
+        ref = [k if k < 100 else k - 100 for k in map(S.read_frame_index, libavfilter_frames(whole, rate))]
+        for mode in ("skip", "all"):
+            sv = V.sample_video(joined, rate, mode=mode)
+            assert [S.read_frame_index(f) for f in sv.frames] == ref, (rate, mode)
+            assert sv.duration == pytest.approx(6.4) and sv.num_clips == V.clip_count(6.4, rate)
+            assert sv.notes == ["its timestamps jump 1 time (joined MPEG-TS files, or a clock that restarts): "
+                                "the parts are put one after the other, as ffmpeg does"]
+    assert V.sample_video(a, 1.0).notes == []  # one file: no jump
+
+
+@pytest.mark.parametrize("later, clips, joins", [(30, [12, 37, 62, 87, 12, 37], 1),  # collapsed, as ffmpeg
+                                                    (9, [12, 37, 62, 87] + [99] * 5 + [14, 39], 0)])  # a gap: kept
+def test_a_forward_jump_in_mpegts_is_joined_only_beyond_ten_seconds(tmp_path, later, clips, joins):
+    """b's clock starts at ``later`` s, a's ends at 4.08 s (a recording resumed): ffmpeg joins the
+    parts only when the jump is more than its 10 s dts_delta_threshold; a shorter gap stays a
+    gap, where the last frame before it is repeated (b's frame k then shows at 8.92 + k / 25 s)."""
+    a = S.write_index_video(tmp_path / "a.ts", 100, fps=25).path
+    b = S.write_index_video(tmp_path / "b.ts", 60, fps=25, container_options={"output_ts_offset": str(later)}).path
+    joined = tmp_path / "ab.ts"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    for mode in ("skip", "all"):
+        sv = V.sample_video(joined, 1.0, mode=mode)
+        assert [S.read_frame_index(f) for f in sv.frames] == clips, mode
+        assert len(sv.notes) == joins
+
+
 def test_iter_video_files_follows_symlinked_folders_without_looping(tmp_path):
     from pathlib import Path
 

@@ -194,9 +194,9 @@ import r2.extract.video as V
 _skipping = V._decode_skipping
 
 
-def _gives_up_after_40(container, *args):
-    name = os.path.basename(str(container.name))
-    clips = _skipping(container, *args)
+def _gives_up_after_40(demuxed, *args):
+    name = os.path.basename(str(demuxed.container.name))
+    clips = _skipping(demuxed, *args)
     if not name.startswith("restart"):
         return (yield from clips)
     for i, clip in enumerate(clips):
