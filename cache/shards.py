@@ -81,6 +81,7 @@ FINGERPRINT_FIELDS_ATTR = "manifest_fields"
 PINNED_AXES = {"videos": (("tokens_per_frame", 1), ("video_width", 2)), "queries": (("query_width", 1),)}
 LOCK_TMP_SUFFIX = ".tmp"  # locks/.<prefix>.lock.tmp: a lock being taken (see WriterLock)
 LIBVER = ("v108", "v110")  # metadata checksums; readable by HDF5 >= 1.10
+_LIBVER_BOUNDS = {"v108": h5py.h5f.LIBVER_V18, "v110": h5py.h5f.LIBVER_V110}
 
 _SAFE = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-")
 _SPILL_RE = re.compile(r"^(.+)-s(\d{5,})\.spill\.partial$")
@@ -199,7 +200,9 @@ def list_partials(root: Path) -> list[Path]:
 def open_h5(path, mode="r"):
     """Open an HDF5 file without HDF5's own file locking (shards are immutable once
     committed; partials are private to their writer; HDF5 locks fail on some network file
-    systems)."""
+    systems). Mode ``"w-"`` creates it as :func:`create_h5` does."""
+    if mode in ("w-", "x"):
+        return create_h5(path)
     kw = {"libver": LIBVER} if mode != "r" else {}
     try:
         return h5py.File(path, mode, locking=False, **kw)
@@ -210,6 +213,28 @@ def open_h5(path, mode="r"):
         if "locking flag" not in str(exc):
             raise
     return h5py.File(path, mode, **kw)
+
+
+def create_h5(path):
+    """Create the HDF5 file ``path`` (failing when it exists) as ``h5py.File(path, "w-",
+    libver=LIBVER, locking=False)`` does, except that HDF5's sieve buffer (64 KiB of raw data
+    that it writes out later, when a dataset is closed) is off: every write goes to the file
+    when it is made, so a full disk fails the write itself. With the buffer, a small dataset's
+    data could fail to be written only when the dataset was closed, and such a dataset stays
+    open in HDF5, which closes it again at exit, after its file: a crash (SIGSEGV in
+    ``H5D_close``) after the error had been reported. The shard's large writes bypass the
+    buffer in any case; a query's layers (a few KiB each) are then one write each."""
+    from h5py import h5f, h5p
+
+    fapl = h5p.create(h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(*(_LIBVER_BOUNDS[v] for v in LIBVER))
+    fapl.set_sieve_buf_size(0)
+    if hasattr(fapl, "set_file_locking"):  # (HDF5 >= 1.12.1)
+        fapl.set_file_locking(False, ignore_when_disabled=False)  # h5py's locking=False
+    fcpl = h5p.create(h5p.FILE_CREATE)
+    fcpl.set_obj_track_times(False)  # h5py's default
+    fid = h5f.create(os.fsencode(os.fspath(path)), h5f.ACC_EXCL, fapl=fapl, fcpl=fcpl)
+    return h5py.File(fid)
 
 
 def crc32(a: np.ndarray, value: int = 0) -> int:

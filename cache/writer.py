@@ -366,9 +366,12 @@ class CacheWriter:
 
     def _check_space(self, family, item_id, nbytes: int) -> None:
         """Refuse an item of ``nbytes`` when the shards' file system has not room for it, its
-        HDF5 metadata and a margin, before anything of it is written: HDF5 reports a full disk
-        only as ignored errors, and a process whose HDF5 writes failed can crash at exit. (The
-        writes are still checked: another process may fill the disk in between.)"""
+        HDF5 metadata and a margin, before anything of it is written: an item refused whole is
+        one clear error, where a write that fails half-way costs the open shard when its group
+        cannot be removed (HDF5 reports some failed writes only as ignored errors). (The writes
+        are still checked: another process may fill the disk in between; a shard is created
+        without HDF5's sieve buffer, so such a failure is an error, not a crash at exit,
+        ``shards.create_h5``.)"""
         try:
             st = os.statvfs(self.root / SHARDS_DIR)
         except OSError:

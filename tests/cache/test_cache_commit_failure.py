@@ -5,6 +5,8 @@ stored and a `shards` that is not a directory are one-line errors."""
 
 import errno
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -242,3 +244,44 @@ def test_collecting_write_errors_in_overlapping_writers_restores_the_hook():
     assert sys.unraisablehook is not before  # B still collects
     b.__exit__(None, None, None)
     assert sys.unraisablehook is before
+
+
+_FILE_SIZE_LIMITED_WRITER = r"""
+import resource, signal, sys
+import numpy as np
+from r2.cache import FeatureCache, ShardDiscardedError
+manifest = {"model_id": "test/tiny-clip", "model_config_hash": "c", "layers": [1, 2], "fps": 0.5,
+            "preprocessing": {}, "dtype": "float16", "token_form": "t", "video_width": 16, "query_width": 8}
+cache = FeatureCache.create(sys.argv[1], manifest)
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit then fails (EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]),) * 2)
+rng = np.random.default_rng(0)
+try:
+    with cache.writer() as w:
+        for i in range(1000):
+            if sys.argv[3] == "queries":
+                w.add_query(f"q{i}", rng.standard_normal((2, 30, 8)), np.ones(30, bool))
+            else:
+                w.add_video(f"v{i}", rng.standard_normal((40, 2, 3, 16)))
+except (OSError, ShardDiscardedError) as exc:
+    print(f"failed after {i} items:", type(exc).__name__, exc)
+    sys.exit(3)
+"""
+
+
+@pytest.mark.parametrize("family", ["queries", "videos"])
+def test_a_shard_that_cannot_grow_fails_with_an_error_not_a_crash(tmp_path, family):
+    """The shard's file cannot grow (a full disk; here RLIMIT_FSIZE, which fails writes past it
+    with EFBIG as a full disk fails them with ENOSPC): the writer raises an OSError and the
+    process exits normally. Before HDF5's sieve buffer was turned off (``create_h5``), the data
+    of a small dataset that it failed to write out stayed open in HDF5, and the process crashed
+    at exit (SIGSEGV in H5D_close) after the error was reported, every time. Nothing of the
+    shard that could not be committed is visible."""
+    cache = tmp_path / "c"
+    run = subprocess.run([sys.executable, "-c", _FILE_SIZE_LIMITED_WRITER, str(cache), "60000", family],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, (run.returncode, run.stdout, run.stderr)
+    assert "failed after" in run.stdout and "Errno 27" in run.stdout
+    assert "Exception ignored" not in run.stderr
+    assert verify(cache).ok
+    assert [p.name for p in (cache / "shards").iterdir() if p.name.endswith(".partial")] == []
