@@ -412,6 +412,39 @@ class WriterLock:
         self._fd = None
 
 
+class LiveWriter(NamedTuple):
+    """A writer of a cache that is alive now (its lock is held): its prefix, and the host and
+    process id it wrote into its lock file (empty / None when unreadable)."""
+
+    prefix: str
+    host: str
+    pid: int | None
+
+
+def live_writers(root: Path, own_prefix: str | None = None) -> list[LiveWriter]:
+    """The writers of the cache at ``root`` whose lock is held now, other than ``own_prefix``.
+    Nothing is removed (a dead writer's lock is taken and let go at once)."""
+    out = []
+    locks = Path(root) / LOCKS_DIR
+    for lk in sorted(locks.glob("*.lock")) if locks.is_dir() else ():
+        prefix = lk.name[: -len(".lock")]
+        if prefix == own_prefix:
+            continue
+        try:
+            fd = try_flock(lk)
+        except OSError:  # removed meanwhile: that writer finished
+            continue
+        if fd is not None:  # free: its writer is dead
+            os.close(fd)
+            continue
+        try:
+            host, _, pid = lk.read_text(errors="replace").strip().partition(" ")
+        except OSError:
+            host, pid = "", ""
+        out.append(LiveWriter(prefix, host, int(pid) if pid.isdigit() else None))
+    return out
+
+
 def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:
     """``(dead, fd)``: try the owner's lock; when we get it the owner is gone and we keep
     the lock (``fd``) until its leftovers are removed."""

@@ -68,7 +68,7 @@ from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX,
                      PINNED_AXES, SHARDS_DIR, GroupNotRemoved, WriterLock, attrs_to_json, describe_pinned,
-                     encode_id, file_crc32, layer_name, new_prefix, open_h5, remove_stale_partials,
+                     encode_id, file_crc32, layer_name, live_writers, new_prefix, open_h5, remove_stale_partials,
                      set_text_attr, shard_name, spill_name, write_item, write_video_blocks)
 
 SPILL_BYTES = 256 * 2**20  # a video's encoded parts beyond this go to a spill file (read at run time)
@@ -459,6 +459,11 @@ class CacheWriter:
                     del pending[item_id]
 
     # ------------------------------------------------------------------ shards
+    def other_live_writers(self) -> list:
+        """The other writers of this cache that are alive now (:class:`~r2.cache.shards.LiveWriter`:
+        prefix, host, pid): another ``r2 extract`` into the same folder, say."""
+        return live_writers(self.root, own_prefix=self.prefix)
+
     def _check_usable(self):
         if self._closed:
             raise CacheError("this cache writer is closed")

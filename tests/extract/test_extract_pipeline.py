@@ -670,3 +670,33 @@ def test_a_shard_dropped_by_the_writer_stops_the_run_instead_of_failing_one_vide
     monkeypatch.undo()
     s = extract_features(jobs[:3], [], tmp_path / "c", None, fps=0.5, workers=0, clip=tiny_clip, progress=False)
     assert s.ok and s.videos_extracted + s.videos_skipped == 3
+
+
+def test_another_live_writer_of_the_cache_is_said_with_how_to_share_the_work(tiny_clip, tmp_path):
+    """A second process writing to the cache now (here: a writer held open, whose lock a fresh
+    open file cannot take) is named with its pid and host, and the --num-shards advice; with
+    shards, only that each needs its own index; with no other writer, nothing is said."""
+    import socket
+
+    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green", "yellow")]
+    jobs = [VideoJob(p.stem, str(p)) for p in paths]
+    out = tmp_path / "out"
+
+    def run(job, **kwargs):
+        said = []
+        extract_features([job], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=said.append,
+                         **kwargs)
+        return [m for m in said if "other writer" in m]
+
+    assert run(jobs[0]) == []
+    other = FeatureCache.open(out).writer()
+    try:
+        [note] = run(jobs[1])
+        assert f"1 other writer(s) are adding to {out} now (pid {os.getpid()} on {socket.gethostname()})" in note
+        assert "--num-shards N and --shard-index 0 .. N-1 into the same --out" in note
+        [note] = run(jobs[2], num_shards=2, shard_index=[i for i in (0, 1) if in_shard("green", 2, i)][0])
+        assert note.endswith("fine when each has its own --shard-index of the same --num-shards")
+    finally:
+        other.close()
+    assert run(jobs[3]) == []  # that writer is gone
+    assert FeatureCache.open(out).video_ids() == ["blue", "green", "red", "yellow"]
