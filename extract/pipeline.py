@@ -358,15 +358,15 @@ def extract_features(
 
 def _warn_of_other_writers(writer, cache_dir, num_shards: int, log) -> None:
     """Say so when another process writes to this cache now: what both still have to extract,
-    both extract (the cache keeps one copy of each), unless each has its own --shard-index."""
+    both extract (both copies are stored, reads use one), unless each has its own --shard-index."""
     others = writer.other_live_writers()
     if not others:
         return
     who = ", ".join(f"pid {w.pid} on {w.host}" if w.pid is not None else w.prefix for w in others[:3])
     more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-    advice = ("if they are r2 extract runs over the same inputs, each does all of it: the cache keeps one "
-              "copy of each video, the other copy is wasted work. To share the work, start the N processes "
-              "with --num-shards N and --shard-index 0 .. N-1 into the same --out")
+    advice = ("if they are r2 extract runs over the same inputs, each does all of it: both copies of a "
+              "video are stored and reads use one, so the other is wasted time and disk. To share the work, "
+              "start the N processes with --num-shards N and --shard-index 0 .. N-1 into the same --out")
     if num_shards > 1:
         advice = "fine when each has its own --shard-index of the same --num-shards"
     log(f"note: {len(others)} other writer(s) are adding to {cache_dir} now ({who}{more}); {advice}")
