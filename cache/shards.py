@@ -7,7 +7,9 @@ Directory layout of a cache::
     DIR/shards/queries-<prefix>-<seq>-c<crc>.h5  committed query shards
     DIR/shards/*.h5.partial                 being written (readers never look at them)
     DIR/shards/<prefix>-s<seq>.spill.partial    raw parts of a large video not committed yet
-    DIR/locks/<prefix>.lock                 held (flock) by the live writer of <prefix>
+    DIR/locks/<prefix>.lock                 held (flock) by the live writer of <prefix>; after
+                                            its "host pid" line, the video ids it has claimed
+    DIR/locks/claims.mutex                  flock'd while a writer claims a video
     DIR/index.json                          optional sidecar index, validated on every open
 
 ``<prefix>`` is ``<host>-<pid>-<8 random hex>``, unique per writer, so two writers (threads,
@@ -403,6 +405,11 @@ class WriterLock:
             tmp.unlink(missing_ok=True)
             raise
 
+    def append_claim(self, item_id: str) -> None:
+        """Record ``item_id`` as this writer's, one JSON line after the owner line: a claim is
+        valid exactly as long as this lock is held (it goes with the file)."""
+        os.write(self._fd, (json.dumps(item_id) + "\n").encode())
+
     def release(self):
         if self._fd is None:
             return
@@ -438,11 +445,87 @@ def live_writers(root: Path, own_prefix: str | None = None) -> list[LiveWriter]:
             os.close(fd)
             continue
         try:
-            host, _, pid = lk.read_text(errors="replace").strip().partition(" ")
+            host, _, pid = lk.read_text(errors="replace").partition("\n")[0].strip().partition(" ")
         except OSError:
             host, pid = "", ""
         out.append(LiveWriter(prefix, host, int(pid) if pid.isdigit() else None))
     return out
+
+
+CLAIMS_MUTEX = "claims.mutex"
+
+
+@contextlib.contextmanager
+def claims_mutex(root: Path):
+    """Hold the cache's claims mutex (``locks/claims.mutex``, an exclusive ``flock``, waited
+    for): reading the other writers' claims and recording one's own is one step."""
+    import fcntl
+
+    fd = os.open(Path(root) / LOCKS_DIR / CLAIMS_MUTEX, os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+class ClaimsReader:
+    """The video ids claimed by the other live writers of a cache, read incrementally (each lock
+    file from where the last read ended; a lock file is only appended to). Call
+    :meth:`read` under :func:`claims_mutex`, so every line read is whole."""
+
+    def __init__(self, root: Path, own_prefix: str):
+        self.root, self.own_prefix = Path(root), own_prefix
+        self._files: dict[str, tuple[int, int, set]] = {}  # prefix -> (inode, offset, ids)
+
+    def read(self) -> dict[str, set]:
+        """{prefix: claimed ids} of the writers alive now (their lock held)."""
+        alive: dict[str, set] = {}
+        locks = self.root / LOCKS_DIR
+        for lk in locks.glob("*.lock") if locks.is_dir() else ():
+            prefix = lk.name[: -len(".lock")]
+            if prefix == self.own_prefix:
+                continue
+            try:
+                fd = os.open(lk, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+            except OSError:  # removed meanwhile: that writer finished
+                continue
+            try:
+                import fcntl
+
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                    continue  # free: its writer is dead, its claims with it
+                except OSError:
+                    pass  # held: alive
+                ino = os.fstat(fd).st_ino
+                seen_ino, offset, ids = self._files.get(prefix, (ino, 0, set()))
+                if seen_ino != ino:
+                    offset, ids = 0, set()
+                os.lseek(fd, offset, os.SEEK_SET)
+                chunks = []
+                while True:
+                    b = os.read(fd, 1 << 16)
+                    if not b:
+                        break
+                    chunks.append(b)
+                data = b"".join(chunks)
+                lines = data.split(b"\n")
+                whole = data[: len(data) - len(lines[-1])]  # up to the last newline
+                for i, line in enumerate(lines[:-1]):
+                    if offset == 0 and i == 0:
+                        continue  # the owner line, "host pid"
+                    try:
+                        ids.add(json.loads(line))
+                    except ValueError:
+                        pass
+                self._files[prefix] = (ino, offset + len(whole), ids)
+                alive[prefix] = ids
+            finally:
+                os.close(fd)
+        for gone in set(self._files) - set(alive):
+            del self._files[gone]
+        return alive
 
 
 def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:

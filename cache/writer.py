@@ -67,7 +67,8 @@ from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_f
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX,
-                     PINNED_AXES, SHARDS_DIR, GroupNotRemoved, WriterLock, attrs_to_json, describe_pinned,
+                     PINNED_AXES, SHARDS_DIR, ClaimsReader, GroupNotRemoved, WriterLock, attrs_to_json,
+                     claims_mutex, describe_pinned,
                      encode_id, file_crc32, layer_name, live_writers, new_prefix, open_h5, remove_stale_partials,
                      set_text_attr, shard_name, spill_name, write_item, write_video_blocks)
 
@@ -173,6 +174,9 @@ class CacheWriter:
         self._spill_seq = itertools.count()
         (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root, self.prefix)
+        self._claimed: set[str] = set()
+        self._claims = ClaimsReader(self.root, self.prefix)
+        self._shards_stamp = None  # shards/'s mtime when claim_video last refreshed the index
         removed = remove_stale_partials(self.root, own_prefix=self.prefix)
         if removed:
             warnings.warn(f"removed {len(removed)} partial shard(s) left by a writer that did not "
@@ -459,6 +463,35 @@ class CacheWriter:
                     del pending[item_id]
 
     # ------------------------------------------------------------------ shards
+    def claim_video(self, video_id: str) -> bool:
+        """Take ``video_id`` for this writer before working on it: False when another live
+        writer of the cache has taken it, or the cache holds it now (committed by anyone since
+        the cache was opened); else it is recorded as this writer's (in its lock file, so the
+        claim lasts exactly as long as this writer) and True (also for a video claimed
+        before). So several processes extracting the same inputs into one cache share the
+        work instead of each doing all of it. Claims only inform: ``add_video`` does not
+        check them."""
+        with self._mutex:
+            self._check_usable()
+            if video_id in self._claimed:
+                return True
+            with claims_mutex(self.root):
+                others = self._claims.read()
+                if any(video_id in ids for ids in others.values()):
+                    return False
+                try:  # a commit renames a shard in: the folder changes
+                    stamp = os.stat(self.root / SHARDS_DIR).st_mtime_ns
+                except OSError:
+                    stamp = None
+                if others or stamp != self._shards_stamp:  # another writer may have committed it
+                    self.cache.refresh()
+                    self._shards_stamp = stamp
+                if self.cache.has_video(video_id):
+                    return False
+                self._lock.append_claim(video_id)
+            self._claimed.add(video_id)
+            return True
+
     def other_live_writers(self) -> list:
         """The other writers of this cache that are alive now (:class:`~r2.cache.shards.LiveWriter`:
         prefix, host, pid): another ``r2 extract`` into the same folder, say."""

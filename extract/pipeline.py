@@ -144,6 +144,7 @@ class ExtractionSummary:
     videos_total: int = 0  # videos of this shard
     videos_extracted: int = 0  # in this run
     videos_skipped: int = 0  # already in the cache
+    videos_taken: int = 0  # left to another writer of the cache that had claimed them (or committed them meanwhile)
     clips: int = 0  # clips extracted in this run
     queries_total: int = 0
     queries_extracted: int = 0
@@ -168,12 +169,16 @@ class ExtractionSummary:
             f"extracted into {self.cache_dir} in {self.seconds:.1f} s "
             f"(start-up: model, cache, queries {self.startup_seconds:.1f} s)",
             f"  videos : {self.videos_extracted} extracted, {self.videos_skipped} already cached, "
-            f"{len(self.failures)} failed (of {self.videos_total})",
+            + (f"{self.videos_taken} taken by another writer of the cache, " if self.videos_taken else "")
+            + f"{len(self.failures)} failed (of {self.videos_total})",
             f"  clips  : {self.clips} ({rate:.1f} frames/s decoded and extracted, in {self.video_seconds:.1f} s)",
             f"  queries: {self.queries_extracted} extracted, {self.queries_skipped} already cached "
             f"(of {self.queries_total})",
             f"  written: {self.bytes_written / 1e6:.1f} MB",
         ]
+        if self.videos_taken:
+            lines.append(f"  (the {self.videos_taken} taken are another run's; when it is done, a rerun of the same "
+                         "command adds any it did not finish)")
         if self.notes:
             lines.append(f"  notes  : {len(self.notes)} video(s) extracted with a remark (also in their cache attrs):")
             lines += _first_lines([f"{n.path}: {n.text}" for n in self.notes])
@@ -326,7 +331,7 @@ def extract_features(
     except (OSError, ShardDiscardedError) as exc:
         raise _write_error(cache_dir, exc) from None
     if todo_videos or todo_queries:
-        _warn_of_other_writers(writer, cache_dir, num_shards, log)
+        _warn_of_other_writers(writer, cache_dir, log)
     closing = False
     try:
         with writer:  # leaving on an error commits what was whole (a rerun resumes from it)
@@ -356,20 +361,16 @@ def extract_features(
     return summary
 
 
-def _warn_of_other_writers(writer, cache_dir, num_shards: int, log) -> None:
-    """Say so when another process writes to this cache now: what both still have to extract,
-    both extract (both copies are stored, reads use one), unless each has its own --shard-index."""
+def _warn_of_other_writers(writer, cache_dir, log) -> None:
+    """Say so when other processes write to this cache now: the videos are shared out between
+    the runs (:meth:`CacheWriter.claim_video`), so this one may extract only some of them."""
     others = writer.other_live_writers()
     if not others:
         return
     who = ", ".join(f"pid {w.pid} on {w.host}" if w.pid is not None else w.prefix for w in others[:3])
     more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-    advice = ("if they are r2 extract runs over the same inputs, each does all of it: both copies of a "
-              "video are stored and reads use one, so the other is wasted time and disk. To share the work, "
-              "start the N processes with --num-shards N and --shard-index 0 .. N-1 into the same --out")
-    if num_shards > 1:
-        advice = "fine when each has its own --shard-index of the same --num-shards"
-    log(f"note: {len(others)} other writer(s) are adding to {cache_dir} now ({who}{more}); {advice}")
+    log(f"note: {len(others)} other writer(s) are adding to {cache_dir} now ({who}{more}): a video one of them "
+        "has taken is left to it, so the runs share the work")
 
 
 def _check_cached_sentences(cache, queries: Sequence[QueryJob], shown: int = 3) -> None:
@@ -644,14 +645,16 @@ def _exit_codes(exc: Exception) -> str:
     return "; ".join(dict.fromkeys(parts)) or "exit code unknown"
 
 
-def _decode_results(jobs, fps, size, resize, workers, threads):
+def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
     """Decode every job; yields, as it happens:
 
     - ``("frames", i, frames)``: the next ``(c, S, S, 3)`` uint8 frames of job ``i``, in clip order;
     - ``("restart", i)``: drop the frames of job ``i`` so far, they come again (the skipping
       decoder fell back to decoding every frame, or a worker died and the job is retried);
     - ``("done", i, result)``: job ``i`` is complete (:class:`DecodeResult`, ``frames`` None);
-      with ``result.error`` set it failed: drop its frames.
+      with ``result.error`` set it failed: drop its frames;
+    - ``("taken", i)``: ``may_start(i)`` (asked once, just before job ``i`` would start) said
+      no: another writer of the cache has it. Not decoded.
 
     ``workers`` loky processes (joblib's process pool; used directly because joblib runs
     ``n_jobs=1`` in the calling process, and one decode process next to the model is the right
@@ -669,6 +672,9 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
              threads) for j in jobs]
     if workers == 0:
         for i, a in enumerate(args):
+            if may_start is not None and not may_start(i):
+                yield "taken", i
+                continue
             for kind, value in decode_chunks(*a, chunk=_CHUNK_FRAMES):
                 yield (kind, i) if kind == "restart" else (kind, i, value)
         return
@@ -680,6 +686,7 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
     running: dict = {}  # job -> future
     began: set[int] = set()
     started: set[int] = set()  # jobs whose frames went out: a retry restarts them
+    allowed: set[int] = set()  # jobs may_start let start
     idle_crashes = 0
     clean = False
 
@@ -714,6 +721,11 @@ def _decode_results(jobs, fps, size, resize, workers, threads):
                     running[alone[0]] = pool.submit(alone[0], args[alone[0]])
                     solo = alone.popleft()
                 while solo is None and not alone and todo and len(running) < 2 * pool.workers:
+                    if todo[0] not in allowed:  # (a job back in line after a crash was allowed already)
+                        if may_start is not None and not may_start(todo[0]):
+                            yield "taken", todo.popleft()
+                            continue
+                        allowed.add(todo[0])
                     running[todo[0]] = pool.submit(todo[0], args[todo[0]])
                     todo.popleft()
             except BrokenProcessPool as exc:
@@ -922,9 +934,14 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
         torch.set_num_threads(plan.model_threads)
     try:
         with torch.inference_mode():
-            for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads):
+            for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads,
+                                         may_start=lambda i: writer.claim_video(jobs[i].video_id)):
                 kind, i = event[0], event[1]
-                if kind == "frames":
+                if kind == "taken":  # another writer of the cache is extracting it
+                    done += 1
+                    summary.videos_taken += 1
+                    bar.update(1)
+                elif kind == "frames":
                     item = pending.get(i)
                     if item is None:
                         item = pending[i] = _Pending(jobs[i].video_id)

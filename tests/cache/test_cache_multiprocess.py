@@ -91,3 +91,46 @@ def test_two_writer_processes_on_one_cache_never_collide(tmp_path):
     assert len(prefixes) == 3  # one shard prefix per writer
     assert verify(cache.path).ok
     assert not list((tmp_path / "c" / "locks").glob("*.lock"))
+
+
+_CLAIMING_WRITER = r"""
+import sys, time
+from r2.cache import FeatureCache
+w = FeatureCache.open(sys.argv[1]).writer()
+assert w.claim_video("a") and w.claim_video("b")
+print("claimed", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_claim_lasts_as_long_as_its_writer_even_when_it_is_killed(build_cache, features):
+    """Writers share videos through claims: one taken by a live writer of another process is
+    refused, one in the cache too (committed by any writer, seen without reopening the cache);
+    a claim is this writer's for good (asked again: yes). When the claiming process is killed
+    (SIGKILL), its claims go with its lock, and the videos can be taken again."""
+    video, _ = features
+    cache = build_cache("c", videos={"done": 0})
+    proc = subprocess.Popen([sys.executable, "-c", _CLAIMING_WRITER, str(cache.path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "claimed"
+        mine = FeatureCache.open(cache.path).writer()
+        assert not mine.claim_video("a") and not mine.claim_video("b")
+        assert not mine.claim_video("done")
+        assert mine.claim_video("c") and mine.claim_video("c")
+        late = FeatureCache.open(cache.path).writer()
+        assert not late.claim_video("c")  # (in this process too)
+        assert late.claim_video("d")
+        late.add_video("d", video(1))
+        late.close()
+        assert not mine.claim_video("d")  # committed meanwhile: seen without reopening the cache
+        proc.kill()
+        proc.wait(timeout=30)
+        assert mine.claim_video("a") and mine.claim_video("b")
+        mine.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    after = FeatureCache.open(cache.path).writer()
+    assert after.claim_video("c") and after.claim_video("a")  # closed writers' claims are gone too
+    after.close()

@@ -672,31 +672,38 @@ def test_a_shard_dropped_by_the_writer_stops_the_run_instead_of_failing_one_vide
     assert s.ok and s.videos_extracted + s.videos_skipped == 3
 
 
-def test_another_live_writer_of_the_cache_is_said_with_how_to_share_the_work(tiny_clip, tmp_path):
-    """A second process writing to the cache now (here: a writer held open, whose lock a fresh
-    open file cannot take) is named with its pid and host, and the --num-shards advice; with
-    shards, only that each needs its own index; with no other writer, nothing is said."""
+@pytest.mark.parametrize("workers", [0, 1])
+def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
+    """Another writer of the cache is alive (here: a writer held open, as another r2 extract's):
+    it is named, and a video it has claimed is left to it (not decoded, "taken" in the summary),
+    the others are extracted and claimed in turn; once it is gone, its video is done by a
+    rerun. With no other writer nothing is said."""
     import socket
 
-    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green", "yellow")]
-    jobs = [VideoJob(p.stem, str(p)) for p in paths]
+    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
+    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
     out = tmp_path / "out"
 
-    def run(job, **kwargs):
+    def run(*names):
         said = []
-        extract_features([job], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=said.append,
-                         **kwargs)
-        return [m for m in said if "other writer" in m]
+        summary = extract_features([jobs[n] for n in names], [], out, None, fps=1, workers=workers, clip=tiny_clip,
+                                   progress=False, log=said.append)
+        return summary, [m for m in said if "other writer" in m]
 
-    assert run(jobs[0]) == []
+    summary, notes = run("red")
+    assert notes == [] and summary.videos_extracted == 1 and summary.videos_taken == 0
     other = FeatureCache.open(out).writer()
     try:
-        [note] = run(jobs[1])
+        assert other.claim_video("blue")
+        summary, [note] = run("blue", "green")
         assert f"1 other writer(s) are adding to {out} now (pid {os.getpid()} on {socket.gethostname()})" in note
-        assert "--num-shards N and --shard-index 0 .. N-1 into the same --out" in note
-        [note] = run(jobs[2], num_shards=2, shard_index=[i for i in (0, 1) if in_shard("green", 2, i)][0])
-        assert note.endswith("fine when each has its own --shard-index of the same --num-shards")
+        assert (summary.videos_extracted, summary.videos_taken, summary.failures) == (1, 1, [])
+        assert "1 extracted, 0 already cached, 1 taken by another writer of the cache, 0 failed (of 2)" \
+            in summary.format()
+        assert FeatureCache.open(out).video_ids() == ["green", "red"]
+        assert not other.claim_video("green")  # committed by that run meanwhile
     finally:
-        other.close()
-    assert run(jobs[3]) == []  # that writer is gone
-    assert FeatureCache.open(out).video_ids() == ["blue", "green", "red", "yellow"]
+        other.close()  # without adding blue: its claim goes with it
+    summary, notes = run("blue", "green")
+    assert notes == [] and (summary.videos_extracted, summary.videos_skipped, summary.videos_taken) == (1, 1, 0)
+    assert FeatureCache.open(out).video_ids() == ["blue", "green", "red"]
