@@ -470,27 +470,34 @@ class CacheWriter:
         claim lasts exactly as long as this writer) and True (also for a video claimed
         before). So several processes extracting the same inputs into one cache share the
         work instead of each doing all of it. Claims only inform: ``add_video`` does not
-        check them."""
+        check them, and where they cannot be read or written (an OSError: a full disk, say)
+        the video is this writer's, as without claims."""
         with self._mutex:
             self._check_usable()
             if video_id in self._claimed:
                 return True
-            with claims_mutex(self.root):
-                others = self._claims.read()
-                if any(video_id in ids for ids in others.values()):
-                    return False
-                try:  # a commit renames a shard in: the folder changes
-                    stamp = os.stat(self.root / SHARDS_DIR).st_mtime_ns
-                except OSError:
-                    stamp = None
-                if others or stamp != self._shards_stamp:  # another writer may have committed it
-                    self.cache.refresh()
-                    self._shards_stamp = stamp
-                if self.cache.has_video(video_id):
-                    return False
-                self._lock.append_claim(video_id)
-            self._claimed.add(video_id)
-            return True
+            try:
+                taken = self._taken_or_claim(video_id)
+            except OSError:
+                taken = False
+            if not taken:
+                self._claimed.add(video_id)
+            return not taken
+
+    def _taken_or_claim(self, video_id: str) -> bool:
+        """True when another live writer claimed ``video_id`` or the cache has it; else claim it."""
+        with claims_mutex(self.root):
+            others = self._claims.read()
+            if any(video_id in ids for ids in others.values()):
+                return True
+            stamp = os.stat(self.root / SHARDS_DIR).st_mtime_ns  # a commit renames a shard in
+            if others or stamp != self._shards_stamp:  # another writer may have committed it
+                self.cache.refresh()
+                self._shards_stamp = stamp
+            if self.cache.has_video(video_id):
+                return True
+            self._lock.append_claim(video_id)
+            return False
 
     def other_live_writers(self) -> list:
         """The other writers of this cache that are alive now (:class:`~r2.cache.shards.LiveWriter`:

@@ -134,3 +134,20 @@ def test_a_claim_lasts_as_long_as_its_writer_even_when_it_is_killed(build_cache,
     after = FeatureCache.open(cache.path).writer()
     assert after.claim_video("c") and after.claim_video("a")  # closed writers' claims are gone too
     after.close()
+
+
+def test_a_claim_that_cannot_be_written_leaves_the_video_to_this_writer(build_cache, monkeypatch):
+    """Claims only inform: when the lock file cannot take one (a full disk), the writer works
+    on the video as it would without claims, and says yes again when asked again."""
+    import errno
+
+    from r2.cache.shards import WriterLock
+
+    def full(self, item_id):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    cache = build_cache("c")
+    w = FeatureCache.open(cache.path).writer()
+    monkeypatch.setattr(WriterLock, "append_claim", full)
+    assert w.claim_video("a") and w.claim_video("a")
+    w.close()
