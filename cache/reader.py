@@ -35,8 +35,8 @@ from .index import ShardIndex
 from .manifest import (MANIFEST_NAME, describe_differences, differences, new_manifest,
                        read_manifest, write_manifest_exclusive)
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
-from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, attrs_from_group, encode_id, layer_name,
-                     list_partials, open_h5, scale_name)
+from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, ClaimsReader, attrs_from_group, encode_id, layer_name,
+                     list_partials, live_writers, open_h5, scale_name)
 
 _RAW = {"<f2", "<f4", "|i1", "|u1"}  # stored bytes == in-memory bytes on little-endian hosts
 _BLOCK_BYTES = 512 * 1024  # float16 bytes read and converted to float32 per step (stays in L2)
@@ -83,6 +83,7 @@ class CacheInfo:
     partial_shards: list[str]  # names: a writer is running or was stopped (ignored)
     duplicate_ids: int  # ids in two shards (reads use one)
     command: str | None  # the r2 extract command line that made the cache
+    writers: list[dict] = dataclasses.field(default_factory=list)  # alive now: prefix, host, pid, videos claimed
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -592,7 +593,18 @@ class FeatureCache:
             partial_shards=[p.name for p in partials],
             duplicate_ids=len(idx.duplicates),
             command=m.get("command"),
+            writers=self._live_writers(),
         )
+
+    def _live_writers(self) -> list[dict]:
+        """The writers adding to this cache now (another process's ``r2 extract``), with how
+        many videos each has claimed; [] where the lock files cannot be read."""
+        try:
+            claims = ClaimsReader(self.path, own_prefix=None).read()
+            return [{"prefix": w.prefix, "host": w.host, "pid": w.pid, "videos_claimed": len(claims.get(w.prefix, ()))}
+                    for w in live_writers(self.path)]
+        except OSError:
+            return []
 
     def __repr__(self):
         return (f"FeatureCache({str(self.path)!r}, videos={len(self._index.items['videos'])}, "

@@ -76,9 +76,15 @@ def info(directory, as_json):
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
+    if summary.writers:
+        who = ", ".join(f"pid {w['pid']} on {w['host']} ({w['videos_claimed']} videos claimed)"
+                        if w["pid"] is not None else w["prefix"] for w in summary.writers)
+        click.echo(f"writing now: {len(summary.writers)} writer(s): {who}")
     if summary.partial_shards:
-        click.echo(f"note: {len(summary.partial_shards)} partial shard(s) (a writer is running "
-                   "or was stopped; ignored)")
+        click.echo(f"note: {len(summary.partial_shards)} partial shard(s) ("
+                   + ("of the writers above, or of one that was stopped" if summary.writers
+                      else "of a writer that was stopped: the next writer removes them")
+                   + "; ignored)")
     if summary.unreadable_shards:
         click.echo(f"warning: {len(summary.unreadable_shards)} unreadable shard(s): run "
                    f"`r2 cache verify {directory}`")

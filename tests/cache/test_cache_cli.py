@@ -74,3 +74,32 @@ def test_format_warning_keeps_the_origin_of_other_libraries_warnings():
     assert format_warning("a\n  b", CacheWarning, "/x/r2/cache/index.py", 9) == "warning: a b\n"
     assert (format_warning("old API", DeprecationWarning, "/site-packages/lib/mod.py", 12)
             == "warning: old API (DeprecationWarning, mod.py:12)\n")
+
+
+def test_info_names_the_writers_adding_to_the_cache_now(build_cache, features):
+    """A writer alive now is listed with its pid, host and the videos it has claimed, and the
+    partial shard it writes is said to be its; once it is closed, neither is there."""
+    import os
+    import socket
+
+    from r2.cache import FeatureCache
+
+    video, _ = features
+    cache = build_cache(videos={"a": 1})
+    writer = FeatureCache.open(cache.path).writer()
+    try:
+        assert writer.claim_video("b") and writer.claim_video("c")
+        writer.add_video("b", video(2))  # in its open partial shard
+        result = CliRunner().invoke(main, ["cache", "info", str(cache.path)])
+        assert result.exit_code == 0, result.output
+        assert (f"writing now: 1 writer(s): pid {os.getpid()} on {socket.gethostname()} (2 videos claimed)"
+                in result.output)
+        assert "note: 1 partial shard(s) (of the writers above, or of one that was stopped; ignored)" in result.output
+        data = json.loads(CliRunner().invoke(main, ["cache", "info", "--json", str(cache.path)]).output)
+        assert data["writers"] == [{"prefix": writer.prefix, "host": socket.gethostname(), "pid": os.getpid(),
+                                    "videos_claimed": 2}]
+    finally:
+        writer.close()
+    result = CliRunner().invoke(main, ["cache", "info", str(cache.path)])
+    assert "writing now" not in result.output and "partial" not in result.output
+    assert FeatureCache.open(cache.path).info().writers == []
