@@ -653,8 +653,10 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
       decoder fell back to decoding every frame, or a worker died and the job is retried);
     - ``("done", i, result)``: job ``i`` is complete (:class:`DecodeResult`, ``frames`` None);
       with ``result.error`` set it failed: drop its frames;
-    - ``("taken", i)``: ``may_start(i)`` (asked once, just before job ``i`` would start) said
-      no: another writer of the cache has it. Not decoded.
+    - ``("taken", i)``: ``may_start(i)``, asked just before job ``i`` would start, said no
+      (another writer of the cache has it), and again once every other job was done. Not
+      decoded. A job it says yes to the second time (its claimer died without committing it)
+      is decoded then.
 
     ``workers`` loky processes (joblib's process pool; used directly because joblib runs
     ``n_jobs=1`` in the calling process, and one decode process next to the model is the right
@@ -671,11 +673,18 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
     args = [(j.video_id, j.path, j.fps if j.fps is not None else fps, j.sample_times, j.num_clips, size, resize,
              threads) for j in jobs]
     if workers == 0:
+        waiting = []
         for i, a in enumerate(args):
             if may_start is not None and not may_start(i):
-                yield "taken", i
+                waiting.append(i)
                 continue
             for kind, value in decode_chunks(*a, chunk=_CHUNK_FRAMES):
+                yield (kind, i) if kind == "restart" else (kind, i, value)
+        for i in waiting:  # a second look, at the end
+            if not may_start(i):
+                yield "taken", i
+                continue
+            for kind, value in decode_chunks(*args[i], chunk=_CHUNK_FRAMES):
                 yield (kind, i) if kind == "restart" else (kind, i, value)
         return
 
@@ -687,6 +696,7 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
     began: set[int] = set()
     started: set[int] = set()  # jobs whose frames went out: a retry restarts them
     allowed: set[int] = set()  # jobs may_start let start
+    waiting: list[int] = []  # jobs may_start refused: another writer has them
     idle_crashes = 0
     clean = False
 
@@ -715,52 +725,62 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
         return events
 
     try:
-        while todo or alone or running:
-            try:  # (a job leaves its line only once it is submitted: submit fails on a broken pool)
-                if solo is None and alone and not running:
-                    running[alone[0]] = pool.submit(alone[0], args[alone[0]])
-                    solo = alone.popleft()
-                while solo is None and not alone and todo and len(running) < 2 * pool.workers:
-                    if todo[0] not in allowed:  # (a job back in line after a crash was allowed already)
-                        if may_start is not None and not may_start(todo[0]):
-                            yield "taken", todo.popleft()
-                            continue
-                        allowed.add(todo[0])
-                    running[todo[0]] = pool.submit(todo[0], args[todo[0]])
-                    todo.popleft()
-            except BrokenProcessPool as exc:
-                yield from crashed(exc)
-                continue
-            message = pool.receive(timeout=0.5)
-            if message is None:  # quiet: has a worker died (or a task failed)?
-                failed = next((f for f in running.values() if f.done() and f.exception() is not None), None)
-                if failed is not None:
-                    if not isinstance(failed.exception(), BrokenProcessPool):
-                        raise failed.exception()  # a bug in the task, not in a video
-                    yield from crashed(failed.exception())
-                continue
-            key, slot, count = message
-            if slot >= 0:
-                started.add(key)
-                yield "frames", key, pool.take(slot, count)
-            elif slot == _BEGIN:
-                began.add(key)
-            elif slot == _RESTART:
-                if key in started:
-                    started.discard(key)
-                    yield "restart", key
-            else:  # _DONE: every chunk of this job is in
-                try:
-                    result = running[key].result()
+        while True:
+            while todo or alone or running:
+                try:  # (a job leaves its line only once it is submitted: submit fails on a broken pool)
+                    if solo is None and alone and not running:
+                        running[alone[0]] = pool.submit(alone[0], args[alone[0]])
+                        solo = alone.popleft()
+                    while solo is None and not alone and todo and len(running) < 2 * pool.workers:
+                        if todo[0] not in allowed:  # (a job back in line after a crash was allowed already)
+                            if may_start is not None and not may_start(todo[0]):
+                                waiting.append(todo.popleft())  # asked again at the end
+                                continue
+                            allowed.add(todo[0])
+                        running[todo[0]] = pool.submit(todo[0], args[todo[0]])
+                        todo.popleft()
                 except BrokenProcessPool as exc:
                     yield from crashed(exc)
                     continue
-                del running[key]
-                began.discard(key)
-                started.discard(key)
-                if key == solo:
-                    solo = None
-                yield "done", key, result
+                message = pool.receive(timeout=0.5)
+                if message is None:  # quiet: has a worker died (or a task failed)?
+                    failed = next((f for f in running.values() if f.done() and f.exception() is not None), None)
+                    if failed is not None:
+                        if not isinstance(failed.exception(), BrokenProcessPool):
+                            raise failed.exception()  # a bug in the task, not in a video
+                        yield from crashed(failed.exception())
+                    continue
+                key, slot, count = message
+                if slot >= 0:
+                    started.add(key)
+                    yield "frames", key, pool.take(slot, count)
+                elif slot == _BEGIN:
+                    began.add(key)
+                elif slot == _RESTART:
+                    if key in started:
+                        started.discard(key)
+                        yield "restart", key
+                else:  # _DONE: every chunk of this job is in
+                    try:
+                        result = running[key].result()
+                    except BrokenProcessPool as exc:
+                        yield from crashed(exc)
+                        continue
+                    del running[key]
+                    began.discard(key)
+                    started.discard(key)
+                    if key == solo:
+                        solo = None
+                    yield "done", key, result
+            if not waiting:
+                break
+            for i in waiting:  # a second look, once everything else is done
+                if may_start(i):  # its claimer died without committing it: this run does it
+                    allowed.add(i)
+                    todo.append(i)
+                else:
+                    yield "taken", i
+            waiting.clear()
         clean = True
     finally:
         if not clean:  # stopped half-way: workers may hold slots, start afresh next time

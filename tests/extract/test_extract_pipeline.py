@@ -707,3 +707,33 @@ def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
     summary, notes = run("blue", "green")
     assert notes == [] and (summary.videos_extracted, summary.videos_skipped, summary.videos_taken) == (1, 1, 0)
     assert FeatureCache.open(out).video_ids() == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_video_left_to_a_writer_that_stops_meanwhile_is_done_at_the_end(tiny_clip, tmp_path, workers, monkeypatch):
+    """A video another writer had claimed is asked about again once the rest is done: that
+    writer stopped meanwhile without committing it (here: it is aborted when this run reaches
+    the next video), so this run extracts it instead of leaving it for a rerun."""
+    from r2.cache.writer import CacheWriter
+
+    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
+    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
+    out = tmp_path / "out"
+    extract_features([jobs["red"]], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=lambda m: None)
+    other = FeatureCache.open(out).writer()
+    assert other.claim_video("blue")
+    real = CacheWriter.claim_video
+    asked = []
+
+    def claim_video(self, video_id):
+        asked.append(video_id)
+        if self is not other and video_id == "green":
+            other.abort()  # the claimer stops: its lock, and the claim, go
+        return real(self, video_id)
+
+    monkeypatch.setattr(CacheWriter, "claim_video", claim_video)
+    summary = extract_features([jobs["blue"], jobs["green"]], [], out, None, fps=1, workers=workers, clip=tiny_clip,
+                               progress=False, log=lambda m: None)
+    assert asked == ["blue", "green", "blue"]
+    assert (summary.videos_extracted, summary.videos_taken, summary.failures) == (2, 0, [])
+    assert FeatureCache.open(out).video_ids() == ["blue", "green", "red"]
