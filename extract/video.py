@@ -642,8 +642,8 @@ class VideoClips:
             notes.append(f"frames end at {ends_early:.1f} s of the {declared_seconds:.1f} s its header declares "
                          "(within the tolerance for a truncated file, so kept: its end may be missing)")
         if demuxer.joins:  # cat a.ts b.ts: joined as ffmpeg does, said
-            notes.append(f"its timestamps jump {demuxer.joins} time{'s' if demuxer.joins > 1 else ''} (joined MPEG-TS "
-                         "files, or a clock that restarts): the parts are put one after the other, as ffmpeg does")
+            notes.append(f"its timestamps jump {demuxer.joins} time{'s' if demuxer.joins > 1 else ''} (files joined "
+                         "end to end, or a clock that restarts): the parts are put one after the other, as ffmpeg does")
         if undecoded:  # damaged data in the middle: ffmpeg goes on, the clips there repeat the frame before
             notes.append(f"{undecoded} of {packets} frames could not be decoded (damaged data; the clips there "
                          "use the last frame that decoded before it)")

@@ -340,7 +340,7 @@ def test_joined_mpegts_files_continue_the_timeline(tmp_path):
             sv = V.sample_video(joined, rate, mode=mode)
             assert [S.read_frame_index(f) for f in sv.frames] == ref, (rate, mode)
             assert sv.duration == pytest.approx(6.4) and sv.num_clips == V.clip_count(6.4, rate)
-            assert sv.notes == ["its timestamps jump 1 time (joined MPEG-TS files, or a clock that restarts): "
+            assert sv.notes == ["its timestamps jump 1 time (files joined end to end, or a clock that restarts): "
                                 "the parts are put one after the other, as ffmpeg does"]
     assert V.sample_video(a, 1.0).notes == []  # one file: no jump
 
