@@ -644,6 +644,11 @@ class VideoClips:
         if demuxer.joins:  # cat a.ts b.ts: joined as ffmpeg does, said
             notes.append(f"its timestamps jump {demuxer.joins} time{'s' if demuxer.joins > 1 else ''} (files joined "
                          "end to end, or a clock that restarts): the parts are put one after the other, as ffmpeg does")
+        missing = demuxer.missing_frames()
+        if missing:  # a TS resync after damage: no frame count says so, the timeline does
+            notes.append(f"about {missing} frame{'s are' if missing > 1 else ' is'} missing from its timeline (gaps in "
+                         "its timestamps: damaged data the demuxer skipped, or a pause in the recording; the clips "
+                         "there use the last frame before each gap)")
         if undecoded:  # damaged data in the middle: ffmpeg goes on, the clips there repeat the frame before
             notes.append(f"{undecoded} of {packets} frames could not be decoded (damaged data; the clips there "
                          "use the last frame that decoded before it)")
@@ -692,7 +697,9 @@ class _Demuxer:
     packet, so the part after the jump continues the timeline at the predicted dts. Without it,
     the second file's frames would all fall before the end of the first and be lost. Only the
     video stream takes part, as in the official extraction, whose output has no audio.
-    ``joins``: how many jumps were corrected."""
+    ``joins``: how many jumps were corrected; :meth:`missing_frames`: the frames that gaps in
+    the (corrected) timestamps leave out, in these formats, which have no frame count to
+    compare with (a damaged stretch that the demuxer skipped)."""
 
     def __init__(self, container, stream, offset: int):
         self.container, self.stream = container, stream
@@ -704,6 +711,7 @@ class _Demuxer:
         self._frame_us = _round_near_inf(1_000_000 / Fraction(rate)) if rate else 0
         self._shift_us = 0  # ts_offset_discont
         self._dts_us = self._next_dts_us = None
+        self._pts: list[int] = []  # (corrected) packet timestamps, for missing_frames
 
     def __iter__(self):
         try:
@@ -712,9 +720,22 @@ class _Demuxer:
                     continue  # the flush packet
                 if self.correct:
                     self._join(packet)
+                    if packet.pts is not None:
+                        self._pts.append(packet.pts)
                 yield packet
         except av.error.FFmpegError:
             return  # truncated data: what was read is kept; the declared frame count flags the rest
+
+    def missing_frames(self) -> int:
+        """About how many frames the gaps in the timestamps leave out: each step between
+        consecutive frames (presentation order) of at least twice the usual one counts as
+        round(step / usual) - 1 frames."""
+        if len(self._pts) < 3:
+            return 0
+        steps = np.diff(np.unique(np.array(self._pts, dtype=np.int64)))
+        usual = float(np.median(steps))
+        gaps = steps[steps >= 2 * usual]
+        return int(np.sum(np.round(gaps / usual) - 1)) if usual > 0 and len(gaps) else 0
 
     def _ticks(self, us: int) -> int:  # av_rescale_q(us, AV_TIME_BASE_Q, time_base)
         return _rescale(us, self.time_base.denominator, 1_000_000 * self.time_base.numerator)

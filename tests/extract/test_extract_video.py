@@ -345,12 +345,14 @@ def test_joined_mpegts_files_continue_the_timeline(tmp_path):
     assert V.sample_video(a, 1.0).notes == []  # one file: no jump
 
 
-@pytest.mark.parametrize("later, clips, joins", [(30, [12, 37, 62, 87, 12, 37], 1),  # collapsed, as ffmpeg
-                                                    (9, [12, 37, 62, 87] + [99] * 5 + [14, 39], 0)])  # a gap: kept
-def test_a_forward_jump_in_mpegts_is_joined_only_beyond_ten_seconds(tmp_path, later, clips, joins):
+@pytest.mark.parametrize("later, clips, note", [
+    (30, [12, 37, 62, 87, 12, 37], "its timestamps jump 1 time"),  # joined, as ffmpeg
+    (9, [12, 37, 62, 87] + [99] * 5 + [14, 39], "about 123 frames are missing from its timeline")])  # a gap: kept
+def test_a_forward_jump_in_mpegts_is_joined_only_beyond_ten_seconds(tmp_path, later, clips, note):
     """b's clock starts at ``later`` s, a's ends at 4.08 s (a recording resumed): ffmpeg joins the
     parts only when the jump is more than its 10 s dts_delta_threshold; a shorter gap stays a
-    gap, where the last frame before it is repeated (b's frame k then shows at 8.92 + k / 25 s)."""
+    gap, where the last frame before it is repeated (b's frame k then shows at 8.92 + k / 25 s),
+    and the note counts the frames the gap leaves out (4.96 s between two frames at 25 fps)."""
     a = S.write_index_video(tmp_path / "a.ts", 100, fps=25).path
     b = S.write_index_video(tmp_path / "b.ts", 60, fps=25, container_options={"output_ts_offset": str(later)}).path
     joined = tmp_path / "ab.ts"
@@ -358,7 +360,26 @@ def test_a_forward_jump_in_mpegts_is_joined_only_beyond_ten_seconds(tmp_path, la
     for mode in ("skip", "all"):
         sv = V.sample_video(joined, 1.0, mode=mode)
         assert [S.read_frame_index(f) for f in sv.frames] == clips, mode
-        assert len(sv.notes) == joins
+        assert len(sv.notes) == 1 and sv.notes[0].startswith(note), sv.notes
+
+
+def test_frames_a_damaged_mpegts_lost_are_counted_from_its_timestamps(tmp_path):
+    """An MPEG-TS whose middle is damaged (TS packets overwritten: the demuxer skips them, and
+    the frames in them): no frame count tells, so the gap in the timestamps is counted (22 of
+    250 frames here); an undamaged one gets no note."""
+    path = S.write_index_video(tmp_path / "good.ts", 250, fps=25).path
+    data = bytearray(path.read_bytes())
+    for offset in range(len(data) // 2, len(data) // 2 + 20000, 3 * 188):
+        data[offset:offset + 188] = b"\xff" * 188
+    bad = tmp_path / "bad.ts"
+    bad.write_bytes(bytes(data))
+    for mode in ("skip", "all"):
+        sv = V.sample_video(bad, 1.0, mode=mode)
+        assert sv.frame_count == 228 and sv.num_clips == 10
+        assert sv.notes == ["about 22 frames are missing from its timeline (gaps in its timestamps: damaged data the "
+                            "demuxer skipped, or a pause in the recording; the clips there use the last frame before "
+                            "each gap)"], mode
+        assert V.sample_video(path, 1.0, mode=mode).notes == []
 
 
 def test_iter_video_files_follows_symlinked_folders_without_looping(tmp_path):
