@@ -74,13 +74,15 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     INPUTS: folders of videos (recursive, following symlinks), video files, or text files
     listing video paths. Video id = path relative to the folder (or the list file), without
     extension; a video file given itself: its name without extension (annotations: their vid).
-    A rerun resumes: what is in the cache is skipped, failed videos are retried.
+    A rerun resumes: what is in the cache is skipped, failed videos are retried. Runs started
+    at once into the same --out (one per GPU, say) share the videos: each leaves those another
+    live run has taken.
 
     \b
     Examples:
       r2 extract videos/ --out cache/
       r2 extract videos/ -a charades_test.jsonl -d charades --out cache/ --device cuda -j 16
-      r2 extract videos/ --out cache/ --num-shards 8 --shard-index 3   # then r2 cache merge
+      r2 extract videos/ --out cache/ --num-shards 8 --shard-index 3   # one of 8 machines; then r2 cache merge
     """
     from r2.extract.pipeline import extract_features
 
