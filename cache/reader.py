@@ -598,12 +598,13 @@ class FeatureCache:
 
     def _live_writers(self) -> list[dict]:
         """The writers adding to this cache now (another process's ``r2 extract``), with how
-        many videos each has claimed; [] where the lock files cannot be read."""
+        many videos each has claimed; [] where the lock files cannot be read (or where there is
+        no ``flock``: reading works anywhere)."""
         try:
             claims = ClaimsReader(self.path, own_prefix=None).read()
             return [{"prefix": w.prefix, "host": w.host, "pid": w.pid, "videos_claimed": len(claims.get(w.prefix, ()))}
                     for w in live_writers(self.path)]
-        except OSError:
+        except (OSError, ImportError):
             return []
 
     def __repr__(self):

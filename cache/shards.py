@@ -480,6 +480,8 @@ class ClaimsReader:
 
     def read(self) -> dict[str, set]:
         """{prefix: claimed ids} of the writers alive now (their lock held)."""
+        import fcntl  # POSIX only, as the writers' locks
+
         alive: dict[str, set] = {}
         locks = self.root / LOCKS_DIR
         for lk in locks.glob("*.lock") if locks.is_dir() else ():
@@ -491,8 +493,6 @@ class ClaimsReader:
             except OSError:  # removed meanwhile: that writer finished
                 continue
             try:
-                import fcntl
-
                 try:
                     fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
                     continue  # free: its writer is dead, its claims with it
