@@ -35,8 +35,8 @@ from .index import ShardIndex
 from .manifest import (MANIFEST_NAME, describe_differences, differences, new_manifest,
                        read_manifest, write_manifest_exclusive)
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
-from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, ClaimsReader, attrs_from_group, encode_id, layer_name,
-                     list_partials, live_writers, open_h5, scale_name)
+from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, LiveWriters, attrs_from_group, encode_id, layer_name,
+                     list_partials, open_h5, scale_name)
 
 _RAW = {"<f2", "<f4", "|i1", "|u1"}  # stored bytes == in-memory bytes on little-endian hosts
 _BLOCK_BYTES = 512 * 1024  # float16 bytes read and converted to float32 per step (stays in L2)
@@ -601,9 +601,8 @@ class FeatureCache:
         many videos each has claimed; [] where the lock files cannot be read (or where there is
         no ``flock``: reading works anywhere)."""
         try:
-            claims = ClaimsReader(self.path, own_prefix=None).read()
-            return [{"prefix": w.prefix, "host": w.host, "pid": w.pid, "videos_claimed": len(claims.get(w.prefix, ()))}
-                    for w in live_writers(self.path)]
+            return [{"prefix": w.prefix, "host": w.host, "pid": w.pid, "videos_claimed": len(w.claimed)}
+                    for w in LiveWriters(self.path).read()]
         except (OSError, ImportError):
             return []
 

@@ -55,7 +55,7 @@ import secrets
 import socket
 import zlib
 from pathlib import Path
-from typing import NamedTuple
+from typing import AbstractSet, NamedTuple
 from urllib.parse import unquote
 
 import h5py
@@ -420,36 +420,19 @@ class WriterLock:
 
 
 class LiveWriter(NamedTuple):
-    """A writer of a cache that is alive now (its lock is held): its prefix, and the host and
-    process id it wrote into its lock file (empty / None when unreadable)."""
+    """A writer of a cache that is alive now (its lock is held): its prefix, the host and process
+    id it wrote into its lock file (empty / None when unreadable), and the video ids it has
+    claimed (:meth:`~r2.cache.writer.CacheWriter.claim_video`)."""
 
     prefix: str
     host: str
     pid: int | None
+    claimed: AbstractSet[str] = frozenset()  # (the reader's own set, not a copy: read it, do not keep it)
 
-
-def live_writers(root: Path, own_prefix: str | None = None) -> list[LiveWriter]:
-    """The writers of the cache at ``root`` whose lock is held now, other than ``own_prefix``.
-    Nothing is removed (a dead writer's lock is taken and let go at once)."""
-    out = []
-    locks = Path(root) / LOCKS_DIR
-    for lk in sorted(locks.glob("*.lock")) if locks.is_dir() else ():
-        prefix = lk.name[: -len(".lock")]
-        if prefix == own_prefix:
-            continue
-        try:
-            fd = try_flock(lk)
-        except OSError:  # removed meanwhile: that writer finished
-            continue
-        if fd is not None:  # free: its writer is dead
-            os.close(fd)
-            continue
-        try:
-            host, _, pid = lk.read_text(errors="replace").partition("\n")[0].strip().partition(" ")
-        except OSError:
-            host, pid = "", ""
-        out.append(LiveWriter(prefix, host, int(pid) if pid.isdigit() else None))
-    return out
+    @property
+    def label(self) -> str:
+        """``pid P on HOST``, or the prefix when the lock file named no pid."""
+        return f"pid {self.pid} on {self.host}" if self.pid is not None else self.prefix
 
 
 CLAIMS_MUTEX = "claims.mutex"
@@ -469,22 +452,24 @@ def claims_mutex(root: Path):
         os.close(fd)
 
 
-class ClaimsReader:
-    """The video ids claimed by the other live writers of a cache, read incrementally (each lock
-    file from where the last read ended; a lock file is only appended to). Call
-    :meth:`read` under :func:`claims_mutex`, so every line read is whole."""
+class LiveWriters:
+    """The live writers of a cache other than ``own_prefix``, with their claims, read
+    incrementally (each lock file from where the last read ended; a lock file is only appended
+    to, and a line is taken once its newline is there). Nothing is removed, and a dead writer's
+    lock is only tried (shared, without waiting) and let go. Reading it under
+    :func:`claims_mutex` gives claims no other writer can add to meanwhile."""
 
-    def __init__(self, root: Path, own_prefix: str):
+    def __init__(self, root: Path, own_prefix: str | None = None):
         self.root, self.own_prefix = Path(root), own_prefix
-        self._files: dict[str, tuple[int, int, set]] = {}  # prefix -> (inode, offset, ids)
+        self._files: dict[str, tuple[int, int, str, int | None, set]] = {}  # prefix -> (inode, offset, host, pid, ids)
 
-    def read(self) -> dict[str, set]:
-        """{prefix: claimed ids} of the writers alive now (their lock held)."""
+    def read(self) -> list[LiveWriter]:
+        """The writers alive now (their lock held), by prefix."""
         import fcntl  # POSIX only, as the writers' locks
 
-        alive: dict[str, set] = {}
+        alive: dict[str, LiveWriter] = {}
         locks = self.root / LOCKS_DIR
-        for lk in locks.glob("*.lock") if locks.is_dir() else ():
+        for lk in sorted(locks.glob("*.lock")) if locks.is_dir() else ():
             prefix = lk.name[: -len(".lock")]
             if prefix == self.own_prefix:
                 continue
@@ -499,9 +484,9 @@ class ClaimsReader:
                 except OSError:
                     pass  # held: alive
                 ino = os.fstat(fd).st_ino
-                seen_ino, offset, ids = self._files.get(prefix, (ino, 0, set()))
+                seen_ino, offset, host, pid, ids = self._files.get(prefix, (ino, 0, "", None, set()))
                 if seen_ino != ino:
-                    offset, ids = 0, set()
+                    offset, host, pid, ids = 0, "", None, set()
                 os.lseek(fd, offset, os.SEEK_SET)
                 chunks = []
                 while True:
@@ -513,19 +498,21 @@ class ClaimsReader:
                 lines = data.split(b"\n")
                 whole = data[: len(data) - len(lines[-1])]  # up to the last newline
                 for i, line in enumerate(lines[:-1]):
-                    if offset == 0 and i == 0:
-                        continue  # the owner line, "host pid"
+                    if offset == 0 and i == 0:  # the owner line, "host pid"
+                        host, _, number = line.decode(errors="replace").strip().partition(" ")
+                        pid = int(number) if number.isdigit() else None
+                        continue
                     try:
                         ids.add(json.loads(line))
                     except ValueError:
                         pass
-                self._files[prefix] = (ino, offset + len(whole), ids)
-                alive[prefix] = ids
+                self._files[prefix] = (ino, offset + len(whole), host, pid, ids)
+                alive[prefix] = LiveWriter(prefix, host, pid, ids)
             finally:
                 os.close(fd)
         for gone in set(self._files) - set(alive):
             del self._files[gone]
-        return alive
+        return list(alive.values())
 
 
 def _owner_is_dead(root: Path, prefix: str) -> tuple[bool, int | None]:

@@ -67,9 +67,9 @@ from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_f
 from r2.fileio import fsync_dir
 from .quantize import quantize_int8
 from .shards import (FAMILIES, FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX,
-                     PINNED_AXES, SHARDS_DIR, ClaimsReader, GroupNotRemoved, WriterLock, attrs_to_json,
+                     PINNED_AXES, SHARDS_DIR, GroupNotRemoved, LiveWriters, WriterLock, attrs_to_json,
                      claims_mutex, describe_pinned,
-                     encode_id, file_crc32, layer_name, live_writers, new_prefix, open_h5, remove_stale_partials,
+                     encode_id, file_crc32, layer_name, new_prefix, open_h5, remove_stale_partials,
                      set_text_attr, shard_name, spill_name, write_item, write_video_blocks)
 
 SPILL_BYTES = 256 * 2**20  # a video's encoded parts beyond this go to a spill file (read at run time)
@@ -175,7 +175,7 @@ class CacheWriter:
         (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         self._lock = WriterLock(self.root, self.prefix)
         self._claimed: set[str] = set()
-        self._claims = ClaimsReader(self.root, self.prefix)
+        self._others = LiveWriters(self.root, self.prefix)
         self._shards_stamp = None  # shards/'s mtime when claim_video last refreshed the index
         removed = remove_stale_partials(self.root, own_prefix=self.prefix)
         if removed:
@@ -487,8 +487,8 @@ class CacheWriter:
     def _taken_or_claim(self, video_id: str) -> bool:
         """True when another live writer claimed ``video_id`` or the cache has it; else claim it."""
         with claims_mutex(self.root):
-            others = self._claims.read()
-            if any(video_id in ids for ids in others.values()):
+            others = self._others.read()
+            if any(video_id in w.claimed for w in others):
                 return True
             stamp = os.stat(self.root / SHARDS_DIR).st_mtime_ns  # a commit renames a shard in
             if others or stamp != self._shards_stamp:  # another writer may have committed it
@@ -501,8 +501,8 @@ class CacheWriter:
 
     def other_live_writers(self) -> list:
         """The other writers of this cache that are alive now (:class:`~r2.cache.shards.LiveWriter`:
-        prefix, host, pid): another ``r2 extract`` into the same folder, say."""
-        return live_writers(self.root, own_prefix=self.prefix)
+        prefix, host, pid, claimed): another ``r2 extract`` into the same folder, say."""
+        return self._others.read()
 
     def _check_usable(self):
         if self._closed:

@@ -77,8 +77,10 @@ def info(directory, as_json):
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")
     if summary.writers:
-        who = ", ".join(f"pid {w['pid']} on {w['host']} ({w['videos_claimed']} videos claimed)"
-                        if w["pid"] is not None else w["prefix"] for w in summary.writers)
+        from r2.cache.shards import LiveWriter
+
+        who = ", ".join(f"{LiveWriter(w['prefix'], w['host'], w['pid']).label} ({w['videos_claimed']} videos claimed)"
+                        for w in summary.writers)
         click.echo(f"writing now: {len(summary.writers)} writer(s): {who}")
     if summary.partial_shards:
         click.echo(f"note: {len(summary.partial_shards)} partial shard(s) ("
