@@ -367,9 +367,8 @@ def _warn_of_other_writers(writer, cache_dir, log) -> None:
     others = writer.other_live_writers()
     if not others:
         return
-    who = ", ".join(f"pid {w.pid} on {w.host}" if w.pid is not None else w.prefix for w in others[:3])
-    more = f" and {len(others) - 3} more" if len(others) > 3 else ""
-    log(f"note: {len(others)} other writer(s) are adding to {cache_dir} now ({who}{more}): a video one of them "
+    who = _first_of([w.label for w in others], 3)
+    log(f"note: {len(others)} other writer(s) are adding to {cache_dir} now ({who}): a video one of them "
         "has taken is left to it, so the runs share the work")
 
 
@@ -673,19 +672,21 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
     args = [(j.video_id, j.path, j.fps if j.fps is not None else fps, j.sample_times, j.num_clips, size, resize,
              threads) for j in jobs]
     if workers == 0:
-        waiting = []
-        for i, a in enumerate(args):
-            if may_start is not None and not may_start(i):
-                waiting.append(i)
-                continue
-            for kind, value in decode_chunks(*a, chunk=_CHUNK_FRAMES):
-                yield (kind, i) if kind == "restart" else (kind, i, value)
-        for i in waiting:  # a second look, at the end
-            if not may_start(i):
-                yield "taken", i
-                continue
+        def decode(i):
             for kind, value in decode_chunks(*args[i], chunk=_CHUNK_FRAMES):
                 yield (kind, i) if kind == "restart" else (kind, i, value)
+
+        waiting = []
+        for i in range(len(args)):
+            if may_start is not None and not may_start(i):
+                waiting.append(i)
+            else:
+                yield from decode(i)
+        for i in waiting:  # a second look, at the end
+            if may_start(i):
+                yield from decode(i)
+            else:
+                yield "taken", i
         return
 
     pool = _pool(min(workers, len(args)), (size, size, 3))
