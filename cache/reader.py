@@ -548,6 +548,28 @@ class FeatureCache:
                 mask = self._raw("queries", query_id, loc, "mask", np.empty(s, np.uint8)).astype(bool)
         return QueryFeatures(out, mask)
 
+    def _check_item(self, family, item_id) -> None:
+        from .verify import _check_item
+
+        with self._guard():
+            group, shard = self._group(family, item_id)
+            with self._reading(family, item_id, shard):
+                problems = _check_item(group, family, self.layers, self.dtype, quick=False)
+        if problems:
+            raise CacheError(f"{FAMILY_WORD[family]} {item_id!r} in {self.path / SHARDS_DIR / shard} is damaged "
+                             f"({'; '.join(problems[:3])}); run `r2 cache verify {self.path}`")
+
+    def check_video(self, video_id: str) -> None:
+        """Read every stored dataset of a video and check it as ``r2 cache verify`` does (its
+        crc32, finite values, dtypes, shapes): a CacheError naming the shard and what is wrong
+        when it is damaged. Reads do not check (a NaN check alone would add a quarter to a warm
+        read's time); callers ask this when what they computed from an item is not finite."""
+        self._check_item("videos", video_id)
+
+    def check_query(self, query_id: str) -> None:
+        """:meth:`check_video` for a query."""
+        self._check_item("queries", query_id)
+
     # ------------------------------------------------------------------ writing and summary
     def writer(self, **options):
         """A :class:`~r2.cache.writer.CacheWriter` (context manager) adding items to this

@@ -40,6 +40,7 @@ from .index import ShardIndex
 from .manifest import (ADDED_BY_CACHE, fingerprint_fields, fingerprint_text, load_manifest, manifest_fingerprint,
                        normalize_manifest, text_fingerprint)
 from .errors import CacheError
+from .fastio import all_finite
 from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX, PINNED_AXES,
                      SHARDS_DIR, SPILL_SUFFIX, attrs_from_group, crc32,
                      decode_id, describe_pinned, encode_id, file_crc32, get_text_attr, layer_name,
@@ -461,7 +462,7 @@ def _check_item(group, family, layers, dtype, quick, crc_only=False):
             running = crc32(block, running)
             if crc_only:
                 continue
-            if block.dtype.kind == "f" and not np.isfinite(block).all():
+            if not all_finite(block):
                 bad.add(f"{name} has NaN or infinite values")
             if name.endswith("_scale") and (block < 0).any():
                 bad.add(f"{name} has negative scales")
