@@ -28,8 +28,8 @@ import torch
 from r2.extract import DEFAULT_MODEL
 from r2.fileio import atomic_path, why_not_writable
 from r2.train.distributed import resolve_device
-from r2.train.inference import (PredictError, check_cache, f32_list, f32_windows, infer_clips, load_model,
-                                window_starts)
+from r2.train.inference import (PredictError, check_cache, check_finite, f32_list, f32_windows, infer_clips,
+                                load_model, window_starts)
 
 __all__ = [
     "Sparkline",
@@ -164,6 +164,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
             q, mask = fc.load_query(f"q{i}", layers=used, dtype=None)
             q = torch.from_numpy(np.ascontiguousarray(q[:, mask])).to(dev)  # (K, S, Dt)
             pred = infer_clips(model, feats, q, duration, batch_size=batch_size, fps=float(rate))
+            check_finite(pred, model, f"the query {text!r}")
             out.append(VideoGrounding(
                 video=str(video), query=text, duration=duration, fps=float(rate), num_clips=t,
                 moments=within_video(pred.windows, duration), saliency=[float(x) for x in pred.saliency],

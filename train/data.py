@@ -67,6 +67,7 @@ __all__ = [
     "extract_command",
     "feature_spec",
     "find_missing",
+    "loader_batches",
     "remove_missing_list",
     "resolve_layers",
     "worker_init_fn",
@@ -734,6 +735,14 @@ class GroundingDataset(torch.utils.data.Dataset):
             return self._queries[s.query_id]
         return self._read_query(s.query_id)
 
+    def check_features(self, index: int) -> None:
+        """Check the cached video and query of sample ``index`` as ``r2 cache verify`` does
+        (:meth:`r2.cache.FeatureCache.check_video`): a CacheError naming the damaged shard.
+        What a model computed from them is not finite: are they the cause?"""
+        s = self.samples[index]
+        self.cache.check_video(s.vid)
+        self.cache.check_query(s.query_id)
+
     def __getitem__(self, i: int) -> Item:
         if not 0 <= i < len(self):
             raise IndexError(i)
@@ -927,6 +936,43 @@ def worker_init_fn(worker_id: int) -> None:
     seed = torch.initial_seed() % 2**32
     np.random.seed(seed)
     random.seed(seed)
+
+
+def _as_raised_in_worker(exc: Exception) -> Exception | None:
+    """The error a DataLoader worker raised, as it was raised there. torch raises it again in
+    this process as ``type(exc)("Caught <type> in DataLoader worker process N.\nOriginal
+    Traceback ...")``, the worker's whole traceback in its message; None for any other error."""
+    text = str(exc)
+    if not text.startswith(f"Caught {type(exc).__name__} in DataLoader worker process"):
+        return None
+    kind = type(exc)
+    for name in (f"{kind.__module__}.{kind.__qualname__}", kind.__qualname__):  # format_exception_only
+        at = text.rfind(f"\n{name}: ")
+        if at >= 0:
+            message = text[at + len(name) + 3:].rstrip("\n")
+            try:
+                return kind(message)
+            except Exception:
+                return None
+    return None
+
+
+def loader_batches(loader: Iterable) -> Iterable:
+    """Iterate ``loader``; an error of ours (``user_error``: a damaged shard, a missing item)
+    raised in one of its workers comes out as it was raised there, so that ``r2`` shows its
+    one line instead of the worker's traceback."""
+    batches = iter(loader)
+    while True:
+        try:
+            batch = next(batches)
+        except StopIteration:
+            return
+        except Exception as exc:
+            raised = _as_raised_in_worker(exc) if getattr(exc, "user_error", False) else None
+            if raised is None:
+                raise
+            raise raised from None
+        yield batch
 
 
 def loader_generator(seed: int, epoch: int, rank: int = 0) -> torch.Generator:

@@ -49,13 +49,14 @@ from .checkpoint import METRICS_NAME, PRESET_NAME, read_metrics
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
                    LengthBatchSampler, MissingFeaturesError, cache_widths, check_feature_spec, check_ids,
-                   check_query_sentences, feature_spec, loader_generator, remove_missing_list, with_features,
-                   worker_init_fn)
+                   check_query_sentences, feature_spec, loader_batches, loader_generator, remove_missing_list,
+                   with_features, worker_init_fn)
 
 __all__ = [
     "PredictError",
     "PredictResult",
     "check_cache",
+    "check_finite",
     "infer_clips",
     "load_model",
     "model_layers",
@@ -95,6 +96,27 @@ def f32_windows(windows) -> list[list[float]]:
     """``[[start, end, score], ...]`` as the shortest decimals of their float32 values."""
     flat = f32_list(np.asarray(windows, dtype=np.float32).reshape(-1))
     return [flat[i:i + 3] for i in range(0, len(flat), 3)]
+
+
+def check_finite(pred: Prediction, model: R2Model, what: str, amp: str | None = None,
+                 check_inputs: Callable[[], None] | None = None) -> None:
+    """A one-line error when ``pred`` (of the query ``what`` names) holds NaN or infinity,
+    saying why, instead of rows that no evaluator reads (``NaN`` is not JSON).
+    ``check_inputs`` raises when the features it came from are damaged (the first cause
+    looked at; :meth:`GroundingDataset.check_features`)."""
+    if np.isfinite(np.asarray(pred.saliency, dtype=np.float64)).all() and (
+            pred.windows is None or np.isfinite(np.asarray(pred.windows, dtype=np.float64)).all()):
+        return
+    if check_inputs is not None:
+        check_inputs()
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        cause = ("the model's weights hold NaN or infinite values (a training run that diverged, or a "
+                 "damaged model.safetensors)")
+    elif amp == "fp16":
+        cause = "float16 autocast (amp fp16) overflowed: use amp bf16 or none (r2 fit: --set amp=bf16)"
+    else:
+        cause = "its weights and features are finite, so this is a bug of r2: please report it"
+    raise PredictError(f"the predictions for {what} are not finite (NaN or infinity): {cause}")
 
 
 def prediction_row(sample, pred: Prediction) -> dict:
@@ -292,7 +314,7 @@ def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: in
                disable=None if progress is None else not progress,
                file=sys.stderr, dynamic_ncols=True, leave=False)
     try:
-        for batch in loader:
+        for batch in loader_batches(loader):
             batch = batch.to(device, non_blocking=True)
             samples = [dataset.samples[i] for i in batch.indices]
             if len(batch) == 1 and batch.video.shape[1] > max_clips:
@@ -303,6 +325,8 @@ def predict_dataset(model: R2Model, dataset: GroundingDataset, *, batch_size: in
                     out = model(batch.video, batch.video_mask, batch.query, batch.query_mask)
                 preds = model.decode(out, [float(s.duration) for s in samples])
             for i, sample, pred in zip(batch.indices, samples, preds):
+                check_finite(pred, model, f"query {sample.qid} (video {sample.vid})", amp,
+                             lambda i=i: dataset.check_features(i))
                 rows[i] = prediction_row(sample, pred)
             bar.update(len(batch))
     finally:

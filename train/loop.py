@@ -66,7 +66,7 @@ from .allocator import reuse_freed_memory
 from .annotations import GroundingSample, load_annotations
 from .data import (MISSING_IDS_NAME, Collator, GroundingDataset, MissingFeaturesError, cache_widths,
                    check_cache_fps, check_feature_spec, check_ids, check_query_sentences, feature_spec,
-                   loader_generator, loader_workers, resolve_layers, with_features, worker_init_fn)
+                   loader_batches, loader_generator, loader_workers, resolve_layers, with_features, worker_init_fn)
 from .distributed import DistContext, UnusedParameters, autocast, setup, teardown
 from .presets import DERIVED_FIELDS, PRESETS, Preset, get_preset
 from .targets import filter_for_training
@@ -689,6 +689,17 @@ class _Trainer:
                           generator=loader_generator(preset.seed, epoch, ctx.rank),
                           pin_memory=ctx.device.type == "cuda", drop_last=preset.drop_last)
 
+    def _nonfinite_loss(self, epoch: int, step: int, samples: Sequence[int]) -> None:
+        """The loss of a step up to ``step`` (of ``samples``) is not finite: a CacheError when
+        their cached features are damaged (a NaN in a shard reaches every weight in one
+        step), else a FitError: training diverged."""
+        for index in dict.fromkeys(samples):
+            self.train_data.check_features(index)
+        hint = ", or --set amp=bf16 (float16 overflows)" if self.amp == "fp16" else ""
+        raise FitError(f"the training loss is not finite at epoch {epoch + 1}, step {step + 1}, although the "
+                       f"features of its batches are intact (checked as `r2 cache verify` does): training "
+                       f"diverged; lower the learning rate (--set lr=...){hint}")
+
     # ------------------------------------------------------------------ evaluation
     def evaluate(self) -> tuple[dict | None, float | None, float]:
         from r2.evaluate import EvaluationWarning, score
@@ -837,7 +848,8 @@ class _Trainer:
                 sums: dict[str, torch.Tensor] = {}
                 seen = torch.zeros((), dtype=torch.float64, device=ctx.device)
                 lr = schedule.lr_at(epoch, iteration)
-                for step, batch in enumerate(loader):
+                recent: list[int] = []  # samples of the steps since the loss was last seen finite
+                for step, batch in enumerate(loader_batches(loader)):
                     batch = batch.to(ctx.device, non_blocking=True)
                     lr = schedule.lr_at(epoch, iteration)
                     for group in optimizer.param_groups:
@@ -870,6 +882,12 @@ class _Trainer:
                     for key, value in (("total", loss.total), *loss.terms.items()):
                         value = value.detach().double() * n
                         sums[key] = sums[key] + value if key in sums else value
+                    recent.extend(batch.indices)
+                    # every step on the CPU, every 10 on a GPU (where reading the value waits for it)
+                    if ctx.device.type != "cuda" or step % 10 == 0 or step + 1 == len(loader):
+                        if not bool(torch.isfinite(sums["total"])):
+                            self._nonfinite_loss(epoch, step, recent)
+                        recent.clear()
                     bar.update(1)
                     if ctx.is_main and (step % 10 == 0 or step + 1 == len(loader)):
                         post = {"epoch": f"{epoch + 1}/{preset.epochs}",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -616,3 +617,154 @@ def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_pat
     for fps in ("0", "-1", "nan", "inf"):
         res = CliRunner().invoke(main, vbase + ["--fps", fps])
         assert res.exit_code == 2 and "--fps" in res.output, res.output
+
+
+def _damage_first_video(data, cache_dir, annotations):
+    """Copy the synthetic cache to ``cache_dir`` and write a NaN into a layer of the first video
+    of ``annotations``, in the committed shard, as a damaged disk would. Returns (video id,
+    shard, the error r2 shows)."""
+    import shutil
+
+    import h5py
+
+    from r2.cache import FeatureCache, encode_id
+
+    shutil.copytree(data.cache_dir, cache_dir)
+    vid = _rows(annotations)[0]["vid"]
+    cache = FeatureCache.open(cache_dir)
+    shard = cache.video_shard(vid)
+    with h5py.File(shard, "r") as f:
+        group = f[f"videos/{encode_id(vid)}"]
+        name = max((n for n in group if n.startswith("L")), key=lambda n: int(n[1:]))  # used by every model
+        ds = group[name]
+        pos = ds.id.get_offset() + ds.size // 2 * ds.dtype.itemsize
+        nan = np.array(np.nan, ds.dtype).tobytes()
+    with open(shard, "r+b") as fh:
+        fh.seek(pos)
+        fh.write(nan)
+    return (f"Error: video '{vid}' in {shard} is damaged ({name}: checksum mismatch (the data changed after it "
+            f"was written)); run `r2 cache verify {cache_dir}`")
+
+
+def _fit_args(data, cache_dir, run_dir, *more):
+    args = ["fit", "-d", "custom", "-c", str(cache_dir), "--train", str(data.train_file), "--val",
+            str(data.val_file), "-o", str(run_dir), "--epochs", "1", "--device", "cpu", "--no-progress"]
+    for key, value in TINY_OVERRIDES.items():
+        args += ["--set", f"{key}={value}"]
+    return args + list(more)  # after the overrides: a later --set wins
+
+
+def test_predict_and_fit_on_a_shard_damaged_into_nan_name_the_shard(trained, tmp_path):
+    """Before, the NaN went through the model into `NaN` in the written rows (which no JSON
+    reader takes), and in training into every weight at its first step, with an error only at
+    the end of the epoch, saying to lower the learning rate."""
+    from r2.cli import main
+
+    data, run = trained
+    error = _damage_first_video(data, tmp_path / "val-damaged", data.val_file)
+    out = tmp_path / "preds.jsonl"
+    res = CliRunner().invoke(main, ["predict", "--checkpoint", str(run), "--cache", str(tmp_path / "val-damaged"),
+                                    "--annotations", str(data.val_file), "--out", str(out), "--device", "cpu",
+                                    "--no-progress"])
+    assert res.exit_code == 1 and res.output.splitlines()[-1] == error, res.output
+    assert "Traceback" not in res.output and not out.exists()
+
+    error = _damage_first_video(data, tmp_path / "train-damaged", data.train_file)
+    res = CliRunner().invoke(main, _fit_args(data, tmp_path / "train-damaged", tmp_path / "run"))
+    assert res.exit_code == 1 and res.output.splitlines()[-1] == error, res.output
+    assert "Traceback" not in res.output
+    assert not (tmp_path / "run" / "checkpoints" / "last").exists()  # stopped in its first epoch
+
+
+def test_fit_that_diverges_says_so_at_the_step(trained, tmp_path):
+    from r2.cli import main
+
+    data, _ = trained
+    res = CliRunner().invoke(main, _fit_args(data, data.cache_dir, tmp_path / "run", "--set", "lr=1e30"))
+    assert res.exit_code == 1, res.output
+    assert re.fullmatch(r"Error: the training loss is not finite at epoch 1, step \d+, although the features of its "
+                        r"batches are intact \(checked as `r2 cache verify` does\): training diverged; lower the "
+                        r"learning rate \(--set lr=\.\.\.\)", res.output.splitlines()[-1]), res.output
+
+
+@pytest.mark.parametrize("command", ["predict", "fit"])
+def test_an_error_of_ours_in_a_loader_worker_is_its_one_line(trained, tmp_path, monkeypatch, command):
+    """torch raises a worker's error again with the worker's whole traceback as its message."""
+    from r2.cache import CacheError
+    from r2.cli import main
+    from r2.train.data import GroundingDataset
+
+    data, run = trained
+    read = GroundingDataset._read_video
+
+    def damaged(self, vid):
+        if vid in {_rows(data.val_file)[0]["vid"], _rows(data.train_file)[0]["vid"]}:
+            raise CacheError(f"cannot read video {vid!r} from s.h5: OSError: [Errno 5] Input/output error")
+        return read(self, vid)
+
+    monkeypatch.setattr(GroundingDataset, "_read_video", damaged)  # forked workers inherit it
+    if command == "predict":
+        args = ["predict", "--checkpoint", str(run), "--cache", str(data.cache_dir), "--annotations",
+                str(data.val_file), "--out", str(tmp_path / "p.jsonl"), "--device", "cpu", "--no-progress"]
+    else:
+        args = _fit_args(data, data.cache_dir, tmp_path / "run")
+    res = CliRunner().invoke(main, args + ["--workers", "1"])
+    assert res.exit_code == 1, res.output
+    assert re.fullmatch(r"Error: cannot read video '\w+' from s\.h5: OSError: \[Errno 5\] Input/output error",
+                        res.output.splitlines()[-1]), res.output
+    assert "Traceback" not in res.output and "DataLoader worker" not in res.output
+
+
+def test_loader_batches_gives_our_errors_as_raised_in_the_worker_and_others_as_torch_does():
+    from r2.cache import CacheError, MissingItemError
+    from r2.train.data import loader_batches
+
+    class Items(torch.utils.data.Dataset):
+        def __init__(self, error):
+            self.error = error
+
+        def __len__(self):
+            return 3
+
+        def __getitem__(self, i):
+            if i == 2:
+                raise self.error
+            return torch.tensor([i])
+
+    errors = (CacheError("video 'v' in s.h5: damaged\nsecond line: kept"), MissingItemError("video 'v' is not in it"),
+              ValueError("a bug of ours"))
+    for error in errors:
+        loader = torch.utils.data.DataLoader(Items(error), batch_size=1, num_workers=1)
+        got = []
+        with pytest.raises(type(error)) as info:
+            for batch in loader_batches(loader):
+                got.append(int(batch))
+        assert got == [0, 1]
+        if getattr(error, "user_error", False):
+            assert str(info.value) == str(error) and info.value.__cause__ is None
+        else:  # not a user error: torch's own message, the worker's traceback in it
+            assert str(info.value).startswith("Caught ValueError in DataLoader worker process 0.")
+
+
+def test_predictions_that_are_not_finite_are_refused_with_their_cause(trained, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from r2.model import WEIGHTS_NAME
+    from r2.train.inference import PredictError, predict
+
+    data, run = trained
+    broken = tmp_path / "run"
+    shutil.copytree(run, broken)
+    weights = load_file(broken / WEIGHTS_NAME)
+    weights["class_head.conv2.bias"][:] = float("nan")
+    save_file(weights, broken / WEIGHTS_NAME)
+    out = tmp_path / "preds.jsonl"
+    with pytest.raises(PredictError) as info:
+        predict(broken, data.cache_dir, data.val_file, out=out, device="cpu", progress=False)
+    named = [f"query {g['qid']} (video {g['vid']})" for g in _rows(data.val_file)]  # the first one predicted
+    assert any(str(info.value) == f"the predictions for {q} are not finite (NaN or infinity): the model's weights "
+               "hold NaN or infinite values (a training run that diverged, or a damaged model.safetensors)"
+               for q in named), str(info.value)
+    assert not out.exists()
