@@ -62,6 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CacheError, CacheWarning, NoSpaceError, ShardDiscardedError
+from .fastio import all_finite
 from .index import ShardEntry
 from .manifest import fingerprint_fields, fingerprint_text, pin_manifest, text_fingerprint
 from r2.fileio import fsync_dir
@@ -286,14 +287,14 @@ class CacheWriter:
         checks of :meth:`add_video`."""
         dtype = self.cache.dtype
         if dtype == "int8":
-            if not np.isfinite(x).all():
+            if not all_finite(x):
                 raise CacheError(f"{word} {item_id!r} has NaN or infinite values")
             return quantize_int8(x)
         with np.errstate(over="ignore"):  # overflow is reported below
             b = np.ascontiguousarray(x, dtype=self._stored_dtype)
-        if not np.isfinite(b).all():
+        if not all_finite(b):
             extra = (" (or values beyond the float16 range, +-65504: use dtype float32)"
-                     if dtype == "float16" and np.isfinite(x).all() else "")
+                     if dtype == "float16" and all_finite(x) else "")
             raise CacheError(f"{word} {item_id!r} has NaN or infinite values{extra}")
         return b, None
 
