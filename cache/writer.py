@@ -190,9 +190,10 @@ class CacheWriter:
         ``attrs`` are kept as JSON (e.g. ``source``, ``size``, ``duration``, ``fps``,
         ``frame_count``, ``sample_times``; numpy arrays become lists).
 
-        Refused (:class:`CacheError`): an id already in the cache or in this writer, a wrong
-        shape or width, non-finite values (also values beyond the float16 range when storing
-        float16)."""
+        Refused (:class:`CacheError`): an id already in the cache (committed by any writer) or
+        in this writer, or claimed by another live writer of the cache (:meth:`claim_video`), a
+        wrong shape or width, non-finite values (also values beyond the float16 range when
+        storing float16)."""
         x = self._as_float_array(features, 4, "video", video_id, "(T, K, N, D)")
         sink = self.begin_video(video_id)
         sink.spill_allowed = False  # the caller holds all of x anyway: a spill would only add I/O
@@ -205,12 +206,18 @@ class CacheWriter:
     def begin_video(self, video_id: str) -> "VideoSink":
         """Start writing a video in parts: ``sink.append(part)`` with ``part (c, K, N, D)`` in clip
         order, then ``sink.commit(**attrs)`` (or ``sink.abort()``). The id is claimed at once (a
-        duplicate is refused here). Several sinks may be open at once; an open sink is aborted
+        duplicate is refused here, and so is a video that another live writer of the cache has
+        claimed: :meth:`claim_video`). Several sinks may be open at once; an open sink is aborted
         when the writer closes. See :class:`VideoSink`."""
         self._check_id("videos", video_id)
         with self._mutex:
             self._check_usable()
             self._reserve("videos", video_id)
+            try:
+                self._claim_for_adding(video_id)
+            except BaseException:
+                self._release("videos", [video_id])
+                raise
             sink = VideoSink(self, video_id)
             self._sinks.add(sink)
         return sink
@@ -470,9 +477,10 @@ class CacheWriter:
         the cache was opened); else it is recorded as this writer's (in its lock file, so the
         claim lasts exactly as long as this writer) and True (also for a video claimed
         before). So several processes extracting the same inputs into one cache share the
-        work instead of each doing all of it. Claims only inform: ``add_video`` does not
-        check them, and where they cannot be read or written (an OSError: a full disk, say)
-        the video is this writer's, as without claims."""
+        work instead of each doing all of it. ``add_video``/``begin_video`` claim the video
+        themselves and refuse one that another live writer has claimed. Where claims cannot
+        be read or written (an OSError: a full disk, say) the video is this writer's, as
+        without claims."""
         with self._mutex:
             self._check_usable()
             if video_id in self._claimed:
@@ -480,25 +488,46 @@ class CacheWriter:
             try:
                 taken = self._taken_or_claim(video_id)
             except OSError:
-                taken = False
-            if not taken:
+                taken = None
+            if taken is None:
                 self._claimed.add(video_id)
-            return not taken
+            return taken is None
 
-    def _taken_or_claim(self, video_id: str) -> bool:
-        """True when another live writer claimed ``video_id`` or the cache has it; else claim it."""
+    def _claim_for_adding(self, video_id: str) -> None:
+        """Claim a video that is being added (:meth:`begin_video`); a CacheError when another
+        live writer has claimed it, or committed it since this writer's cache was read."""
+        if video_id in self._claimed:
+            return
+        try:
+            taken = self._taken_or_claim(video_id)
+        except OSError:  # claims cannot be read or written: as without them
+            taken = None
+        if taken == "cache":
+            raise CacheError(f"video {video_id!r} is already in the feature cache at {self.root} (committed by "
+                             "another writer since this one opened the cache)")
+        if taken is not None:
+            raise CacheError(f"video {video_id!r} is being added to the feature cache at {self.root} by another "
+                             f"writer ({taken.label}, which claimed it): adding it here too would store it "
+                             "twice; it is free again once that writer stops")
+        self._claimed.add(video_id)
+
+    def _taken_or_claim(self, video_id: str):
+        """Who has ``video_id``: the other live writer that claimed it (a ``LiveWriter``),
+        ``"cache"`` when the cache holds it (the index refreshed when others may have committed
+        it), else None, and it is claimed for this writer now."""
         with claims_mutex(self.root):
             others = self._others.read()
-            if any(video_id in w.claimed for w in others):
-                return True
+            for w in others:
+                if video_id in w.claimed:
+                    return w
             stamp = os.stat(self.root / SHARDS_DIR).st_mtime_ns  # a commit renames a shard in
             if others or stamp != self._shards_stamp:  # another writer may have committed it
                 self.cache.refresh()
                 self._shards_stamp = stamp
             if self.cache.has_video(video_id):
-                return True
+                return "cache"
             self._lock.append_claim(video_id)
-            return False
+            return None
 
     def other_live_writers(self) -> list:
         """The other writers of this cache that are alive now (:class:`~r2.cache.shards.LiveWriter`:

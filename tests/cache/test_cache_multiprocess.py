@@ -8,8 +8,9 @@ import sys
 import zlib
 
 import numpy as np
+import pytest
 
-from r2.cache import FeatureCache, verify
+from r2.cache import CacheError, FeatureCache, verify
 from r2.cache.shards import parse_shard_name
 
 
@@ -134,6 +135,50 @@ def test_a_claim_lasts_as_long_as_its_writer_even_when_it_is_killed(build_cache,
     after = FeatureCache.open(cache.path).writer()
     assert after.claim_video("c") and after.claim_video("a")  # closed writers' claims are gone too
     after.close()
+
+
+def test_add_video_claims_the_video_and_refuses_one_another_live_writer_claimed(build_cache, features):
+    """Before, add_video did not look at claims: a video that another process was extracting
+    was stored twice (two shards holding one id)."""
+    import socket
+
+    video, _ = features
+    cache = build_cache("c")
+    proc = subprocess.Popen([sys.executable, "-c", _CLAIMING_WRITER, str(cache.path)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        assert proc.stdout.readline().strip() == "claimed"
+        mine = FeatureCache.open(cache.path).writer()
+        with pytest.raises(CacheError) as info:
+            mine.add_video("a", video(0))
+        assert str(info.value) == (f"video 'a' is being added to the feature cache at {cache.path} by another writer "
+                                   f"(pid {proc.pid} on {socket.gethostname()}, which claimed it): adding it here "
+                                   "too would store it twice; it is free again once that writer stops")
+        with pytest.raises(CacheError, match="'b' is being added .* by another writer"):
+            mine.begin_video("b")
+        mine.add_video("c", video(1))  # claimed by add_video: another writer leaves it
+        other = FeatureCache.open(cache.path).writer()
+        assert not other.claim_video("c")
+        with pytest.raises(CacheError, match=rf"'c' is being added .* \(pid {os.getpid()} on "):
+            other.add_video("c", video(1))
+        stale = FeatureCache.open(cache.path).writer()  # opened before "e" is committed
+        with FeatureCache.open(cache.path).writer() as w:
+            w.add_video("e", video(3))
+        with pytest.raises(CacheError, match=r"^video 'e' is already in the feature cache at \S+ \(committed by "
+                                             r"another writer since this one opened the cache\)$"):
+            stale.add_video("e", video(4))
+        stale.close()
+        proc.kill()
+        proc.wait(timeout=30)
+        mine.add_video("a", video(2))  # its claimer is gone
+        mine.close()
+        other.close()
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    cache = FeatureCache.open(cache.path)
+    assert cache.video_ids() == ["a", "c", "e"] and (cache.load_video("a") == video(2).astype(np.float16)).all()
+    assert verify(cache.path).ok and not verify(cache.path).warnings  # no id in two shards
 
 
 def test_a_claim_that_cannot_be_written_leaves_the_video_to_this_writer(build_cache, monkeypatch):

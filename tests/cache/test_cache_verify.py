@@ -182,8 +182,15 @@ def test_non_finite_values_are_found(build_cache, bad):
     assert verify(cache.path, quick=True).ok  # the structure is fine: only the data say so
 
 
-def _two_writers_add(cache_path, item, first, second):
-    """Two writers (separate cache objects, as two processes have) each add ``item``."""
+def _two_writers_add(cache_path, item, first, second, monkeypatch):
+    """Two writers (separate cache objects, as two processes have) each add ``item``: as where
+    their claims cannot be written (a full disk), or an r2 before claims wrote them."""
+    from r2.cache.shards import WriterLock
+
+    def no_room(self, item_id):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(WriterLock, "append_claim", no_room)
     video = np.random.default_rng
     c1, c2 = FeatureCache.open(cache_path), FeatureCache.open(cache_path)
     w1, w2 = c1.writer(), c2.writer()
@@ -193,15 +200,15 @@ def _two_writers_add(cache_path, item, first, second):
     w2.close()
 
 
-def test_an_id_in_two_shards_is_a_warning_when_identical_and_a_problem_when_not(build_cache, tmp_path):
+def test_an_id_in_two_shards_is_a_warning_when_identical_and_a_problem_when_not(build_cache, tmp_path, monkeypatch):
     from r2.cache import merge
 
     cache = build_cache(videos={"v0": 0})
-    _two_writers_add(cache.path, "same", 5, 5)
+    _two_writers_add(cache.path, "same", 5, 5, monkeypatch)
     report = verify(cache.path)
     assert report.ok and len(report.warnings) == 1
     assert "video 'same' is in two shards" in report.warnings[0] and "identical data" in report.warnings[0]
-    _two_writers_add(cache.path, "clash", 6, 7)
+    _two_writers_add(cache.path, "clash", 6, 7, monkeypatch)
     report = verify(cache.path)
     assert not report.ok and not report.problems and len(report.cache_problems) == 1
     msg = report.cache_problems[0]
