@@ -621,8 +621,8 @@ def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_pat
 
 def _damage_first_video(data, cache_dir, annotations):
     """Copy the synthetic cache to ``cache_dir`` and write a NaN into a layer of the first video
-    of ``annotations``, in the committed shard, as a damaged disk would. Returns (video id,
-    shard, the error r2 shows)."""
+    of ``annotations``, in the committed shard, as a damaged disk would. Returns the error line
+    that r2 shows for it."""
     import shutil
 
     import h5py
