@@ -140,9 +140,8 @@ def load_ground_truth(path: str | Path, dataset: str | None = None, split: str |
                       else "all splits in the file")
     split = None if split == "all" else split
     others = frozenset()
-    if domain is not None:
-        everything = annotations.load_annotations(path, dataset=dataset, split=split)
-    samples = annotations.load_annotations(path, dataset=dataset, domain=domain, split=split)
+    everything = annotations.load_annotations(path, dataset=dataset, split=split)  # parsed once
+    samples = everything if domain is None else annotations.select_domain(everything, dataset, domain, path)
     rows = [s.to_row() for s in samples]
     if domain is not None:
         others = frozenset(s.to_row()["qid"] for s in everything) - {r["qid"] for r in rows}

@@ -86,6 +86,7 @@ __all__ = [
     "detect_layout",
     "load_annotations",
     "samples_to_rows",
+    "select_domain",
     "write_jsonl",
 ]
 
@@ -1271,6 +1272,26 @@ def _replace(sample: GroundingSample, **changes) -> GroundingSample:
 # the entry point
 
 
+def select_domain(samples: Sequence[GroundingSample], dataset: str, domain: str,
+                  path: str | Path | None = None) -> list[GroundingSample]:
+    """The records of one YouTube domain or TVSum category (any case) among ``samples`` (of
+    ``dataset``; for other data sets, those whose ``domain`` equals it), as
+    ``load_annotations(..., domain=)`` keeps them: an AnnotationError (naming ``path``) for an
+    unknown domain or one no record has."""
+    if not isinstance(domain, str):
+        raise AnnotationError(f"domain must be a string, got {domain!r}", path)
+    dataset = canonical_dataset(dataset)
+    wanted = _canonical_domain(dataset, domain, path)
+    norm = (str.lower if dataset == "youtube" else str.upper if dataset == "tvsum"
+            else (lambda d: d))
+    kept = [s for s in samples if s.domain is not None and norm(s.domain) == wanted]
+    if not kept:
+        present = sorted({s.domain for s in samples if s.domain is not None})
+        raise AnnotationError(f"no record with domain {domain!r} (domains in the file: "
+                              f"{', '.join(present) or 'none'})", path)
+    return kept
+
+
 def load_annotations(path: str | Path, dataset: str | None = None, domain: str | None = None,
                      split: str | None = None, **layout_options) -> list[GroundingSample]:
     """Parse an annotation file of any supported layout into records.
@@ -1339,17 +1360,7 @@ def load_annotations(path: str | Path, dataset: str | None = None, domain: str |
     if highlight:
         samples = _label_highlight_splits(samples, dataset)
     if domain is not None:
-        if not isinstance(domain, str):
-            raise AnnotationError(f"domain must be a string, got {domain!r}", path)
-        wanted = _canonical_domain(dataset, domain, path)
-        norm = (str.lower if dataset == "youtube" else str.upper if dataset == "tvsum"
-                else (lambda d: d))
-        kept = [s for s in samples if s.domain is not None and norm(s.domain) == wanted]
-        if not kept:
-            present = sorted({s.domain for s in samples if s.domain is not None})
-            raise AnnotationError(f"no record with domain {domain!r} (domains in the file: "
-                                  f"{', '.join(present) or 'none'})", path)
-        samples = kept
+        samples = select_domain(samples, dataset, domain, path)
     if highlight and split is not None:
         samples = [s for s in samples if s.split == split]
         if not samples:

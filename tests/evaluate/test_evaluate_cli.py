@@ -122,7 +122,7 @@ class FakeSample:
 
 @pytest.fixture
 def fake_annotations(monkeypatch):
-    """Stand-in for r2.train.annotations (another room) with its contract's three functions
+    """Stand-in for r2.train.annotations (another room) with its contract's four functions
     (``split_from_name`` the real one)."""
     from r2.train.annotations import split_from_name
 
@@ -139,8 +139,13 @@ def fake_annotations(monkeypatch):
         calls.append((Path(path).name, dataset, domain, split))
         return [FakeSample(r) for r in rows if domain in (None, r["domain"])]
 
+    def select_domain(samples, dataset, domain, path=None):
+        calls.append(("select_domain", dataset, domain, len(samples)))
+        return [s for s in samples if s.row["domain"] == domain]
+
     module = types.ModuleType("r2.train.annotations")
     module.load_annotations = load_annotations
+    module.select_domain = select_domain
     module.detect_dataset = lambda path: "youtube"
     module.split_from_name = split_from_name
     monkeypatch.setitem(sys.modules, "r2.train.annotations", module)
@@ -168,8 +173,8 @@ def test_other_layouts_go_through_r2_train_annotations(tmp_path, fake_annotation
     assert "dog (1 video)" in result.output
     result = r2(preds, "--gt", anno, "--domain", "dog", "--split", "all")
     assert result.exit_code == 0, result.output
-    assert fake_annotations[-2:] == [("youtube_anno.json", "youtube", None, None),
-                                     ("youtube_anno.json", "youtube", "dog", None)]
+    assert fake_annotations[-2:] == [("youtube_anno.json", "youtube", None, None),  # the file parsed once
+                                     ("select_domain", "youtube", "dog", 2)]
     assert "--domain dog: set aside the 1 prediction lines of other domains" in result.output
     assert "dog (1 video)" in result.output and "surfing" not in result.output
 
