@@ -483,25 +483,12 @@ class CacheWriter:
         without claims."""
         with self._mutex:
             self._check_usable()
-            if video_id in self._claimed:
-                return True
-            try:
-                taken = self._taken_or_claim(video_id)
-            except OSError:
-                taken = None
-            if taken is None:
-                self._claimed.add(video_id)
-            return taken is None
+            return self._claim(video_id) is None
 
     def _claim_for_adding(self, video_id: str) -> None:
         """Claim a video that is being added (:meth:`begin_video`); a CacheError when another
         live writer has claimed it, or committed it since this writer's cache was read."""
-        if video_id in self._claimed:
-            return
-        try:
-            taken = self._taken_or_claim(video_id)
-        except OSError:  # claims cannot be read or written: as without them
-            taken = None
+        taken = self._claim(video_id)
         if taken == "cache":
             raise CacheError(f"video {video_id!r} is already in the feature cache at {self.root} (committed by "
                              "another writer since this one opened the cache)")
@@ -509,7 +496,20 @@ class CacheWriter:
             raise CacheError(f"video {video_id!r} is being added to the feature cache at {self.root} by another "
                              f"writer ({taken.label}, which claimed it): adding it here too would store it "
                              "twice; it is free again once that writer stops")
-        self._claimed.add(video_id)
+
+    def _claim(self, video_id: str):
+        """None when ``video_id`` is this writer's (claimed before, claimed now, or claims cannot
+        be read or written: an OSError, as without claims); else who has it, as
+        :meth:`_taken_or_claim` says."""
+        if video_id in self._claimed:
+            return None
+        try:
+            taken = self._taken_or_claim(video_id)
+        except OSError:
+            taken = None
+        if taken is None:
+            self._claimed.add(video_id)
+        return taken
 
     def _taken_or_claim(self, video_id: str):
         """Who has ``video_id``: the other live writer that claimed it (a ``LiveWriter``),
