@@ -548,7 +548,7 @@ class FeatureCache:
                 mask = self._raw("queries", query_id, loc, "mask", np.empty(s, np.uint8)).astype(bool)
         return QueryFeatures(out, mask)
 
-    def _check_item(self, family, item_id) -> None:
+    def _check_stored(self, family, item_id) -> None:
         from .verify import _check_item
 
         with self._guard():
@@ -564,11 +564,11 @@ class FeatureCache:
         crc32, finite values, dtypes, shapes): a CacheError naming the shard and what is wrong
         when it is damaged. Reads do not check (a NaN check alone would add a quarter to a warm
         read's time); callers ask this when what they computed from an item is not finite."""
-        self._check_item("videos", video_id)
+        self._check_stored("videos", video_id)
 
     def check_query(self, query_id: str) -> None:
         """:meth:`check_video` for a query."""
-        self._check_item("queries", query_id)
+        self._check_stored("queries", query_id)
 
     # ------------------------------------------------------------------ writing and summary
     def writer(self, **options):
