@@ -11,6 +11,8 @@ Modules (import the one you need; this package imports nothing heavy by itself):
 - ``tiny``       — :func:`make_tiny_clip` (``r2 make-tiny-clip``).
 - ``synthetic``  — small real videos with known content (tests, benchmarks, ``r2 demo``).
 - ``pipeline``   — :func:`extract_features`: decode workers → batched CLIP → ``r2.cache``.
+- ``npy_features`` — :func:`import_npy_features`: features made elsewhere, one ``.npy`` per
+                   video / query (the official release's layout) → ``r2.cache``.
 
 The names below are resolved on first use, so ``import r2.extract`` stays cheap.
 """
@@ -27,6 +29,8 @@ _LAZY = {
     "QueryJob": "r2.extract.pipeline",
     "ExtractionSummary": "r2.extract.pipeline",
     "Failure": "r2.extract.pipeline",
+    "import_npy_features": "r2.extract.npy_features",
+    "ImportSummary": "r2.extract.npy_features",
     "ExtractionError": "r2.extract.pipeline",
     "FrozenCLIP": "r2.extract.clip",
     "ModelError": "r2.extract.clip",

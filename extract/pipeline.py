@@ -56,7 +56,7 @@ from r2.extract.video import DecodeResult, decode_chunks
 from r2.fileio import atomic_write
 
 __all__ = ["CacheWriteError", "ExtractionError", "ExtractionSummary", "Failure", "Note", "QueryJob", "VideoJob",
-           "extract_features",
+           "extract_features", "feature_manifest", "preprocessing_of",
            "in_shard", "SAMPLING", "TOKEN_FORM"]
 
 # TOKEN_FORM and SAMPLING go into the cache manifest, and the cache compares them character for
@@ -215,6 +215,43 @@ def _check_unique(ids: Iterable[str], word: str):
         raise ValueError(f"{len(dup)} duplicate {word} id(s), e.g. {dup[:3]}")
 
 
+def preprocessing_of(clip, resize: str = "ffmpeg"):
+    """The :class:`~r2.extract.preprocess.Preprocessing` of ``clip``'s frames: its image size,
+    its mean and std, scaled by ``resize`` ("ffmpeg": the official recipe; "hf":
+    ``CLIPImageProcessor``'s)."""
+    from r2.extract.preprocess import PIL_BICUBIC, Preprocessing
+
+    mean, std = clip.image_stats()
+    return Preprocessing(size=clip.image_size, crop=clip.image_size, resize=resize, mean=mean, std=std,
+                         interpolation=PIL_BICUBIC if resize == "hf" else "bicubic")
+
+
+def feature_manifest(clip, fps: float | None, prep, dtype: str = "float16", command: str | None = None) -> dict:
+    """The cache manifest of features made by ``clip`` (a :class:`~r2.extract.clip.FrozenCLIP`)
+    at ``fps`` (None: per video) from frames preprocessed by ``prep``, stored as ``dtype``:
+    what every later stage compares (model, layers, sampling, preprocessing, ...)."""
+    manifest = {
+        "model_id": clip.model_id,
+        "model_config_hash": clip.config_hash,
+        "layers": list(clip.layers),
+        "query_layers": list(clip.query_layers),
+        "fps": float(fps) if fps is not None else None,
+        "preprocessing": prep.to_dict(),
+        "dtype": dtype,
+        "token_form": TOKEN_FORM,
+        "video_width": clip.video_width,
+        "query_width": clip.query_width,
+        "tokens_per_frame": clip.tokens,
+        "precision": clip.precision,
+        "sampling": SAMPLING,
+    }
+    if clip.weights_hash is not None:  # the model's identity wherever its folder lies
+        manifest["model_weights_hash"] = clip.weights_hash
+    if command:
+        manifest["command"] = command
+    return manifest
+
+
 def _failures_name(num_shards: int, shard_index: int) -> str:
     return "failures.jsonl" if num_shards == 1 else f"failures-shard{shard_index}of{num_shards}.jsonl"
 
@@ -255,7 +292,6 @@ def extract_features(
     :class:`ExtractionSummary`; failed videos are in ``summary.failures`` and the failures file.
     """
     from r2.extract.clip import FrozenCLIP
-    from r2.extract.preprocess import PIL_BICUBIC, Preprocessing
 
     t_start = time.perf_counter()
     log = log or (lambda msg: print(msg, file=sys.stderr))
@@ -274,28 +310,8 @@ def extract_features(
 
     if clip is None:
         clip = FrozenCLIP(model, layers=layers, device=device, precision=precision)
-    mean, std = clip.image_stats()
-    prep = Preprocessing(size=clip.image_size, crop=clip.image_size, resize=resize, mean=mean, std=std,
-                         interpolation=PIL_BICUBIC if resize == "hf" else "bicubic")
-    manifest = {
-        "model_id": clip.model_id,
-        "model_config_hash": clip.config_hash,
-        "layers": list(clip.layers),
-        "query_layers": list(clip.query_layers),
-        "fps": float(fps) if fps is not None else None,
-        "preprocessing": prep.to_dict(),
-        "dtype": dtype,
-        "token_form": TOKEN_FORM,
-        "video_width": clip.video_width,
-        "query_width": clip.query_width,
-        "tokens_per_frame": clip.tokens,
-        "precision": clip.precision,
-        "sampling": SAMPLING,
-    }
-    if clip.weights_hash is not None:  # the model's identity wherever its folder lies
-        manifest["model_weights_hash"] = clip.weights_hash
-    if command:
-        manifest["command"] = command
+    prep = preprocessing_of(clip, resize)
+    manifest = feature_manifest(clip, fps, prep, dtype, command)
     try:
         cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)
     except OSError as exc:  # a read-only file system, no permission, a full disk: one line, no traceback

@@ -1,15 +1,21 @@
-"""``r2 cache``: inspect, check and join feature caches (``info``, ``verify``, ``merge``).
+"""``r2 cache``: inspect, check and join feature caches (``info``, ``verify``, ``merge``), and
+import features made elsewhere (``import``).
 
-Each command calls one function of ``r2.cache``; errors of the cache (``CacheError``) are
+Each command calls one function: of ``r2.cache``, or for ``import``
+:func:`r2.extract.npy_features.import_npy_features` (it reads the CLIP's files to describe
+the features, as ``r2 extract`` does); errors (``CacheError``, ``ExtractionError``, ...) are
 shown as one-line messages by the ``r2`` group.
 """
 
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 
 import click
+
+from r2.cli import check_fps, command_line, on_interrupt, progress_option
 
 
 def _human(n: int) -> str:
@@ -42,7 +48,7 @@ def _progress(label, enabled):
 
 @click.group()
 def cache():
-    """Inspect, check and join feature caches (the output of `r2 extract`)."""
+    """Inspect, check, join and import feature caches (the output of `r2 extract`)."""
 
 
 @cache.command()
@@ -137,3 +143,66 @@ def merge(sources, out):
                f"{s.queries} queries, {s.shards} shards, {_human(s.bytes)}"
                + (f" ({s.duplicates_identical} identical duplicates kept once)"
                   if s.duplicates_identical else ""))
+
+
+@cache.command("import")
+@click.argument("video_dir", required=False, type=click.Path(file_okay=False, path_type=str))
+@click.option("--queries", "query_dir", type=click.Path(file_okay=False, path_type=str),
+              help="Folder of query features, one {query_id}.npy each, (S, K, Dt) (YouTube/TVSum: named by the "
+                   "video id).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False, path_type=str),
+              help="Cache folder (created, or resumed when it holds the same features).")
+@click.option("--model", "-m", required=True,
+              help="The CLIP that made the features: a local folder, or a hub id in the local Hugging Face "
+                   "cache (its config, tokenizer and weights hash describe them, as in `r2 extract`).")
+@click.option("--dataset", "-d", help="Data set whose clip rate the files were sampled at (qvhighlights, charades, "
+                                      "ego4d, tacos, youtube, tvsum); or --fps.")
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), callback=check_fps,
+              help="Clips per second the files were sampled at.")
+@click.option("--layers", help="Hidden-state indices the files hold, in their order [default: the model's last 4, "
+                               "as in the official release].")
+@click.option("--dtype", type=click.Choice(["float16", "float32", "int8"]), default="float16", show_default=True,
+              help="Storage dtype in the cache.")
+@progress_option
+@click.pass_context
+def import_(ctx, video_dir, query_dir, out, model, dataset, fps, layers, dtype, progress):
+    """Import features made elsewhere: one VIDEO_DIR/{video_id}.npy per video (T, K, N, D).
+
+    \b
+    The layout of the official R²-Tuning release (tools/extract_feat.py): no video is
+    decoded and CLIP does not run; the model's files say what the features are, so the
+    cache is the one `r2 extract --model MODEL` would write (the two merge, and a model
+    trained on it grounds new videos with `r2 predict VIDEO`). Every file's shape is
+    checked; a file that cannot be imported is named with its reason (exit code 1) and
+    the others are imported. A rerun imports only what is missing.
+
+    \b
+    Examples:
+      r2 cache import qvh/clip_b32_vid_k4 --queries qvh/clip_b32_txt_k4 -d qvhighlights \\
+          --model ~/models/clip-vit-base-patch32 --out cache/qvh
+      r2 cache import charades/clip_b32_vid_k4 --queries charades/clip_b32_txt_k4 -d charades -m clip/ -o cache/ch
+    """
+    from r2.cli.extract import _parse_layers, _with_absolute_paths
+    from r2.extract.npy_features import import_npy_features
+    from r2.jobs import preset_fps
+
+    if video_dir is None and query_dir is None:
+        raise click.UsageError("give VIDEO_DIR (video features), --queries DIR (query features), or both")
+    if dataset is not None and fps is not None:
+        raise click.UsageError("give --dataset or --fps, not both")
+    if dataset is None and fps is None:
+        raise click.UsageError("give the clip rate the files were sampled at: --dataset NAME (its preset's) or --fps F")
+    if dataset is not None:
+        try:
+            fps = preset_fps(dataset)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--dataset") from None
+    line = command_line("cache")
+    if line:  # recorded in the cache, and quoted by `r2 cache verify` as the rebuild command: from any folder
+        line = _with_absolute_paths(ctx, line, {"--out", "-o", "--queries", "--model", "-m"}, head=3)
+    on_interrupt(lambda: f"{out} keeps what was committed so far; the same command again imports only the rest")
+    summary = import_npy_features(video_dir, out, model, fps=fps, query_dir=query_dir, layers=_parse_layers(layers),
+                                  dtype=dtype, progress=progress, command=shlex.join(line) if line else None)
+    click.echo(summary.format())
+    if not summary.ok:
+        ctx.exit(1)

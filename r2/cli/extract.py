@@ -120,11 +120,13 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
 _PATH_OPTIONS = {"--out", "-o", "--annotations", "-a", "--model", "-m"}
 
 
-def _with_absolute_paths(ctx, line: list[str]) -> list[str]:
+def _with_absolute_paths(ctx, line: list[str], path_options=_PATH_OPTIONS, head: int = 2) -> list[str]:
     """``line`` (``["r2", "extract", ...]``, as typed) with its INPUTS, ``--out``,
     ``--annotations`` and a local ``--model`` folder made absolute: the cache records it and
     ``r2 cache verify`` prints it as the command that rebuilds a damaged shard, which must work
-    from any directory (a relative ``--model clip`` elsewhere would be taken for a hub id)."""
+    from any directory (a relative ``--model clip`` elsewhere would be taken for a hub id).
+    ``path_options``: the options whose values are paths; ``head``: the words of the command
+    itself (3 for ``r2 cache import``)."""
     takes_value = set()
     for param in ctx.command.params:
         if isinstance(param, click.Option) and not param.is_flag and not param.count:
@@ -135,7 +137,7 @@ def _with_absolute_paths(ctx, line: list[str]) -> list[str]:
             return value  # a hub id
         return os.path.abspath(value) if value else value
 
-    args, out, i, only_positional = line[2:], list(line[:2]), 0, False
+    args, out, i, only_positional = line[head:], list(line[:head]), 0, False
     while i < len(args):
         arg = args[i]
         if only_positional or arg == "-" or not arg.startswith("-"):
@@ -147,11 +149,11 @@ def _with_absolute_paths(ctx, line: list[str]) -> list[str]:
             out.append(arg)
             if i + 1 < len(args):
                 i += 1
-                out.append(absolute(arg, args[i]) if arg in _PATH_OPTIONS else args[i])
-        elif arg.startswith("--") and arg.split("=", 1)[0] in _PATH_OPTIONS and "=" in arg:
+                out.append(absolute(arg, args[i]) if arg in path_options else args[i])
+        elif arg.startswith("--") and arg.split("=", 1)[0] in path_options and "=" in arg:
             name, value = arg.split("=", 1)
             out.append(f"{name}={absolute(name, value)}")
-        elif not arg.startswith("--") and arg[:2] in _PATH_OPTIONS and len(arg) > 2:  # -ocache
+        elif not arg.startswith("--") and arg[:2] in path_options and len(arg) > 2:  # -ocache
             out.append(arg[:2] + absolute(arg[:2], arg[2:]))
         else:
             out.append(arg)  # a flag, or an option with its value attached

@@ -1,0 +1,247 @@
+"""Import features already extracted elsewhere, one ``.npy`` file per video and per query (the
+layout of the official R²-Tuning release), into an r2 feature cache: no video is decoded and
+CLIP never runs.
+
+::
+
+    summary = import_npy_features("data/qvhighlights/clip_b32_vid_k4", "cache/",
+                                  "openai/clip-vit-base-patch32", fps=0.5,
+                                  query_dir="data/qvhighlights/clip_b32_txt_k4")
+
+The layout (``tools/extract_feat.py`` of the official code):
+
+- a video: ``{video_id}.npy``, ``(T, K, N, D)`` floating point (float16 in the release): for
+  each clip the K kept hidden states, all N tokens (CLS + patches), as ``r2 extract`` stores
+  them; ``(T, K·N·D)`` (flattened) is read too;
+- a query: ``{query_id}.npy``, ``(S, K, Dt)``: the S tokens SOT…EOT of the K kept text layers
+  (YouTube Highlights and TVSum: named by the video id, as r2 keys their queries); stored as
+  ``(K, S, Dt)`` with every token valid. ``(S, K·Dt)`` is read too.
+
+``model`` names the CLIP that made the features (a local folder, or a hub id in the local
+Hugging Face cache). Only its config and tokenizer files are needed to describe the features,
+but its weights are loaded and hashed, as ``r2 extract`` does: the manifest is then exactly the
+one ``r2 extract --model <it>`` writes at ``fps``, with ffmpeg's preprocessing (the official
+recipe), so caches of both kinds merge and a model trained on imported features grounds new
+videos with ``r2 predict VIDEO`` through that same CLIP. The shapes of every file are checked
+against it (K, N, D, Dt, at most its context length of tokens).
+
+A rerun resumes (ids already in the cache are skipped; shards commit atomically, so a killed
+run loses at most its open shard). A file that cannot be imported (not a ``.npy``, truncated,
+another shape, not floating point, NaN or infinite values) is a failure, named with its reason
+in the summary; the others are imported.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from r2.cache import CacheError, FeatureCache, ShardDiscardedError
+from r2.extract.pipeline import ExtractionError, _first_lines, _write_error, feature_manifest, preprocessing_of
+
+__all__ = ["ImportFailure", "ImportSummary", "import_npy_features", "npy_files"]
+
+
+@dataclass
+class ImportFailure:
+    """A file that was not imported: ``path`` (absolute) and a one-line ``reason``."""
+
+    item_id: str
+    path: str
+    reason: str
+
+
+@dataclass
+class ImportSummary:
+    cache_dir: str
+    videos_total: int = 0
+    videos_imported: int = 0
+    videos_skipped: int = 0  # already in the cache
+    clips: int = 0  # clips imported in this run
+    queries_total: int = 0
+    queries_imported: int = 0
+    queries_skipped: int = 0
+    bytes_written: int = 0  # committed shard bytes of this run
+    seconds: float = 0.0  # the whole run
+    startup_seconds: float = 0.0  # the model's files, the cache: before the first file
+    failures: list[ImportFailure] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def format(self) -> str:
+        work = self.seconds - self.startup_seconds
+        rate = self.bytes_written / work / 1e6 if work > 0 else 0.0
+        lines = [
+            f"imported into {self.cache_dir} in {self.seconds:.1f} s (start-up: model, cache "
+            f"{self.startup_seconds:.1f} s; then {rate:.0f} MB/s written)",
+            f"  videos : {self.videos_imported} imported ({self.clips} clips), {self.videos_skipped} already cached"
+            f" (of {self.videos_total})",
+            f"  queries: {self.queries_imported} imported, {self.queries_skipped} already cached "
+            f"(of {self.queries_total})",
+            f"  written: {self.bytes_written / 1e6:.1f} MB",
+        ]
+        if self.failures:
+            lines.append(f"  FAILED : {len(self.failures)} file(s) not imported:")
+            lines += _first_lines([f"{f.path}: {f.reason}" for f in self.failures])
+            lines.append("  a rerun of the same command imports only what is missing (replace or remove these files)")
+        return "\n".join(lines)
+
+
+def npy_files(folder: str | os.PathLike, word: str) -> dict[str, Path]:
+    """``{id: path}`` of the ``*.npy`` files directly in ``folder`` (id: the name without
+    ``.npy``), in name order."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ExtractionError(f"{word} feature folder {folder} does not exist (or is not a folder)")
+    files = {p.name[:-len(".npy")]: p for p in sorted(folder.iterdir()) if p.name.endswith(".npy") and p.is_file()}
+    files.pop("", None)  # a file named ".npy" has no id
+    if not files:
+        raise ExtractionError(f"{word} feature folder {folder} holds no .npy file (one per {word} is expected, "
+                              f"named by its id: e.g. {folder / ('<' + word + '_id>.npy')})")
+    return files
+
+
+def _load(path: Path) -> np.ndarray:
+    """The array of ``path`` (memory-mapped), or a one-line :class:`ValueError`."""
+    try:
+        a = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "pickle" in reason.lower() or "python objects" in reason.lower():
+            reason = "it holds Python objects, not numbers"
+        elif "mmap length is greater" in reason:
+            reason = "the file is shorter than its header says: truncated, e.g. by an interrupted copy"
+        elif "no data left" in reason.lower():
+            reason = "the file is empty"
+        raise ValueError(f"not a readable .npy array ({reason})") from None
+    if not isinstance(a, np.ndarray):  # np.load gives an NpzFile for a .npz saved as .npy
+        raise ValueError("not a .npy array (an .npz archive?)")
+    if not np.issubdtype(a.dtype, np.floating):
+        raise ValueError(f"features must be floating point, got {a.dtype}")
+    return a
+
+
+def _video_array(path: Path, k: int, n: int, d: int) -> np.ndarray:
+    a = _load(path)
+    if a.ndim == 2 and a.shape[1] == k * n * d:  # flattened, as the official loader reads it
+        a = a.reshape(a.shape[0], k, n, d)
+    if a.ndim != 4 or a.shape[1:] != (k, n, d) or a.shape[0] == 0:
+        raise ValueError(f"shape {a.shape}, expected (T, {k}, {n}, {d}) (clips, layers, tokens, width) of the "
+                         "model's kept layers, T >= 1")
+    return a
+
+
+def _query_array(path: Path, k: int, dt: int, context: int) -> np.ndarray:
+    a = _load(path)
+    if a.ndim == 2 and a.shape[1] == k * dt:
+        a = a.reshape(a.shape[0], k, dt)
+    if a.ndim != 3 or a.shape[1:] != (k, dt) or not 1 <= a.shape[0] <= context:
+        raise ValueError(f"shape {a.shape}, expected (S, {k}, {dt}) (tokens SOT..EOT, layers, width) of the "
+                         f"model's kept text layers, 1 <= S <= {context}")
+    return a.transpose(1, 0, 2)  # (K, S, Dt)
+
+
+def import_npy_features(
+    video_dir: str | os.PathLike | None,
+    cache_dir: str | os.PathLike,
+    model,
+    *,
+    fps: float | None,
+    query_dir: str | os.PathLike | None = None,
+    layers=None,
+    dtype: str = "float16",
+    progress: bool | None = None,
+    command: str | None = None,
+    log: Callable[[str], None] | None = None,
+    clip=None,
+) -> ImportSummary:
+    """Import the ``.npy`` features in ``video_dir`` (videos) and ``query_dir`` (queries) into
+    the cache at ``cache_dir`` (created, or resumed when its manifest matches).
+
+    ``model``: the CLIP the features were made with (hub id or local folder), or ``clip``, an
+    already loaded :class:`~r2.extract.clip.FrozenCLIP`; ``layers``: the hidden states the
+    files hold, in their order (default: the model's last four, as in the release); ``fps``:
+    the clip rate they were sampled at (None: per video, YouTube Highlights). Returns an
+    :class:`ImportSummary`; files that could not be imported are in ``summary.failures``.
+    """
+    from tqdm import tqdm
+
+    from r2.extract.clip import FrozenCLIP
+
+    t0 = time.perf_counter()
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if video_dir is None and query_dir is None:
+        raise ValueError("give a folder of video features, of query features, or both")
+    if fps is not None and not 0 < float(fps) < float("inf"):
+        raise ValueError(f"fps must be a positive finite number of clips per second, got {fps!r}")
+    videos = npy_files(video_dir, "video") if video_dir is not None else {}
+    queries = npy_files(query_dir, "query") if query_dir is not None else {}
+    if clip is None:
+        clip = FrozenCLIP(model, layers=layers)
+    manifest = feature_manifest(clip, fps, preprocessing_of(clip, "ffmpeg"), dtype, command)
+    try:
+        cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other features
+    except OSError as exc:
+        raise _write_error(cache_dir, exc) from None
+    summary = ImportSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries))
+    todo_videos = {i: p for i, p in videos.items() if not cache.has_video(i)}
+    todo_queries = {i: p for i, p in queries.items() if not cache.has_query(i)}
+    summary.videos_skipped = len(videos) - len(todo_videos)
+    summary.queries_skipped = len(queries) - len(todo_queries)
+    if summary.videos_skipped or summary.queries_skipped:
+        log(f"resuming: {summary.videos_skipped} video(s) and {summary.queries_skipped} query(ies) already "
+            f"in {cache_dir}")
+    k = len(clip.layers)
+
+    def committed(path, family, ids):
+        try:
+            summary.bytes_written += Path(path).stat().st_size
+        except OSError:
+            pass
+
+    def add(writer, family, item_id, path):
+        source = str(path.resolve())
+        try:  # reading the file: its problems are this item's failure
+            if family == "videos":
+                x = _video_array(path, k, clip.tokens, clip.video_width)
+            else:
+                x = _query_array(path, k, clip.query_width, clip.context_length)
+        except ValueError as exc:
+            summary.failures.append(ImportFailure(item_id, source, str(exc)))
+            return
+        try:
+            if family == "videos":
+                writer.add_video(item_id, x, imported_from=source)
+                summary.videos_imported += 1
+                summary.clips += len(x)
+            else:
+                writer.add_query(item_id, x, np.ones(x.shape[1], dtype=bool), imported_from=source)
+                summary.queries_imported += 1
+        except (OSError, ShardDiscardedError):  # a failed write (a full disk): the run stops
+            raise
+        except CacheError as exc:  # the cache refused the item: NaN or infinite values, beyond float16, ...
+            summary.failures.append(ImportFailure(item_id, source, str(exc)))
+
+    summary.startup_seconds = time.perf_counter() - t0
+    jobs = [("queries", i, p) for i, p in todo_queries.items()] + [("videos", i, p) for i, p in todo_videos.items()]
+    bar = tqdm(total=len(jobs), unit="file", disable=None if progress is None else not progress,
+               dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
+    try:
+        with cache.writer(on_commit=committed) as writer:  # leaving on an error commits what was whole
+            for family, item_id, path in jobs:
+                add(writer, family, item_id, path)
+                bar.update(1)
+    except (OSError, ShardDiscardedError) as exc:
+        raise _write_error(cache_dir, exc) from None
+    finally:
+        bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary

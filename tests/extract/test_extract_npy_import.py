@@ -1,0 +1,193 @@
+"""`r2 cache import`: features in the official release's layout (one .npy per video / query)
+become the cache `r2 extract` writes for the same CLIP, bit for bit; bad files are named."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from r2.cache import FeatureCache, merge, verify
+from r2.cache.manifest import manifest_fingerprint
+from r2.cli import main
+from r2.extract import synthetic as S
+from r2.extract.pipeline import QueryJob, VideoJob, extract_features
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, tiny_clip):
+    """A cache made by `r2 extract` from real videos, and its items written out as the official
+    release lays them out: clip_b32_vid_k4/{vid}.npy (T, K, N, D), clip_b32_txt_k4/{qid}.npy (S, K, Dt)."""
+    root = tmp_path_factory.mktemp("npy-import")
+    jobs = []
+    for i, segments in enumerate([[("red", 2.0), ("blue", 4.0)], [("green", 3.0)], [("checker:red", 5.0)]]):
+        video = S.write_segment_video(root / "videos" / f"v{i}.mp4", segments, fps=8)
+        jobs.append(VideoJob(f"v{i}", str(video.path)))
+    queries = [QueryJob("1", "a red door"), QueryJob("2", "a man walks a dog on the beach"), QueryJob("3", "green")]
+    cache_dir = root / "extracted"
+    summary = extract_features(jobs, queries, cache_dir, None, fps=0.5, workers=0, clip=tiny_clip, progress=False,
+                               log=lambda msg: None)
+    assert summary.ok, summary.format()
+    cache = FeatureCache.open(cache_dir)
+    vid_dir, txt_dir = root / "clip_b32_vid_k4", root / "clip_b32_txt_k4"
+    vid_dir.mkdir()
+    txt_dir.mkdir()
+    for v in cache.video_ids():
+        np.save(vid_dir / f"{v}.npy", cache.load_video(v, dtype=None))
+    for q in cache.query_ids():
+        x, mask = cache.load_query(q, dtype=None)  # (K, S, Dt)
+        np.save(txt_dir / f"{q}.npy", x[:, mask].transpose(1, 0, 2))  # (S, K, Dt): SOT..EOT only
+    return root, cache, vid_dir, txt_dir
+
+
+def run(*args):
+    return CliRunner().invoke(main, ["cache", "import", *map(str, args)])
+
+
+def test_imported_features_are_the_extracted_cache_bit_for_bit(extracted, tiny_clip_dir, tmp_path):
+    root, cache, vid_dir, txt_dir = extracted
+    out = tmp_path / "imported"
+    result = run(vid_dir, "--queries", txt_dir, "--out", out, "--model", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "videos : 3 imported" in result.output and "queries: 3 imported" in result.output
+    imported = FeatureCache.open(out)
+    # the same features, as every later stage compares them (model, weights, layers, fps, preprocessing, ...)
+    assert manifest_fingerprint(imported.manifest) == manifest_fingerprint(cache.manifest)
+    assert sorted(imported.video_ids()) == sorted(cache.video_ids())
+    for v in cache.video_ids():
+        a, b = cache.load_video(v, dtype=None), imported.load_video(v, dtype=None)
+        assert a.dtype == b.dtype == np.float16 and np.array_equal(a, b)
+    for q in cache.query_ids():
+        (a, ma), (b, mb) = cache.load_query(q, dtype=None), imported.load_query(q, dtype=None)
+        assert np.array_equal(a[:, ma], b) and mb.all()  # stored SOT..EOT, every token valid
+    assert verify(out).ok
+    # the two kinds of cache join: every id is an identical duplicate
+    merged = merge([root / "extracted", out], tmp_path / "merged")
+    assert merged.videos == 3 and merged.duplicates_identical == 6
+
+
+def test_the_command_recorded_in_the_cache_works_from_any_folder(extracted, tiny_clip_dir, tmp_path):
+    _, _, vid_dir, _ = extracted
+    (tmp_path / "vid").mkdir()
+    os.link(vid_dir / "v1.npy", tmp_path / "vid" / "v1.npy")
+    os.symlink(tiny_clip_dir, tmp_path / "clip")
+    done = subprocess.run([sys.executable, "-m", "r2", "cache", "import", "vid", "-o", "c", "-m", "clip", "--fps",
+                           "0.5", "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                          env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert done.returncode == 0, done.stderr
+    recorded = FeatureCache.open(tmp_path / "c").manifest["command"]
+    assert recorded == shlex.join(["r2", "cache", "import", str(tmp_path / "vid"), "-o", str(tmp_path / "c"), "-m",
+                                   str(tmp_path / "clip"), "--fps", "0.5", "--no-progress"])
+
+
+def test_a_rerun_imports_only_what_is_missing_and_other_settings_are_refused(extracted, tiny_clip_dir, tmp_path):
+    _, cache, vid_dir, _ = extracted
+    out = tmp_path / "c"
+    partial = tmp_path / "some"
+    partial.mkdir()
+    (partial / "v0.npy").write_bytes((vid_dir / "v0.npy").read_bytes())
+    assert run(partial, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5").exit_code == 0
+    result = run(vid_dir, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "videos : 2 imported" in result.output and "1 already cached (of 3)" in result.output
+    result = run(vid_dir, "-o", out, "-m", tiny_clip_dir, "--fps", "1")
+    assert result.exit_code == 1 and "fps: the cache has 0.5, requested 1.0" in result.output
+    assert len(FeatureCache.open(out).video_ids()) == 3
+
+
+def test_bad_files_are_named_with_their_reason_and_the_others_imported(extracted, tiny_clip_dir, tmp_path):
+    _, cache, vid_dir, _ = extracted
+    good = np.load(vid_dir / "v0.npy")  # (T, K, N, D) float16
+    folder = tmp_path / "vid"
+    folder.mkdir()
+    np.save(folder / "good.npy", good)
+    np.save(folder / "flat.npy", good.reshape(len(good), -1))  # (T, K·N·D): the official loader's view
+    np.save(folder / "two_layers.npy", good[:, :2])
+    np.save(folder / "ints.npy", good.astype(np.int16))
+    np.save(folder / "objects.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    nan = good.astype(np.float32)
+    nan[0, 0, 0, 0] = np.nan
+    np.save(folder / "nan.npy", nan)
+    np.save(folder / "no_clips.npy", good[:0])
+    np.save(folder / "truncated.npy", good)
+    with open(folder / "truncated.npy", "r+b") as fh:
+        fh.truncate(300)
+    (folder / "empty.npy").write_bytes(b"")
+    np.savez(folder / "archive", a=good)
+    os.replace(folder / "archive.npz", folder / "archive.npy")
+    out = tmp_path / "c"
+    result = run(folder, "-o", out, "-m", tiny_clip_dir, "-d", "qvhighlights")
+    assert result.exit_code == 1
+    k, n, d = good.shape[1:]
+    expected = {
+        "two_layers": f"shape {(len(good), 2, n, d)}, expected (T, {k}, {n}, {d})",
+        "ints": "features must be floating point, got int16",
+        "objects": "it holds Python objects, not numbers",
+        "nan": "video 'nan' has NaN or infinite values",
+        "no_clips": f"shape {(0, k, n, d)}, expected (T, {k}, {n}, {d})",
+        "truncated": "the file is shorter than its header says: truncated",
+        "empty": "the file is empty",
+        "archive": "not a .npy array (an .npz archive?)",
+    }
+    lines = result.output.splitlines()
+    for name, reason in expected.items():
+        line = next((x for x in lines if x.strip().startswith(str(folder / f"{name}.npy"))), None)
+        assert line is not None and reason in line, (name, result.output)
+    assert "FAILED : 8 file(s) not imported" in result.output
+    imported = FeatureCache.open(out)
+    assert sorted(imported.video_ids()) == ["flat", "good"]
+    assert np.array_equal(imported.load_video("flat", dtype=None), good)
+    assert imported.manifest["fps"] == 0.5  # QVHighlights' preset
+
+
+def test_query_shapes_are_checked_against_the_model(extracted, tiny_clip_dir, tiny_clip, tmp_path):
+    _, _, _, txt_dir = extracted
+    q = np.load(txt_dir / "2.npy")  # (S, K, Dt)
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    np.save(folder / "ok.npy", q)
+    np.save(folder / "wide.npy", np.concatenate([q, q], axis=2))
+    np.save(folder / "long.npy", np.repeat(q, tiny_clip.context_length, axis=0)[:tiny_clip.context_length + 1])
+    np.save(folder / "kst.npy", q.transpose(1, 0, 2))  # (K, S, Dt): r2's own order, not the release's
+    result = run("--queries", folder, "-o", tmp_path / "c", "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 1
+    k, dt = q.shape[1:]
+    assert f"wide.npy: shape {(len(q), k, 2 * dt)}, expected (S, {k}, {dt})" in result.output
+    assert f"long.npy: shape {(tiny_clip.context_length + 1, k, dt)}" in result.output
+    assert f"1 <= S <= {tiny_clip.context_length}" in result.output
+    assert q.shape[0] != k and f"kst.npy: shape {(k, len(q), dt)}" in result.output
+    assert FeatureCache.open(tmp_path / "c").query_ids() == ["ok"]
+
+
+def test_youtube_features_have_a_rate_per_video(extracted, tiny_clip_dir, tmp_path):
+    _, _, vid_dir, _ = extracted
+    result = run(vid_dir, "-o", tmp_path / "c", "-m", tiny_clip_dir, "-d", "youtube")
+    assert result.exit_code == 0, result.output
+    assert FeatureCache.open(tmp_path / "c").manifest["fps"] is None
+
+
+@pytest.mark.parametrize("args, message", [
+    (["VID"], "give the clip rate the files were sampled at: --dataset NAME"),
+    (["VID", "--fps", "0.5", "-d", "charades"], "give --dataset or --fps, not both"),
+    (["--fps", "0.5"], "give VIDEO_DIR (video features), --queries DIR (query features), or both"),
+    (["VID", "-d", "charade"], "unknown dataset 'charade'"),
+    (["EMPTY", "--fps", "0.5"], "holds no .npy file"),
+])
+def test_usage_errors_say_what_to_give(extracted, tiny_clip_dir, tmp_path, args, message):
+    _, _, vid_dir, _ = extracted
+    (tmp_path / "empty").mkdir()
+    args = [str(vid_dir) if a == "VID" else str(tmp_path / "empty") if a == "EMPTY" else a for a in args]
+    result = run(*args, "-o", tmp_path / "c", "-m", tiny_clip_dir)
+    assert result.exit_code != 0 and message in result.output, result.output
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "c").exists()
+
+
+def test_the_help_names_the_release_layout():
+    result = CliRunner().invoke(main, ["cache", "import", "--help"])
+    assert result.exit_code == 0 and "clip_b32_vid_k4" in result.output and "{video_id}.npy" in result.output
