@@ -38,14 +38,14 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
 from r2.extract.pipeline import ExtractionError, _first_lines, _write_error, feature_manifest, preprocessing_of
 
-__all__ = ["ImportFailure", "ImportSummary", "import_npy_features", "npy_files"]
+__all__ = ["ImportFailure", "ImportSummary", "check_query_files", "import_npy_features", "npy_files"]
 
 
 @dataclass
@@ -149,6 +149,42 @@ def _query_array(path: Path, k: int, dt: int, context: int) -> np.ndarray:
     return a.transpose(1, 0, 2)  # (K, S, Dt)
 
 
+#: the largest relative difference (RMS of the difference / RMS of the model's values, per
+#: layer) between a query file and the model's features of its sentence that still counts as
+#: the same features: float16 storage differs by about 3e-4, OpenAI's ``clip`` package and the
+#: transformers port of its weights by less; another model or layer differs by about 1
+QUERY_TOLERANCE = 0.01
+
+
+def check_query_files(clip, files: Mapping[str, tuple[Path, str]]) -> list[str]:
+    """Compare query files with ``clip``'s own features of their sentences: ``files`` maps a
+    query id to ``(path, sentence)``. Returns a line for each file that disagrees (another
+    token count, or a layer further than :data:`QUERY_TOLERANCE` from the model's), [] when
+    all agree. Files that cannot be read are left to the import (which names them)."""
+    loaded = {}
+    for qid, (path, sentence) in files.items():
+        try:
+            loaded[qid] = (path, sentence, _query_array(path, len(clip.layers), clip.query_width, clip.context_length))
+        except ValueError:
+            continue
+    if not loaded:
+        return []
+    feats, lengths = clip.text_features([sentence for _, sentence, _ in loaded.values()])
+    out = []
+    for (qid, (path, sentence, x)), f, n in zip(loaded.items(), feats, lengths):
+        if x.shape[1] != n:
+            out.append(f"{path.name}: {x.shape[1]} tokens, the model's tokenizer makes {n} of {sentence!r}")
+            continue
+        x = np.asarray(x, dtype=np.float32)  # (K, S, Dt)
+        err = [float(np.sqrt(np.mean((x[k] - f[k]) ** 2)) / max(np.sqrt(np.mean(f[k] ** 2)), 1e-12))
+               for k in range(len(f))]
+        if max(err) > QUERY_TOLERANCE:
+            worst = int(np.argmax(err))
+            out.append(f"{path.name}: layer {clip.layers[worst]} differs from the model's features of {sentence!r} by "
+                       f"{err[worst]:.3g} of their size (at most {QUERY_TOLERANCE:g} is the same features)")
+    return out
+
+
 def import_npy_features(
     video_dir: str | os.PathLike | None,
     cache_dir: str | os.PathLike,
@@ -160,6 +196,8 @@ def import_npy_features(
     dtype: str = "float16",
     progress: bool | None = None,
     command: str | None = None,
+    sentences: Mapping[str, str] | None = None,
+    check_queries: int = 8,
     log: Callable[[str], None] | None = None,
     clip=None,
 ) -> ImportSummary:
@@ -168,9 +206,15 @@ def import_npy_features(
 
     ``model``: the CLIP the features were made with (hub id or local folder), or ``clip``, an
     already loaded :class:`~r2.extract.clip.FrozenCLIP`; ``layers``: the hidden states the
-    files hold, in their order (default: the model's last four, as in the release); ``fps``:
-    the clip rate they were sampled at (None: per video, YouTube Highlights). Returns an
-    :class:`ImportSummary`; files that could not be imported are in ``summary.failures``.
+    files hold, ascending (default: the model's last four, as in the release); ``fps``:
+    the clip rate they were sampled at (None: per video, YouTube Highlights).
+
+    ``sentences``: ``{query id: sentence}`` (from the annotations): each query is stored with
+    its sentence as ``text`` (what later stages compare with their annotations), and the first
+    ``check_queries`` query files with a sentence are compared, before anything is written,
+    with the model's own features of it (:func:`check_query_files`): files of another model,
+    other layers or another layer order are refused. Returns an :class:`ImportSummary`; files
+    that could not be imported are in ``summary.failures``.
     """
     from tqdm import tqdm
 
@@ -186,6 +230,18 @@ def import_npy_features(
     queries = npy_files(query_dir, "query") if query_dir is not None else {}
     if clip is None:
         clip = FrozenCLIP(model, layers=layers)
+    sentences = dict(sentences or {})
+    if check_queries and sentences:
+        checked = {i: p for i, p in queries.items() if i in sentences}
+        disagree = check_query_files(clip, {i: (checked[i], sentences[i]) for i in list(checked)[:check_queries]})
+        if disagree and len(disagree) == min(len(checked), check_queries):
+            raise ExtractionError(
+                f"the query features in {query_dir} are not {clip.model_id}'s at layers "
+                f"{', '.join(map(str, clip.layers))}: none of the {len(disagree)} checked agrees with the model's "
+                f"features of its sentence ({disagree[0]}). Give the CLIP that made them (--model), the layers they "
+                "hold (--layers), or the annotations they were made from")
+        for text in disagree:
+            log(f"warning: {text} (other queries agree: a tokenisation difference?)")
     manifest = feature_manifest(clip, fps, preprocessing_of(clip, "ffmpeg"), dtype, command)
     try:
         cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other features
@@ -223,7 +279,8 @@ def import_npy_features(
                 summary.videos_imported += 1
                 summary.clips += len(x)
             else:
-                writer.add_query(item_id, x, np.ones(x.shape[1], dtype=bool), imported_from=source)
+                text = {"text": sentences[item_id]} if item_id in sentences else {}
+                writer.add_query(item_id, x, np.ones(x.shape[1], dtype=bool), imported_from=source, **text)
                 summary.queries_imported += 1
         except (OSError, ShardDiscardedError):  # a failed write (a full disk): the run stops
             raise

@@ -159,13 +159,17 @@ def merge(sources, out):
                                       "ego4d, tacos, youtube, tvsum); or --fps.")
 @click.option("--fps", type=click.FloatRange(min=0, min_open=True), callback=check_fps,
               help="Clips per second the files were sampled at.")
-@click.option("--layers", help="Hidden-state indices the files hold, in their order [default: the model's last 4, "
-                               "as in the official release].")
+@click.option("--annotations", "-a", type=click.Path(exists=True, dir_okay=False, path_type=str),
+              help="Annotation file of the queries (any layout r2 reads; --dataset says which when given): each "
+                   "query is stored with its sentence, and the first 8 query files are checked against the model's "
+                   "own features of their sentences before anything is written.")
+@click.option("--layers", help="Hidden-state indices the files hold, ascending (e.g. 9,10,11,12) [default: the "
+                               "model's last 4, as in the official release].")
 @click.option("--dtype", type=click.Choice(["float16", "float32", "int8"]), default="float16", show_default=True,
               help="Storage dtype in the cache.")
 @progress_option
 @click.pass_context
-def import_(ctx, video_dir, query_dir, out, model, dataset, fps, layers, dtype, progress):
+def import_(ctx, video_dir, query_dir, out, model, dataset, fps, annotations, layers, dtype, progress):
     """Import features made elsewhere: one VIDEO_DIR/{video_id}.npy per video (T, K, N, D).
 
     \b
@@ -179,7 +183,7 @@ def import_(ctx, video_dir, query_dir, out, model, dataset, fps, layers, dtype, 
     \b
     Examples:
       r2 cache import qvh/clip_b32_vid_k4 --queries qvh/clip_b32_txt_k4 -d qvhighlights \\
-          --model ~/models/clip-vit-base-patch32 --out cache/qvh
+          -a highlight_train_release.jsonl --model ~/models/clip-vit-base-patch32 --out cache/qvh
       r2 cache import charades/clip_b32_vid_k4 --queries charades/clip_b32_txt_k4 -d charades -m clip/ -o cache/ch
     """
     from r2.cli.extract import _parse_layers, _with_absolute_paths
@@ -197,12 +201,20 @@ def import_(ctx, video_dir, query_dir, out, model, dataset, fps, layers, dtype, 
             fps = preset_fps(dataset)
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--dataset") from None
+    sentences = None
+    if annotations is not None:
+        from r2.train.annotations import load_annotations
+
+        sentences = {}
+        for sample in load_annotations(annotations, dataset=dataset):
+            sentences.setdefault(sample.query_id, sample.query)
     line = command_line("cache")
     if line:  # recorded in the cache, and quoted by `r2 cache verify` as the rebuild command: from any folder
         line = _with_absolute_paths(ctx, line, {"--out", "-o", "--queries", "--model", "-m"}, head=3)
     on_interrupt(lambda: f"{out} keeps what was committed so far; the same command again imports only the rest")
     summary = import_npy_features(video_dir, out, model, fps=fps, query_dir=query_dir, layers=_parse_layers(layers),
-                                  dtype=dtype, progress=progress, command=shlex.join(line) if line else None)
+                                  dtype=dtype, progress=progress, command=shlex.join(line) if line else None,
+                                  sentences=sentences)
     click.echo(summary.format())
     if not summary.ok:
         ctx.exit(1)

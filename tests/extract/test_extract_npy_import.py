@@ -3,6 +3,7 @@ become the cache `r2 extract` writes for the same CLIP, bit for bit; bad files a
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import subprocess
@@ -191,3 +192,55 @@ def test_usage_errors_say_what_to_give(extracted, tiny_clip_dir, tmp_path, args,
 def test_the_help_names_the_release_layout():
     result = CliRunner().invoke(main, ["cache", "import", "--help"])
     assert result.exit_code == 0 and "clip_b32_vid_k4" in result.output and "{video_id}.npy" in result.output
+
+
+def write_annotations(path, sentences):
+    durations = {"v0": 6.0, "v1": 3.0, "v2": 5.0}
+    rows = [{"qid": int(q), "query": text, "duration": durations[f"v{i}"], "vid": f"v{i}",
+             "relevant_windows": [[0, 2]]} for i, (q, text) in enumerate(sentences.items())]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+SENTENCES = {"1": "a red door", "2": "a man walks a dog on the beach", "3": "green"}
+
+
+def test_annotations_give_the_queries_their_sentences_after_a_check(extracted, tiny_clip_dir, tmp_path):
+    _, _, _, txt_dir = extracted
+    ann = write_annotations(tmp_path / "val.jsonl", SENTENCES)
+    result = run("--queries", txt_dir, "-a", ann, "-o", tmp_path / "c", "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning" not in result.output
+    cache = FeatureCache.open(tmp_path / "c")
+    assert {q: cache.query_attrs(q)["text"] for q in cache.query_ids()} == SENTENCES
+    # one sentence another than the file's: imported with a warning that names it
+    other = write_annotations(tmp_path / "other.jsonl", {**SENTENCES, "2": "a cat sleeps on a sofa"})
+    result = run("--queries", txt_dir, "-a", other, "-o", tmp_path / "d", "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning: 2.npy:" in result.output and "'a cat sleeps on a sofa'" in result.output
+
+
+@pytest.mark.parametrize("damage", ["another model", "layers reversed"])
+def test_query_files_of_another_model_or_layer_order_are_refused_before_writing(extracted, tiny_clip_dir, tmp_path,
+                                                                                damage):
+    from r2.extract.clip import FrozenCLIP
+    from r2.extract.tiny import make_tiny_clip
+
+    _, _, _, txt_dir = extracted
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    if damage == "another model":
+        other = FrozenCLIP(make_tiny_clip(tmp_path / "other-clip", seed=1))
+        feats, _ = other.text_features(list(SENTENCES.values()))
+        for q, f in zip(SENTENCES, feats):
+            np.save(folder / f"{q}.npy", f.transpose(1, 0, 2).astype(np.float16))  # (S, K, Dt)
+    else:
+        for q in SENTENCES:
+            np.save(folder / f"{q}.npy", np.load(txt_dir / f"{q}.npy")[:, ::-1])
+    ann = write_annotations(tmp_path / "val.jsonl", SENTENCES)
+    result = run("--queries", folder, "-a", ann, "-o", tmp_path / "c", "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 1
+    assert f"the query features in {folder} are not" in result.output
+    assert "none of the 3 checked agrees with the model's features of its sentence" in result.output
+    assert "differs from the model's features of" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "c").exists()
