@@ -44,6 +44,7 @@ __all__ = [
     "ModelNotFoundError",
     "check_device",
     "config_hash",
+    "describe_clip",
     "weights_hash",
     "load_tokenizer",
     "onednn_linears",
@@ -230,6 +231,25 @@ def resolve_model(model: str | os.PathLike) -> Path:
     if problem:
         raise ModelNotFoundError(f"model '{text}': {problem}")
     return local
+
+
+def describe_clip(model: str | os.PathLike) -> dict:
+    """What a checkpoint records of the CLIP whose features it reads, from the folder's files
+    (the weights are hashed, not loaded): ``model_id`` (the folder, or the hub id as given),
+    ``model_weights_hash``, ``model_config_hash`` (as ``r2 extract`` records them), the widths
+    ``video_width`` and ``query_width``, and ``num_layers``, the depth of the vision tower."""
+    from transformers import CLIPConfig
+
+    path = resolve_model(model)
+    try:
+        config = CLIPConfig.from_pretrained(path)
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        raise ModelError(f"--model {os.fspath(model)}: cannot read the CLIP config in {path} "
+                         f"({type(exc).__name__}: {_first_line(exc)})") from None
+    local = Path(os.fspath(model)).expanduser().exists()
+    return {"model_id": str(path) if local else os.fspath(model), "model_weights_hash": weights_hash(path),
+            "model_config_hash": config_hash(config), "video_width": config.vision_config.hidden_size,
+            "query_width": config.text_config.hidden_size, "num_layers": config.vision_config.num_hidden_layers}
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -178,6 +178,13 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
     if diffs:
         message = (f"{expected_name} was trained on other features than {cache_name} holds:\n  "
                    + "\n  ".join(diffs))
+        if (not expected.get("model_weights_hash") and cache_spec.get("model_weights_hash")
+                and any(d.startswith("model_id:") for d in diffs)):
+            # a converted official checkpoint names only the hub id; a cache made offline names its folder
+            message += (f"\n  ({expected_name} names its CLIP model only by {_short(expected['model_id'])}, as "
+                        "`r2 convert-official` records it without --model: if "
+                        f"{_short(cache_spec.get('model_id'))} holds that model, convert again with --model "
+                        f"{cache_spec.get('model_id')} to record its weights)")
         if not allow_mismatch:
             raise FeatureSpecError(message + "\nExtract the videos with the checkpoint's CLIP model, layers, "
                                    "fps and preprocessing (or pass --allow-feature-mismatch to go on anyway).")

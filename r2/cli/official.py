@@ -18,8 +18,14 @@ from r2 import BENCHMARKS
 @click.option("--trust-checkpoint", is_flag=True,
               help="Load the file fully if torch.load(weights_only=True) refuses it. A checkpoint is a "
                    "pickle: only for files from a source you trust.")
+@click.option("--model", "-m", "clip_model",
+              help="The CLIP model whose features the converted model is to read: a local folder (offline, the "
+                   "usual case: a copy of openai/clip-vit-base-patch32), or a hub id in the local Hugging Face "
+                   "cache. Its weights hash is recorded, so caches made with it from any folder match. Without "
+                   "it the model names the hub id openai/clip-vit-base-patch32, which caches extracted from a "
+                   "local folder do not match.")
 @click.option("--force", is_flag=True, help="Replace a model already in --out.")
-def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, force):
+def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, clip_model, force):
     """Convert an official R²-Tuning CHECKPOINT (.pth, or .safetensors) into an r2 run directory.
 
     The result works wherever an r2 run does: `r2 predict --checkpoint RUN_DIR`,
@@ -27,12 +33,18 @@ def convert_official(checkpoint, out_dir, dataset, trust_checkpoint, force):
 
     \b
     Example:
-      r2 convert-official r2_tuning_qvhighlights.pth --out runs/official-qvh --dataset qvhighlights
+      r2 convert-official r2_tuning_qvhighlights.pth --out runs/official-qvh --dataset qvhighlights \\
+          --model ~/models/clip-vit-base-patch32
     """
     from r2.model.official import convert_official as run
 
+    clip = None
+    if clip_model is not None:
+        from r2.extract.clip import describe_clip
+
+        clip = describe_clip(clip_model)
     summary = run(checkpoint, out_dir, dataset=dataset.lower() if dataset else None,
-                  trust_checkpoint=trust_checkpoint, overwrite=force)
+                  trust_checkpoint=trust_checkpoint, overwrite=force, clip=clip)
     cfg = summary.config
     click.echo(f"converted {summary.source}")
     click.echo(f"  sha256       {summary.sha256}")

@@ -33,6 +33,7 @@ import re
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 import torch
 
@@ -274,7 +275,8 @@ def infer_config(state: dict[str, torch.Tensor], dataset: str | None = None, num
         else:
             raise OfficialCheckpointError(
                 f"adapter.video_map.0.weight has width {video_in}, which matches no known CLIP visual "
-                f"width {sorted(_CLIP_BY_VISUAL_WIDTH)} with or without the 2 TEF channels; pass use_tef")
+                f"width {sorted(_CLIP_BY_VISUAL_WIDTH)} with or without the 2 TEF channels: name the CLIP model "
+                "it reads (`r2 convert-official --model`), or pass use_tef")
     video_dim = video_in - 2 if use_tef else video_in
     ffn_hidden = _shape(state, "adapter.tem.ffn.mapping.0.weight")[0]
     if ffn_hidden % hidden:
@@ -395,23 +397,51 @@ def load_official_model(path, dataset: str | None = None, trust_checkpoint: bool
     return _load_official(path, dataset, trust_checkpoint)[0]
 
 
-def _load_official(path, dataset: str | None, trust_checkpoint: bool):
-    """(model, data set, where the data set came from) of an official checkpoint."""
+def _load_official(path, dataset: str | None, trust_checkpoint: bool, clip: Mapping | None = None):
+    """(model, data set, where the data set came from) of an official checkpoint; ``clip``: as
+    in :func:`convert_official` (its width tells whether the video input has the 2 TEF channels)."""
     from .model import R2Model
 
     state = extract_state_dict(load_checkpoint(path, trust_checkpoint=trust_checkpoint))
-    weights = from_official_state_dict(state, infer_config(state))  # the file's own errors first
+    use_tef = None
+    if clip is not None and "adapter.video_map.0.weight" in state:
+        video_in, width = _shape(state, "adapter.video_map.0.weight")[0], int(clip["video_width"])
+        if video_in not in (width, width + 2):
+            raise OfficialCheckpointError(
+                f"{path}: its video input has width {video_in}, and the CLIP model {clip['model_id']} gives features "
+                f"of width {width} ({width + 2} with the 2 TEF channels): the checkpoint was trained on another CLIP")
+        use_tef = video_in == width + 2
+    weights = from_official_state_dict(state, infer_config(state, use_tef=use_tef))  # the file's own errors first
     dataset, dataset_source = _resolve_dataset(path, dataset)
     try:
-        config = infer_config(state, dataset=dataset)
+        config = infer_config(state, dataset=dataset, use_tef=use_tef)
     except OfficialCheckpointError as exc:
         if dataset_source != "file name":
             raise
         raise OfficialCheckpointError(f"{path}: {exc} (data set {dataset!r} read from the file name "
                                       f"{Path(path).name}; pass --dataset to choose)") from exc
+    if clip is not None:
+        config = config.replace(features=_clip_features(clip, config, path))
     model = R2Model(config)
     model.load_state_dict_strict(weights, source=str(path))
     return model.eval(), dataset, dataset_source
+
+
+def _clip_features(clip: Mapping, config, path) -> dict:
+    """The ``features`` of a converted model that reads ``clip``'s features: its identity, its
+    last K layers (the official features are the last K of each tower), the data set's fps."""
+    if int(clip["query_width"]) != config.query_dim:
+        raise OfficialCheckpointError(
+            f"{path}: its query input has width {config.query_dim}, and the CLIP model {clip['model_id']} gives "
+            f"query features of width {clip['query_width']}: the checkpoint was trained on another CLIP")
+    depth = int(clip["num_layers"])
+    if depth < config.num_layers:
+        raise OfficialCheckpointError(f"{path}: the checkpoint reads {config.num_layers} layers and the CLIP model "
+                                      f"{clip['model_id']} has {depth}")
+    features = {k: clip[k] for k in ("model_id", "model_weights_hash", "model_config_hash") if clip.get(k)}
+    features["layers"] = list(range(depth - config.num_layers + 1, depth + 1))
+    features["fps"] = (config.features or {}).get("fps", config.fps)
+    return features
 
 
 @dataclass(frozen=True)
@@ -433,10 +463,17 @@ class ConvertedCheckpoint:
 
 
 def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_checkpoint: bool = False,
-                     overwrite: bool = False) -> ConvertedCheckpoint:
+                     overwrite: bool = False, clip: Mapping | None = None) -> ConvertedCheckpoint:
     """Convert an official checkpoint into an r2 run directory (config.json + model.safetensors).
 
     dataset: as in `load_official_model` (given, or read from the released file name).
+    clip: the CLIP model whose features the converted model reads, as
+    ``r2.extract.clip.describe_clip`` describes a local copy (``model_id``,
+    ``model_weights_hash``, ``model_config_hash``, ``video_width``, ``query_width``,
+    ``num_layers``): recorded as its ``features``, so caches extracted or imported with that
+    model, from any folder, match it by its weights. Without it the features name the hub id
+    of the CLIP of the release's width (``openai/clip-vit-base-patch32``), which a cache made
+    from a local folder does not match. Its widths must be the checkpoint's.
     Also writes ``official_source.json`` (source path, sha256, data set and where it came
     from). Returns a :class:`ConvertedCheckpoint`.
     """
@@ -445,7 +482,7 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
     out_dir = Path(out_dir)
     if (out_dir / WEIGHTS_NAME).exists() and not overwrite:
         raise OfficialCheckpointError(f"{out_dir / WEIGHTS_NAME} exists; pass --force (overwrite=True) to replace it")
-    model, dataset, dataset_source = _load_official(checkpoint, dataset, trust_checkpoint)
+    model, dataset, dataset_source = _load_official(checkpoint, dataset, trust_checkpoint, clip)
     model.save_pretrained(out_dir)
     sha = hashlib.sha256()
     with open(checkpoint, "rb") as fh:
