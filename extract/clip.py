@@ -233,11 +233,9 @@ def resolve_model(model: str | os.PathLike) -> Path:
     return local
 
 
-def describe_clip(model: str | os.PathLike) -> dict:
-    """What a checkpoint records of the CLIP whose features it reads, from the folder's files
-    (the weights are hashed, not loaded): ``model_id`` (the folder, or the hub id as given),
-    ``model_weights_hash``, ``model_config_hash`` (as ``r2 extract`` records them), the widths
-    ``video_width`` and ``query_width``, and ``num_layers``, the depth of the vision tower."""
+def _open_config(model: str | os.PathLike):
+    """``(folder, CLIPConfig, model id)`` of ``model`` (a folder, or a hub id on disk); the id is
+    the folder's absolute path for a folder, the hub id as given for one."""
     from transformers import CLIPConfig
 
     path = resolve_model(model)
@@ -246,8 +244,17 @@ def describe_clip(model: str | os.PathLike) -> dict:
     except (OSError, ValueError, TypeError, KeyError) as exc:
         raise ModelError(f"--model {os.fspath(model)}: cannot read the CLIP config in {path} "
                          f"({type(exc).__name__}: {_first_line(exc)})") from None
-    local = Path(os.fspath(model)).expanduser().exists()
-    return {"model_id": str(path) if local else os.fspath(model), "model_weights_hash": weights_hash(path),
+    model_id = str(path) if Path(os.fspath(model)).expanduser().exists() else os.fspath(model)
+    return path, config, model_id
+
+
+def describe_clip(model: str | os.PathLike) -> dict:
+    """What a checkpoint records of the CLIP whose features it reads, from the folder's files
+    (the weights are hashed, not loaded): ``model_id`` (the folder, or the hub id as given),
+    ``model_weights_hash``, ``model_config_hash`` (as ``r2 extract`` records them), the widths
+    ``video_width`` and ``query_width``, and ``num_layers``, the depth of the vision tower."""
+    path, config, model_id = _open_config(model)
+    return {"model_id": model_id, "model_weights_hash": weights_hash(path),
             "model_config_hash": config_hash(config), "video_width": config.vision_config.hidden_size,
             "query_width": config.text_config.hidden_size, "num_layers": config.vision_config.num_hidden_layers}
 
@@ -374,7 +381,7 @@ class FrozenCLIP:
         """``model``: hub id, local folder, or a loaded ``CLIPModel``. ``layers``: hidden-state
         indices to keep, ascending (negative: from the end, -1 = the last block); default the last
         four."""
-        from transformers import CLIPConfig, CLIPModel
+        from transformers import CLIPModel
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
@@ -386,14 +393,8 @@ class FrozenCLIP:
             net, path, config = model, None, model.config
             model_id = config.name_or_path or "in-memory CLIPModel"
         else:
-            path = resolve_model(model)
-            try:
-                config = CLIPConfig.from_pretrained(path)
-            except (OSError, ValueError, TypeError, KeyError) as exc:
-                raise ModelError(f"--model {os.fspath(model)}: cannot read the CLIP config in {path} "
-                                 f"({type(exc).__name__}: {_first_line(exc)})") from None
+            path, config, model_id = _open_config(model)
             net = None
-            model_id = str(path) if Path(os.fspath(model)).expanduser().exists() else os.fspath(model)
         n_vis = config.vision_config.num_hidden_layers
         n_txt = config.text_config.num_hidden_layers
         default = default_layers(n_vis)
