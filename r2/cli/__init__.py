@@ -25,6 +25,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from typing import Callable
 
@@ -151,16 +152,33 @@ def _stop_signals_recorded():
     list of the signals that came. A signal is left alone where it is ignored (nohup, a
     background job) or someone else handles it, and off the main thread. Forked children (torch's
     loader workers) inherit the handler: they stop on SIGTERM as on Ctrl-C, quietly (a worker
-    killed by the signal makes torch raise in the training process as it shuts the loader down)."""
+    killed by the signal makes torch raise in the training process as it shuts the loader down).
+
+    Python runs a signal handler wherever the main thread is; when that is a ``__del__`` or a
+    weakref callback (h5py frees its objects in them, most of the time of a write), the
+    KeyboardInterrupt cannot propagate and is only printed ("Exception ignored in ..."): the
+    command would go on as if no Ctrl-C had come. ``sys.unraisablehook`` catches that one and
+    sends the signal again (from a thread started with the first signal, so that it comes once
+    the main thread is out of the callback), so it is raised where it can propagate."""
     seen: list[int] = []
+    swallowed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
         yield seen
         return
     owner = os.getpid()
     usual = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
+    def redeliver():
+        while True:
+            swallowed.wait()
+            swallowed.clear()
+            time.sleep(0.001)  # the main thread leaves the hook and the callback
+            os.kill(owner, seen[-1])
+
     def handler(signum, frame):
         if os.getpid() == owner:
+            if not seen:
+                threading.Thread(target=redeliver, name="r2-signal-redelivery", daemon=True).start()
             seen.append(signum)
             # torch's SIGCHLD handler reports a loader worker killed by a signal as an error;
             # workers that this same SIGTERM kills (torch's own handler in them lets a SIGTERM
@@ -173,11 +191,23 @@ def _stop_signals_recorded():
     replaced = [sig for sig, h in usual.items() if signal.getsignal(sig) is h]
     for sig in replaced:
         signal.signal(sig, handler)
+    previous_hook = sys.unraisablehook
+
+    def unraisable(info):
+        if info.exc_type is KeyboardInterrupt and seen and os.getpid() == owner:
+            swallowed.set()  # in a __del__ or weakref callback: sent again, raised where it propagates
+            return
+        previous_hook(info)
+
+    if replaced:
+        sys.unraisablehook = unraisable
     try:
         yield seen
     finally:
         for sig in replaced:
             signal.signal(sig, usual[sig])
+        if sys.unraisablehook is unraisable:
+            sys.unraisablehook = previous_hook
 
 
 def _ignore_signal(signum, frame) -> None:
