@@ -145,6 +145,7 @@ class ExtractionSummary:
     videos_extracted: int = 0  # in this run
     videos_skipped: int = 0  # already in the cache
     videos_taken: int = 0  # left to another writer of the cache that had claimed them (or committed them meanwhile)
+    waited_for_others: bool = False  # the taken ones were waited for: committed by their writers
     clips: int = 0  # clips extracted in this run
     queries_total: int = 0
     queries_extracted: int = 0
@@ -176,7 +177,10 @@ class ExtractionSummary:
             f"(of {self.queries_total})",
             f"  written: {self.bytes_written / 1e6:.1f} MB",
         ]
-        if self.videos_taken:
+        if self.videos_taken and self.waited_for_others:
+            lines.append(f"  (the {self.videos_taken} taken were extracted by another run meanwhile: all are in the "
+                         "cache)")
+        elif self.videos_taken:
             lines.append(f"  (the {self.videos_taken} taken are another run's; when it is done, a rerun of the same "
                          "command adds any it did not finish)")
         if self.notes:
@@ -279,6 +283,7 @@ def extract_features(
     log: Callable[[str], None] | None = None,
     clip=None,
     known_failures: Sequence[Failure] = (),
+    wait_for_others: bool = True,
 ) -> ExtractionSummary:
     """Extract the features of ``videos`` and ``queries`` into the cache at ``cache_dir``.
 
@@ -288,7 +293,11 @@ def extract_features(
     model runs on the CPU, CPU count but at most 32 on a GPU; 0 = decode in this process). ``clip``: an
     already loaded :class:`~r2.extract.clip.FrozenCLIP` (tests, benchmarks).
     ``known_failures``: videos the caller could not even find (reported with the others).
-    ``progress``: a progress bar on stderr (None: only on a terminal). Returns an
+    ``progress``: a progress bar on stderr (None: only on a terminal). ``wait_for_others``:
+    when the rest is done, wait for the videos that other live writers of the cache (another
+    ``r2 extract`` into it) have claimed and not committed yet, and extract any one whose
+    writer stops without committing it; so a run that returns has every video of its list in
+    the cache, or failed (False: leave them to those writers, counted as taken). Returns an
     :class:`ExtractionSummary`; failed videos are in ``summary.failures`` and the failures file.
     """
     from r2.extract.clip import FrozenCLIP
@@ -316,7 +325,8 @@ def extract_features(
         cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other settings (precision too)
     except OSError as exc:  # a read-only file system, no permission, a full disk: one line, no traceback
         raise _write_error(cache_dir, exc) from None
-    summary = ExtractionSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries))
+    summary = ExtractionSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries),
+                                waited_for_others=wait_for_others)
     summary.failures.extend(f for f in known_failures if in_shard(f.video_id, num_shards, shard_index))
     summary.videos_total += len(summary.failures)
     todo_videos = [v for v in videos if not cache.has_video(v.video_id)]
@@ -356,7 +366,8 @@ def extract_features(
             summary.startup_seconds = time.perf_counter() - t_start
             if todo_videos:
                 _extract_videos(clip, todo_videos, writer, summary, prep, log, fps=fps, batch_size=batch_size,
-                                workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype)
+                                workers=workers, decode_threads=decode_threads, progress=progress, dtype=dtype,
+                                wait_for_others=wait_for_others)
             closing = True
     except (OSError, ShardDiscardedError) as exc:
         if not closing and not isinstance(exc, ShardDiscardedError):
@@ -660,7 +671,12 @@ def _exit_codes(exc: Exception) -> str:
     return "; ".join(dict.fromkeys(parts)) or "exit code unknown"
 
 
-def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
+#: seconds between looks at the videos other live writers of the cache are extracting, once
+#: everything else is done (``wait_for_others``)
+WAIT_POLL_SECONDS = 1.0
+
+
+def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None, on_wait=None):
     """Decode every job; yields, as it happens:
 
     - ``("frames", i, frames)``: the next ``(c, S, S, 3)`` uint8 frames of job ``i``, in clip order;
@@ -671,7 +687,10 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
     - ``("taken", i)``: ``may_start(i)``, asked just before job ``i`` would start, said no
       (another writer of the cache has it), and again once every other job was done. Not
       decoded. A job it says yes to the second time (its claimer died without committing it)
-      is decoded then.
+      is decoded then. ``may_start`` answers True (start it), False (leave it: done, or to be
+      left to its claimer) or None (its claimer is alive and has not committed it: ask again);
+      jobs it keeps answering None for are asked again every :data:`WAIT_POLL_SECONDS`, after
+      ``on_wait(jobs)`` is called with them, until it answers True or False.
 
     ``workers`` loky processes (joblib's process pool; used directly because joblib runs
     ``n_jobs=1`` in the calling process, and one decode process next to the model is the right
@@ -698,11 +717,19 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
                 waiting.append(i)
             else:
                 yield from decode(i)
-        for i in waiting:  # a second look, at the end
-            if may_start(i):
-                yield from decode(i)
-            else:
-                yield "taken", i
+        while waiting:  # a second look, at the end (and more while their claimers work on them)
+            still = []
+            for i in waiting:
+                answer = may_start(i)
+                if answer:
+                    yield from decode(i)
+                elif answer is None:
+                    still.append(i)
+                else:
+                    yield "taken", i
+            waiting = still
+            if waiting:
+                _wait_for_others(on_wait, waiting)
         return
 
     pool = _pool(min(workers, len(args)), (size, size, 3))
@@ -791,17 +818,29 @@ def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None):
                     yield "done", key, result
             if not waiting:
                 break
+            still = []
             for i in waiting:  # a second look, once everything else is done
-                if may_start(i):  # its claimer died without committing it: this run does it
+                answer = may_start(i)
+                if answer:  # its claimer died without committing it: this run does it
                     allowed.add(i)
                     todo.append(i)
+                elif answer is None:  # its claimer is alive and at it: asked again
+                    still.append(i)
                 else:
                     yield "taken", i
-            waiting.clear()
+            waiting[:] = still
+            if waiting and not todo:
+                _wait_for_others(on_wait, waiting)
         clean = True
     finally:
         if not clean:  # stopped half-way: workers may hold slots, start afresh next time
             _close_pool()
+
+
+def _wait_for_others(on_wait, waiting: list[int]) -> None:
+    if on_wait is not None:
+        on_wait(list(waiting))
+    time.sleep(WAIT_POLL_SECONDS)
 
 
 class _Pending:
@@ -849,7 +888,7 @@ class _CPUThreads:
 
 
 def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, workers, decode_threads, progress,
-                    dtype):
+                    dtype, wait_for_others=True):
     import torch
     from tqdm import tqdm
 
@@ -965,6 +1004,34 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
         elapsed = time.perf_counter() - t0
         bar.set_postfix_str(f"{summary.clips / elapsed:.1f} frames/s, {len(summary.failures)} failed", refresh=False)
 
+    def may_start(i):
+        """True: this run's now; False: another writer committed it (or it is left to its claimer,
+        without ``wait_for_others``); None: another live writer is extracting it."""
+        video_id = jobs[i].video_id
+        if writer.claim_video(video_id):
+            return True
+        if not wait_for_others:
+            return False
+        writer.cache.refresh()  # committed by its claimer (whose claim lasts while it lives)?
+        return False if writer.cache.has_video(video_id) else None
+
+    told = []
+
+    def on_wait(waiting):
+        # First make this run's own finished videos visible: another run may be waiting for them
+        # in turn (two runs that each wait for the other's uncommitted shard would wait forever).
+        while queued:
+            run_batch(batch_size)
+        try:
+            writer.flush()
+        except (OSError, ShardDiscardedError) as exc:
+            raise _write_error(writer.root, exc) from None
+        if not told:
+            who = _first_of([w.label for w in writer.other_live_writers()], 3)
+            say(f"waiting for {len(waiting)} video(s) that other writer(s) of the cache are extracting ({who}), "
+                "to take over any one left uncommitted (Ctrl-C, or --no-wait next time, leaves them to those writers)")
+            told.append(True)
+
     threads = torch.get_num_threads()
     plan = _CPUThreads(usable_cpus(), workers) if clip.device.type == "cpu" and workers > 0 else None
     if plan is not None:
@@ -972,7 +1039,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
     try:
         with torch.inference_mode():
             for event in _decode_results(jobs, fps, prep.size, prep.resize, workers, decode_threads,
-                                         may_start=lambda i: writer.claim_video(jobs[i].video_id)):
+                                         may_start=may_start, on_wait=on_wait):
                 kind, i = event[0], event[1]
                 if kind == "taken":  # another writer of the cache is extracting it
                     done += 1

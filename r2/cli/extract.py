@@ -63,11 +63,16 @@ def _parse_layers(text: str | None):
               help="... and extract this one (0-based).")
 @click.option("--decode-threads", type=click.IntRange(min=0), default=1, show_default=True,
               help="FFmpeg threads per decode process (0 = FFmpeg's choice).")
-@click.option("--max-shard-items", type=click.IntRange(min=1), hidden=True, help="Commit a cache shard every N items.")
+@click.option("--max-shard-items", type=click.IntRange(min=1), hidden=True,
+              help="Commit a cache shard every N items.")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="When the rest is done, wait for the videos another live run into the same --out is "
+                   "extracting, and take over any it stops without committing (so that when this run ends, all "
+                   "its videos are in the cache or failed); --no-wait leaves them to it.")
 @progress_option
 @click.pass_context
 def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_size, workers, device, precision,
-            dtype, resize, num_shards, shard_index, decode_threads, max_shard_items, progress):
+            dtype, resize, num_shards, shard_index, decode_threads, max_shard_items, wait, progress):
     """Run frozen CLIP over videos (and queries) into a feature cache.
 
     \b
@@ -76,7 +81,8 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
     extension; a video file given itself: its name without extension (annotations: their vid).
     A rerun resumes: what is in the cache is skipped, failed videos are retried. Runs started
     at once into the same --out (one per GPU, say) share the videos: each leaves those another
-    live run has taken.
+    live run has taken, and waits for them once the rest is done (taking over any that run
+    stops without), so that each ends with all its videos in the cache (--no-wait: it does not).
 
     \b
     Examples:
@@ -110,7 +116,7 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
         jobs.videos, jobs.queries, out, model, fps=jobs.fps, layers=_parse_layers(layers), batch_size=batch_size,
         workers=workers, device=device, precision=precision, dtype=dtype, resize=resize, num_shards=num_shards,
         shard_index=shard_index, decode_threads=decode_threads, max_shard_items=max_shard_items,
-        progress=progress, command=command, known_failures=jobs.failures)
+        progress=progress, command=command, known_failures=jobs.failures, wait_for_others=wait)
     click.echo(summary.format())
     if not summary.ok:
         ctx.exit(1)

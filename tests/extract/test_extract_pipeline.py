@@ -676,8 +676,8 @@ def test_a_shard_dropped_by_the_writer_stops_the_run_instead_of_failing_one_vide
 def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
     """Another writer of the cache is alive (here: a writer held open, as another r2 extract's):
     it is named, and a video it has claimed is left to it (not decoded, "taken" in the summary),
-    the others are extracted and claimed in turn; once it is gone, its video is done by a
-    rerun. With no other writer nothing is said."""
+    the others are extracted and claimed in turn; without waiting for it (--no-wait), once it is
+    gone, its video is done by a rerun. With no other writer nothing is said."""
     import socket
 
     paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
@@ -687,7 +687,7 @@ def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
     def run(*names):
         said = []
         summary = extract_features([jobs[n] for n in names], [], out, None, fps=1, workers=workers, clip=tiny_clip,
-                                   progress=False, log=said.append)
+                                   progress=False, log=said.append, wait_for_others=False)
         return summary, [m for m in said if "other writer" in m]
 
     summary, notes = run("red")
@@ -707,6 +707,52 @@ def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
     summary, notes = run("blue", "green")
     assert notes == [] and (summary.videos_extracted, summary.videos_skipped, summary.videos_taken) == (1, 1, 0)
     assert FeatureCache.open(out).video_ids() == ["blue", "green", "red"]
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+@pytest.mark.parametrize("claimer", ["stops", "commits"])
+def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_path, workers, claimer):
+    """Once the rest is done, a video another live writer has claimed is waited for: taken over
+    when that writer stops without committing it (done here, not left for a rerun), counted as
+    taken when it commits it; either way the run returns with the video in the cache."""
+    import threading
+
+    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
+    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
+    out = tmp_path / "out"
+    extract_features([jobs["red"]], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=lambda m: None)
+    other = FeatureCache.open(out).writer()
+    assert other.claim_video("blue")
+    features = FeatureCache.open(out).load_video("red")
+    said, visible = [], []
+
+    def claimer_acts():  # once this run has said it waits
+        if claimer == "stops":
+            other.abort()
+        else:
+            other.add_video("blue", features)
+            other.close()
+
+    def log(message):
+        said.append(message)
+        if message.startswith("waiting for"):
+            # this run's own videos are committed first: the other may be waiting for them in turn
+            visible.append(FeatureCache.open(out).has_video("green"))
+            threading.Timer(1.5, claimer_acts).start()
+
+    summary = extract_features([jobs["blue"], jobs["green"]], [], out, None, fps=1, workers=workers, clip=tiny_clip,
+                               progress=False, log=log)
+    [note] = [m for m in said if m.startswith("waiting for")]
+    assert visible == [True]
+    assert f"waiting for 1 video(s) that other writer(s) of the cache are extracting (pid {os.getpid()}" in note
+    assert "--no-wait" in note
+    done_here = claimer == "stops"
+    assert (summary.videos_extracted, summary.videos_taken, summary.failures) == (1 + done_here, 1 - done_here, [])
+    cache = FeatureCache.open(out)
+    assert cache.video_ids() == ["blue", "green", "red"]
+    assert np.array_equal(cache.load_video("blue"), features) != done_here  # the claimer's own features
+    if not done_here:
+        assert "(the 1 taken were extracted by another run meanwhile: all are in the cache)" in summary.format()
 
 
 @pytest.mark.parametrize("workers", [0, 1])
