@@ -709,6 +709,18 @@ def test_runs_into_one_cache_share_the_videos(tiny_clip, tmp_path, workers):
     assert FeatureCache.open(out).video_ids() == ["blue", "green", "red"]
 
 
+def _red_cached_blue_claimed(tiny_clip, tmp_path):
+    """Jobs of three videos (red, blue, green), a cache holding red, and another writer of it,
+    open, that has claimed blue."""
+    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
+    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
+    out = tmp_path / "out"
+    extract_features([jobs["red"]], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=lambda m: None)
+    other = FeatureCache.open(out).writer()
+    assert other.claim_video("blue")
+    return jobs, out, other
+
+
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("claimer", ["stops", "commits"])
 def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_path, workers, claimer):
@@ -717,12 +729,7 @@ def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_p
     taken when it commits it; either way the run returns with the video in the cache."""
     import threading
 
-    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
-    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
-    out = tmp_path / "out"
-    extract_features([jobs["red"]], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=lambda m: None)
-    other = FeatureCache.open(out).writer()
-    assert other.claim_video("blue")
+    jobs, out, other = _red_cached_blue_claimed(tiny_clip, tmp_path)
     features = FeatureCache.open(out).load_video("red")
     said, visible = [], []
 
@@ -762,12 +769,7 @@ def test_a_video_left_to_a_writer_that_stops_meanwhile_is_done_at_the_end(tiny_c
     the next video), so this run extracts it instead of leaving it for a rerun."""
     from r2.cache.writer import CacheWriter
 
-    paths = [S.write_segment_video(tmp_path / f"{c}.mp4", [(c, 2.0)], fps=5).path for c in ("red", "blue", "green")]
-    jobs = {p.stem: VideoJob(p.stem, str(p)) for p in paths}
-    out = tmp_path / "out"
-    extract_features([jobs["red"]], [], out, None, fps=1, workers=0, clip=tiny_clip, progress=False, log=lambda m: None)
-    other = FeatureCache.open(out).writer()
-    assert other.claim_video("blue")
+    jobs, out, other = _red_cached_blue_claimed(tiny_clip, tmp_path)
     real = CacheWriter.claim_video
     asked = []
 
