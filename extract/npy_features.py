@@ -43,7 +43,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
-from r2.extract.pipeline import ExtractionError, _first_lines, _write_error, feature_manifest, preprocessing_of
+from r2.extract.pipeline import (WAIT_POLL_SECONDS, ExtractionError, _first_lines, _write_error, feature_manifest,
+                                 preprocessing_of)
 
 __all__ = ["ImportFailure", "ImportSummary", "check_query_files", "import_npy_features", "npy_files"]
 
@@ -63,6 +64,7 @@ class ImportSummary:
     videos_total: int = 0
     videos_imported: int = 0
     videos_skipped: int = 0  # already in the cache
+    videos_taken: int = 0  # added by another writer of the cache meanwhile
     clips: int = 0  # clips imported in this run
     queries_total: int = 0
     queries_imported: int = 0
@@ -83,7 +85,8 @@ class ImportSummary:
             f"imported into {self.cache_dir} in {self.seconds:.1f} s (start-up: model, cache "
             f"{self.startup_seconds:.1f} s; then {rate:.0f} MB/s written)",
             f"  videos : {self.videos_imported} imported ({self.clips} clips), {self.videos_skipped} already cached"
-            f" (of {self.videos_total})",
+            + (f", {self.videos_taken} added by another writer meanwhile" if self.videos_taken else "")
+            + f" (of {self.videos_total})",
             f"  queries: {self.queries_imported} imported, {self.queries_skipped} already cached "
             f"(of {self.queries_total})",
             f"  written: {self.bytes_written / 1e6:.1f} MB",
@@ -293,9 +296,32 @@ def import_npy_features(
                dynamic_ncols=True, file=sys.stderr, mininterval=0.5)
     try:
         with cache.writer(on_commit=committed) as writer:  # leaving on an error commits what was whole
+            waiting = []  # videos another live writer (an r2 extract or import into the cache) has claimed
             for family, item_id, path in jobs:
+                if family == "videos" and not writer.claim_video(item_id):
+                    waiting.append((item_id, path))
+                    continue
                 add(writer, family, item_id, path)
                 bar.update(1)
+            if waiting:  # as r2 extract does: commit, then wait for them; take over any left uncommitted
+                writer.flush()
+                log(f"waiting for {len(waiting)} video(s) that other writer(s) of the cache are adding")
+            while waiting:
+                still = []
+                for item_id, path in waiting:
+                    if writer.claim_video(item_id):  # its writer stopped without it
+                        add(writer, "videos", item_id, path)
+                        bar.update(1)
+                        continue
+                    writer.cache.refresh()
+                    if writer.cache.has_video(item_id):  # committed by its writer
+                        summary.videos_taken += 1
+                        bar.update(1)
+                    else:
+                        still.append((item_id, path))
+                waiting = still
+                if waiting:
+                    time.sleep(WAIT_POLL_SECONDS)
     except (OSError, ShardDiscardedError) as exc:
         raise _write_error(cache_dir, exc) from None
     finally:

@@ -244,3 +244,50 @@ def test_query_files_of_another_model_or_layer_order_are_refused_before_writing(
     assert "none of the 3 checked agrees with the model's features of its sentence" in result.output
     assert "differs from the model's features of" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("claimer", ["stops", "commits"])
+def test_a_video_another_writer_is_adding_is_waited_for(extracted, tiny_clip, tmp_path, claimer):
+    """As in r2 extract: once the rest is done, a video another live writer of the cache has
+    claimed is waited for: imported here when that writer stops without it, counted when it
+    commits it; the run's own items are committed first."""
+    import threading
+
+    from r2.extract.npy_features import import_npy_features
+
+    _, cache, vid_dir, _ = extracted
+    out = tmp_path / "c"
+    first = tmp_path / "first"
+    first.mkdir()
+    os.link(vid_dir / "v0.npy", first / "v0.npy")
+    assert import_npy_features(first, out, None, fps=0.5, clip=tiny_clip, progress=False).ok
+    other = FeatureCache.open(out).writer()
+    assert other.claim_video("v1")
+    mine = cache.load_video("v1", dtype=None)
+    said, visible = [], []
+
+    def claimer_acts():
+        if claimer == "stops":
+            other.abort()
+        else:
+            other.add_video("v1", mine[:2])
+            other.close()
+
+    def log(message):
+        said.append(message)
+        if message.startswith("waiting for"):
+            visible.append(FeatureCache.open(out).has_video("v2"))  # this run's own, committed first
+            threading.Timer(1.5, claimer_acts).start()
+
+    summary = import_npy_features(vid_dir, out, None, fps=0.5, clip=tiny_clip, progress=False, log=log)
+    assert summary.ok, summary.format()
+    assert said[-1] == "waiting for 1 video(s) that other writer(s) of the cache are adding" and visible == [True]
+    imported = FeatureCache.open(out)
+    assert sorted(imported.video_ids()) == ["v0", "v1", "v2"]
+    if claimer == "stops":
+        assert (summary.videos_imported, summary.videos_taken) == (2, 0)
+        assert np.array_equal(imported.load_video("v1", dtype=None), mine)
+    else:
+        assert (summary.videos_imported, summary.videos_taken) == (1, 1)
+        assert "1 added by another writer meanwhile" in summary.format()
+        assert len(imported.load_video("v1", dtype=None)) == 2
