@@ -234,6 +234,10 @@ def import_npy_features(
     if clip is None:
         clip = FrozenCLIP(model, layers=layers)
     sentences = dict(sentences or {})
+    if sentences and queries and not any(i in sentences for i in queries):
+        log(f"warning: none of the {len(queries)} query files in {query_dir} is named by a query id of the "
+            f"annotations (e.g. {next(iter(queries))!r} against {next(iter(sentences))!r}): no sentence is stored "
+            "or checked")
     if check_queries and sentences:
         checked = {i: p for i, p in queries.items() if i in sentences}
         disagree = check_query_files(clip, {i: (checked[i], sentences[i]) for i in list(checked)[:check_queries]})
@@ -305,7 +309,8 @@ def import_npy_features(
                 bar.update(1)
             if waiting:  # as r2 extract does: commit, then wait for them; take over any left uncommitted
                 writer.flush()
-                log(f"waiting for {len(waiting)} video(s) that other writer(s) of the cache are adding")
+                with bar.external_write_mode(file=sys.stderr):
+                    log(f"waiting for {len(waiting)} video(s) that other writer(s) of the cache are adding")
             while waiting:
                 still = []
                 for item_id, path in waiting:

@@ -218,6 +218,14 @@ def test_annotations_give_the_queries_their_sentences_after_a_check(extracted, t
     result = run("--queries", txt_dir, "-a", other, "-o", tmp_path / "d", "-m", tiny_clip_dir, "--fps", "0.5")
     assert result.exit_code == 0, result.output
     assert "warning: 2.npy:" in result.output and "'a cat sleeps on a sofa'" in result.output
+    # annotations of other ids (another data set's file): said, and nothing is stored or checked
+    elsewhere = tmp_path / "elsewhere.jsonl"
+    elsewhere.write_text(json.dumps({"qid": 900, "query": "a dog", "duration": 6.0, "vid": "v0",
+                                     "relevant_windows": [[0, 2]]}) + "\n")
+    result = run("--queries", txt_dir, "-a", elsewhere, "-o", tmp_path / "e", "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert "warning: none of the 3 query files in" in result.output and "'1' against '900'" in result.output
+    assert all("text" not in FeatureCache.open(tmp_path / "e").query_attrs(q) for q in SENTENCES)
 
 
 @pytest.mark.parametrize("damage", ["another model", "layers reversed"])
