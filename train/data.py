@@ -572,6 +572,9 @@ def check_ids(cache, splits: Sequence[tuple[str, str | os.PathLike | None, Seque
         lines.extend(f"  {c}" for c in commands)
     else:
         lines.append("Add them with: " + extract_command(cache, "<annotation file>", dataset, folders))
+    made_by = str(cache.manifest.get("command") or "")
+    if made_by.startswith("r2 cache import "):  # features of a release: their files may be all there is
+        lines.append(f"or, as this cache was made (it imports the .npy files it does not have yet):\n  {made_by}")
     raise MissingFeaturesError("\n".join(lines))
 
 

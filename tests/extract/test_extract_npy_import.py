@@ -299,3 +299,26 @@ def test_a_video_another_writer_is_adding_is_waited_for(extracted, tiny_clip, tm
         assert (summary.videos_imported, summary.videos_taken) == (1, 1)
         assert "1 added by another writer meanwhile" in summary.format()
         assert len(imported.load_video("v1", dtype=None)) == 2
+
+
+def test_missing_ids_of_an_imported_cache_are_given_the_import_command_too(extracted, tiny_clip_dir, tmp_path,
+                                                                           monkeypatch):
+    from r2.train.annotations import load_annotations
+    from r2.train.data import MissingFeaturesError, check_ids
+
+    _, _, vid_dir, txt_dir = extracted
+    some = tmp_path / "vid"
+    some.mkdir()
+    os.link(vid_dir / "v0.npy", some / "v0.npy")
+    line = ["r2", "cache", "import", str(some), "--queries", str(txt_dir), "-o", str(tmp_path / "c"), "-m",
+            str(tiny_clip_dir), "--fps", "0.5"]
+    monkeypatch.setattr(sys, "argv", ["r2", *line[1:]])  # as typed: the command is recorded
+    assert run(*line[3:]).exit_code == 0
+    cache = FeatureCache.open(tmp_path / "c")
+    ann = write_annotations(tmp_path / "val.jsonl", SENTENCES)
+    with pytest.raises(MissingFeaturesError) as err:
+        check_ids(cache, [("val", ann, load_annotations(ann))])
+    message = str(err.value)
+    assert "2 of 3 videos missing" in message and "r2 extract <videos folder>" in message
+    assert message.endswith("or, as this cache was made (it imports the .npy files it does not have yet):\n  "
+                            + shlex.join(line))
