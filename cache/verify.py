@@ -19,10 +19,10 @@ values). (A shard without a recorded crc gets all the dataset checks.) So a full
 each file from disk once, sequentially. Partial shards (a running writer's, or one left by a
 killed writer) are a warning, not an error.
 
-A damaged shard is rebuilt by deleting it and rerunning the extract command that wrote it
-(the shard's own ``command`` attribute, else the index sidecar's note of it, else the
-manifest's ``command``), with ``--out`` pointing at this cache: it re-extracts what is
-missing.
+A damaged shard is rebuilt by deleting it and rerunning the command that wrote it (``r2
+extract`` or ``r2 cache import``: the shard's own ``command`` attribute, else the index
+sidecar's note of it, else the manifest's ``command``), with ``--out`` pointing at this
+cache: it re-extracts (re-imports) what is missing.
 """
 
 from __future__ import annotations
@@ -103,11 +103,11 @@ class VerifyReport:
                     commands.append(c)
             unknown = unknown or not (p.command or self.commands)
         if len(commands) == 1 and not unknown:
-            lines += ["then rerun the extract command that wrote them; it keeps what is "
-                      "there and re-extracts what is missing:", f"  {commands[0]}"]
+            lines += ["then rerun the command that wrote them; it keeps what is there and "
+                      "re-extracts (or re-imports) what is missing:", f"  {commands[0]}"]
         elif commands:
-            lines += ["then rerun the extract commands that wrote them (each keeps what is "
-                      "there and re-extracts what is missing):"] + [f"  {c}" for c in commands]
+            lines += ["then rerun the commands that wrote them (each keeps what is there and "
+                      "re-extracts, or re-imports, what is missing):"] + [f"  {c}" for c in commands]
         if unknown or not commands:
             lines += [("then" if not commands else "and, for the shards whose command is not recorded,")
                       + " rerun the `r2 extract` command that built this cache (same inputs, --out "
@@ -150,13 +150,13 @@ class VerifyReport:
 
 
 def with_out(command: str, path: str) -> str:
-    """``command`` with its ``--out`` (``--out=``; ``-o`` of ``r2 extract``) value replaced
-    by ``path``; unchanged when it has none or does not parse."""
+    """``command`` with its ``--out`` (``--out=``; ``-o`` of ``r2 extract`` and ``r2 cache
+    import``) value replaced by ``path``; unchanged when it has none or does not parse."""
     try:
         argv = shlex.split(command)
     except ValueError:
         return command
-    flags = ("--out", "-o") if argv[:2] == ["r2", "extract"] else ("--out",)
+    flags = ("--out", "-o") if argv[:2] == ["r2", "extract"] or argv[:3] == ["r2", "cache", "import"] else ("--out",)
     for i, arg in enumerate(argv):
         if arg in flags and i + 1 < len(argv):
             argv[i + 1] = path

@@ -322,3 +322,23 @@ def test_missing_ids_of_an_imported_cache_are_given_the_import_command_too(extra
     assert "2 of 3 videos missing" in message and "r2 extract <videos folder>" in message
     assert message.endswith("or, as this cache was made (it imports the .npy files it does not have yet):\n  "
                             + shlex.join(line))
+
+
+def test_verify_gives_a_damaged_imported_shard_the_import_command(extracted, tiny_clip_dir, tmp_path, monkeypatch):
+    import shutil
+
+    _, _, vid_dir, _ = extracted
+    line = ["r2", "cache", "import", str(vid_dir), "-o", str(tmp_path / "c"), "-m", str(tiny_clip_dir), "--fps", "0.5"]
+    monkeypatch.setattr(sys, "argv", line)
+    assert run(*line[3:]).exit_code == 0
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "c", moved)  # the cache elsewhere: -o is made to point at it
+    [shard] = sorted((moved / "shards").glob("videos-*.h5"))
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2:len(data) // 2 + 256] = b"\xff" * 256
+    shard.write_bytes(bytes(data))
+    report = verify(moved)
+    assert not report.ok
+    text = report.format()
+    assert "then rerun the command that wrote them; it keeps what is there and re-extracts (or re-imports)" in text
+    assert text.rstrip().endswith(shlex.join([*line[:5], str(moved.resolve()), *line[6:]]))
