@@ -158,8 +158,8 @@ def _stop_signals_recorded():
     weakref callback (h5py frees its objects in them, most of the time of a write), the
     KeyboardInterrupt cannot propagate and is only printed ("Exception ignored in ..."): the
     command would go on as if no Ctrl-C had come. ``sys.unraisablehook`` catches that one and
-    sends the signal again (from a thread started with the first signal, so that it comes once
-    the main thread is out of the callback), so it is raised where it can propagate."""
+    sends the signal again (from a thread waiting for that, so that it comes once the main
+    thread is out of the callback), so it is raised where it can propagate."""
     seen: list[int] = []
     swallowed = threading.Event()
     if threading.current_thread() is not threading.main_thread():
@@ -168,17 +168,19 @@ def _stop_signals_recorded():
     owner = os.getpid()
     usual = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
 
+    finished = []
+
     def redeliver():
         while True:
             swallowed.wait()
             swallowed.clear()
+            if finished:
+                return
             time.sleep(0.001)  # the main thread leaves the hook and the callback
             os.kill(owner, seen[-1])
 
     def handler(signum, frame):
         if os.getpid() == owner:
-            if not seen:
-                threading.Thread(target=redeliver, name="r2-signal-redelivery", daemon=True).start()
             seen.append(signum)
             # torch's SIGCHLD handler reports a loader worker killed by a signal as an error;
             # workers that this same SIGTERM kills (torch's own handler in them lets a SIGTERM
@@ -201,6 +203,9 @@ def _stop_signals_recorded():
 
     if replaced:
         sys.unraisablehook = unraisable
+        # started now, not in the handler: a handler that starts a thread can deadlock where the
+        # signal came while the main thread held threading's own locks (starting a thread)
+        threading.Thread(target=redeliver, name="r2-signal-redelivery", daemon=True).start()
     try:
         yield seen
     finally:
@@ -208,6 +213,8 @@ def _stop_signals_recorded():
             signal.signal(sig, usual[sig])
         if sys.unraisablehook is unraisable:
             sys.unraisablehook = previous_hook
+        finished.append(True)
+        swallowed.set()  # the redelivery thread ends
 
 
 def _ignore_signal(signum, frame) -> None:
