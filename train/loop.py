@@ -692,9 +692,25 @@ class _Trainer:
     def _nonfinite_loss(self, epoch: int, step: int, samples: Sequence[int]) -> None:
         """The loss of a step up to ``step`` (of ``samples``) is not finite: a CacheError when
         their cached features are damaged (a NaN in a shard reaches every weight in one
-        step), else a FitError: training diverged."""
-        for index in dict.fromkeys(samples):
-            self.train_data.check_features(index)
+        step), else a FitError: training diverged. Under DDP every rank comes here at the same
+        step and checks its own samples; each raises the first damaged item any rank found (a
+        rank that stopped alone would leave the others a gloo traceback)."""
+        from r2.cache import CacheError
+
+        found = None
+        try:
+            for index in dict.fromkeys(samples):
+                self.train_data.check_features(index)
+        except CacheError as exc:
+            found = exc
+        if self.ctx.distributed:
+            messages = self.ctx.gather_objects(str(found) if found is not None else None)
+            first = next((m for m in messages if m is not None), None)
+            if found is None and first is not None:
+                rank = messages.index(first)
+                found = CacheError(f"{first} (found by rank {rank})")
+        if found is not None:
+            raise found
         hint = ", or --set amp=bf16 (float16 overflows)" if self.amp == "fp16" else ""
         raise FitError(f"the training loss is not finite at epoch {epoch + 1}, step {step + 1}, although the "
                        f"features of its batches are intact (checked as `r2 cache verify` does): training "
@@ -885,7 +901,8 @@ class _Trainer:
                     recent.extend(batch.indices)
                     # every step on the CPU, every 10 on a GPU (where reading the value waits for it)
                     if ctx.device.type != "cuda" or step % 10 == 0 or step + 1 == len(loader):
-                        if not bool(torch.isfinite(sums["total"])):
+                        bad = (~torch.isfinite(sums["total"])).double().reshape(1)
+                        if bool(ctx.all_reduce_sum(bad)):  # on any rank: all look, together
                             self._nonfinite_loss(epoch, step, recent)
                         recent.clear()
                     bar.update(1)

@@ -151,3 +151,24 @@ def test_unused_parameters_are_those_the_loss_does_not_reach():
     params = [*a.parameters(), *b.parameters(), *c.parameters()]
     unused = UnusedParameters(loss, params).collect()
     assert [id(p) for p in unused] == [id(c.weight), id(c.bias)]
+
+
+def test_torchrun_on_a_damaged_shard_every_rank_names_it(data, tmp_path):
+    """A video damaged into NaN after its commit, in one rank's batches: every rank checks its
+    own items at the same step and stops with the one-line error naming the shard (the others
+    say which rank found it). Before, the rank holding it stopped alone and the other died in
+    gloo with a traceback ("Connection closed by peer")."""
+    from dataclasses import replace
+
+    from .test_train_predict import _damage_first_video
+
+    error = _damage_first_video(data, tmp_path / "damaged", data.train_file)
+    damaged = replace(data, cache_dir=tmp_path / "damaged")
+    done = subprocess.run(_command(damaged, tmp_path / "run", "--no-progress"), env=_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
+    assert sorted(lines) == sorted([error, error + " (found by rank 0)"]) or \
+        sorted(lines) == sorted([error, error + " (found by rank 1)"]), done.stderr[-3000:]
+    assert "Connection closed by peer" not in done.stderr and "[rank0]: Traceback" not in done.stderr
+    assert "[rank1]: Traceback" not in done.stderr
