@@ -674,6 +674,8 @@ def _exit_codes(exc: Exception) -> str:
 #: seconds between looks at the videos other live writers of the cache are extracting, once
 #: everything else is done (``wait_for_others``)
 WAIT_POLL_SECONDS = 1.0
+#: how often a run that waits says so again
+WAIT_REMINDER_SECONDS = 60.0
 
 
 def _decode_results(jobs, fps, size, resize, workers, threads, may_start=None, on_wait=None):
@@ -1015,7 +1017,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
         writer.cache.refresh()  # committed by its claimer (whose claim lasts while it lives)?
         return False if writer.cache.has_video(video_id) else None
 
-    told = []
+    told = []  # when the waiting was said: first, and again every WAIT_REMINDER_SECONDS
 
     def on_wait(waiting):
         # First make this run's own finished videos visible: another run may be waiting for them
@@ -1026,11 +1028,16 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
             writer.flush()
         except (OSError, ShardDiscardedError) as exc:
             raise _write_error(writer.root, exc) from None
+        now = time.monotonic()
+        if told and now - told[-1] < WAIT_REMINDER_SECONDS:
+            return
+        who = _first_of([w.label for w in writer.other_live_writers()], 3)
         if not told:
-            who = _first_of([w.label for w in writer.other_live_writers()], 3)
             say(f"waiting for {len(waiting)} video(s) that other writer(s) of the cache are extracting ({who}), "
                 "to take over any one left uncommitted (Ctrl-C, or --no-wait next time, leaves them to those writers)")
-            told.append(True)
+        else:  # a writer that holds its claims but does no work (a notebook's open writer) would be waited for
+            say(f"still waiting for {len(waiting)} video(s) after {(now - told[0]) / 60:.0f} min ({who})")
+        told.append(now)
 
     threads = torch.get_num_threads()
     plan = _CPUThreads(usable_cpus(), workers) if clip.device.type == "cpu" and workers > 0 else None

@@ -723,11 +723,16 @@ def _red_cached_blue_claimed(tiny_clip, tmp_path):
 
 @pytest.mark.parametrize("workers", [0, 1])
 @pytest.mark.parametrize("claimer", ["stops", "commits"])
-def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_path, workers, claimer):
+def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_path, workers, claimer, monkeypatch):
     """Once the rest is done, a video another live writer has claimed is waited for: taken over
     when that writer stops without committing it (done here, not left for a rerun), counted as
-    taken when it commits it; either way the run returns with the video in the cache."""
+    taken when it commits it; either way the run returns with the video in the cache. The
+    waiting is said again while it lasts (here every 0.5 s instead of every minute)."""
     import threading
+
+    import r2.extract.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "WAIT_REMINDER_SECONDS", 0.5)
 
     jobs, out, other = _red_cached_blue_claimed(tiny_clip, tmp_path)
     features = FeatureCache.open(out).load_video("red")
@@ -753,6 +758,7 @@ def test_a_run_waits_for_the_videos_a_live_writer_is_extracting(tiny_clip, tmp_p
     assert visible == [True]
     assert f"waiting for 1 video(s) that other writer(s) of the cache are extracting (pid {os.getpid()}" in note
     assert "--no-wait" in note
+    assert any(m.startswith(f"still waiting for 1 video(s) after 0 min (pid {os.getpid()}") for m in said), said
     done_here = claimer == "stops"
     assert (summary.videos_extracted, summary.videos_taken, summary.failures) == (1 + done_here, 1 - done_here, [])
     cache = FeatureCache.open(out)
