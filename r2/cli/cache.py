@@ -210,7 +210,8 @@ def import_(ctx, video_dir, query_dir, out, model, dataset, fps, annotations, la
             sentences.setdefault(sample.query_id, sample.query)
     line = command_line("cache")
     if line:  # recorded in the cache, and quoted by `r2 cache verify` as the rebuild command: from any folder
-        line = _with_absolute_paths(ctx, line, {"--out", "-o", "--queries", "--model", "-m"}, head=3)
+        line = _with_absolute_paths(ctx, line, {"--out", "-o", "--queries", "--model", "-m", "--annotations", "-a"},
+                                    head=3)
     on_interrupt(lambda: f"{out} keeps what was committed so far; the same command again imports only the rest")
     summary = import_npy_features(video_dir, out, model, fps=fps, query_dir=query_dir, layers=_parse_layers(layers),
                                   dtype=dtype, progress=progress, command=shlex.join(line) if line else None,

@@ -77,13 +77,15 @@ def test_the_command_recorded_in_the_cache_works_from_any_folder(extracted, tiny
     (tmp_path / "vid").mkdir()
     os.link(vid_dir / "v1.npy", tmp_path / "vid" / "v1.npy")
     os.symlink(tiny_clip_dir, tmp_path / "clip")
+    write_annotations(tmp_path / "val.jsonl", SENTENCES)
     done = subprocess.run([sys.executable, "-m", "r2", "cache", "import", "vid", "-o", "c", "-m", "clip", "--fps",
-                           "0.5", "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
+                           "0.5", "-a", "val.jsonl", "--no-progress"], cwd=tmp_path, capture_output=True, text=True,
                           env=dict(os.environ, HF_HUB_OFFLINE="1"))
     assert done.returncode == 0, done.stderr
     recorded = FeatureCache.open(tmp_path / "c").manifest["command"]
     assert recorded == shlex.join(["r2", "cache", "import", str(tmp_path / "vid"), "-o", str(tmp_path / "c"), "-m",
-                                   str(tmp_path / "clip"), "--fps", "0.5", "--no-progress"])
+                                   str(tmp_path / "clip"), "--fps", "0.5", "-a", str(tmp_path / "val.jsonl"),
+                                   "--no-progress"])
 
 
 def test_a_rerun_imports_only_what_is_missing_and_other_settings_are_refused(extracted, tiny_clip_dir, tmp_path):
