@@ -72,7 +72,7 @@ def test_imported_features_are_the_extracted_cache_bit_for_bit(extracted, tiny_c
     assert merged.videos == 3 and merged.duplicates_identical == 6
 
 
-def test_the_command_recorded_in_the_cache_works_from_any_folder(extracted, tiny_clip_dir, tmp_path):
+def test_the_command_is_recorded_with_absolute_paths_for_verify_to_quote(extracted, tiny_clip_dir, tmp_path):
     _, _, vid_dir, _ = extracted
     (tmp_path / "vid").mkdir()
     os.link(vid_dir / "v1.npy", tmp_path / "vid" / "v1.npy")
