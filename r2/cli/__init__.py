@@ -273,6 +273,7 @@ def main():
     Typical flow:
       r2 extract videos/ -a train.jsonl -d charades --out cache/  # frozen CLIP, once per video
       r2 extract videos/ -a val.jsonl -d charades --out cache/    # same cache: adds the val split
+      r2 cache import vid_k4/ --queries txt_k4/ -d charades -m clip/ -o cache/  # or: released .npy features
       r2 fit --dataset charades --cache cache/ --train train.jsonl --val val.jsonl --run-dir runs/x
       r2 predict --checkpoint runs/x --cache cache/ --annotations val.jsonl --out preds.jsonl
       r2 score preds.jsonl --gt val.jsonl        # the benchmark's exact metrics
