@@ -485,6 +485,16 @@ class CacheWriter:
             self._check_usable()
             return self._claim(video_id) is None
 
+    def video_committed(self, video_id: str) -> bool:
+        """Whether the cache holds ``video_id`` now, the index refreshed (another writer may have
+        committed it since). Asked after :meth:`claim_video` said no: True, it is done; False,
+        its claimer is still at it, or has just stopped without it (ask :meth:`claim_video`
+        again). A claim lasts as long as its writer, so it does not say which."""
+        with self._mutex:
+            self._check_usable()
+            self.cache.refresh()
+            return self.cache.has_video(video_id)
+
     def _claim_for_adding(self, video_id: str) -> None:
         """Claim a video that is being added (:meth:`begin_video`); a CacheError when another
         live writer has claimed it, or committed it since this writer's cache was read."""

@@ -316,14 +316,12 @@ def import_npy_features(
                 for item_id, path in waiting:
                     if writer.claim_video(item_id):  # its writer stopped without it
                         add(writer, "videos", item_id, path)
-                        bar.update(1)
-                        continue
-                    writer.cache.refresh()
-                    if writer.cache.has_video(item_id):  # committed by its writer
-                        summary.videos_taken += 1
-                        bar.update(1)
-                    else:
+                    elif not writer.video_committed(item_id):  # its writer is at it
                         still.append((item_id, path))
+                        continue
+                    else:
+                        summary.videos_taken += 1
+                    bar.update(1)
                 waiting = still
                 if waiting:
                     time.sleep(WAIT_POLL_SECONDS)

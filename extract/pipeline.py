@@ -1012,10 +1012,7 @@ def _extract_videos(clip, jobs, writer, summary, prep, log, *, fps, batch_size, 
         video_id = jobs[i].video_id
         if writer.claim_video(video_id):
             return True
-        if not wait_for_others:
-            return False
-        writer.cache.refresh()  # committed by its claimer (whose claim lasts while it lives)?
-        return False if writer.cache.has_video(video_id) else None
+        return None if wait_for_others and not writer.video_committed(video_id) else False
 
     told = []  # when the waiting was said: first, and again every WAIT_REMINDER_SECONDS
 
