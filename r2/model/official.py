@@ -30,6 +30,7 @@ import json
 import math
 import pickle
 import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,7 +148,9 @@ def extract_state_dict(obj) -> dict[str, torch.Tensor]:
     if isinstance(obj, dict):
         for wrapper in ("state_dict", "model"):
             inner = obj.get(wrapper)
-            if isinstance(inner, dict) and inner and all(isinstance(k, str) for k in inner):
+            if isinstance(inner, dict) and not inner:
+                raise OfficialCheckpointError(f"its {wrapper!r} is empty: the checkpoint holds no weights")
+            if isinstance(inner, dict) and all(isinstance(k, str) for k in inner):
                 obj = inner
                 break
     if not isinstance(obj, dict) or not obj:
@@ -340,9 +343,13 @@ def _resolve_dataset(path, dataset: str | None) -> tuple[str, str]:
     same keys and shapes (so have YouTube and TVSum), yet their fps, rounding unit and NMS
     differ, and a silent default would decode every data set but one wrongly.
     """
-    if dataset is not None:
-        return dataset.lower(), "given"
     found = dataset_from_filename(path)
+    if dataset is not None:
+        if found is not None and found != dataset.lower():
+            warnings.warn(f"{Path(path).name}: its released name says {found}, --dataset (dataset=...) says "
+                          f"{dataset.lower()}: converting it as {dataset.lower()} (fps, rounding unit and NMS "
+                          f"of {dataset.lower()})", stacklevel=3)
+        return dataset.lower(), "given"
     if found is None:
         raise OfficialCheckpointError(
             f"{path}: cannot tell which data set this checkpoint was trained on (its weights do not say "
@@ -379,6 +386,11 @@ def from_official_state_dict(state: dict[str, torch.Tensor], config: R2Config) -
             "the checkpoint does not match the official R²-Tuning layout inferred from it "
             f"(K={config.num_layers}, C={config.hidden_dim}, strides={config.strides}, "
             f"TEF={config.use_tef}, coordinate head={config.coord_head}): " + " | ".join(parts))
+    damaged = sorted(k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if damaged:
+        raise OfficialCheckpointError(
+            f"{len(damaged)} weight tensor(s) hold NaN or infinite values ({', '.join(damaged[:5])}"
+            + (", ..." if len(damaged) > 5 else "") + "): the checkpoint is damaged, or of a run that diverged")
     return {reverse[k]: v.detach().clone().float() for k, v in state.items()}
 
 
@@ -462,6 +474,9 @@ class ConvertedCheckpoint:
         return {k: getattr(self, k) for k in ("source", "sha256", "dataset", "dataset_source", "trainable_parameters")}
 
 
+_FIT_RUN_FILES = ("checkpoints", "metrics.jsonl", "best.json", "preset.json")  # what r2 fit writes beside the weights
+
+
 def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_checkpoint: bool = False,
                      overwrite: bool = False, clip: Mapping | None = None) -> ConvertedCheckpoint:
     """Convert an official checkpoint into an r2 run directory (config.json + model.safetensors).
@@ -480,6 +495,10 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
     from .model import WEIGHTS_NAME
 
     out_dir = Path(out_dir)
+    trained = [name for name in _FIT_RUN_FILES if (out_dir / name).exists()]
+    if trained:  # --force would leave them beside the converted weights, as if they were of it
+        raise OfficialCheckpointError(f"{out_dir} holds a run of r2 fit ({', '.join(trained)}): convert into "
+                                      "another folder (--force replaces only a model converted before)")
     if (out_dir / WEIGHTS_NAME).exists() and not overwrite:
         raise OfficialCheckpointError(f"{out_dir / WEIGHTS_NAME} exists; pass --force (overwrite=True) to replace it")
     model, dataset, dataset_source = _load_official(checkpoint, dataset, trust_checkpoint, clip)

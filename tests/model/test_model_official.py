@@ -308,8 +308,8 @@ def test_a_file_name_naming_the_wrong_kind_of_data_set_says_where_the_name_came_
     with pytest.raises(OfficialCheckpointError, match="(?s)not one for youtube.*read from the file name "
                        "r2_tuning_youtube_dog-0a1b2c3d.pth; pass --dataset"):
         R2Model.from_official(path)
-    with pytest.raises(OfficialCheckpointError) as err:  # given explicitly: no file-name remark
-        R2Model.from_official(path, dataset="tvsum")
+    with pytest.raises(OfficialCheckpointError) as err, pytest.warns(UserWarning, match="says youtube"):
+        R2Model.from_official(path, dataset="tvsum")  # given explicitly: no file-name remark in the error
     assert "not one for tvsum" in str(err.value) and "file name" not in str(err.value)
 
 
@@ -369,11 +369,36 @@ def test_the_data_set_is_required_unless_the_released_file_name_gives_it(tmp_pat
     assert (cfg.fps, cfg.unit, cfg.nms, cfg.dropout, cfg.sal_weight) == (1.0, 0.1, "linear", 0.35, 0.01)
     record = json.loads((tmp_path / "cha" / "official_source.json").read_text())
     assert (record["dataset"], record["dataset_source"]) == ("charades", "file name")
-    # --dataset, when given, is what counts
-    summary = convert_official(released, tmp_path / "tac", dataset="TACoS")
+    # --dataset, when given, is what counts, with a warning when the released name says otherwise
+    with pytest.warns(UserWarning, match=r"^r2_tuning_charades-1de02112.pth: its released name says charades, "
+                      r"--dataset \(dataset=...\) says tacos: converting it as tacos \(fps, rounding unit and NMS "
+                      r"of tacos\)$"):
+        summary = convert_official(released, tmp_path / "tac", dataset="TACoS")
     assert (summary.dataset, summary.dataset_source, summary.config["unit"]) == ("tacos", "given", None)
     hd = _save(official_state(True), tmp_path / "r2_tuning_youtube_dog-702bd293.pth")
     assert R2Model.from_official(hd).config.fps is None  # YouTube: per-video clip rate
+
+
+def test_a_checkpoint_without_weights_or_with_nan_weights_is_refused(tmp_path):
+    """An empty state dict is said to be empty (not "these entries are not tensors:
+    state_dict"); NaN or infinite weights are refused, naming the tensors, instead of being
+    converted into a model whose every prediction is NaN."""
+    empty = _save({"state_dict": {}}, tmp_path / "empty.pth")
+    with pytest.raises(OfficialCheckpointError, match=r"^its 'state_dict' is empty: the checkpoint holds no "
+                       r"weights$"):
+        convert_official(empty, tmp_path / "run", dataset="qvhighlights")
+    state = official_state()
+    bad = sorted(state)[:2]
+    state[bad[0]] = state[bad[0]].clone().fill_(float("nan"))
+    state[bad[1]] = state[bad[1]].clone()
+    state[bad[1]].view(-1)[0] = float("inf")
+    damaged = _save({"state_dict": state}, tmp_path / "nan.pth")
+    result = CliRunner().invoke(main, ["convert-official", str(damaged), "--out", str(tmp_path / "run"),
+                                       "--dataset", "qvhighlights"])
+    assert result.exit_code == 1, result.output
+    assert (f"2 weight tensor(s) hold NaN or infinite values ({bad[0]}, {bad[1]}): the checkpoint is damaged, "
+            "or of a run that diverged") in result.output
+    assert not (tmp_path / "run").exists()
 
 
 def test_safetensors_input(tmp_path):
