@@ -138,7 +138,8 @@ def find_last(run_dir: str | os.PathLike) -> Path | None:
 def has_run(run_dir: str | os.PathLike) -> bool:
     """True when ``run_dir`` holds a checkpoint or trained weights."""
     run_dir = Path(run_dir)
-    return find_last(run_dir) is not None or (run_dir / "model.safetensors").exists()
+    return (find_last(run_dir) is not None or (run_dir / "model.safetensors").exists()
+            or (_ckpt_root(run_dir) / LAST).is_dir())
 
 
 def stopped_in_first_epoch(run_dir: str | os.PathLike) -> bool:
@@ -208,6 +209,13 @@ def load_last(run_dir: str | os.PathLike) -> LastCheckpoint | None:
     """The last checkpoint of ``run_dir``, or None when it has none."""
     path = find_last(run_dir)
     if path is None:
+        for name in (LAST, LAST + ".old"):  # save_last swaps in only complete ones: one was damaged since
+            candidate = _ckpt_root(Path(run_dir)) / name
+            if candidate.is_dir():
+                missing = [n for n in (STATE_NAME, TRAINER_NAME) if not (candidate / n).is_file()]
+                raise RunDirError(f"the checkpoint {candidate} is incomplete ({' and '.join(missing)} missing): it "
+                                  "cannot be resumed; remove the run folder, or choose another --run-dir, to train "
+                                  "again")
         return None
     try:
         state = json.loads((path / STATE_NAME).read_text(encoding="utf-8"))

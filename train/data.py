@@ -189,8 +189,8 @@ def check_feature_spec(expected: Mapping[str, Any] | None, cache_spec: Mapping[s
             raise FeatureSpecError(message + "\nExtract the videos with the checkpoint's CLIP model, layers, "
                                    "fps and preprocessing (or pass --allow-feature-mismatch to go on anyway).")
         if warn is not None:
-            warn("Warning: " + message + "\nGoing on as --allow-feature-mismatch asks: the predictions are "
-                 "of features the model was not trained on.")
+            warn("Warning: " + message + "\nGoing on as --allow-feature-mismatch asks: the model runs on "
+                 "features it was not trained on.")
     return diffs
 
 

@@ -137,6 +137,9 @@ class FitOptions:
     refusing to start; the others are listed in ``RUN_DIR/missing_ids.txt``, counted in the log
     and in ``best.json`` (``"skipped_missing"``): the val metrics are then of a subset. A run
     started with it keeps it on ``resume``.
+    allow_feature_mismatch: start from ``init`` weights trained on other features than the
+    cache holds (another fps or preprocessing, say: fine-tuning across data sets) with a
+    warning, instead of refusing.
     """
 
     dataset: str
@@ -158,6 +161,7 @@ class FitOptions:
     progress: bool | None = True
     eval_batch_size: int | None = None
     skip_missing: bool = False
+    allow_feature_mismatch: bool = False
 
     def to_json(self) -> dict:
         out = {}
@@ -337,8 +341,10 @@ def check_evaluation(preset, gt_rows: list[dict], gt_source) -> None:
         pred: dict = {"qid": row["qid"]}
         windows = row.get("relevant_windows") or [[0.0, float(row.get("duration") or 1.0)]]
         pred["pred_relevant_windows"] = [[float(w[0]), float(w[1]), 1.0] for w in windows]
-        if "saliency_scores" in row:
-            pred["pred_saliency_scores"] = [0.0] * (max(row.get("relevant_clip_ids") or [0]) + 1)
+        # every row, as the model's predictions have: the evaluator scores saliency when the first has it
+        clips = (max(row["relevant_clip_ids"]) + 1 if row.get("relevant_clip_ids")
+                 else math.ceil(float(row.get("duration") or 1.0) * float(preset.fps or 1.0)))
+        pred["pred_saliency_scores"] = [0.0] * max(1, clips)
         preds.append(pred)
     options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}
     try:
@@ -349,7 +355,10 @@ def check_evaluation(preset, gt_rows: list[dict], gt_source) -> None:
     except EvaluationError as exc:
         if _DRY_RUN in str(exc):  # about the made-up rows, not the data: the epoch's evaluation tells
             return
-        raise FitError(f"the {preset.eval_split} split cannot be evaluated: {exc}") from None
+        with_saliency = sum(1 for row in gt_rows if "saliency_scores" in row)
+        mixed = (f" ({with_saliency} of its {len(gt_rows)} rows have saliency labels: the evaluator needs them on "
+                 "every row or on none)" if 0 < with_saliency < len(gt_rows) else "")
+        raise FitError(f"the {preset.eval_split} split cannot be evaluated: {exc}{mixed}") from None
     metric_value(metrics, preset.main_metric)
 
 
@@ -416,26 +425,32 @@ def _preset_differences(saved: dict, current: Preset) -> list[str]:
 
 
 def _given_now(options: FitOptions) -> set[str]:
-    """The preset fields this command sets itself (an option, --set or --config)."""
+    """The preset fields this command line sets itself (an option or --set; not --config)."""
     given = set(options.overrides or {})
     if options.epochs is not None:
         given.add("epochs")
     if options.workers is not None:
         given.add("num_workers")
-    if options.config_file is not None:
-        from .presets import load_overrides
-
-        given.update(load_overrides(options.config_file))
     return given
 
 
 def _keep_the_runs_own(preset: Preset, saved: Mapping, options: FitOptions, log) -> Preset:
     """On --resume, the fields that may change (``RESUMABLE_CHANGES``) keep the run's values
-    unless this command sets them: a plain ``--resume`` of an ``--epochs 8`` run ends after
-    epoch 8, not after the preset's 30; with ``--epochs 40`` it is extended, and says so."""
+    unless this command line sets them (an option or --set): a plain ``--resume`` of an
+    ``--epochs 8`` run ends after epoch 8, not after the preset's 30; with ``--epochs 40`` it is
+    extended, and says so. A ``--config`` file does not change them: it is the file the run
+    began with, whose ``epochs`` the run's own ``--epochs`` may have overridden then."""
     given = _given_now(options)
     keep = {k: saved[k] for k in RESUMABLE_CHANGES
             if k in saved and k not in given and saved[k] != getattr(preset, k)}
+    if options.config_file is not None:
+        from .presets import load_overrides
+
+        in_file = load_overrides(options.config_file)
+        for k in sorted(set(keep) & set(in_file)):
+            flag = "--epochs" if k == "epochs" else f"--set {k}="
+            log(f"--resume keeps the run's {k} {saved[k]} ({options.config_file} says {in_file[k]}; pass "
+                f"{flag}{'' if flag.endswith('=') else ' '}{in_file[k]} to change it)")
     if "epochs" in saved and "epochs" in given and saved["epochs"] != preset.epochs:
         log(f"--epochs {preset.epochs}: the run had {saved['epochs']} epochs")
     return preset.override(keep) if keep else preset
@@ -521,6 +536,10 @@ class _Trainer:
         o, ctx = self.options, self.ctx
         preset = resolve_preset(o)
         self.resume_state = None
+        if (self.run_dir / "official_source.json").exists():  # r2 convert-official's: not a run to train on
+            raise FitError(f"{self.run_dir} holds a model converted by r2 convert-official (official_source.json), "
+                           f"not a run of r2 fit; to train from its weights, start a new run: --init "
+                           f"{self.run_dir} --run-dir NEW_FOLDER")
         if o.resume:
             loaded = ckpt.load_last(self.run_dir)
             if loaded is None:
@@ -554,6 +573,9 @@ class _Trainer:
                 if before.get("skip_missing") and not o.skip_missing:  # the run's subset, as it began
                     o = self.options = dataclasses.replace(o, skip_missing=True)
                     self.log("--resume: --skip-missing kept from the run")
+                if o.init is not None:
+                    self.log(f"--resume: --init {o.init} is not used, the run goes on from its checkpoint"
+                             + (f" (it started from {before['init']})" if before.get("init") else ""))
                 for key in ("dataset", "cache", "train", "val", "data_root", "domain"):
                     a, b = before.get(key), o.to_json().get(key)
                     if a is not None and b is not None and key != "dataset" and key != "domain":
@@ -563,7 +585,8 @@ class _Trainer:
                                  f"started, now {o.to_json().get(key)}")
         elif ckpt.has_run(self.run_dir):
             raise FitError(f"{self.run_dir} already holds a run (checkpoints/last or model.safetensors): "
-                           "pass --resume to continue it, or choose another --run-dir")
+                           "pass --resume to continue it, or choose another --run-dir (with --init "
+                           f"{self.run_dir} to start from its weights)")
         self.preset = preset
         self.amp = preset.amp if ctx.device.type == "cuda" else preset.cpu_amp
 
@@ -641,7 +664,8 @@ class _Trainer:
         if o.init is not None and self.resume_state is None:
             init = R2Model.from_pretrained(o.init)
             check_feature_spec(init.config.features, spec, f"--init {o.init}",
-                               f"the feature cache at {cache.path}", cache_layers=cache.layers)
+                               f"the feature cache at {cache.path}", cache_layers=cache.layers,
+                               allow_mismatch=o.allow_feature_mismatch, warn=self.log)
             _check_init_shape(init.config, self.config, o.init)
             model.load_state_dict_strict(init.state_dict(), source=f"--init {o.init}")
             with torch.no_grad():  # the loss temperature is the preset's, not the init run's

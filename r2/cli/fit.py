@@ -44,6 +44,10 @@ from r2.cli import command_line, on_interrupt, progress_option, threads_option
 @click.option("--init", "init", type=click.Path(file_okay=False, path_type=Path),
               help="Start from the weights of this run directory (e.g. a converted official "
                    "checkpoint); its feature spec must match the cache.")
+@click.option("--allow-feature-mismatch", is_flag=True,
+              help="With --init: start from weights trained on other features than the cache holds "
+                   "(another fps or preprocessing: fine-tuning across data sets) with a warning, instead "
+                   "of refusing.")
 @click.option("--seed", type=int, help="Random seed [default: the preset's, 42].")
 @click.option("--device", help="cpu, cuda, cuda:1 [default: cuda when available]. Under torchrun each "
                                "rank takes cuda:LOCAL_RANK.")
@@ -61,7 +65,7 @@ from r2.cli import command_line, on_interrupt, progress_option, threads_option
 @threads_option
 @progress_option
 def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, config_file, resume,
-        init, seed, device, workers, preload, skip_missing, progress):
+        init, allow_feature_mismatch, seed, device, workers, preload, skip_missing, progress):
     """Train the R² Block on cached CLIP features, evaluating every epoch.
 
     \b
@@ -80,7 +84,8 @@ def fit(dataset, cache, train, val, run_dir, data_root, domain, epochs, sets, co
                          data_root=data_root, domain=domain, epochs=epochs,
                          overrides=parse_set_options(sets), config_file=config_file, resume=resume,
                          init=init, seed=seed, device=device, workers=workers, preload=preload,
-                         progress=progress, skip_missing=skip_missing)
+                         progress=progress, skip_missing=skip_missing,
+                         allow_feature_mismatch=allow_feature_mismatch)
     if _is_rank0():  # under torchrun, one rank says it
         on_interrupt(lambda: _resume_hint(run_dir))
     result = run(options)

@@ -79,3 +79,60 @@ def test_converted_run_predicts_scores_and_fine_tunes(data, tmp_path):
     for name in ("block.pool_scale", "block.gate", "block.temporal.ffn.fc1.weight"):
         moved = (after[name] - start[name]).norm()
         assert moved < 0.1 * (fresh[name] - start[name]).norm(), name
+
+
+def test_a_converted_run_is_not_trained_into_and_a_fit_run_is_not_converted_into(data, tmp_path):
+    """``r2 fit -o CONVERTED --resume`` (as the refusal without --resume used to advise) replaced
+    the converted weights by a new run's, and ``convert-official --force`` into a trained run
+    left its best.json, metrics and checkpoints beside the converted weights: both refused."""
+    import hashlib
+
+    def digest(path):
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+
+    runner = CliRunner()
+    checkpoint = tmp_path / "r2_tuning_qvhighlights-ed516355.pth"
+    _official_checkpoint(checkpoint)
+    run = tmp_path / "official"
+    assert runner.invoke(main, ["convert-official", str(checkpoint), "--out", str(run)]).exit_code == 0
+    weights = digest(run / "model.safetensors")
+    fit = ["fit", "-d", "custom", "-c", str(data.cache_dir), "--train", str(data.train_file), "--val",
+           str(data.val_file), "--epochs", "1", "--workers", "0", "--device", "cpu"]
+    for resume in ([], ["--resume"]):
+        result = runner.invoke(main, [*fit, "-o", str(run), *resume])
+        assert result.exit_code == 1, result.output
+        assert (f"{run} holds a model converted by r2 convert-official (official_source.json), not a run of "
+                f"r2 fit; to train from its weights, start a new run: --init {run} --run-dir NEW_FOLDER"
+                in result.output), result.output
+        assert digest(run / "model.safetensors") == weights and not (run / "checkpoints").exists()
+
+    tuned = tmp_path / "tuned"
+    result = runner.invoke(main, [*fit, "-o", str(tuned), "--init", str(run)])
+    assert result.exit_code == 0, result.output
+    trained = digest(tuned / "model.safetensors")
+    result = runner.invoke(main, ["convert-official", str(checkpoint), "--out", str(tuned), "--force"])
+    assert result.exit_code == 1
+    assert (f"{tuned} holds a run of r2 fit (checkpoints, metrics.jsonl, best.json, preset.json): convert into "
+            "another folder (--force replaces only a model converted before)") in result.output, result.output
+    assert digest(tuned / "model.safetensors") == trained and not (tuned / "official_source.json").exists()
+
+
+def test_fit_init_from_weights_of_other_features_is_refused_or_allowed(data, tmp_path):
+    """Fine-tuning from a model of another data set's features (Charades-STA's 1 fps here, the
+    cache's 0.5) is refused, naming the option of ``r2 fit`` that allows it, which exists."""
+    runner = CliRunner()
+    checkpoint = tmp_path / "r2_tuning_charades-1de02112.pth"
+    _official_checkpoint(checkpoint)
+    run = tmp_path / "official-charades"
+    assert runner.invoke(main, ["convert-official", str(checkpoint), "--out", str(run)]).exit_code == 0
+    fit = ["fit", "-d", "custom", "-c", str(data.cache_dir), "--train", str(data.train_file), "--val",
+           str(data.val_file), "--epochs", "1", "--workers", "0", "--device", "cpu", "--init", str(run)]
+    result = runner.invoke(main, [*fit, "-o", str(tmp_path / "refused")])
+    assert result.exit_code == 1, result.output
+    assert "fps: --init" in result.output and "(or pass --allow-feature-mismatch to go on anyway)" in result.output
+    assert not (tmp_path / "refused" / "model.safetensors").exists()
+    result = runner.invoke(main, [*fit, "-o", str(tmp_path / "allowed"), "--allow-feature-mismatch"])
+    assert result.exit_code == 0, result.output
+    assert "Going on as --allow-feature-mismatch asks: the model runs on features it was not trained on." \
+        in result.output, result.output
+    assert (tmp_path / "allowed" / "model.safetensors").is_file()

@@ -300,11 +300,14 @@ def test_a_custom_training_row_of_another_videos_duration_fails_naming_its_line(
     assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
+@pytest.mark.parametrize("unlabelled", ["after the second row", "the first two rows"])
 def test_an_evaluation_file_the_evaluator_refuses_fails_before_training_naming_its_line(data, tmp_path,
-                                                                                     monkeypatch):
+                                                                                     monkeypatch, unlabelled):
     """Saliency on some val rows and not on others (optional in training files, where it is
     derived from the windows) is refused by the highlight evaluation: before the first epoch
-    now, naming the file's line, not after it as "ground truth, row 1"."""
+    now, naming the file's line, not after it as "ground truth, row 1". Also when the first
+    rows are the ones without it (the dry run's predictions must have saliency on every row,
+    as the model's have, or the evaluator skips highlight detection and accepts the file)."""
     from r2.train import fit, loop
     from r2.train.loop import FitError
 
@@ -312,15 +315,19 @@ def test_an_evaluation_file_the_evaluator_refuses_fails_before_training_naming_i
         raise AssertionError("an epoch started")
 
     rows = [json.loads(x) for x in Path(data.val_file).read_text().splitlines()]
-    for r in rows[2:]:
+    first = 2 if unlabelled == "after the second row" else 0
+    for r in rows[2:] if first else rows[:2]:
         del r["relevant_clip_ids"], r["saliency_scores"]
     val = tmp_path / "val_mixed.jsonl"
     val.write_text("".join(json.dumps(r) + "\n" for r in rows))
     monkeypatch.setattr(loop, "GroundingDataset", no_training)
     with pytest.raises(FitError) as err:
         fit(_opts(data, tmp_path / "run", val=val, epochs=1), log=lambda m: None)
-    assert str(err.value).startswith(f"the val split cannot be evaluated: {val}:3 (qid {rows[2]['qid']}): "
-                                     "missing key 'relevant_clip_ids'"), str(err.value)
+    assert str(err.value).startswith(f"the val split cannot be evaluated: {val}:{first + 1} (qid "
+                                     f"{rows[first]['qid']}): missing key 'relevant_clip_ids'"), str(err.value)
+    labelled = 2 if first else len(rows) - 2
+    assert str(err.value).endswith(f" ({labelled} of its {len(rows)} rows have saliency labels: the evaluator "
+                                   "needs them on every row or on none)"), str(err.value)
 
 
 def test_a_checkpoint_knows_its_clip_by_the_weights_not_by_the_folder():

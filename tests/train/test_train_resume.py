@@ -274,3 +274,39 @@ def test_checkpoint_swap_survives_a_crash_between_the_renames(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 2}\n{"epoch": 3}\n{"epo')
     assert [r["epoch"] for r in ckpt.truncate_metrics(tmp_path, 2)] == [1, 2]
     assert (tmp_path / "metrics.jsonl").read_text() == '{"epoch": 1}\n{"epoch": 2}\n'
+
+
+def test_resume_keeps_the_runs_epochs_over_its_config_file_and_names_a_damaged_checkpoint(data, tmp_path):
+    """A run begun with ``--config F --epochs 2`` (F says 3) and resumed with the same ``--config F``
+    (as the resume errors advise) keeps its 2 epochs, saying where the other number came from;
+    ``--init`` on resume is said not to be used; a checkpoint missing a file is named, not taken
+    for "no checkpoint yet" (which trained the run again from epoch 1)."""
+    from r2.train import fit
+    from r2.train.checkpoint import RunDirError
+
+    config = tmp_path / "settings.json"
+    config.write_text(json.dumps({**TINY_OVERRIDES, "epochs": 3}))
+    common = dict(dataset="custom", cache=data.cache_dir, train=data.train_file, val=data.val_file, workers=0,
+                  config_file=config, progress=False)
+    run = tmp_path / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(run_dir=run, epochs=2, log=lambda m: None, **common)
+        messages: list[str] = []
+        again = fit(run_dir=run, resume=True, init=run, log=messages.append, **common)
+        assert again.epochs == 2 and [h["epoch"] for h in again.history] == [1, 2]
+        assert (f"--resume keeps the run's epochs 2 ({config} says 3; pass --epochs 3 to change it)"
+                in messages), messages
+        assert f"--resume: --init {run} is not used, the run goes on from its checkpoint" in messages, messages
+        assert not any("the run had" in m for m in messages)
+
+        (run / "checkpoints" / "last" / "trainer.pt").unlink()
+        with pytest.raises(RunDirError) as err:
+            fit(run_dir=run, resume=True, epochs=3, log=lambda m: None, **common)
+        assert str(err.value) == (f"the checkpoint {run / 'checkpoints' / 'last'} is incomplete (trainer.pt "
+                                  "missing): it cannot be resumed; remove the run folder, or choose another "
+                                  "--run-dir, to train again")
+        assert [json.loads(x)["epoch"] for x in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    finally:
+        torch.set_num_threads(threads)
