@@ -11,6 +11,19 @@ from r2.cli import MAX_FPS, check_fps, progress_option, threads_option
 from r2.fileio import link_target, why_not_writable
 
 
+def _dataset_name(ctx, param, value):
+    """The canonical name of --dataset (aliases as r2.train reads them); a usage error, as in r2 fit
+    and r2 score, for an unknown one."""
+    if value is None:
+        return None
+    from r2.train.annotations import AnnotationError, canonical_dataset
+
+    try:
+        return canonical_dataset(value)
+    except AnnotationError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @click.command("predict", context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("video", required=False, type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--checkpoint", "-k", required=True, type=click.Path(file_okay=False, path_type=Path),
@@ -25,7 +38,7 @@ from r2.fileio import link_target, why_not_writable
                    "missing from the cache are listed in missing_ids.txt beside it when that folder exists "
                    "(removed by the next successful run). With VIDEO: one row per --query (qid 0, 1, ... in their order, vid "
                    "the file name without extension).")
-@click.option("--dataset", "-d", help="Data set of --annotations [default: detected].")
+@click.option("--dataset", "-d", callback=_dataset_name, help="Data set of --annotations [default: detected].")
 @click.option("--domain", help="YouTube domain / TVSum category of --annotations to predict.")
 @click.option("--split", help="YouTube/TVSum: the split list to predict (train, val or all) [default: "
                                 "val, the videos these benchmarks are scored on, as in `r2 score`].")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 DATASET_HELP = "qvhighlights, charades, tacos, ego4d, youtube, tvsum, custom, or auto"
 
@@ -42,7 +44,8 @@ DATASET_HELP = "qvhighlights, charades, tacos, ego4d, youtube, tvsum, custom, or
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True,
               help="TVSum: clips kept from the top of the ranking.")
 @click.option("--json", "print_json", is_flag=True, help="Also print the metrics JSON.")
-def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, extended, split,
+@click.pass_context
+def score(ctx, predictions: Path, gt: Path, dataset, out, subset, empty_bucket, extended, split,
           domain, top_k, print_json):
     """Score PREDICTIONS (QVHighlights-layout jsonl: qid, pred_relevant_windows
     [[start, end, score], ...], pred_saliency_scores) against --gt with the benchmark's
@@ -68,6 +71,10 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
         raise click.BadParameter(str(exc), param_hint="--dataset") from None
     if out is not None and (problem := why_not_writable(out, "metrics.json")) is not None:
         raise click.ClickException(f"--out {out}: {problem}")  # before scoring, not after
+    for name, path in (("the prediction file", predictions), ("the --gt file", gt)):
+        if out is not None and out.exists() and path.exists() and os.path.samefile(out, path):
+            raise click.ClickException(f"--out {out} is {name}: the metrics would replace it; write them to "
+                                       "another file (e.g. metrics.json)")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", EvaluationWarning)
         try:
@@ -76,6 +83,9 @@ def score(predictions: Path, gt: Path, dataset, out, subset, empty_bucket, exten
             click.echo(f"Scoring  {predictions}  ({len(pred_rows)} lines)")
             click.echo(f"against  {gt}  ({len(truth.rows)} queries; {truth.split_text})")
             click.echo(f"as       {DISPLAY_NAMES[truth.dataset]} ({truth.how})")
+            if truth.dataset != "tvsum" and ctx.get_parameter_source("top_k") is not ParameterSource.DEFAULT:
+                warnings.warn(f"--top-k {top_k} is ignored: it is TVSum's, and this is "
+                              f"{DISPLAY_NAMES[truth.dataset]}", EvaluationWarning)
             result = score_predictions(predictions, truth, pred_rows, subset=subset, empty_bucket=empty_bucket,
                                        extended=extended, top_k=top_k)
         except (EvaluationError, ScoringError) as exc:

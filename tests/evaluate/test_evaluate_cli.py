@@ -234,6 +234,30 @@ def test_out_folders_are_made_and_a_bad_out_is_refused_before_scoring(tmp_path, 
     assert blocker.read_text() == "x" and sorted(p.name for p in tmp_path.iterdir()) == ["file.txt", "runs"]
 
 
+def test_out_is_refused_when_it_is_the_prediction_or_the_ground_truth_file(tmp_path):
+    """``--out`` naming one of the two inputs replaced it with the metrics (exit code 0):
+    refused, naming which, and the file is left as it was."""
+    preds, gt = tmp_path / "preds.jsonl", tmp_path / "gt.jsonl"
+    preds.write_bytes((GOLDEN / "adv_ties_rounding_32q.preds.jsonl").read_bytes())
+    gt.write_bytes(VAL.read_bytes())
+    before = preds.read_bytes(), gt.read_bytes()
+    result = r2(preds, "--gt", gt, "--subset", "--out", tmp_path / "." / "preds.jsonl")
+    assert result.exit_code == 1, result.output
+    assert (f"Error: --out {tmp_path / 'preds.jsonl'} is the prediction file: the metrics would replace it; "
+            "write them to another file (e.g. metrics.json)") in result.output
+    result = r2(preds, "--gt", gt, "--subset", "--out", gt)
+    assert result.exit_code == 1 and f"Error: --out {gt} is the --gt file: the metrics" in result.output
+    assert (preds.read_bytes(), gt.read_bytes()) == before and "Scoring" not in result.output
+
+
+def test_top_k_is_said_to_be_ignored_outside_tvsum():
+    result = r2(GOLDEN / "adv_ties_rounding_32q.preds.jsonl", "--gt", VAL, "--subset", "--top-k", "3")
+    assert result.exit_code == 0, result.output
+    assert "Warning: --top-k 3 is ignored: it is TVSum's, and this is QVHighlights" in result.output
+    result = r2(GOLDEN / "adv_ties_rounding_32q.preds.jsonl", "--gt", VAL, "--subset")
+    assert result.exit_code == 0 and "--top-k" not in result.output
+
+
 def test_top_k_must_be_at_least_one():
     from r2.evaluate import score
 

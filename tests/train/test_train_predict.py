@@ -585,6 +585,10 @@ def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_pat
     assert "Warning: --split train is ignored for a .jsonl file" in res.output
     assert f"score them: r2 score {link} --gt {copy} --dataset custom\n" in res.output
     assert link.is_symlink() and _rows(target)[0]["qid"] == _rows(copy)[0]["qid"]
+    res = CliRunner().invoke(main, base + ["-a", str(copy), "-o", str(tmp_path / "p.jsonl"), "-d", "Charades-STA"])
+    assert res.exit_code == 0 and "--dataset charades\n" in res.output, res.output  # its canonical name
+    res = CliRunner().invoke(main, base + ["-a", str(copy), "-o", str(tmp_path / "p.jsonl"), "-d", "foo"])
+    assert res.exit_code == 2 and "Invalid value for '--dataset' / '-d': unknown dataset 'foo'" in res.output
 
     # --skip-missing: the cached queries are predicted, and the score command has --subset
     rows = _rows(copy)
