@@ -131,6 +131,13 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
     if rate is None:
         raise PredictError("this checkpoint was trained on per-video sampling (YouTube Highlights: one "
                            "frame per annotated clip); give the clip rate for a new video with --fps")
+    trained = features.get("fps", cfg.fps)
+    if fps is not None and trained is not None and abs(float(fps) - float(trained)) > 1e-9:
+        message = (f"--fps {fps:g}: the checkpoint was trained on features at {float(trained):g} clips/s; drop --fps "
+                   "(it is for checkpoints trained on per-video sampling, YouTube Highlights)")
+        if not allow_feature_mismatch:  # before extracting, not after
+            raise PredictError(message + ", or pass --allow-feature-mismatch to run anyway")
+        log("warning: " + message)
     layers = features.get("layers") or list(range(-cfg.num_layers, 0))
     if clip_model is None:
         clip_model = features.get("model_id") or DEFAULT_MODEL
@@ -141,7 +148,7 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
                 f"the checkpoint's features came from the CLIP model in {clip_model}, which is not on this "
                 "machine: pass --model with the folder that holds the same model here"
                 + (f" (the sha256 of its model.safetensors starts with {weights})" if weights else ""))
-    _check_clip_weights(clip_model, features, allow_feature_mismatch, log)  # before extracting
+    _check_clip_weights(clip_model, features, allow_feature_mismatch, log, cfg)  # before extracting
     resize = (features.get("preprocessing") or {}).get("resize", "ffmpeg")
     with tempfile.TemporaryDirectory(prefix="r2-predict-", dir=workdir) as tmp:
         cache_dir = Path(tmp) / "cache"
@@ -243,17 +250,29 @@ def format_grounding(g: VideoGrounding, top_k: int = 5, width: int = 72) -> str:
 _NO_MATPLOTLIB = "--plot needs matplotlib: pip install 'r2-vtg[plot]'"
 
 
-def _check_clip_weights(clip_model, features: dict, allow_mismatch: bool, log) -> None:
+def _check_clip_weights(clip_model, features: dict, allow_mismatch: bool, log, config=None) -> None:
     """A local CLIP folder whose weights are not those the checkpoint's features came from is
     refused before the video is extracted (after it, the error would be about a temporary
-    cache); a hub id or a checkpoint that recorded no weights hash is left to the cache check."""
-    from r2.extract.clip import weights_hash
+    cache); a hub id or a checkpoint that recorded no weights hash is left to the cache check.
+    One whose widths are not the model's ``config``'s is refused even with ``allow_mismatch``:
+    the model cannot read its features at all."""
+    from r2.extract.clip import describe_clip, weights_hash
 
-    expected = features.get("model_weights_hash")
     folder = Path(str(clip_model)).expanduser()
+    clip = None
+    if config is not None and folder.is_dir() and (folder / "config.json").is_file():
+        try:
+            clip = describe_clip(folder)
+        except Exception:  # a damaged folder: the extraction names what is wrong with it
+            clip = None
+        if clip is not None and (clip["video_width"], clip["query_width"]) != (config.video_dim, config.query_dim):
+            raise PredictError(f"--model {clip_model}: its features have widths {clip['video_width']} (video) and "
+                               f"{clip['query_width']} (text), the checkpoint reads {config.video_dim} and "
+                               f"{config.query_dim}: it was trained on another CLIP; pass --model with that one")
+    expected = features.get("model_weights_hash")
     if not expected or not folder.is_dir():
         return
-    actual = weights_hash(folder)
+    actual = clip["model_weights_hash"] if clip is not None else weights_hash(folder)
     if actual is None or actual == expected:
         return
     message = (f"--model {clip_model}: its weights (sha256 {actual}) are not those of the CLIP model the "

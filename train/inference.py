@@ -36,16 +36,16 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 
 from r2.fileio import link_target, why_not_writable
-from r2.model import WEIGHTS_NAME, R2Model, R2ModelError
+from r2.model import CONFIG_NAME, WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
 
-from .checkpoint import METRICS_NAME, PRESET_NAME, read_metrics
+from .checkpoint import BEST_NAME, METRICS_NAME, PRESET_NAME, read_metrics
 from .distributed import autocast, resolve_device
 from .data import (MISSING_IDS_NAME, Collator, DataError, FeatureSpecError, GroundingDataset,
                    LengthBatchSampler, MissingFeaturesError, cache_widths, check_feature_spec, check_ids,
@@ -130,6 +130,30 @@ def prediction_row(sample, pred: Prediction) -> dict:
 
 # ----------------------------------------------------------------------------------------------
 # models
+
+
+def check_out_is_no_input(out, checkpoint, inputs: Mapping[str, str | os.PathLike]) -> None:
+    """Raise :class:`PredictError` when the prediction file ``out`` is one of ``inputs`` (by what
+    they are: ``{"the annotation file": path}``, ``{"the VIDEO": path}``) or a file of the
+    ``checkpoint`` run directory (its weights, config, records, checkpoints), which writing
+    the predictions would replace. A new file inside the run directory is fine."""
+    out = Path(out)
+    if not out.exists():
+        return
+    for what, path in inputs.items():
+        if path is not None and Path(path).exists() and os.path.samefile(out, path):
+            raise PredictError(f"--out {out} is {what}: the predictions would replace it; write them to "
+                               "another file")
+    run = Path(checkpoint)
+    if run.is_dir():
+        target, root = out.resolve(), run.resolve()
+        if target.parent == root and target.name in _RUN_FILES or root / "checkpoints" in target.parents:
+            raise PredictError(f"--out {out} is a file of the run {checkpoint} (its {target.name}): the predictions "
+                               "would replace it; write them to another file (e.g. "
+                               f"{Path(checkpoint) / 'predictions.jsonl'})")
+
+
+_RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, PRESET_NAME, METRICS_NAME, BEST_NAME, "official_source.json")
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> R2Model:
@@ -371,9 +395,8 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
     t0 = time.perf_counter()
     if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
         raise PredictError(f"--out {out}: {problem}")  # before the model runs, not after
-    if out is not None and Path(annotations).exists() and Path(out).exists() and os.path.samefile(out, annotations):
-        raise PredictError(f"--out {out} is the annotation file: the predictions would replace the ground "
-                           "truth they are scored against; write them to another file")
+    if out is not None:
+        check_out_is_no_input(out, checkpoint, {"the annotation file": annotations})
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
     fc = FeatureCache.open(cache)

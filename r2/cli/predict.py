@@ -94,12 +94,22 @@ def predict(video, checkpoint, cache, annotations, out, dataset, domain, split, 
             raise click.UsageError("give either VIDEO with --query, or --cache/--annotations/--out, not both")
         if not queries:
             raise click.UsageError("VIDEO needs at least one --query \"...\"")
-        if skip_missing:
-            raise click.UsageError("--skip-missing goes with --cache (a new video is extracted whole)")
+        ctx = click.get_current_context()
+        cache_only = [name for name, given in (("--dataset", dataset is not None), ("--domain", domain is not None),
+                                               ("--split", split is not None), ("--skip-missing", skip_missing),
+                                               ("--workers", ctx.get_parameter_source("workers")
+                                                != ParameterSource.DEFAULT))
+                      if given]
+        if cache_only:  # silently ignored, --dataset would seem to set the fps or the NMS
+            raise click.UsageError(f"{', '.join(cache_only)} go{'es' if len(cache_only) == 1 else ''} with --cache "
+                                   "(a new video is extracted whole, at the checkpoint's fps, and decoded by its "
+                                   "config)")
         if plot is not None:
             grounding.check_plot_target(plot)  # before minutes of extraction, not after
         if out is not None and (problem := why_not_writable(out, "predictions.jsonl")) is not None:
             raise inference.PredictError(f"--out {out}: {problem}")
+        if out is not None:
+            inference.check_out_is_no_input(out, checkpoint, {"the VIDEO": video})
         results = grounding.predict_video(video, list(queries), checkpoint, clip_model, device=device,
                                           fps=fps, batch_size=batch_size or 8, progress=progress,
                                           allow_feature_mismatch=allow_feature_mismatch,

@@ -230,9 +230,15 @@ class R2Model(nn.Module):
                 raise R2ModelError(f"{path} not found: an r2 checkpoint directory holds {CONFIG_NAME} and "
                                    f"{WEIGHTS_NAME} (written by `r2 fit` or `r2 convert-official`)")
         try:
-            config = R2Config.from_dict(json.loads(config_path.read_text(encoding="utf-8")))
+            data = json.loads(config_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
             raise R2ModelError(f"{config_path} is not valid JSON: {exc}") from exc
+        if isinstance(data, dict) and ("vision_config" in data or "architectures" in data):
+            kind = f" (model_type {data['model_type']!r})" if data.get("model_type") else ""
+            raise R2ModelError(f"{directory} is a model folder of transformers{kind}, not an r2 checkpoint: a CLIP "
+                               "goes to --model; --checkpoint and --init take a run directory of `r2 fit` or "
+                               "`r2 convert-official`")
+        config = R2Config.from_dict(data)
         model = cls(config)
         try:
             state = load_file(str(weights_path), device=str(map_location))

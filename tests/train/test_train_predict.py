@@ -623,6 +623,62 @@ def test_predict_refuses_what_it_would_get_wrong_before_it_runs(trained, tmp_pat
         assert res.exit_code == 2 and "--fps" in res.output, res.output
 
 
+def test_predict_refuses_to_overwrite_its_inputs_or_to_ignore_options_before_it_runs(trained, tmp_path):
+    """--out that is the VIDEO or a file of the checkpoint's run (both were replaced, exit code
+    0); with VIDEO, the options of the cache form (ignored before: --dataset seemed to set the
+    fps), an --fps that is not the checkpoint's, a CLIP of other widths (said after the whole
+    extraction, or inside torch), and a CLIP folder given as the checkpoint. All before any
+    extraction: the video is not one."""
+    import shutil
+
+    from r2.cli import main
+    from r2.extract.tiny import make_tiny_clip
+    from r2.model import R2Model
+
+    data, trained_run = trained
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    video = tmp_path / "v.mp4"
+    video.write_bytes(b"never read: each refusal comes first")
+    vbase = ["predict", str(video), "-q", "red", "-k", str(run), "--device", "cpu"]
+    res = CliRunner().invoke(main, vbase + ["-o", str(video)])
+    assert res.exit_code == 1, res.output
+    assert f"Error: --out {video} is the VIDEO: the predictions would replace it; write them to another file" \
+        in res.output
+    cbase = ["predict", "-k", str(run), "-c", str(data.cache_dir), "-a", str(data.val_file), "--device", "cpu"]
+    for base, target in ((vbase, run / "config.json"), (cbase, run / "model.safetensors"),
+                         (cbase, run / "checkpoints" / "last" / "state.json")):
+        res = CliRunner().invoke(main, base + ["-o", str(target)])
+        assert res.exit_code == 1, res.output
+        assert (f"Error: --out {target} is a file of the run {run} (its {target.name}): the predictions would "
+                f"replace it; write them to another file (e.g. {run / 'predictions.jsonl'})") in res.output
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before and video.read_bytes().startswith(b"never")
+    res = CliRunner().invoke(main, cbase + ["-o", str(run / "predictions.jsonl")])  # a new file in the run: fine
+    assert res.exit_code == 0 and len(_rows(run / "predictions.jsonl")) == len(_rows(data.val_file)), res.output
+
+    res = CliRunner().invoke(main, vbase + ["-d", "charades", "--split", "all", "-j", "2"])
+    assert res.exit_code == 2, res.output
+    assert "--dataset, --split, --workers go with --cache (a new video is extracted whole" in res.output
+    trained_fps = R2Model.from_pretrained(run).config.features["fps"]
+    res = CliRunner().invoke(main, vbase + ["--fps", str(trained_fps * 2)])
+    assert res.exit_code == 1, res.output
+    assert (f"Error: --fps {trained_fps * 2:g}: the checkpoint was trained on features at {trained_fps:g} clips/s; "
+            "drop --fps") in res.output
+    config = R2Model.from_pretrained(run).config
+    clip = make_tiny_clip(tmp_path / "other-clip", width=config.video_dim + 8, heads=4)
+    for extra in ([], ["--allow-feature-mismatch"]):
+        res = CliRunner().invoke(main, vbase + ["-m", str(tmp_path / "other-clip"), *extra])
+        assert res.exit_code == 1, res.output
+        assert (f"its features have widths {config.video_dim + 8} (video) and {config.video_dim + 8} (text), the "
+                f"checkpoint reads {config.video_dim} and {config.query_dim}: it was trained on another CLIP"
+                in res.output), res.output
+    res = CliRunner().invoke(main, ["predict", str(video), "-q", "red", "-k", str(clip), "--device", "cpu"])
+    assert res.exit_code == 1, res.output
+    assert (f"{clip} is a model folder of transformers (model_type 'clip'), not an r2 checkpoint: a CLIP goes to "
+            "--model") in res.output
+
+
 def _damage_first_video(data, cache_dir, annotations):
     """Copy the synthetic cache to ``cache_dir`` and write a NaN into a layer of the first video
     of ``annotations``, in the committed shard, as a damaged disk would. Returns the error line
