@@ -397,9 +397,17 @@ class FrozenCLIP:
             net = None
         n_vis = config.vision_config.num_hidden_layers
         n_txt = config.text_config.num_hidden_layers
-        default = default_layers(n_vis)
-        asked = _layer_text(layers) if layers is not None else f"{_layer_text(default)} (the default)"
-        layers = [i if i >= 0 else n_vis + 1 + i for i in layers] if layers is not None else default
+        if layers is None and n_vis < 3:  # the default keeps 4 hidden states: embeddings + 3 blocks at least
+            raise ModelError(f"{model_id} has {n_vis} block{'' if n_vis == 1 else 's'} ({n_vis + 1} hidden states), "
+                             f"fewer than the 4 layers kept by default: pass --layers, e.g. "
+                             f"{','.join(map(str, range(n_vis + 1)))}")
+        if layers is None:
+            default = default_layers(n_vis)
+            asked = f"{_layer_text(default)} (the default)"
+            layers = default
+        else:
+            asked = _layer_text(layers)
+            layers = [i if i >= 0 else n_vis + 1 + i for i in layers]
         if not layers or sorted(set(layers)) != list(layers):
             raise ModelError(f"--layers {asked}: give distinct hidden-state indices in ascending "
                              "order, e.g. 9,10,11,12")
@@ -431,8 +439,9 @@ class FrozenCLIP:
         self.vision = net.vision_model
         self.text = net.text_model
         if truncate:  # blocks after the last kept layer cannot change the kept hidden states
-            self.vision.encoder.layers = self.vision.encoder.layers[:layers[-1]]
-            self.text.encoder.layers = self.text.encoder.layers[:query_layers[-1]]
+            # (one block at least: without any, transformers returns no hidden states, not the embeddings)
+            self.vision.encoder.layers = self.vision.encoder.layers[:max(1, layers[-1])]
+            self.text.encoder.layers = self.text.encoder.layers[:max(1, query_layers[-1])]
         self._to_device()
         #: linear layers whose float32 CPU products run through oneDNN (:func:`onednn_linears`):
         #: the vision tower's, on the CPU (its batches have one shape but the last; the text

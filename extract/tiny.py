@@ -25,6 +25,9 @@ def tiny_clip_config(width: int = 64, layers: int = 4, heads: int = 4, image_siz
     text_width = text_width or width
     if width % heads or text_width % heads:
         raise ValueError(f"width {width} / text width {text_width} must be divisible by heads {heads}")
+    if patch_size > image_size:
+        raise ValueError(f"patch size {patch_size} is larger than the image size {image_size}: an image holds no "
+                         "patch (e.g. --image-size 224 --patch-size 32: 7x7 patches)")
     vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, num_hidden_layers=layers,
                               num_attention_heads=heads, image_size=image_size, patch_size=patch_size,
                               hidden_act="quick_gelu", projection_dim=projection_dim or width)
@@ -49,10 +52,15 @@ def make_tiny_clip(out_dir: str | os.PathLike, seed: int = 0, width: int = 64, l
     from r2.extract.preprocess import CLIP_MEAN, CLIP_STD
 
     out = Path(out_dir)
+    config = tiny_clip_config(width, layers, heads, image_size, patch_size)  # its errors before any folder is made
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(f"{out} is a file, not a folder: give a new or empty folder")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (use --overwrite)")
-    out.mkdir(parents=True, exist_ok=True)
-    config = tiny_clip_config(width, layers, heads, image_size, patch_size)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a file among its parents, no permission
+        raise OSError(f"{out}: cannot make the folder ({exc.strerror or exc})") from None
     state = torch.random.get_rng_state()
     try:
         torch.manual_seed(seed)

@@ -200,7 +200,8 @@ def make_tiny_clip(out_dir, seed, width, layers, heads, image_size, patch_size, 
     try:
         path = make(out_dir, seed=seed, width=width, layers=layers, heads=heads, image_size=image_size,
                     patch_size=patch_size, overwrite=overwrite)
-    except (FileExistsError, ValueError) as exc:
-        raise click.ClickException(str(exc))
+    except (OSError, ValueError) as exc:  # ours are one line; a disk's (full, read-only) gets its path
+        raise click.ClickException(str(exc) if exc.args and len(exc.args) == 1 else
+                                   f"{out_dir}: {getattr(exc, 'strerror', None) or exc}") from None
     size = sum(f.stat().st_size for f in path.iterdir())
     click.echo(f"wrote a tiny random CLIP to {path} ({size / 1e6:.1f} MB); use it with --model {path}")

@@ -284,6 +284,49 @@ def test_towers_of_different_depth_pair_layers_by_distance_from_the_top(tmp_path
     assert cache.load_video("v").shape[1:] == (4, 50, 64)
 
 
+def test_a_shallow_clip_needs_layers_and_the_embeddings_alone_are_features(tmp_path):
+    """A CLIP of 2 blocks has 3 hidden states, fewer than the 4 kept by default: said, with the
+    --layers to pass, not a ValueError from inside the cache's manifest code. ``--layers 0``
+    (the embeddings alone, also ``-5`` of 4 blocks) gave an IndexError: the tower was cut to no
+    block, and transformers then returns no hidden states."""
+    from transformers import CLIPModel
+
+    shallow = make_tiny_clip(tmp_path / "shallow", layers=2)
+    with pytest.raises(C.ModelError, match=r"^.*shallow has 2 blocks \(3 hidden states\), fewer than the 4 layers "
+                       r"kept by default: pass --layers, e.g. 0,1,2$"):
+        C.FrozenCLIP(shallow)
+    assert C.FrozenCLIP(shallow, layers=[0, 1, 2]).layers == [0, 1, 2]
+    deep = make_tiny_clip(tmp_path / "deep")
+    clip = C.FrozenCLIP(deep, layers=[-5])
+    assert clip.layers == [0] and clip.query_layers == [0]
+    x = torch.randn(2, 3, 224, 224)
+    model = CLIPModel.from_pretrained(deep).eval()
+    with torch.no_grad():
+        embeddings = model.vision_model(pixel_values=x, output_hidden_states=True).hidden_states[0]
+    np.testing.assert_allclose(clip.video_features(x).numpy()[:, 0], embeddings.numpy(), rtol=1e-5, atol=1e-5)
+    feats, _ = clip.text_features(["a dog"])
+    assert feats[0].shape[0] == 1  # (K, S, Dt)
+
+
+def test_make_tiny_clip_refuses_a_patch_larger_than_the_image_and_a_file_as_folder(tmp_path):
+    from click.testing import CliRunner
+
+    from r2.cli import main
+
+    result = CliRunner().invoke(main, ["make-tiny-clip", str(tmp_path / "c"), "--image-size", "16"])
+    assert result.exit_code == 1 and "Error: patch size 32 is larger than the image size 16" in result.output
+    assert not (tmp_path / "c").exists()
+    afile = tmp_path / "afile"
+    afile.write_text("hi")
+    for target, said in ((afile, f"{afile} is a file, not a folder"),
+                         (afile / "x", f"{afile / 'x'}: cannot make the folder (Not a directory)")):
+        for extra in ([], ["--overwrite"]):
+            result = CliRunner().invoke(main, ["make-tiny-clip", str(target), *extra])
+            assert result.exit_code == 1 and f"Error: {said}" in result.output, result.output
+            assert "Traceback" not in result.output
+    assert afile.read_text() == "hi"
+
+
 @pytest.mark.parametrize("name,content,what", [
     ("preprocessor_config.json", '{"crop_size": 224, "image_mean": [0.48,', "not valid JSON: Expecting value"),
     ("preprocessor_config.json", '["not", "an", "object"]', "a JSON list, not an object"),
