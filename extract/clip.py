@@ -102,6 +102,12 @@ def load_tokenizer(folder: str | os.PathLike | None = None):
                 raise _damaged(folder / "merges.txt", f"line {lineno} is not a pair of tokens: {line[:60]!r}",
                                shipped)
             merges.append(pair)
+        made = {a + b for a, b in merges}  # a BPE vocabulary: the single characters, the specials, the merges
+        orphans = [t for t in vocab if t not in made and len(t.removesuffix("</w>")) > 1 and not t.startswith("<|")]
+        if orphans:  # a truncated merges.txt tokenizes silently into other (more, shorter) tokens
+            raise _damaged(folder / "merges.txt", f"{len(orphans)} of the {len(vocab)} tokens of vocab.json are made "
+                           f"by none of its {len(merges)} merges, e.g. {orphans[0]!r}: it is truncated, or of "
+                           "another vocabulary", shipped)
         try:
             tok = CLIPTokenizer(vocab=vocab, merges=merges)
         except Exception as exc:  # the tokenizers library refuses them (a merge of unknown tokens, ...)

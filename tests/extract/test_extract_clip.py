@@ -336,6 +336,10 @@ def test_make_tiny_clip_refuses_a_patch_larger_than_the_image_and_a_file_as_fold
     ("vocab.json", '{"a": "zero"}', "not a CLIP vocabulary: expected a JSON object of token -> id"),
     ("merges.txt", b"#version: 0.2\nt h\n\xff\xfe\x00garbage\n", "not UTF-8 text: invalid start byte at byte 18"),
     ("merges.txt", "#version: 0.2\nt h\n\nthree parts here\n", "line 4 is not a pair of tokens: 'three parts here'"),
+    # a truncated copy: before, it tokenized "white dots" into 17 tokens instead of 7, silently
+    ("merges.txt", (C.tokenizer_dir() / "merges.txt").read_bytes()[:100],
+     "48877 of the 49408 tokens of vocab.json are made by none of its 17 merges, e.g. 'it': it is truncated, or of "
+     "another vocabulary"),
 ])
 def test_damaged_small_files_of_a_model_folder_are_clear_errors(tiny_clip_dir, tmp_path, name, content, what):
     """`r2 extract` with a model folder whose preprocessor config or tokenizer files are damaged (an
