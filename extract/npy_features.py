@@ -43,7 +43,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
-from r2.extract.pipeline import (WAIT_POLL_SECONDS, ExtractionError, _first_lines, _write_error, feature_manifest,
+from r2.extract.pipeline import (WAIT_POLL_SECONDS, ExtractionError, _first_lines, _first_of, _write_error,
+                                 feature_manifest,
                                  preprocessing_of)
 
 __all__ = ["ImportFailure", "ImportSummary", "check_query_files", "import_npy_features", "npy_files"]
@@ -114,6 +115,13 @@ def npy_files(folder: str | os.PathLike, word: str) -> dict[str, Path]:
 
 def _load(path: Path) -> np.ndarray:
     """The array of ``path`` (memory-mapped), or a one-line :class:`ValueError`."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(6)
+    except OSError as exc:
+        raise ValueError(f"not a readable .npy array ({exc.strerror or exc})") from None
+    if head and head != b"\x93NUMPY"[:len(head)] and not head.startswith(b"PK"):  # PK: an .npz, said below
+        raise ValueError("not a .npy file (it does not begin with the .npy magic bytes: text, or another format)")
     try:
         a = np.load(path, mmap_mode="r", allow_pickle=False)
     except (OSError, ValueError, EOFError) as exc:
@@ -188,6 +196,34 @@ def check_query_files(clip, files: Mapping[str, tuple[Path, str]]) -> list[str]:
     return out
 
 
+def _check_cached_items(cache, videos: Mapping[str, Path], queries: Mapping[str, Path],
+                        sentences: Mapping[str, str], shown: int = 3) -> None:
+    """Refuse ids the cache holds with other features than the files give, as ``r2 extract``
+    does: skipping them as "already cached" would keep the other features under the id (two
+    releases, or two data sets, numbering their files alike). A video or query whose number of
+    clips or tokens is not the file's (read from its header), or a query cached for another
+    sentence than ``sentences`` gives it."""
+    changed = []
+    for family, files, unit in (("video", videos, "clips"), ("query", queries, "tokens")):
+        for item_id, path in files.items():
+            if not (cache.has_video(item_id) if family == "video" else cache.has_query(item_id)):
+                continue
+            try:
+                length = int(np.load(path, mmap_mode="r", allow_pickle=False).shape[0])
+            except (OSError, ValueError, IndexError):  # its own problem is said when it is imported
+                continue
+            cached = cache.video_shape(item_id)[0] if family == "video" else cache.query_shape(item_id)[1]
+            if length != cached:
+                changed.append(f"{family} {item_id!r}: cached with {cached} {unit}, {path} has {length}")
+    changed += [f"query {m.query_id!r}: cached for {m.cached!r}, now {m.given!r}"
+                for m in cache.sentence_mismatches({i: sentences[i] for i in queries if i in sentences})]
+    if changed:
+        raise ExtractionError(
+            f"{len(changed)} id(s) are already in {cache.path} with other features: {_first_of(changed, shown)}. "
+            "Ids must be unique across the inputs of one cache: import these files into another cache folder "
+            "(also when a file was replaced on purpose)")
+
+
 def import_npy_features(
     video_dir: str | os.PathLike | None,
     cache_dir: str | os.PathLike,
@@ -254,6 +290,7 @@ def import_npy_features(
         cache = FeatureCache.create(cache_dir, manifest)  # refuses a cache of other features
     except OSError as exc:
         raise _write_error(cache_dir, exc) from None
+    _check_cached_items(cache, videos, queries, sentences)
     summary = ImportSummary(cache_dir=str(cache_dir), videos_total=len(videos), queries_total=len(queries))
     todo_videos = {i: p for i, p in videos.items() if not cache.has_video(i)}
     todo_queries = {i: p for i, p in queries.items() if not cache.has_query(i)}

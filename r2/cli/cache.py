@@ -212,7 +212,9 @@ def import_(ctx, video_dir, query_dir, out, model, dataset, fps, annotations, la
     if line:  # recorded in the cache, and quoted by `r2 cache verify` as the rebuild command: from any folder
         line = _with_absolute_paths(ctx, line, {"--out", "-o", "--queries", "--model", "-m", "--annotations", "-a"},
                                     head=3)
-    on_interrupt(lambda: f"{out} keeps what was committed so far; the same command again imports only the rest")
+    from r2.cli.extract import _kept_in_cache
+
+    on_interrupt(lambda: _kept_in_cache(out, "imports"))
     summary = import_npy_features(video_dir, out, model, fps=fps, query_dir=query_dir, layers=_parse_layers(layers),
                                   dtype=dtype, progress=progress, command=shlex.join(line) if line else None,
                                   sentences=sentences)

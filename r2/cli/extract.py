@@ -167,8 +167,9 @@ def _with_absolute_paths(ctx, line: list[str], path_options=_PATH_OPTIONS, head:
     return out
 
 
-def _kept_in_cache(out) -> str:
-    """What an interrupted ``r2 extract`` leaves in ``out``, and how to go on."""
+def _kept_in_cache(out, verb: str = "extracts") -> str:
+    """What an interrupted ``r2 extract`` (or ``r2 cache import``: ``verb="imports"``) leaves in
+    ``out``, and how to go on."""
     from r2.cache import FeatureCache
 
     try:
@@ -177,7 +178,7 @@ def _kept_in_cache(out) -> str:
         return f"nothing was written to {out}"
     videos, queries = len(cache.video_ids()), len(cache.query_ids())
     return (f"{out} keeps the {videos} video(s) and {queries} query(ies) written so far (those in flight "
-            "were dropped, never half-written); the same command again extracts only the rest")
+            f"were dropped, never half-written); the same command again {verb} only the rest")
 
 
 @click.command("make-tiny-clip", context_settings={"help_option_names": ["-h", "--help"]})

@@ -103,6 +103,34 @@ def test_a_rerun_imports_only_what_is_missing_and_other_settings_are_refused(ext
     assert len(FeatureCache.open(out).video_ids()) == 3
 
 
+def test_ids_cached_with_other_features_are_refused_not_skipped(extracted, tiny_clip_dir, tmp_path):
+    """An id the cache holds, given again by a file of another length (another release or data
+    set numbering its files alike) or for another sentence, was skipped as "already cached",
+    keeping the other features under it (exit code 0); refused as r2 extract does, before
+    anything is written."""
+    _, _, vid_dir, txt_dir = extracted
+    out = tmp_path / "c"
+    ann = write_annotations(tmp_path / "val.jsonl", SENTENCES)
+    assert run(vid_dir, "--queries", txt_dir, "-a", ann, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5").exit_code == 0
+    before = sorted((p.name, p.stat().st_size) for p in (out / "shards").iterdir())
+    other = tmp_path / "other"
+    other.mkdir()
+    longer = np.load(vid_dir / "v1.npy")
+    np.save(other / "v1.npy", np.concatenate([longer, longer]))
+    result = run(other, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 1, result.output
+    assert (f"Error: 1 id(s) are already in {out} with other features: video 'v1': cached with {len(longer)} clips, "
+            f"{other / 'v1.npy'} has {2 * len(longer)}. Ids must be unique across the inputs of one cache") \
+        in result.output, result.output
+    renamed = write_annotations(tmp_path / "renamed.jsonl", {**SENTENCES, "2": "a cat sleeps on a sofa"})
+    result = run("--queries", txt_dir, "-a", renamed, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 1, result.output
+    assert (f"query '2': cached for {SENTENCES['2']!r}, now 'a cat sleeps on a sofa'" in result.output), result.output
+    assert sorted((p.name, p.stat().st_size) for p in (out / "shards").iterdir()) == before
+    same = run(vid_dir, "--queries", txt_dir, "-a", ann, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert same.exit_code == 0 and "3 already cached (of 3)" in same.output, same.output
+
+
 def test_bad_files_are_named_with_their_reason_and_the_others_imported(extracted, tiny_clip_dir, tmp_path):
     _, cache, vid_dir, _ = extracted
     good = np.load(vid_dir / "v0.npy")  # (T, K, N, D) float16
@@ -123,6 +151,7 @@ def test_bad_files_are_named_with_their_reason_and_the_others_imported(extracted
     (folder / "empty.npy").write_bytes(b"")
     np.savez(folder / "archive", a=good)
     os.replace(folder / "archive.npz", folder / "archive.npy")
+    (folder / "text.npy").write_text("T,K,N,D\n75,4,50,768\n")  # was said to hold Python objects
     out = tmp_path / "c"
     result = run(folder, "-o", out, "-m", tiny_clip_dir, "-d", "qvhighlights")
     assert result.exit_code == 1
@@ -136,12 +165,13 @@ def test_bad_files_are_named_with_their_reason_and_the_others_imported(extracted
         "truncated": "the file is shorter than its header says: truncated",
         "empty": "the file is empty",
         "archive": "not a .npy array (an .npz archive?)",
+        "text": "not a .npy file (it does not begin with the .npy magic bytes: text, or another format)",
     }
     lines = result.output.splitlines()
     for name, reason in expected.items():
         line = next((x for x in lines if x.strip().startswith(str(folder / f"{name}.npy"))), None)
         assert line is not None and reason in line, (name, result.output)
-    assert "FAILED : 8 file(s) not imported" in result.output
+    assert "FAILED : 9 file(s) not imported" in result.output
     imported = FeatureCache.open(out)
     assert sorted(imported.video_ids()) == ["flat", "good"]
     assert np.array_equal(imported.load_video("flat", dtype=None), good)
@@ -344,3 +374,27 @@ def test_verify_gives_a_damaged_imported_shard_the_import_command(extracted, tin
     text = report.format()
     assert "then rerun the command that wrote them; it keeps what is there and re-extracts (or re-imports)" in text
     assert text.rstrip().endswith(shlex.join([*line[:5], str(moved.resolve()), *line[6:]]))
+
+
+def test_an_interrupt_says_what_the_cache_keeps(extracted, tiny_clip_dir, tmp_path, monkeypatch):
+    """Ctrl-C before anything was written said "CACHE keeps what was committed so far" of a
+    folder that did not exist; now what r2 extract says: nothing was written, or what is kept."""
+    import r2.extract.npy_features as npy
+
+    _, _, vid_dir, _ = extracted
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(npy.FeatureCache, "create", interrupted)
+    out = tmp_path / "c"
+    result = run(vid_dir, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 130 and f"interrupted: nothing was written to {out}" in result.output, result.output
+    monkeypatch.undo()
+    assert run(vid_dir, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5").exit_code == 0
+    monkeypatch.setattr(npy.FeatureCache, "writer", interrupted)
+    result = run(vid_dir, "-o", out, "-m", tiny_clip_dir, "--fps", "0.5")
+    assert result.exit_code == 130, result.output
+    assert (f"interrupted: {out} keeps the 3 video(s) and 0 query(ies) written so far (those in flight were "
+            "dropped, never half-written); the same command again imports only the rest") in result.output
+
