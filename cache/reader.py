@@ -196,10 +196,14 @@ class FeatureCache:
         existing = read_manifest(root)
         diffs = differences(existing, requested)
         if diffs:
+            shards = root / SHARDS_DIR
+            empty = not shards.is_dir() or not any(p.suffix == ".h5" for p in shards.iterdir())
             raise CacheError(
                 f"the feature cache at {root} was built with different settings:\n"
                 + describe_differences(diffs)
-                + "\nWrite to another directory, or delete this one to rebuild it.")
+                + ("\nIt holds no video or query yet (a run with those settings stopped before writing any): "
+                   "delete it to start again with these settings, or write to another directory." if empty else
+                   "\nWrite to another directory, or delete this one to rebuild it."))
         try:
             (root / SHARDS_DIR).mkdir(exist_ok=True)
         except FileExistsError:  # not a directory: open() says so

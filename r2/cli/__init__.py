@@ -135,6 +135,24 @@ threads_option = click.option(
 _INTERRUPT_HINT = "r2.interrupt_hint"
 
 
+def fps_against_preset(dataset: str | None, fps: float | None) -> str | None:
+    """The warning for an ``--fps`` given beside a ``--dataset`` whose preset samples at another
+    rate (the features are extracted at ``fps``, and ``r2 fit -d DATASET`` would refuse them),
+    else None. An unknown data set name is a ``ValueError``."""
+    if dataset is None or fps is None:
+        return None
+    from r2.jobs import preset_fps
+
+    preset = preset_fps(dataset)
+    if preset is None:
+        return (f"warning: --fps {float(fps):g}: the {dataset} preset samples per video (one frame per annotated clip), "
+                f"and `r2 fit -d {dataset}` refuses features at a fixed rate")
+    if abs(float(preset) - float(fps)) <= 1e-9 * float(preset):
+        return None
+    return (f"warning: --fps {float(fps):g} is not the {dataset} preset's {float(preset):g} clips/s: the features are "
+            f"sampled at {float(fps):g}, and `r2 fit -d {dataset}` refuses them unless given --set fps={float(fps):g}")
+
+
 def on_interrupt(hint: Callable[[], str]) -> None:
     """Register what the running command tells the user when Ctrl-C or SIGTERM stops it:
     ``hint()`` is called then and returns what is kept and how to continue (one sentence)."""

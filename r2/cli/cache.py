@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from r2.cli import check_fps, command_line, on_interrupt, progress_option
+from r2.cli import check_fps, command_line, fps_against_preset, on_interrupt, progress_option
 
 
 def _human(n: int) -> str:
@@ -192,15 +192,16 @@ def import_(ctx, video_dir, query_dir, out, model, dataset, fps, annotations, la
 
     if video_dir is None and query_dir is None:
         raise click.UsageError("give VIDEO_DIR (video features), --queries DIR (query features), or both")
-    if dataset is not None and fps is not None:
-        raise click.UsageError("give --dataset or --fps, not both")
     if dataset is None and fps is None:
         raise click.UsageError("give the clip rate the files were sampled at: --dataset NAME (its preset's) or --fps F")
     if dataset is not None:
         try:
-            fps = preset_fps(dataset)
+            warning = fps_against_preset(dataset, fps)  # --fps wins, as in r2 extract
+            fps = preset_fps(dataset) if fps is None else fps
         except ValueError as exc:
             raise click.BadParameter(str(exc), param_hint="--dataset") from None
+        if warning:
+            click.echo(warning, err=True)
     sentences = None
     if annotations is not None:
         from r2.train.annotations import load_annotations

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from r2.cli import MAX_FPS, check_fps, command_line, on_interrupt, progress_option
+from r2.cli import MAX_FPS, check_fps, command_line, fps_against_preset, on_interrupt, progress_option
 from r2.extract import DEFAULT_MODEL
 
 
@@ -97,6 +97,12 @@ def extract(ctx, inputs, out, model, annotations, dataset, fps, layers, batch_si
                                  param_hint="--shard-index")
     from r2.jobs import jobs_from_annotations, jobs_from_paths
 
+    try:
+        warning = fps_against_preset(dataset, fps)
+    except ValueError:  # an unknown data set: the jobs' reading says so
+        warning = None
+    if warning:
+        click.echo(warning, err=True)
     if annotations is not None:
         if not inputs:
             raise click.UsageError("with --annotations, give the folder(s) that hold the videos as INPUTS")

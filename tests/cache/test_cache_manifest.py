@@ -55,6 +55,19 @@ def test_create_on_an_incompatible_cache_names_each_difference(build_cache, make
     with pytest.raises(CacheError, match="model_config_hash"):
         FeatureCache.create(cache.path, make_manifest(model_config_hash="other"))
     assert FeatureCache.open(cache.path).video_ids() == ["a"]  # untouched
+    assert msg.endswith("\nWrite to another directory, or delete this one to rebuild it."), msg
+
+
+def test_an_empty_cache_of_other_settings_says_it_holds_nothing_yet(tmp_path, make_manifest):
+    """A run that stopped after creating the cache and before its first item (a model that
+    cannot run, a Ctrl-C) pins its settings; a rerun with other ones is told the folder holds
+    nothing to lose."""
+    FeatureCache.create(tmp_path / "c", make_manifest(fps=1))
+    with pytest.raises(CacheError) as info:
+        FeatureCache.create(tmp_path / "c", make_manifest(fps=0.5))
+    assert str(info.value).endswith("fps: the cache has 1.0, requested 0.5\nIt holds no video or query yet (a run "
+                                    "with those settings stopped before writing any): delete it to start again "
+                                    "with these settings, or write to another directory."), str(info.value)
 
 
 def test_open_and_create_refuse_what_is_not_a_cache(tmp_path, make_manifest):

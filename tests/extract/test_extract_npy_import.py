@@ -204,9 +204,29 @@ def test_youtube_features_have_a_rate_per_video(extracted, tiny_clip_dir, tmp_pa
     assert FeatureCache.open(tmp_path / "c").manifest["fps"] is None
 
 
+def test_fps_beside_a_dataset_is_used_with_a_warning_as_in_extract(extracted, tiny_clip_dir, tmp_path):
+    """r2 extract took --fps over --dataset's rate silently, r2 cache import refused both: now
+    both take --fps and say that r2 fit -d DATASET will refuse the cache without --set fps."""
+    _, _, vid_dir, _ = extracted
+    result = run(vid_dir, "-o", tmp_path / "c", "-m", tiny_clip_dir, "-d", "charades", "--fps", "0.5")
+    assert result.exit_code == 0, result.output
+    assert ("warning: --fps 0.5 is not the charades preset's 1 clips/s: the features are sampled at 0.5, and "
+            "`r2 fit -d charades` refuses them unless given --set fps=0.5") in result.output, result.output
+    assert FeatureCache.open(tmp_path / "c").manifest["fps"] == 0.5
+    result = run(vid_dir, "-o", tmp_path / "y", "-m", tiny_clip_dir, "-d", "youtube", "--fps", "1")
+    assert result.exit_code == 0 and "the youtube preset samples per video" in result.output, result.output
+    result = run(vid_dir, "-o", tmp_path / "d", "-m", tiny_clip_dir, "-d", "charades", "--fps", "1")
+    assert result.exit_code == 0 and "warning" not in result.output, result.output
+    video = S.write_segment_video(tmp_path / "videos" / "v.mp4", [("red", 2.0)], fps=8).path
+    result = CliRunner().invoke(main, ["extract", str(video), "-o", str(tmp_path / "e"), "-m", str(tiny_clip_dir),
+                                       "-d", "charades", "--fps", "0.5", "--workers", "0", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "warning: --fps 0.5 is not the charades preset's 1 clips/s" in result.output, result.output
+    assert FeatureCache.open(tmp_path / "e").manifest["fps"] == 0.5
+
+
 @pytest.mark.parametrize("args, message", [
     (["VID"], "give the clip rate the files were sampled at: --dataset NAME"),
-    (["VID", "--fps", "0.5", "-d", "charades"], "give --dataset or --fps, not both"),
     (["--fps", "0.5"], "give VIDEO_DIR (video features), --queries DIR (query features), or both"),
     (["VID", "-d", "charade"], "unknown dataset 'charade'"),
     (["EMPTY", "--fps", "0.5"], "holds no .npy file"),
