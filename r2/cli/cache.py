@@ -57,6 +57,7 @@ def cache():
 def info(directory, as_json):
     """Summarise the cache in DIRECTORY: items, layers, dtype, shards, bytes."""
     from r2.cache import FeatureCache
+    from r2.cache.verify import with_out
 
     summary = FeatureCache.open(directory).info()
     if as_json:
@@ -77,8 +78,11 @@ def info(directory, as_json):
     ]
     if summary.token_form:
         rows.append(("tokens", summary.token_form))
-    if summary.command:
-        rows.append(("command", summary.command))
+    if summary.command:  # its --out made this cache's: the command adds to this cache, wherever it lies now
+        here = with_out(summary.command, summary.path)
+        rows.append(("command", here))
+        if here != summary.command:
+            rows.append(("recorded", f"{summary.command} (the cache was written elsewhere: moved or copied)"))
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         click.echo(f"{k:<{width}}  {v}")

@@ -17,6 +17,23 @@ def test_cache_group_help_lists_its_commands():
         assert sub.exit_code == 0 and "Usage" in sub.output
 
 
+def test_info_of_a_copied_cache_gives_the_command_that_adds_to_the_copy(build_cache, tmp_path):
+    """The recorded command's --out names the folder the cache was written in; run from a copy's
+    `r2 cache info` it would add to the original. Shown with the copy's path, as verify does,
+    and the recorded one beside it."""
+    import shutil
+
+    cache = build_cache(videos={"a": 1})
+    copy = tmp_path / "copy"
+    shutil.copytree(cache.path, copy)
+    result = CliRunner().invoke(main, ["cache", "info", str(copy)])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"command   r2 extract videos/ --out {copy.resolve()}" in lines, result.output
+    assert ("recorded  r2 extract videos/ --out cache/ (the cache was written elsewhere: moved or copied)"
+            in lines), result.output
+
+
 def test_info_text_and_json(build_cache):
     cache = build_cache(videos={"a/b.mp4": 1, "c": 2}, queries={"q": 1})
     runner = CliRunner()
