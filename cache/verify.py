@@ -267,7 +267,9 @@ def verify(path, *, quick: bool = False, progress=None) -> VerifyReport:
         if messages:
             if not ids and name in known:
                 ids = known[name].ids
-            command = check.command or (known[name].command if name in known else None)
+            # a shard of other settings: its own command writes those, which this cache refuses
+            other_settings = check.fingerprint is not None and check.fingerprint != fingerprint
+            command = None if other_settings else check.command or (known[name].command if name in known else None)
             report.problems.append(ShardProblem(
                 str(root.resolve() / SHARDS_DIR / name), messages,
                 videos=list(ids) if family == "videos" else [],

@@ -64,12 +64,15 @@ def test_fingerprint_ignores_what_does_not_change_the_features(make_manifest):
 
 def test_a_shard_copied_in_from_a_cache_with_other_settings_is_named(build_cache):
     a = build_cache("a", videos={"v0": 0})
-    other = build_cache("other", videos={"v9": 9}, fps=1.0)
+    other = build_cache("other", videos={"v9": 9}, fps=1.0, command="r2 extract more/ --fps 1 --out other/")
     [foreign] = other.shard_paths()
     shutil.copy(foreign, a.path / "shards" / foreign.name)
     report = verify(a.path)
     assert [os.path.basename(p.shard) for p in report.problems] == [foreign.name]
     assert not report.cache_problems  # not every shard: the manifest was not edited
+    # the rebuild command is this cache's: the shard's own writes 1 fps, which this cache refuses
+    advice = report.rebuild_advice()
+    assert f"r2 extract videos/ --out {a.path.resolve()}" in advice and "--fps 1" not in advice, advice
     with pytest.raises(CacheError, match=rf"{foreign.name} was written under other manifest settings than "
                                          r".*a/manifest.json has .*run `r2 cache verify"):
         merge([a.path], a.path.parent / "m")
