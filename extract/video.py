@@ -306,6 +306,8 @@ class _Packet:
 
 def _open(path: str):
     if not os.path.exists(path):
+        if os.path.islink(path):  # a link whose target was moved or deleted
+            raise DecodeError(path, f"a symbolic link to {os.readlink(path)}, which does not exist")
         raise DecodeError(path, "file not found")
     if os.path.isdir(path):
         raise DecodeError(path, "is a folder, not a video file")

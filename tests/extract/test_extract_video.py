@@ -249,6 +249,9 @@ def test_bad_inputs_give_path_and_reason(tmp_path):
         assert r.frames is None and r.error is not None and reason in r.error, (name, r.error)
     r = V.decode_job("missing", str(tmp_path / "missing.mp4"), 0.5)
     assert r.error == "file not found"
+    (tmp_path / "dangling.mp4").symlink_to(tmp_path / "moved" / "away.mp4")
+    r = V.decode_job("dangling", str(tmp_path / "dangling.mp4"), 0.5)
+    assert r.error == f"a symbolic link to {tmp_path / 'moved' / 'away.mp4'}, which does not exist"
     # names with spaces and non-ASCII characters decode normally
     odd = S.write_segment_video(tmp_path / "sub dir" / "vidéo ünïcode 名前.mkv", [("green", 2.2)], fps=10)
     r = V.decode_job("odd", str(odd.path), 1.0)
