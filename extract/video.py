@@ -95,6 +95,7 @@ __all__ = [
     "DecodeResult",
     "iter_video_files",
     "is_video_file",
+    "not_a_video",
 ]
 
 #: File extensions that ``r2 extract`` collects from a folder (case-insensitive): the common
@@ -971,16 +972,24 @@ def is_video_file(path: str | os.PathLike) -> bool:
     """Whether PyAV opens ``path`` (a regular, non-empty file) and finds a video stream in it:
     how a file without a video extension is recognised (it reads only the container header).
     Still images (a thumbnail ``vid.jpg`` beside ``vid.MOD``) are not videos."""
+    return not_a_video(path) is None
+
+
+def not_a_video(path: str | os.PathLike) -> str | None:
+    """Why ``path`` is not a video file (:func:`is_video_file`), in words, or None when it is one."""
     path = os.fspath(path)
     try:
         if not os.path.isfile(path) or os.path.getsize(path) == 0:
-            return False
+            return "not a regular file" if not os.path.isfile(path) else "an empty file"
         with av.open(path, metadata_errors="ignore") as container:
             name = container.format.name
-            return (any(not _is_attached_picture(s) for s in container.streams.video)  # not a song's cover art
-                    and name != "image2" and not name.endswith("_pipe"))
+            if name == "image2" or name.endswith("_pipe"):
+                return f"a still image ({name.removesuffix('_pipe')}), not a video"
+            if not any(not _is_attached_picture(s) for s in container.streams.video):  # a song's cover art
+                return "no video stream (audio only, or a cover picture)"
+            return None
     except Exception:  # not a format FFmpeg knows, unreadable, ...: not a video
-        return False
+        return "not a file PyAV (FFmpeg) can open"
 
 
 def iter_video_files(folder: str | os.PathLike, extensions: Sequence[str] | None = VIDEO_EXTENSIONS,

@@ -123,6 +123,11 @@ def predict_video(video: str | os.PathLike, queries: str | Sequence[str], checkp
     video = Path(video)
     if not video.is_file():
         raise PredictError(f"{video}: no such video file")
+    from r2.extract.video import not_a_video
+
+    why = not_a_video(video)
+    if why is not None and why.startswith("a still image"):  # decoded, it is one frame: "too short" would mislead
+        raise PredictError(f"{video}: {why}")
     dev = resolve_device(device)
     model = load_model(checkpoint, dev)
     cfg = model.config

@@ -116,7 +116,7 @@ def jobs_from_paths(inputs, dataset: str | None = None, fps: float | None = None
     ``fps``: clips per second (default: ``dataset``'s preset, else 0.5).
     """
     from r2.extract.pipeline import Failure, VideoJob
-    from r2.extract.video import VIDEO_EXTENSIONS, is_video_file
+    from r2.extract.video import VIDEO_EXTENSIONS, not_a_video
 
     inputs = [Path(p) for p in inputs]
     if not inputs:
@@ -155,11 +155,12 @@ def jobs_from_paths(inputs, dataset: str | None = None, fps: float | None = None
             try:
                 text = inp.read_text(encoding="utf-8-sig")  # a BOM (Windows editors) is not part of the first path
             except UnicodeDecodeError:  # binary: a video whatever its extension, if PyAV reads it as one
-                if is_video_file(inp):
+                why = not_a_video(inp)
+                if why is None:
                     add(inp.stem, inp)
                     continue
-                raise InputError(f"{inp}: not a list of video paths (not UTF-8 text) and not a video file PyAV can "
-                                 "open; give folders, video files, or text files with one path a line") from None
+                raise InputError(f"{inp}: neither a list of video paths (not UTF-8 text) nor a video: {why}; give "
+                                 "folders, video files, or text files with one path a line") from None
             for lineno, line in enumerate(text.splitlines(), 1):
                 entry = line.strip()
                 if not entry or entry.startswith("#"):

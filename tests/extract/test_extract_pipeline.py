@@ -540,7 +540,20 @@ def test_cli_single_video_file_and_binary_list_file(videos, tiny_clip, tmp_path)
     junk.write_bytes((root / "red_blue.mp4").read_bytes()[:500])
     result = CliRunner().invoke(main, ["extract", str(junk), "--out", str(tmp_path / "c2"), "--model", model])
     assert result.exit_code == 1 and "Traceback" not in result.output
-    assert f"{junk}: not a list of video paths (not UTF-8 text)" in result.output
+    assert f"{junk}: neither a list of video paths (not UTF-8 text) nor a video: " in result.output, result.output
+    image = tmp_path / "frame.png"  # PyAV opens it, as an image: named so (was "not a video file PyAV can open")
+    import av
+
+    with av.open(str(image), "w") as c:
+        s = c.add_stream("png")
+        s.width, s.height, s.pix_fmt = 64, 48, "rgb24"
+        for packet in [*s.encode(av.VideoFrame.from_ndarray(np.zeros((48, 64, 3), np.uint8), format="rgb24")),
+                       *s.encode()]:
+            c.mux(packet)
+    result = CliRunner().invoke(main, ["extract", str(image), "--out", str(tmp_path / "c3"), "--model", model])
+    assert result.exit_code == 1 and "nor a video: a still image (png), not a video; give folders" in result.output
+    result = CliRunner().invoke(main, ["predict", str(image), "-q", "red", "-k", str(tmp_path / "no-run")])
+    assert result.exit_code == 1 and f"Error: {image}: a still image (png), not a video" in result.output
 
 
 def test_cli_camcorder_and_other_containers_pyav_reads_are_videos(tiny_clip, tmp_path):
