@@ -33,6 +33,8 @@ in the summary; the others are imported.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import sys
 import time
@@ -43,11 +45,15 @@ from typing import Callable, Mapping
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
+from r2.fileio import atomic_write
 from r2.extract.pipeline import (WAIT_POLL_SECONDS, ExtractionError, _first_lines, _first_of, _write_error,
                                  feature_manifest,
                                  preprocessing_of)
 
-__all__ = ["ImportFailure", "ImportSummary", "check_query_files", "import_npy_features", "npy_files"]
+IMPORT_FAILURES_NAME = "import_failures.jsonl"
+
+__all__ = ["IMPORT_FAILURES_NAME", "ImportFailure", "ImportSummary", "check_query_files", "import_npy_features",
+           "npy_files"]
 
 
 @dataclass
@@ -74,6 +80,7 @@ class ImportSummary:
     seconds: float = 0.0  # the whole run
     startup_seconds: float = 0.0  # the model's files, the cache: before the first file
     failures: list[ImportFailure] = field(default_factory=list)
+    failures_file: str | None = None  # import_failures.jsonl in the cache folder, when some failed
 
     @property
     def ok(self) -> bool:
@@ -93,7 +100,8 @@ class ImportSummary:
             f"  written: {self.bytes_written / 1e6:.1f} MB",
         ]
         if self.failures:
-            lines.append(f"  FAILED : {len(self.failures)} file(s) not imported:")
+            lines.append(f"  FAILED : {len(self.failures)} file(s) not imported"
+                         + (f", listed in {self.failures_file}:" if self.failures_file else ":"))
             lines += _first_lines([f"{f.path}: {f.reason}" for f in self.failures])
             lines.append("  a rerun of the same command imports only what is missing (replace or remove these files)")
         return "\n".join(lines)
@@ -366,5 +374,15 @@ def import_npy_features(
         raise _write_error(cache_dir, exc) from None
     finally:
         bar.close()
+    failures_path = Path(cache_dir) / IMPORT_FAILURES_NAME  # beside r2 extract's failures.jsonl, as it is written
+    try:
+        if summary.failures:
+            atomic_write(failures_path, "".join(json.dumps(dataclasses.asdict(f), ensure_ascii=False) + "\n"
+                                                for f in summary.failures))
+            summary.failures_file = str(failures_path)
+        elif failures_path.exists():
+            failures_path.unlink()  # everything that failed before is in the cache now
+    except OSError as exc:
+        raise _write_error(cache_dir, exc) from None
     summary.seconds = time.perf_counter() - t0
     return summary

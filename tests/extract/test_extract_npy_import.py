@@ -171,11 +171,18 @@ def test_bad_files_are_named_with_their_reason_and_the_others_imported(extracted
     for name, reason in expected.items():
         line = next((x for x in lines if x.strip().startswith(str(folder / f"{name}.npy"))), None)
         assert line is not None and reason in line, (name, result.output)
-    assert "FAILED : 9 file(s) not imported" in result.output
+    assert f"FAILED : 9 file(s) not imported, listed in {out / 'import_failures.jsonl'}:" in result.output
+    listed = [json.loads(x) for x in (out / "import_failures.jsonl").read_text().splitlines()]
+    assert sorted(f["item_id"] for f in listed) == sorted(expected) and all(
+        expected[f["item_id"]] in f["reason"] and f["path"] == str(folder / f"{f['item_id']}.npy") for f in listed)
     imported = FeatureCache.open(out)
     assert sorted(imported.video_ids()) == ["flat", "good"]
     assert np.array_equal(imported.load_video("flat", dtype=None), good)
     assert imported.manifest["fps"] == 0.5  # QVHighlights' preset
+    for name in expected:  # the bad files removed: a rerun passes, and the list goes
+        (folder / f"{name}.npy").unlink()
+    result = run(folder, "-o", out, "-m", tiny_clip_dir, "-d", "qvhighlights")
+    assert result.exit_code == 0 and not (out / "import_failures.jsonl").exists(), result.output
 
 
 def test_query_shapes_are_checked_against_the_model(extracted, tiny_clip_dir, tiny_clip, tmp_path):
