@@ -27,9 +27,9 @@ Reading (training, prediction)::
 Modules: ``manifest`` (keys, compatibility), ``shards`` (file names, HDF5 layout, id
 encoding, writer locks), ``index`` (id -> shard), ``reader`` (:class:`FeatureCache`),
 ``writer`` (:class:`CacheWriter`, atomic commits), ``quantize`` (int8, measured error),
-``verify`` (:func:`verify`), ``merge`` (:func:`merge`), ``locking`` (the ``flock`` helpers of
+``verify`` (:func:`verify`, :func:`restore_manifest`), ``merge`` (:func:`merge`), ``locking`` (the ``flock`` helpers of
 the writer locks and of ``merge``). The ``r2 cache`` command
-(``info``, ``verify``, ``merge``) calls these functions.
+(``info``, ``verify``, ``merge``, ``restore-manifest``) calls these functions.
 """
 
 from .errors import CacheError, CacheWarning, MissingItemError, NoSpaceError, ShardDiscardedError
@@ -38,12 +38,12 @@ from .merge import MergeSummary, merge
 from .quantize import dequantize_int8, quantize_int8
 from .reader import CacheInfo, FeatureCache, QueryFeatures, SentenceMismatch
 from .shards import decode_id, encode_id
-from .verify import VerifyReport, verify
+from .verify import RestoredManifest, VerifyReport, restore_manifest, verify
 from .writer import CacheWriter
 
 __all__ = [
     "FeatureCache", "CacheInfo", "QueryFeatures", "SentenceMismatch", "CacheWriter", "CacheError", "CacheWarning", "MissingItemError", "NoSpaceError",
     "ShardDiscardedError",
-    "verify", "VerifyReport", "merge", "MergeSummary", "quantize_int8", "dequantize_int8",
+    "verify", "VerifyReport", "restore_manifest", "RestoredManifest", "merge", "MergeSummary", "quantize_int8", "dequantize_int8",
     "encode_id", "decode_id", "FORMAT_VERSION", "COMPAT_FIELDS", "default_layers", "same_weights",
 ]

@@ -58,7 +58,7 @@ from pathlib import Path
 from r2.fileio import atomic_write, fsync_dir, temporary_sibling
 
 from .errors import CacheError
-from .shards import LOCKS_DIR
+from .shards import LOCKS_DIR, SHARDS_DIR
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -271,6 +271,10 @@ def load_manifest(root: str | os.PathLike) -> dict:
         raise CacheError(f"{root} is not a feature cache: it is a file, not a directory")
     path = root / MANIFEST_NAME
     if not path.is_file():
+        shards = root / SHARDS_DIR
+        if shards.is_dir() and any(p.suffix == ".h5" for p in shards.iterdir()):
+            raise CacheError(f"{root} has shards but no {MANIFEST_NAME}: it was deleted or lost; its shards record "
+                             f"the settings they were written under: `r2 cache restore-manifest {root}` writes it again")
         raise CacheError(f"{root} is not an r2 feature cache (it has no {MANIFEST_NAME}); "
                          "create one with `r2 extract ... --out DIR`")
     try:

@@ -32,7 +32,7 @@ import numpy as np
 
 from .errors import CacheError, MissingItemError
 from .index import ShardIndex
-from .manifest import (MANIFEST_NAME, describe_differences, differences, new_manifest,
+from .manifest import (MANIFEST_NAME, describe_differences, differences, load_manifest, new_manifest,
                        read_manifest, write_manifest_exclusive)
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
 from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, LiveWriters, attrs_from_group, encode_id, layer_name,
@@ -187,6 +187,9 @@ class FeatureCache:
             raise CacheError(f"cannot create a feature cache at {root}: it is a file")
         if not (root / MANIFEST_NAME).exists():
             ours = {MANIFEST_NAME, SHARDS_DIR}  # may appear meanwhile: another process creating it
+            shards = root / SHARDS_DIR
+            if shards.is_dir() and any(p.suffix == ".h5" for p in shards.iterdir()):  # shards come after a manifest
+                load_manifest(root)  # raises: the manifest was lost, restore it (not pin this run's settings)
             if root.is_dir() and any(not p.name.startswith(".") and p.name not in ours
                                      for p in root.iterdir()):
                 raise CacheError(f"cannot create a feature cache in {root}: the directory is not "

@@ -38,7 +38,7 @@ import numpy as np
 
 from .index import ShardIndex
 from .manifest import (ADDED_BY_CACHE, fingerprint_fields, fingerprint_text, load_manifest, manifest_fingerprint,
-                       normalize_manifest, text_fingerprint)
+                       new_manifest, normalize_manifest, text_fingerprint, write_manifest_exclusive)
 from .errors import CacheError
 from .fastio import all_finite
 from .shards import (FAMILY_WORD, FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, PARTIAL_SUFFIX, PINNED_AXES,
@@ -497,3 +497,114 @@ def _row_blocks(ds):
 def _short(exc) -> str:
     text = " ".join(str(exc).split())
     return (text[:300] + "...") if len(text) > 300 else text
+
+
+@dataclass
+class RestoredManifest:
+    """What :func:`restore_manifest` wrote: the manifest, the shards it was read from (all that
+    record their settings, under one fingerprint) and those that recorded none or could not
+    be read."""
+
+    path: str  # the manifest.json written
+    manifest: dict
+    shards: int
+    unreadable: list = field(default_factory=list)  # shard names that could not be read
+    unrecorded: list = field(default_factory=list)  # shard names written by an r2 that recorded no settings
+
+
+def restore_manifest(path) -> RestoredManifest:
+    """Write the lost ``manifest.json`` of the cache at ``path`` again from its shards: each
+    records the compatibility fields it was written under (``manifest_fields``, with their
+    fingerprint) and the command that wrote it. The restored manifest has exactly those fields
+    (so ``verify`` finds every shard written under it), the command most shards record, and, as
+    ``model_id``, the ``--model`` of that command (a cache of a model known by its weights hash;
+    else the recorded id). Raises :class:`CacheError` when the cache has a manifest, holds no
+    shard recording its settings, or shards of several settings (a restore would have to choose
+    between them)."""
+    import collections
+
+    root = Path(path)
+    if (root / "manifest.json").exists():
+        raise CacheError(f"{root} has a manifest.json: nothing to restore (`r2 cache verify {root}` checks it)")
+    if not (root / SHARDS_DIR).is_dir():
+        raise CacheError(f"{root} has no {SHARDS_DIR}/ folder: it is not a feature cache whose manifest was lost")
+    by_fingerprint: dict[str, list[tuple[str, str, str | None]]] = {}
+    unreadable, unrecorded = [], []
+    for name in sorted(list_shards(root)):
+        try:
+            with open_h5(root / SHARDS_DIR / name) as f:
+                fingerprint = get_text_attr(f, FINGERPRINT_ATTR)
+                fields = get_text_attr(f, FINGERPRINT_FIELDS_ATTR)
+                command = get_text_attr(f, "command")
+        except Exception:  # a damaged shard: verify names it once the manifest is back
+            unreadable.append(name)
+            continue
+        if (not isinstance(fields, str) or not isinstance(fingerprint, str) or not fields.isascii()
+                or text_fingerprint(fields) != fingerprint):
+            unrecorded.append(name)
+            continue
+        by_fingerprint.setdefault(fingerprint, []).append((name, fields, command if isinstance(command, str) else None))
+    if not by_fingerprint:
+        raise CacheError(f"no shard of {root} records the settings it was written under ({len(unrecorded)} written by "
+                         f"an older r2, {len(unreadable)} unreadable): the manifest cannot be restored; extract into a "
+                         "new cache")
+    if len(by_fingerprint) > 1:
+        counts = ", ".join(f"{len(v)} shard(s) like {v[0][0]}" for v in by_fingerprint.values())
+        raise CacheError(f"the shards of {root} were written under {len(by_fingerprint)} different settings ({counts}): "
+                         "a manifest holds one; move the shards of the others into a cache folder of their own first")
+    [(fingerprint, shards)] = by_fingerprint.items()
+    manifest = json.loads(shards[0][1])
+    version = manifest.pop("format_version", None)
+    commands = collections.Counter(c for _, _, c in shards if c)
+    command = commands.most_common(1)[0][0] if commands else None
+    if "model_id" not in manifest:  # the fields name a model by its weights hash alone
+        manifest["model_id"] = _model_of(command) or f"model with weights {manifest.get('model_weights_hash')}"
+    if command:
+        manifest["command"] = command
+    manifest = {k: v for k, v in manifest.items() if v is not None or k == "fps"}
+    manifest.update(_pinned_shapes(root, [name for name, _, _ in shards], manifest["layers"][0]))
+    restored = new_manifest(manifest)
+    if version is not None:
+        restored["format_version"] = version
+    if manifest_fingerprint(restored) != fingerprint:  # fields this r2 does not read back the same
+        raise CacheError(f"the settings recorded in {root}'s shards do not give a manifest of their fingerprint: "
+                         "the manifest cannot be restored; extract into a new cache")
+    if not write_manifest_exclusive(root, restored):
+        raise CacheError(f"{root}: another process wrote a manifest.json meanwhile; nothing was restored")
+    return RestoredManifest(str(root / "manifest.json"), restored, len(shards), unreadable, unrecorded)
+
+
+def _pinned_shapes(root: Path, names, layer: int) -> dict:
+    """The pinned shapes (:data:`PINNED_AXES`: N and D of the videos, Dt of the queries) of the
+    first item of the first readable shard of each family among ``names``."""
+    pinned = {}
+    for family in PINNED_AXES:
+        for name in names:
+            if parse_shard_name(name).family != family:
+                continue
+            try:
+                with open_h5(root / SHARDS_DIR / name) as f:
+                    first = next(iter(f[family].values()), None)
+                    shape = first[layer_name(layer)].shape if first is not None else None
+            except Exception:
+                continue
+            if shape is not None:
+                pinned.update({key: int(shape[axis]) for key, axis in PINNED_AXES[family] if axis < len(shape)})
+                break
+    return pinned
+
+
+def _model_of(command: str | None) -> str | None:
+    """The ``--model``/``-m`` value of a recorded ``r2 extract`` / ``r2 cache import`` command."""
+    if not command:
+        return None
+    try:
+        argv = shlex.split(command)
+    except ValueError:
+        return None
+    for i, arg in enumerate(argv):
+        if arg in ("--model", "-m") and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--model="):
+            return arg.split("=", 1)[1]
+    return None

@@ -126,6 +126,31 @@ def verify(directory, quick, as_json):
         sys.exit(1)
 
 
+@cache.command("restore-manifest")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=str))
+def restore_manifest(directory):
+    """Write the lost manifest.json of the cache in DIRECTORY again, from its shards.
+
+    Every shard records the settings it was written under (model, layers, fps, dtype,
+    preprocessing, ...) and the command that wrote it; the restored manifest has exactly
+    those settings, so the shards read as before. Refused when the cache has a manifest, or
+    when its shards were written under several settings. Run `r2 cache verify` after it.
+    """
+    from r2.cache import restore_manifest as restore
+
+    r = restore(directory)
+    m = r.manifest
+    click.echo(f"restored {r.path} from {r.shards} shard(s): {m['model_id']}, layers "
+               f"{', '.join(map(str, m['layers']))}, fps {'per video' if m['fps'] is None else format(m['fps'], 'g')}, "
+               f"{m['dtype']}")
+    for names, what in ((r.unreadable, "could not be read (`r2 cache verify` names what is wrong)"),
+                        (r.unrecorded, "record no settings (written by an older r2): verify notes them")):
+        if names:
+            click.echo(f"warning: {len(names)} shard(s) {what}: {', '.join(names[:3])}"
+                       + (" ..." if len(names) > 3 else ""), err=True)
+    click.echo(f"next: r2 cache verify {directory}")
+
+
 @cache.command()
 @click.argument("sources", nargs=-1, required=True,
                 type=click.Path(file_okay=False, path_type=str))
