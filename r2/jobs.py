@@ -107,18 +107,29 @@ def _video_id(path: Path, folder: Path) -> str:
     return path.relative_to(folder).with_suffix("").as_posix()
 
 
+def _paths(inputs) -> list[Path]:
+    """``inputs`` as a list of paths: one path (a str, not its characters), or an iterable of them."""
+    if isinstance(inputs, (str, bytes, os.PathLike)):
+        return [Path(os.fsdecode(inputs))]
+    try:
+        return [Path(p) for p in inputs]
+    except TypeError:
+        raise InputError(f"expected a path or a list of paths, got {type(inputs).__name__}") from None
+
+
 def jobs_from_paths(inputs, dataset: str | None = None, fps: float | None = None) -> ExtractionJobs:
     """Folders (recursive, following symlinks), video files and list files (one path a line,
     relative to the list file; ``#`` comments) → one video job per file. The video id is the
     path relative to its folder or list file without the extension; a video file given itself:
     its name without extension. A list line that names no file is a failure (with its line).
 
-    ``fps``: clips per second (default: ``dataset``'s preset, else 0.5).
+    ``inputs``: a list of paths, or one path. ``fps``: clips per second (default:
+    ``dataset``'s preset, else 0.5).
     """
     from r2.extract.pipeline import Failure, VideoJob
     from r2.extract.video import VIDEO_EXTENSIONS, not_a_video
 
-    inputs = [Path(p) for p in inputs]
+    inputs = _paths(inputs)
     if not inputs:
         raise InputError("no inputs: give video folders, video files or list files")
     run_fps = fps if fps is not None else preset_fps(dataset)
@@ -189,9 +200,9 @@ def _nfc(name: str) -> str:
 def jobs_from_annotations(annotations, folders, dataset: str | None = None,
                           fps: float | None = None) -> ExtractionJobs:
     """The videos and queries of an annotation file (any benchmark's layout or a custom jsonl),
-    the videos looked up by name under ``folders`` (recursive; the file of that name with a video
-    extension, else the one PyAV opens as a video; NFC and NFD names match). An annotated video
-    no file has is a failure.
+    the videos looked up by name under ``folders`` (a list of paths, or one path; recursive;
+    the file of that name with a video extension, else the one PyAV opens as a video; NFC and
+    NFD names match). An annotated video no file has is a failure.
 
     ``dataset``: how to read the file (default: detected); ``fps``: clips per second (default:
     the data set's preset). YouTube Highlights takes no ``fps``: each video gets its own rate,
@@ -201,7 +212,7 @@ def jobs_from_annotations(annotations, folders, dataset: str | None = None,
     from r2.extract.pipeline import Failure, QueryJob, VideoJob
     from r2.train.annotations import load_annotations
 
-    annotations, inputs = Path(annotations), [Path(p) for p in folders]
+    annotations, inputs = Path(annotations), _paths(folders)
     if not inputs:
         raise InputError("with annotations, give the folder(s) that hold the videos")
     samples = load_annotations(annotations, dataset=dataset)

@@ -47,6 +47,20 @@ def test_the_rate_is_the_given_one_else_the_presets(tmp_path):
         jobs_from_paths([])
 
 
+def test_one_path_is_a_list_of_one_not_its_characters(tmp_path):
+    """``jobs_from_paths("videos")`` walked the string character by character ("v: no such file
+    or folder") and a Path gave a bare TypeError; one path is now the list of it."""
+    touch(tmp_path / "videos" / "a.mp4")
+    anno = tmp_path / "val.jsonl"
+    anno.write_text(json.dumps({"qid": 1, "query": "a dog", "duration": 4.0, "vid": "a",
+                                "relevant_windows": [[0, 2]]}) + "\n")
+    for one in (str(tmp_path / "videos"), tmp_path / "videos"):
+        assert [j.video_id for j in jobs_from_paths(one).videos] == ["a"]
+        assert [j.video_id for j in jobs_from_annotations(anno, one).videos] == ["a"]
+    with pytest.raises(InputError, match="^expected a path or a list of paths, got int$"):
+        jobs_from_paths(3)
+
+
 def test_two_files_with_one_id_are_refused_naming_both(tmp_path):
     touch(tmp_path / "a.mp4")
     touch(tmp_path / "a.mkv")
