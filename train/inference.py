@@ -384,7 +384,8 @@ def predict(checkpoint: str | os.PathLike, cache: str | os.PathLike, annotations
             (the others listed as above; ``PredictResult.skipped`` counts them: score the rows
             with ``subset=True``, ``r2 score --subset``).
     Raises:
-        FeatureSpecError, MissingFeaturesError, PredictError, AnnotationError, CacheError.
+        FeatureSpecError, MissingFeaturesError, PredictError, AnnotationError, CacheError,
+        DeviceError (user errors: one-line messages, ``user_error = True``).
     """
     from r2.cache import FeatureCache
     from r2.evaluate import write_jsonl

@@ -50,6 +50,7 @@ import math
 import os
 import random
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -496,18 +497,40 @@ def fit(options: FitOptions | None = None, *, callback: Callable[[dict], None] |
 
     ``callback(record)`` is called on rank 0 after every epoch with the ``metrics.jsonl``
     record. ``log`` receives one-line messages (default: stderr, above the progress bar).
-    Raises ``FitError``/``DataError``/``PresetError``/``AnnotationError``/``CacheError`` (all
-    user errors with a one-line message) for bad input.
+    Raises ``FitError``/``DataError``/``PresetError``/``AnnotationError``/``CacheError``/
+    ``DeviceError`` (all user errors with a one-line message and ``user_error = True``) for
+    bad input.
+
+    Seeds are torch's, numpy's and Python's global generators, which every thread of a
+    process shares: two fits at once in one process (threads) are not reproducible, and are
+    said to be; run them in separate processes.
     """
+    global _FITS_RUNNING
     if options is None:
         options = FitOptions(**kwargs)
     elif kwargs:
         options = dataclasses.replace(options, **kwargs)
-    ctx = setup(options.device)
+    with _FITS_LOCK:
+        others = _FITS_RUNNING
+        _FITS_RUNNING += 1
     try:
-        return _Trainer(options, ctx, callback, log).run()
+        ctx = setup(options.device)
+        try:
+            trainer = _Trainer(options, ctx, callback, log)
+            if others:
+                trainer.log(f"warning: {others} other r2.train.fit call(s) run in this process now: they share "
+                            "torch's, numpy's and Python's random generators, so no run is reproducible from its "
+                            "seed; run them in separate processes")
+            return trainer.run()
+        finally:
+            teardown(ctx)
     finally:
-        teardown(ctx)
+        with _FITS_LOCK:
+            _FITS_RUNNING -= 1
+
+
+_FITS_LOCK = threading.Lock()
+_FITS_RUNNING = 0  # fit calls of this process now (threads share the global random generators)
 
 
 class _Trainer:

@@ -802,3 +802,34 @@ def test_fit_warns_when_the_val_file_is_the_training_file(data, tmp_path):
     said.clear()
     fit(_opts(data, tmp_path / "apart", epochs=1), log=said.append)
     assert not any("are also training queries" in m for m in said)
+
+
+def test_two_fits_at_once_in_one_process_are_said_not_to_be_reproducible(data, tmp_path):
+    """Threads share torch's global generators: two same-seed fits in two threads gave other
+    weights than one alone, silently. The second fit says so (the first is held at the end of
+    its epoch until it has); a fit alone, after them, says nothing."""
+    import threading
+
+    from r2.train import fit
+
+    said = threading.Event()
+    logs: dict[str, list[str]] = {"a": [], "b": [], "after": []}
+
+    def log_b(message):
+        logs["b"].append(message)
+        if message.startswith("warning: 1 other r2.train.fit call(s) run in this process now"):
+            said.set()
+
+    results = {}
+    first = threading.Thread(target=lambda: results.setdefault("a", fit(
+        _opts(data, tmp_path / "a", epochs=1), log=logs["a"].append, callback=lambda record: said.wait(120))))
+    first.start()
+    while not (tmp_path / "a" / "preset.json").exists() and first.is_alive():  # a has begun
+        threading.Event().wait(0.05)
+    results["b"] = fit(_opts(data, tmp_path / "b", epochs=1), log=log_b)
+    first.join(120)
+    assert said.is_set() and "a" in results, logs
+    assert any("so no run is reproducible from its seed; run them in separate processes" in m for m in logs["b"])
+    assert not any("other r2.train.fit" in m for m in logs["a"])
+    fit(_opts(data, tmp_path / "after", epochs=1), log=logs["after"].append)
+    assert not any("other r2.train.fit" in m for m in logs["after"])
