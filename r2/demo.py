@@ -1,4 +1,4 @@
-"""``r2 demo``: the whole product on a synthetic grounding set, offline, in about two minutes.
+"""``r2 demo``: the whole product on a synthetic grounding set, offline, in about a minute.
 
 ::
 

@@ -21,7 +21,7 @@ from r2.cli import progress_option
 @click.option("--seed", type=int, default=0, show_default=True,
               help="Drives the videos, the queries, the tiny CLIP, training and the chance baseline.")
 @click.option("--quick", is_flag=True, help="A smaller demo (fewer, shorter videos; fewer epochs): "
-                                            "about 25 s instead of about 2 minutes.")
+                                            "about 25 s instead of about a minute.")
 @click.option("--device", default="cpu", show_default=True, help="torch device: cpu, cuda, cuda:1.")
 @click.option("--threads", type=click.IntRange(min=1),
               help="torch threads [default: the CPUs this process may use].")
@@ -39,7 +39,7 @@ def demo(out_dir, model, seed, quick, device, threads, as_json, progress):
 
     \b
     Examples:
-      r2 demo                      # into ./r2-demo, about 2 minutes on 2 CPU cores
+      r2 demo                      # into ./r2-demo, about a minute on 2 CPU cores
       r2 demo --quick --out /tmp/d # smaller, about 25 s
       r2 demo --model ~/models/clip-vit-base-patch32   # a real CLIP from a local folder
     """

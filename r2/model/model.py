@@ -81,9 +81,13 @@ class R2Output:
 
 
 class R2Model(nn.Module):
-    """R²-Tuning on cached CLIP features. ``R2Model(R2Config())`` is the official QVH model
-    (2,836,242 trainable parameters, the paper's "2.7M" in 2^20 units; r2tuning.md §10 #19:
-    recommendation taken, quote it as 2.84 M)."""
+    """R²-Tuning on cached CLIP features. ``R2Model(R2Config())`` is the official QVHighlights
+    model: 2,836,242 trainable parameters (2.84 M; the paper's "2.7M" counts in units of 2^20).
+
+    ``model(video, video_mask, query, query_mask)`` gives an :class:`R2Output`;
+    ``R2Model.from_pretrained(run_dir)`` / ``save_pretrained(run_dir)`` read and write a run
+    directory (config.json + model.safetensors); ``R2Model.from_official(path, dataset=...)``
+    loads a released checkpoint."""
 
     def __init__(self, config: R2Config | None = None):
         super().__init__()
@@ -134,6 +138,16 @@ class R2Model(nn.Module):
 
     def forward(self, video: torch.Tensor, video_mask: torch.Tensor, query: torch.Tensor,
                 query_mask: torch.Tensor) -> R2Output:
+        """One padded batch through the R² Block and the heads.
+
+        video: (B, T, K, N, D) cached CLIP hidden states of K >= ``config.num_layers`` layers in
+        the cache's order (first layer first; the last ``num_layers`` are used), N tokens per
+        frame (CLS first); video_mask: (B, T), True on real clips. query: (B, K, S, Dt) query
+        token features of the same layers; query_mask:
+        (B, S), True on real tokens. Returns an :class:`R2Output` (class logits and offsets of
+        every pyramid point, per-clip saliency, ...); ``r2.model.decoding`` turns it into
+        moments.
+        """
         cfg = self.config
         video_mask = video_mask.bool()
         query_mask = query_mask.bool()
