@@ -34,7 +34,6 @@ in the summary; the others are imported.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -45,10 +44,8 @@ from typing import Callable, Mapping
 import numpy as np
 
 from r2.cache import CacheError, FeatureCache, ShardDiscardedError
-from r2.fileio import atomic_write
 from r2.extract.pipeline import (WAIT_POLL_SECONDS, ExtractionError, _first_lines, _first_of, _write_error,
-                                 feature_manifest,
-                                 preprocessing_of)
+                                 feature_manifest, preprocessing_of, write_failures)
 
 IMPORT_FAILURES_NAME = "import_failures.jsonl"
 
@@ -374,15 +371,7 @@ def import_npy_features(
         raise _write_error(cache_dir, exc) from None
     finally:
         bar.close()
-    failures_path = Path(cache_dir) / IMPORT_FAILURES_NAME  # beside r2 extract's failures.jsonl, as it is written
-    try:
-        if summary.failures:
-            atomic_write(failures_path, "".join(json.dumps(dataclasses.asdict(f), ensure_ascii=False) + "\n"
-                                                for f in summary.failures))
-            summary.failures_file = str(failures_path)
-        elif failures_path.exists():
-            failures_path.unlink()  # everything that failed before is in the cache now
-    except OSError as exc:
-        raise _write_error(cache_dir, exc) from None
+    summary.failures_file = write_failures(Path(cache_dir) / IMPORT_FAILURES_NAME,  # beside r2 extract's list
+                                           [dataclasses.asdict(f) for f in summary.failures], cache_dir)
     summary.seconds = time.perf_counter() - t0
     return summary

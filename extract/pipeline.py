@@ -374,18 +374,25 @@ def extract_features(
             raise  # not the writer's (its writes raise CacheWriteError from inside)
         raise _write_error(cache_dir, exc) from None
 
-    failures_path = Path(cache_dir) / _failures_name(num_shards, shard_index)
-    try:
-        if summary.failures:
-            atomic_write(failures_path, "".join(json.dumps(f.to_dict(), ensure_ascii=False) + "\n"
-                                                for f in summary.failures))
-            summary.failures_file = str(failures_path)
-        elif failures_path.exists():
-            failures_path.unlink()  # everything that failed before is in the cache now
-    except OSError as exc:
-        raise _write_error(cache_dir, exc) from None
+    summary.failures_file = write_failures(Path(cache_dir) / _failures_name(num_shards, shard_index),
+                                           [f.to_dict() for f in summary.failures], cache_dir)
     summary.seconds = time.perf_counter() - t_start
     return summary
+
+
+def write_failures(path: Path, rows: list[dict], cache_dir) -> str | None:
+    """Write the failures of a run (one JSON object a line) to ``path`` atomically, and return
+    it; with none, remove a list an earlier run left (everything that failed then is in the
+    cache now) and return None."""
+    try:
+        if rows:
+            atomic_write(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            return str(path)
+        if path.exists():
+            path.unlink()
+    except OSError as exc:
+        raise _write_error(cache_dir, exc) from None
+    return None
 
 
 def _warn_of_other_writers(writer, cache_dir, log) -> None:
