@@ -343,8 +343,9 @@ def check_evaluation(preset, gt_rows: list[dict], gt_source) -> None:
         windows = row.get("relevant_windows") or [[0.0, float(row.get("duration") or 1.0)]]
         pred["pred_relevant_windows"] = [[float(w[0]), float(w[1]), 1.0] for w in windows]
         # every row, as the model's predictions have: the evaluator scores saliency when the first has it
+        rate = preset.fps if isinstance(preset.fps, (int, float)) else 1.0  # "auto" (YouTube): per video
         clips = (max(row["relevant_clip_ids"]) + 1 if row.get("relevant_clip_ids")
-                 else math.ceil(float(row.get("duration") or 1.0) * float(preset.fps or 1.0)))
+                 else math.ceil(float(row.get("duration") or 1.0) * float(rate)))
         pred["pred_saliency_scores"] = [0.0] * max(1, clips)
         preds.append(pred)
     options = {} if preset.name in ("youtube", "tvsum") else {"empty_bucket": "null"}

@@ -143,10 +143,9 @@ class R2Model(nn.Module):
         video: (B, T, K, N, D) cached CLIP hidden states of K >= ``config.num_layers`` layers in
         the cache's order (first layer first; the last ``num_layers`` are used), N tokens per
         frame (CLS first); video_mask: (B, T), True on real clips. query: (B, K, S, Dt) query
-        token features of the same layers; query_mask:
-        (B, S), True on real tokens. Returns an :class:`R2Output` (class logits and offsets of
-        every pyramid point, per-clip saliency, ...); ``r2.model.decoding`` turns it into
-        moments.
+        token features of the same layers; query_mask: (B, S), True on real tokens. Returns an
+        :class:`R2Output` (class logits and offsets of every pyramid point, per-clip saliency,
+        ...); ``r2.model.decoding`` turns it into moments.
         """
         cfg = self.config
         video_mask = video_mask.bool()
