@@ -207,6 +207,13 @@ class FeatureCache:
                 + ("\nIt holds no video or query yet (a run with those settings stopped before writing any): "
                    "delete it to start again with these settings, or write to another directory." if empty else
                    "\nWrite to another directory, or delete this one to rebuild it."))
+        from .verify import manifest_edited
+
+        edited = manifest_edited(root, existing)
+        if edited:  # adding to it would take the shards' items as of these settings ("already cached")
+            raise CacheError(f"{root / MANIFEST_NAME} is not the manifest its shards were written under ({edited}): "
+                             "it was edited; restore its values (`r2 cache verify` names them), or write to another "
+                             "directory")
         try:
             (root / SHARDS_DIR).mkdir(exist_ok=True)
         except FileExistsError:  # not a directory: open() says so

@@ -608,3 +608,27 @@ def _model_of(command: str | None) -> str | None:
         if arg.startswith("--model="):
             return arg.split("=", 1)[1]
     return None
+
+
+def manifest_edited(root, manifest: dict, sample: int = 2) -> str | None:
+    """The fields in which ``manifest`` differs from the settings the cache's shards were
+    written under (as :func:`_changed_fields` words them), when it differs from every one of
+    the first and last ``sample`` committed shards that record a fingerprint: a hand-edited
+    ``manifest.json``. None when one of them agrees (a single shard copied in from elsewhere is
+    ``verify``'s to name), or none records a fingerprint (an older r2). Reads attributes only."""
+    names = sorted(list_shards(Path(root)))
+    names = names[:1] + names[-1:] if len(names) > 1 else names
+    fingerprint, changed = manifest_fingerprint(manifest), None
+    for name in names[:sample]:
+        try:
+            with open_h5(Path(root) / SHARDS_DIR / name) as f:
+                check = ShardCheck(fingerprint=get_text_attr(f, FINGERPRINT_ATTR),
+                                   fingerprint_fields=get_text_attr(f, FINGERPRINT_FIELDS_ATTR))
+        except Exception:  # unreadable: verify names it
+            continue
+        if not isinstance(check.fingerprint, str):
+            continue
+        if check.fingerprint == fingerprint:
+            return None
+        changed = _changed_fields(check, manifest) or f"fingerprint {check.fingerprint}, manifest.json gives {fingerprint}"
+    return changed

@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from r2.cache import CacheError, merge, verify
+from r2.cache import CacheError, FeatureCache, merge, verify
 from r2.cache.manifest import manifest_fingerprint
 from r2.cache.shards import FINGERPRINT_ATTR, FINGERPRINT_FIELDS_ATTR, file_crc32, get_text_attr, open_h5, parse_shard_name, shard_name
 
@@ -127,3 +127,20 @@ def test_merge_output_shards_record_the_output_manifests_fingerprint(build_cache
     for shard in (tmp_path / "m" / "shards").iterdir():
         with open_h5(shard) as f:
             assert get_text_attr(f, FINGERPRINT_ATTR) == want
+
+
+def test_adding_to_a_cache_whose_manifest_was_edited_is_refused(build_cache, make_manifest):
+    """r2 extract with the edited settings counted the shards' items as already cached, as if
+    they were features of those settings; now create() refuses, naming the edit. A single shard
+    copied in from elsewhere is left to verify: the cache's own shards agree."""
+    cache = build_cache(videos={"v0": 0})
+    _edit_manifest(cache.path, fps=2.0)
+    with pytest.raises(CacheError, match=r"manifest.json is not the manifest its shards were written under \(fps: "
+                                         r"0.5 when written, manifest.json now gives 2.0\): it was edited"):
+        FeatureCache.create(cache.path, make_manifest(fps=2.0))
+    _edit_manifest(cache.path, fps=0.5)  # restored: adding works again
+    FeatureCache.create(cache.path, make_manifest())
+    other = build_cache("other", videos={"v9": 9}, fps=1.0)
+    [foreign] = other.shard_paths()
+    shutil.copy(foreign, cache.path / "shards" / foreign.name)
+    assert FeatureCache.create(cache.path, make_manifest()).video_ids()
