@@ -37,6 +37,7 @@ from .manifest import (MANIFEST_NAME, describe_differences, differences, load_ma
 from .fastio import HAVE_PREADV, f16_to_f32, pread_into
 from .shards import (FAMILIES, FAMILY_WORD, SHARDS_DIR, LiveWriters, attrs_from_group, encode_id, layer_name,
                      list_partials, open_h5, scale_name)
+from .verify import manifest_edited
 
 _RAW = {"<f2", "<f4", "|i1", "|u1"}  # stored bytes == in-memory bytes on little-endian hosts
 _BLOCK_BYTES = 512 * 1024  # float16 bytes read and converted to float32 per step (stays in L2)
@@ -207,8 +208,6 @@ class FeatureCache:
                 + ("\nIt holds no video or query yet (a run with those settings stopped before writing any): "
                    "delete it to start again with these settings, or write to another directory." if empty else
                    "\nWrite to another directory, or delete this one to rebuild it."))
-        from .verify import manifest_edited
-
         edited = manifest_edited(root, existing)
         if edited:  # adding to it would take the shards' items as of these settings ("already cached")
             raise CacheError(f"{root / MANIFEST_NAME} is not the manifest its shards were written under ({edited}): "

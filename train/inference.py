@@ -44,6 +44,7 @@ import torch
 from r2.fileio import link_target, why_not_writable
 from r2.model import CONFIG_NAME, WEIGHTS_NAME, R2Model, R2ModelError
 from r2.model.decoding import Prediction, postprocess_windows, raw_windows, strict_point_mask
+from r2.model.official import OFFICIAL_SOURCE_NAME
 
 from .checkpoint import BEST_NAME, METRICS_NAME, PRESET_NAME, read_metrics
 from .distributed import autocast, resolve_device
@@ -153,7 +154,7 @@ def check_out_is_no_input(out, checkpoint, inputs: Mapping[str, str | os.PathLik
                                f"{Path(checkpoint) / 'predictions.jsonl'})")
 
 
-_RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, PRESET_NAME, METRICS_NAME, BEST_NAME, "official_source.json")
+_RUN_FILES = (CONFIG_NAME, WEIGHTS_NAME, PRESET_NAME, METRICS_NAME, BEST_NAME, OFFICIAL_SOURCE_NAME)
 
 
 def load_model(checkpoint: str | os.PathLike, device: str | torch.device | None = None) -> R2Model:

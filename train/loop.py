@@ -61,6 +61,7 @@ import numpy as np
 import torch
 
 from r2.model import R2Config, R2Model
+from r2.model.official import OFFICIAL_SOURCE_NAME
 
 from . import checkpoint as ckpt
 from .allocator import reuse_freed_memory
@@ -560,8 +561,8 @@ class _Trainer:
         o, ctx = self.options, self.ctx
         preset = resolve_preset(o)
         self.resume_state = None
-        if (self.run_dir / "official_source.json").exists():  # r2 convert-official's: not a run to train on
-            raise FitError(f"{self.run_dir} holds a model converted by r2 convert-official (official_source.json), "
+        if (self.run_dir / OFFICIAL_SOURCE_NAME).exists():  # r2 convert-official's: not a run to train on
+            raise FitError(f"{self.run_dir} holds a model converted by r2 convert-official ({OFFICIAL_SOURCE_NAME}), "
                            f"not a run of r2 fit; to train from its weights, start a new run: --init "
                            f"{self.run_dir} --run-dir NEW_FOLDER")
         if o.resume:

@@ -474,6 +474,7 @@ class ConvertedCheckpoint:
         return {k: getattr(self, k) for k in ("source", "sha256", "dataset", "dataset_source", "trainable_parameters")}
 
 
+OFFICIAL_SOURCE_NAME = "official_source.json"  # what convert_official writes beside the weights: where from
 _FIT_RUN_FILES = ("checkpoints", "metrics.jsonl", "best.json", "preset.json")  # what r2 fit writes beside the weights
 
 
@@ -509,11 +510,11 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
             sha.update(chunk)
     converted = ConvertedCheckpoint(str(Path(checkpoint).resolve()), sha.hexdigest(), dataset, dataset_source,
                                     model.num_trainable_parameters(), model.config.to_dict(), str(out_dir))
-    atomic_write(out_dir / "official_source.json", json.dumps(converted.record(), indent=2) + "\n")
+    atomic_write(out_dir / OFFICIAL_SOURCE_NAME, json.dumps(converted.record(), indent=2) + "\n")
     return converted
 
 
 __all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
            "official_key", "official_key_map", "infer_config", "dataset_from_filename",
            "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official",
-           "ConvertedCheckpoint"]
+           "ConvertedCheckpoint", "OFFICIAL_SOURCE_NAME"]
