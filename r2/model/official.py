@@ -517,4 +517,4 @@ def convert_official(checkpoint, out_dir, dataset: str | None = None, trust_chec
 __all__ = ["OFFICIAL_DATASETS", "OfficialCheckpointError", "load_checkpoint", "extract_state_dict",
            "official_key", "official_key_map", "infer_config", "dataset_from_filename",
            "from_official_state_dict", "to_official_state_dict", "load_official_model", "convert_official",
-           "ConvertedCheckpoint", "OFFICIAL_SOURCE_NAME"]
+           "ConvertedCheckpoint"]
